@@ -1,0 +1,130 @@
+//! [`SupervisorBuilder`]: the supervisor's settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+
+use crate::failure::TaskFailure;
+use crate::supervisor::Supervisor;
+use crate::task_set::{FailureHook, TaskSet};
+
+/// How long [`Supervisor::shutdown`] waits for tasks, unless set with
+/// [`SupervisorBuilder::grace_period`]: 20 s, which leaves 10 s of
+/// Kubernetes' default 30 s termination budget for draining HTTP connections
+/// first.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(20);
+
+/// The last part of the grace period in which tasks are asked to stop,
+/// unless set with [`SupervisorBuilder::cleanup_period`]: 1 s.
+pub const DEFAULT_CLEANUP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Settings for a [`Supervisor`], from [`Supervisor::builder`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_background::Supervisor;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let background = Supervisor::builder()
+///     .grace_period(Duration::from_secs(25))
+///     .cleanup_period(Duration::from_secs(2))
+///     .on_failure(|failure| eprintln!("report to the error tracker: {failure}"))
+///     .build();
+/// # drop(background);
+/// # }
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct SupervisorBuilder {
+    grace_period: Duration,
+    cleanup_period: Duration,
+    on_failure: Option<FailureHook>,
+    runtime: Option<Handle>,
+}
+
+impl fmt::Debug for SupervisorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupervisorBuilder")
+            .field("grace_period", &self.grace_period)
+            .field("cleanup_period", &self.cleanup_period)
+            .field("on_failure", &self.on_failure.as_ref().map(|_| "<hook>"))
+            .field("runtime", &self.runtime)
+            .finish()
+    }
+}
+
+impl Default for SupervisorBuilder {
+    fn default() -> Self {
+        Self {
+            grace_period: DEFAULT_GRACE_PERIOD,
+            cleanup_period: DEFAULT_CLEANUP_PERIOD,
+            on_failure: None,
+            runtime: None,
+        }
+    }
+}
+
+impl SupervisorBuilder {
+    /// The longest [`Supervisor::shutdown`] waits for running tasks before it
+    /// aborts what is left (default [`DEFAULT_GRACE_PERIOD`]).
+    ///
+    /// This is the whole budget, cleanup included: `shutdown` returns within
+    /// it (plus scheduling delay) whatever the tasks do.
+    pub fn grace_period(mut self, grace_period: Duration) -> Self {
+        self.grace_period = grace_period;
+        self
+    }
+
+    /// The final part of the grace period, during which the
+    /// [cancellation token](crate::BackgroundTasks::cancellation_token) is
+    /// cancelled so tasks can clean up before they are aborted (default
+    /// [`DEFAULT_CLEANUP_PERIOD`]; capped at the grace period).
+    ///
+    /// With a 20 s grace period and a 1 s cleanup period, tasks are asked to
+    /// stop 19 s into shutdown, and aborted at 20 s.
+    pub fn cleanup_period(mut self, cleanup_period: Duration) -> Self {
+        self.cleanup_period = cleanup_period;
+        self
+    }
+
+    /// Calls `hook` for every task that returns `Err` or panics, after the
+    /// failure has been counted and logged at `ERROR`.
+    ///
+    /// The hook runs on the task's thread, inside the task's span; keep it
+    /// short (hand the failure to a channel for anything slow). A panic in
+    /// the hook is caught and logged.
+    pub fn on_failure<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&TaskFailure<'_>) + Send + Sync + 'static,
+    {
+        self.on_failure = Some(Arc::new(hook));
+        self
+    }
+
+    /// The runtime tasks are spawned on (default: the runtime `build` is
+    /// called in). Needed only to build the supervisor outside a runtime.
+    pub fn runtime(mut self, runtime: Handle) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Builds the supervisor.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime when no [`runtime`](Self::runtime) was given,
+    /// like `tokio::spawn`.
+    pub fn build(self) -> Supervisor {
+        let runtime = self.runtime.unwrap_or_else(Handle::current);
+        let set = Arc::new(TaskSet::new(runtime, self.on_failure));
+        Supervisor::from_parts(
+            set,
+            self.grace_period,
+            self.cleanup_period.min(self.grace_period),
+        )
+    }
+}

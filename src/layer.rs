@@ -1,0 +1,103 @@
+//! [`BackgroundTaskLayer`]: installs a [`BackgroundTasks`](crate::BackgroundTasks)
+//! handle in every request.
+
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use crate::policy::{OnDisconnect, OnServerError, Policy};
+use crate::service::Background;
+use crate::supervisor::Supervisor;
+use crate::task_set::TaskSet;
+
+/// A [`Layer`] that gives every request a [`BackgroundTasks`](crate::BackgroundTasks)
+/// handle in its extensions and hands the tasks queued on it to a
+/// [`Supervisor`] once the response body has ended.
+///
+/// Built from a supervisor with [`BackgroundTaskLayer::new`] or
+/// [`Supervisor::layer`]; cheap to clone. The layer keeps the supervisor's
+/// task set alive, so it may outlive the [`Supervisor`] value: once that has
+/// been shut down or dropped, tasks offered through the layer are refused and
+/// counted.
+///
+/// # When tasks are handed off
+///
+/// Exactly once per request, at the first of:
+///
+/// - the response body reports its end: `poll_frame` returns `None` or an
+///   error, or `is_end_stream()` becomes true after a frame (a server may never
+///   poll again once a body with an exact `Content-Length` is complete);
+/// - the response body is dropped, if it had nothing to send from the start
+///   (`is_end_stream()` already true, a `HEAD` request, a `1xx`, `204` or
+///   `304` status): the server releases such a body right after writing the
+///   head;
+/// - the response body is dropped before its end, which means the client went
+///   away: tasks run, or are discarded under [`OnDisconnect::Skip`].
+///
+/// And they are discarded, never run, when no response exists: the inner
+/// service returned an error, or the response future was dropped (a timeout
+/// or a caught panic above this layer); or, under [`OnServerError::Skip`],
+/// when the response has a `5xx` status.
+///
+/// # Example
+///
+/// ```
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_background::{BackgroundTaskLayer, BackgroundTasks, OnDisconnect, Supervisor};
+/// # use http::{Request, Response};
+/// # use http_body_util::Full;
+/// # use bytes::Bytes;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let background = Supervisor::new();
+/// let service = ServiceBuilder::new()
+///     .layer(BackgroundTaskLayer::new(&background).on_disconnect(OnDisconnect::Skip))
+///     .service(service_fn(|request: Request<()>| async move {
+///         let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
+///         tasks.add(async { println!("after the response") });
+///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hi"))))
+///     }));
+///
+/// let response = service.oneshot(Request::new(())).await.unwrap();
+/// drop(response); // a real server sends the body first
+/// background.shutdown().await;
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct BackgroundTaskLayer {
+    set: Arc<TaskSet>,
+    policy: Policy,
+}
+
+impl BackgroundTaskLayer {
+    /// A layer handing tasks to `supervisor`, with the default policies
+    /// ([`OnDisconnect::Run`], [`OnServerError::Run`]).
+    pub fn new(supervisor: &Supervisor) -> Self {
+        Self {
+            set: Arc::clone(supervisor.task_set()),
+            policy: Policy::default(),
+        }
+    }
+
+    /// What to do with a request's tasks when the client goes away before the
+    /// response body has ended.
+    pub fn on_disconnect(mut self, policy: OnDisconnect) -> Self {
+        self.policy.on_disconnect = policy;
+        self
+    }
+
+    /// What to do with a request's tasks when its response is a `5xx`.
+    pub fn on_server_error(mut self, policy: OnServerError) -> Self {
+        self.policy.on_server_error = policy;
+        self
+    }
+}
+
+impl<S> Layer<S> for BackgroundTaskLayer {
+    type Service = Background<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Background::new(inner, Arc::clone(&self.set), self.policy)
+    }
+}

@@ -1,0 +1,154 @@
+//! Background tasks for Tower HTTP servers (axum, hyper, tonic), done right:
+//! queued by the handler, started only after the response body has been
+//! sent, run in a task set that lives as long as the application, and drained
+//! within a grace period at shutdown, with every task counted.
+//!
+//! # How it fits together
+//!
+//! - A [`Supervisor`] owns the task set. Build one at start-up and
+//!   [`shutdown`](Supervisor::shutdown) it after the server has stopped.
+//! - Its [`BackgroundTaskLayer`] puts a [`BackgroundTasks`] handle into every
+//!   request's extensions (with the `axum` feature, the handle is an
+//!   extractor).
+//! - Handlers call [`add`](BackgroundTasks::add) (async work) or
+//!   [`add_blocking`](BackgroundTasks::add_blocking) (blocking or CPU-heavy
+//!   work). Nothing starts until the response body has ended; then the work is
+//!   spawned into the supervisor's task set, detached from the connection, so
+//!   neither the response nor the next request on a keep-alive connection
+//!   waits for it.
+//!
+//! # Example
+//!
+//! A plain `tower` service, driven in-process the way a test would:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//!
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{service_fn, Layer, ServiceExt};
+//! use tower_background::{BackgroundTasks, Supervisor};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let background = Supervisor::new();
+//! let emails_sent = Arc::new(AtomicUsize::new(0));
+//!
+//! let sent = emails_sent.clone();
+//! let app = background.layer().layer(service_fn(move |request: Request<()>| {
+//!     let sent = sent.clone();
+//!     async move {
+//!         let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
+//!         tasks.add(async move {
+//!             sent.fetch_add(1, Ordering::SeqCst); // "send the e-mail"
+//!         });
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("welcome"))))
+//!     }
+//! }));
+//!
+//! let response = app.oneshot(Request::new(())).await.unwrap();
+//! // The response is here; the task has not started.
+//! assert_eq!(emails_sent.load(Ordering::SeqCst), 0);
+//!
+//! // Reading the body to its end hands the task off.
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! assert_eq!(body, "welcome");
+//! background.wait_idle().await;
+//! assert_eq!(emails_sent.load(Ordering::SeqCst), 1);
+//!
+//! let report = background.shutdown().await;
+//! assert_eq!(report.stats.completed, 1);
+//! # }
+//! ```
+//!
+//! With axum (feature `axum`, on by default), the handle is an extractor:
+//!
+//! ```
+//! # #[cfg(feature = "axum")]
+//! # mod example {
+//! use axum::{extract::Query, http::StatusCode, routing::post, Router};
+//! use tower_background::{BackgroundTasks, Supervisor};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Signup {
+//!     email: String,
+//! }
+//!
+//! async fn signup(tasks: BackgroundTasks, Query(q): Query<Signup>) -> StatusCode {
+//!     tasks.add(async move { send_welcome_email(&q.email).await });
+//!     tasks.add_blocking(render_pdf_report);
+//!     StatusCode::CREATED
+//! }
+//! # async fn send_welcome_email(_: &str) -> Result<(), std::io::Error> { Ok(()) }
+//! # fn render_pdf_report() {}
+//!
+//! fn app(background: &Supervisor) -> Router {
+//!     Router::new()
+//!         .route("/signup", post(signup))
+//!         .layer(background.layer())
+//! }
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! | | |
+//! |---|---|
+//! | **after the response** | a task starts only after its response body has ended (last frame sent, or the body dropped) |
+//! | **detached** | tasks run in the supervisor's task set, never in the connection's future |
+//! | **client gone** | tasks still run by default; [`OnDisconnect::Skip`] discards them |
+//! | **no response** | an error from the inner service or a dropped response future discards the tasks |
+//! | **failures contained** | an `Err` or a panic is caught, logged at `ERROR` with the request's method and path, counted, and passed to an optional hook |
+//! | **bounded shutdown** | [`Supervisor::shutdown`] waits at most the grace period, then cancels and aborts what is left |
+//! | **counted** | every task ends in exactly one [`Stats`] counter |
+//!
+//! What this crate does not do: persist tasks. Whatever is queued or running
+//! is lost if the process crashes.
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `axum` | yes | [`BackgroundTasks`] as an axum 0.8 extractor (depends on `axum-core` only) |
+//! | `serde` | yes | `Serialize` for [`Stats`] and [`ShutdownReport`] |
+//!
+//! With `default-features = false` the crate works with any `tower` HTTP
+//! service: hyper 1, tonic, or your own.
+
+mod body;
+mod builder;
+#[cfg(feature = "axum")]
+mod extract;
+mod failure;
+mod future;
+mod handle;
+mod handoff;
+mod layer;
+mod monitor;
+mod policy;
+mod report;
+mod service;
+mod stats;
+mod supervisor;
+mod task;
+mod task_set;
+
+pub use body::ResponseBody;
+pub use builder::{SupervisorBuilder, DEFAULT_CLEANUP_PERIOD, DEFAULT_GRACE_PERIOD};
+#[cfg(feature = "axum")]
+pub use extract::MissingBackgroundTaskLayer;
+pub use failure::{FailureKind, TaskFailure};
+pub use future::ResponseFuture;
+pub use handle::BackgroundTasks;
+pub use layer::BackgroundTaskLayer;
+pub use monitor::Monitor;
+pub use policy::{OnDisconnect, OnServerError};
+pub use report::ShutdownReport;
+pub use service::Background;
+pub use stats::{DiscardReasons, Stats};
+pub use supervisor::Supervisor;
+pub use task::TaskOutput;
+pub use tokio_util::sync::CancellationToken;

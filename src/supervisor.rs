@@ -1,0 +1,254 @@
+//! [`Supervisor`]: owns the application-lifespan task set and shuts it down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::builder::SupervisorBuilder;
+use crate::layer::BackgroundTaskLayer;
+use crate::monitor::Monitor;
+use crate::report::ShutdownReport;
+use crate::stats::Stats;
+use crate::task_set::TaskSet;
+
+/// How long `shutdown` waits, after aborting, for the aborted tasks'
+/// wrappers to be polled once more and count themselves. An aborted async
+/// task stops at its next poll, so this is only reached by a task that
+/// blocks its worker thread.
+const ABORT_SETTLE: Duration = Duration::from_millis(100);
+
+/// Owns the task set that background tasks run in, for the whole life of the
+/// application, and shuts it down.
+///
+/// Build one at start-up ([`Supervisor::new`] or [`Supervisor::builder`]),
+/// give its [`layer`](Supervisor::layer) to the router, and call
+/// [`shutdown`](Supervisor::shutdown) after the server has stopped.
+/// Deliberately not `Clone`: there is one owner, and `shutdown` consumes it.
+/// Use a [`Monitor`] to read its counters elsewhere.
+///
+/// # Shutdown, step by step
+///
+/// 1. New tasks are refused from the moment `shutdown` is called (counted in
+///    [`Stats::refused`], logged at `WARN`).
+/// 2. It waits for the running tasks, for at most the grace period less the
+///    cleanup period.
+/// 3. Then it cancels the
+///    [cancellation token](crate::BackgroundTasks::cancellation_token) and
+///    waits out the cleanup period, for tasks to stop cleanly.
+/// 4. Then it aborts what is left: each async task is dropped at its next
+///    poll; a blocking closure cannot be interrupted and is left to finish on
+///    its thread, unobserved. Both count as cancelled.
+/// 5. It returns a [`ShutdownReport`] with the final counts.
+///
+/// `shutdown` returns as soon as no task is running, and never much later
+/// than the grace period (plus up to 100 ms for aborted tasks to settle).
+///
+/// # With `axum::serve`
+///
+/// Stop the server first, so that every in-flight request finishes and hands
+/// its tasks off, then shut the supervisor down:
+///
+/// ```no_run
+/// # #[cfg(feature = "axum")]
+/// # mod example {
+/// use std::time::Duration;
+/// use axum::{routing::post, Router};
+/// use tower_background::{BackgroundTasks, Supervisor};
+///
+/// async fn signup(tasks: BackgroundTasks) -> http::StatusCode {
+///     tasks.add(async { /* send the welcome e-mail */ });
+///     http::StatusCode::CREATED
+/// }
+///
+/// # async fn shutdown_signal() {}
+/// async fn serve() -> std::io::Result<()> {
+///     let background = Supervisor::builder()
+///         .grace_period(Duration::from_secs(20))
+///         .build();
+///     let app = Router::new()
+///         .route("/signup", post(signup))
+///         .layer(background.layer());
+///     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+///     axum::serve(listener, app)
+///         .with_graceful_shutdown(shutdown_signal())
+///         .await?;
+///     let report = background.shutdown().await; // ≤ 20 s
+///     println!("{report}");
+///     Ok(())
+/// }
+/// # }
+/// ```
+///
+/// On Kubernetes the pod gets `SIGTERM`, then `SIGKILL` 30 s later
+/// (`terminationGracePeriodSeconds`). That budget covers both steps: the
+/// HTTP drain and the grace period. With the default 20 s grace period, give
+/// the HTTP drain at most ~10 s (for example with `tokio::time::timeout` around
+/// the `serve` future after the signal), or raise
+/// `terminationGracePeriodSeconds`.
+///
+/// # Dropping without `shutdown`
+///
+/// Dropping a supervisor that was not shut down is an immediate shutdown
+/// with no grace period: new tasks are refused, the cancellation token is
+/// cancelled, every running task is aborted and counted as cancelled, and a
+/// `WARN` says how many were running. (Tasks still run when the runtime
+/// itself is dropped first; they are then dropped by tokio, and counted as
+/// cancelled.)
+///
+/// # What is lost on a crash
+///
+/// Everything queued or running: tasks live in memory only. Work that must
+/// survive a crash belongs in a durable queue.
+#[derive(Debug)]
+pub struct Supervisor {
+    set: Arc<TaskSet>,
+    grace_period: Duration,
+    cleanup_period: Duration,
+    shut_down: bool,
+}
+
+impl Default for Supervisor {
+    /// Same as [`Supervisor::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Supervisor {
+    /// A supervisor with the default settings
+    /// ([`DEFAULT_GRACE_PERIOD`](crate::DEFAULT_GRACE_PERIOD),
+    /// [`DEFAULT_CLEANUP_PERIOD`](crate::DEFAULT_CLEANUP_PERIOD), no failure
+    /// hook), spawning on the current runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like `tokio::spawn`; use
+    /// [`SupervisorBuilder::runtime`] to build one elsewhere.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Settings for a supervisor.
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder::default()
+    }
+
+    pub(crate) fn from_parts(
+        set: Arc<TaskSet>,
+        grace_period: Duration,
+        cleanup_period: Duration,
+    ) -> Self {
+        Self {
+            set,
+            grace_period,
+            cleanup_period,
+            shut_down: false,
+        }
+    }
+
+    pub(crate) fn task_set(&self) -> &Arc<TaskSet> {
+        &self.set
+    }
+
+    /// A layer that hands every request's tasks to this supervisor; same as
+    /// [`BackgroundTaskLayer::new`].
+    pub fn layer(&self) -> BackgroundTaskLayer {
+        BackgroundTaskLayer::new(self)
+    }
+
+    /// A cloneable view of the counters and idleness.
+    pub fn monitor(&self) -> Monitor {
+        Monitor::new(Arc::clone(&self.set))
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.set.stats()
+    }
+
+    /// Resolves once no handed-off task is running; see
+    /// [`Monitor::wait_idle`].
+    pub async fn wait_idle(&self) {
+        self.set.wait_idle().await;
+    }
+
+    /// The token tasks can watch to stop cleanly; see
+    /// [`BackgroundTasks::cancellation_token`](crate::BackgroundTasks::cancellation_token).
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.set.cancel.clone()
+    }
+
+    /// Stops accepting tasks, waits for the running ones within the grace
+    /// period, cancels and then aborts what is left, and reports. See
+    /// [Shutdown, step by step](Supervisor#shutdown-step-by-step).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future before it completes drops the
+    /// supervisor, which aborts the remaining tasks at once (see
+    /// [Dropping without `shutdown`](Supervisor#dropping-without-shutdown)).
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let started = Instant::now();
+        let set = Arc::clone(&self.set);
+        set.close();
+        tracing::info!(
+            running = set.running(),
+            grace_period = ?self.grace_period,
+            "background tasks: shutting down",
+        );
+
+        let deadline = started + self.grace_period;
+        let cleanup_starts = deadline - self.cleanup_period;
+        let mut aborted = false;
+        if timeout_at(cleanup_starts, set.wait_idle()).await.is_err() {
+            tracing::info!(
+                running = set.running(),
+                "background tasks: cleanup period, cancelling",
+            );
+            set.cancel.cancel();
+            if timeout_at(deadline, set.wait_idle()).await.is_err() {
+                aborted = true;
+                tracing::warn!(
+                    running = set.running(),
+                    "background tasks: grace period over, aborting",
+                );
+                set.abort.cancel();
+                let _ = timeout(ABORT_SETTLE, set.wait_idle()).await;
+            }
+        }
+        self.shut_down = true;
+
+        let report = ShutdownReport {
+            stats: set.stats(),
+            elapsed: started.elapsed(),
+            aborted,
+        };
+        if report.is_complete() {
+            tracing::info!(%report, "background tasks: shut down");
+        } else {
+            tracing::warn!(%report, "background tasks: shut down with unfinished tasks");
+        }
+        report
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        let set = &self.set;
+        set.close();
+        set.cancel.cancel();
+        set.abort.cancel();
+        let running = set.running();
+        if running > 0 {
+            tracing::warn!(
+                running,
+                "background tasks: supervisor dropped without shutdown(); aborting running tasks",
+            );
+        }
+    }
+}
