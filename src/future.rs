@@ -57,9 +57,9 @@ where
 
         let (parts, body) = response.into_parts();
         if let Some(guard) = handoff.as_mut() {
-            let has_no_body = *this.head_request || has_no_body(parts.status) || body.is_end_stream();
-            if parts.status.is_server_error()
-                && this.policy.on_server_error == OnServerError::Skip
+            let has_no_body =
+                *this.head_request || has_no_body(parts.status) || body.is_end_stream();
+            if parts.status.is_server_error() && this.policy.on_server_error == OnServerError::Skip
             {
                 if let Some(guard) = handoff.take() {
                     guard.discard(DiscardReason::ServerError);

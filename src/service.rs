@@ -67,7 +67,10 @@ where
         );
         let head_request = request.method() == Method::HEAD;
         request.extensions_mut().insert(tasks.clone());
+        // The guard exists before the inner `call` runs, so tasks queued by a
+        // `call` that panics are still accounted for (discarded) on unwind.
         let handoff = Handoff::new(tasks.into_request());
-        ResponseFuture::new(self.inner.call(request), handoff, self.policy, head_request)
+        let inner = self.inner.call(request);
+        ResponseFuture::new(inner, handoff, self.policy, head_request)
     }
 }

@@ -69,9 +69,9 @@ impl Task {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        Self::new(Work::Async(Box::pin(async move {
-            future.await.into_result()
-        })))
+        Self::new(Work::Async(Box::pin(
+            async move { future.await.into_result() },
+        )))
     }
 
     pub(crate) fn from_blocking<F, T>(function: F) -> Self
