@@ -1,1 +1,187 @@
-fn main() {}
+//! An axum server that sends its welcome e-mails in the background.
+//!
+//! `POST /signup?email=…` answers `201 Created` at once and queues two
+//! tasks: a ~1 s async one (sending the welcome e-mail) and a short blocking
+//! one (rendering a PDF report, on tokio's blocking pool). Both start only
+//! after the response has been sent. `GET /stats` shows the supervisor's
+//! counters. Ctrl-C (`SIGINT`) or `SIGTERM` stops the HTTP server first
+//! (open connections get at most 10 s), then gives the background tasks their
+//! grace period, and prints the report.
+//!
+//! # Running it
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! `PORT` (default 3000) sets the port on 127.0.0.1, `GRACE_SECS`
+//! (default 15, the crate's default) the grace period, and `RUST_LOG` (default `info`) the log
+//! filter.
+//!
+//! In another terminal:
+//!
+//! ```text
+//! # 201 at once; the e-mail is "sent" a second later, in the server's log
+//! curl -i -X POST 'http://127.0.0.1:3000/signup?email=ada@example.com'
+//!
+//! # {"submitted":2,"waiting":0,"running":1,"completed":1,...}
+//! curl -s http://127.0.0.1:3000/stats
+//!
+//! # 400 with a JSON body saying what is wrong
+//! curl -i -X POST 'http://127.0.0.1:3000/signup'
+//! curl -i -X POST 'http://127.0.0.1:3000/signup?email=ada'
+//! ```
+//!
+//! Then press Ctrl-C in the server's terminal: it waits for the running
+//! tasks (at most `GRACE_SECS`) and prints what became of them.
+
+use std::error::Error;
+use std::fmt::Display;
+use std::future::IntoFuture;
+use std::pin::pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tower_background::{BackgroundTasks, Monitor, Stats, Supervisor};
+use tracing_subscriber::EnvFilter;
+
+mod support;
+
+use support::{settings, shutdown_signal, HTTP_DRAIN};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+
+    let (port, grace_period) = match settings() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2); // a usage error, reported before anything starts
+        }
+    };
+
+    match run(port, grace_period).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(port: u16, grace_period: Duration) -> Result<(), Box<dyn Error>> {
+    let background = Supervisor::builder().grace_period(grace_period).build();
+
+    let app = Router::new()
+        .route("/signup", post(signup))
+        .route("/stats", get(stats))
+        .with_state(background.monitor())
+        .layer(background.layer());
+
+    // Installed before serving, so that a failure shows up at start-up.
+    let signal =
+        shutdown_signal().map_err(|error| format!("cannot listen for signals: {error}"))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|error| format!("cannot listen on 127.0.0.1:{port}: {error}"))?;
+    println!("listening on http://{}", listener.local_addr()?);
+
+    // Shutdown happens in this order:
+    //
+    // 1. On the signal, `axum::serve` stops accepting connections and waits
+    //    for the requests in flight. Their responses end, so their tasks are
+    //    handed off to the supervisor.
+    // 2. Only then does the supervisor stop taking tasks, and waits for the
+    //    running ones for at most the grace period before cancelling them.
+    //
+    // Shutting the supervisor down first would refuse the tasks of the
+    // requests still being answered.
+    //
+    // On Kubernetes, `SIGKILL` follows `SIGTERM` after 30 s
+    // (`terminationGracePeriodSeconds`), and that budget covers both steps:
+    // with the default 15 s grace period and the drain bounded to 10 s, 5 s
+    // remain for the process to exit.
+    // `axum::serve` alone would wait for a stalled client forever, hence the
+    // timeout.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    let mut server = pin!(server.into_future());
+    let served = tokio::select! {
+        served = &mut server => served, // only on an I/O error
+        () = signal => {
+            let _ = stop.send(());
+            tokio::time::timeout(HTTP_DRAIN, server).await.unwrap_or_else(|_| {
+                eprintln!("connections still open after {HTTP_DRAIN:?}; shutting down anyway");
+                Ok(())
+            })
+        }
+    };
+
+    let report = background.shutdown().await;
+    println!("{report}");
+    Ok(served?)
+}
+
+#[derive(Deserialize)]
+struct Signup {
+    email: String,
+}
+
+async fn signup(
+    tasks: BackgroundTasks,
+    // Taking the `Result` lets us answer a bad query with JSON rather than
+    // axum's plain-text rejection.
+    query: Result<Query<Signup>, QueryRejection>,
+) -> Response {
+    let email = match query {
+        Ok(Query(Signup { email })) => email,
+        Err(rejection) => return bad_request("invalid_query", rejection.body_text()),
+    };
+    if !matches!(email.split_once('@'), Some((user, domain)) if !user.is_empty() && !domain.is_empty())
+    {
+        return bad_request(
+            "invalid_email",
+            format!("{email:?} is not an e-mail address (expected user@domain)"),
+        );
+    }
+
+    // Neither task starts until the 201 below has been sent.
+    let to = email.clone();
+    tasks.add(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await; // the SMTP round trip
+        println!("sent the welcome e-mail to {to}");
+    });
+    let to = email.clone();
+    tasks.add_blocking(move || {
+        // Blocking or CPU-heavy work goes to `add_blocking`, which runs it on
+        // tokio's blocking pool instead of stalling a worker thread.
+        std::thread::sleep(Duration::from_millis(50));
+        println!("rendered the PDF report for {to}");
+    });
+
+    let body = json!({ "email": email, "queued": ["welcome e-mail", "PDF report"] });
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+async fn stats(State(monitor): State<Monitor>) -> Json<Stats> {
+    Json(monitor.stats())
+}
+
+fn bad_request(error: &str, message: impl Display) -> Response {
+    let body = json!({ "error": error, "message": message.to_string() });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}

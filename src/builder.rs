@@ -11,13 +11,14 @@ use crate::supervisor::Supervisor;
 use crate::task_set::{FailureHook, TaskSet};
 
 /// How long [`Supervisor::shutdown`] waits for tasks, unless set with
-/// [`SupervisorBuilder::grace_period`]: 20 s, which leaves 10 s of
-/// Kubernetes' default 30 s termination budget for draining HTTP connections
-/// first.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(20);
+/// [`SupervisorBuilder::grace_period`]: 15 s. Of Kubernetes' default 30 s
+/// termination budget, that leaves 15 s for draining HTTP connections first
+/// (bound that drain to 10 s and some margin remains for the process to exit).
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(15);
 
 /// The last part of the grace period in which tasks are asked to stop,
-/// unless set with [`SupervisorBuilder::cleanup_period`]: 1 s.
+/// unless set with [`SupervisorBuilder::cleanup_period`]: 1 s, or a tenth of
+/// the grace period if that is shorter.
 pub const DEFAULT_CLEANUP_PERIOD: Duration = Duration::from_secs(1);
 
 /// Settings for a [`Supervisor`], from [`Supervisor::builder`].
@@ -41,7 +42,8 @@ pub const DEFAULT_CLEANUP_PERIOD: Duration = Duration::from_secs(1);
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct SupervisorBuilder {
     grace_period: Duration,
-    cleanup_period: Duration,
+    /// `None`: the default, which depends on the grace period.
+    cleanup_period: Option<Duration>,
     on_failure: Option<FailureHook>,
     runtime: Option<Handle>,
 }
@@ -61,7 +63,7 @@ impl Default for SupervisorBuilder {
     fn default() -> Self {
         Self {
             grace_period: DEFAULT_GRACE_PERIOD,
-            cleanup_period: DEFAULT_CLEANUP_PERIOD,
+            cleanup_period: None,
             on_failure: None,
             runtime: None,
         }
@@ -73,7 +75,8 @@ impl SupervisorBuilder {
     /// aborts what is left (default [`DEFAULT_GRACE_PERIOD`]).
     ///
     /// This is the whole budget, cleanup included: `shutdown` returns within
-    /// it (plus scheduling delay) whatever the tasks do.
+    /// it (plus at most 100 ms for aborted tasks to settle) whatever the tasks
+    /// do. `Duration::MAX` means no limit.
     pub fn grace_period(mut self, grace_period: Duration) -> Self {
         self.grace_period = grace_period;
         self
@@ -82,12 +85,13 @@ impl SupervisorBuilder {
     /// The final part of the grace period, during which the
     /// [cancellation token](crate::BackgroundTasks::cancellation_token) is
     /// cancelled so tasks can clean up before they are aborted (default
-    /// [`DEFAULT_CLEANUP_PERIOD`]; capped at the grace period).
+    /// [`DEFAULT_CLEANUP_PERIOD`] or a tenth of the grace period, whichever
+    /// is shorter; a value set here is capped at the grace period).
     ///
-    /// With a 20 s grace period and a 1 s cleanup period, tasks are asked to
-    /// stop 19 s into shutdown, and aborted at 20 s.
+    /// With a 15 s grace period and a 1 s cleanup period, tasks are asked to
+    /// stop 14 s into shutdown, and aborted at 15 s.
     pub fn cleanup_period(mut self, cleanup_period: Duration) -> Self {
-        self.cleanup_period = cleanup_period;
+        self.cleanup_period = Some(cleanup_period);
         self
     }
 
@@ -121,10 +125,10 @@ impl SupervisorBuilder {
     pub fn build(self) -> Supervisor {
         let runtime = self.runtime.unwrap_or_else(Handle::current);
         let set = Arc::new(TaskSet::new(runtime, self.on_failure));
-        Supervisor::from_parts(
-            set,
-            self.grace_period,
-            self.cleanup_period.min(self.grace_period),
-        )
+        let cleanup_period = self
+            .cleanup_period
+            .unwrap_or_else(|| DEFAULT_CLEANUP_PERIOD.min(self.grace_period / 10))
+            .min(self.grace_period);
+        Supervisor::from_parts(set, self.grace_period, cleanup_period)
     }
 }

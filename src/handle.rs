@@ -113,7 +113,8 @@ impl BackgroundTasks {
     /// pool (`spawn_blocking`), never on a worker thread, so it cannot stall
     /// the server. A blocking closure cannot be aborted: if it is still
     /// running when the grace period ends it is counted as cancelled and left
-    /// to finish on its thread; check
+    /// to finish on its thread, and the runtime waits for that thread when it
+    /// is dropped, delaying the process's exit. Check
     /// [`cancellation_token`](Self::cancellation_token) in long loops.
     pub fn add_blocking<F, T>(&self, function: F)
     where

@@ -36,8 +36,9 @@ pub struct Stats {
     pub failed: u64,
     /// Panicked (the panic was caught).
     pub panicked: u64,
-    /// Still unfinished when shutdown signalled cancellation (whether they
-    /// then returned or were aborted), or dropped with the runtime.
+    /// Aborted unfinished at the end of the shutdown grace period, or dropped
+    /// unfinished with the runtime. (A task that returns during the cleanup
+    /// period is counted by what it returned.)
     pub cancelled: u64,
     /// Never started, by policy or because no response was produced; the
     /// reasons are in [`Stats::discard_reasons`].

@@ -45,16 +45,29 @@ const ABORT_SETTLE: Duration = Duration::from_millis(100);
 /// `shutdown` returns as soon as no task is running, and never much later
 /// than the grace period (plus up to 100 ms for aborted tasks to settle).
 ///
+/// Each task is counted by what it did: a task that returns during the
+/// cleanup period, having noticed the token or not, counts as completed or
+/// failed by its return value; only a task that had to be aborted counts as
+/// cancelled.
+///
+/// A blocking closure left running by the abort still holds up the end of
+/// the process: dropping a tokio runtime waits for its blocking threads. Have
+/// long blocking work check the
+/// [cancellation token](crate::BackgroundTasks::cancellation_token), or end
+/// the runtime with `Runtime::shutdown_timeout`.
+///
 /// # With `axum::serve`
 ///
 /// Stop the server first, so that every in-flight request finishes and hands
-/// its tasks off, then shut the supervisor down:
+/// its tasks off, then shut the supervisor down. `with_graceful_shutdown`
+/// waits for open connections without limit, so bound that drain too:
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
 /// # mod example {
 /// use std::time::Duration;
 /// use axum::{routing::post, Router};
+/// use tokio::sync::oneshot;
 /// use tower_background::{BackgroundTasks, Supervisor};
 ///
 /// async fn signup(tasks: BackgroundTasks) -> http::StatusCode {
@@ -65,16 +78,24 @@ const ABORT_SETTLE: Duration = Duration::from_millis(100);
 /// # async fn shutdown_signal() {}
 /// async fn serve() -> std::io::Result<()> {
 ///     let background = Supervisor::builder()
-///         .grace_period(Duration::from_secs(20))
+///         .grace_period(Duration::from_secs(15))
 ///         .build();
 ///     let app = Router::new()
 ///         .route("/signup", post(signup))
 ///         .layer(background.layer());
 ///     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-///     axum::serve(listener, app)
-///         .with_graceful_shutdown(shutdown_signal())
-///         .await?;
-///     let report = background.shutdown().await; // ≤ 20 s
+///
+///     let (stop, stopped) = oneshot::channel::<()>();
+///     let server = axum::serve(listener, app).with_graceful_shutdown(async {
+///         let _ = stopped.await;
+///     });
+///     let server = tokio::spawn(async move { server.await });
+///     shutdown_signal().await;
+///     let _ = stop.send(());
+///     // 1. Drain HTTP for at most 10 s; the requests that finish hand off their tasks.
+///     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+///     // 2. Then the background tasks, for at most 15 s.
+///     let report = background.shutdown().await;
 ///     println!("{report}");
 ///     Ok(())
 /// }
@@ -82,11 +103,10 @@ const ABORT_SETTLE: Duration = Duration::from_millis(100);
 /// ```
 ///
 /// On Kubernetes the pod gets `SIGTERM`, then `SIGKILL` 30 s later
-/// (`terminationGracePeriodSeconds`). That budget covers both steps: the
-/// HTTP drain and the grace period. With the default 20 s grace period, give
-/// the HTTP drain at most ~10 s (for example with `tokio::time::timeout` around
-/// the `serve` future after the signal), or raise
-/// `terminationGracePeriodSeconds`.
+/// (`terminationGracePeriodSeconds`). That budget covers both steps: with
+/// the default 15 s grace period and a 10 s bound on the HTTP drain, 5 s
+/// remain for the process to exit. Raise `terminationGracePeriodSeconds`
+/// rather than squeeze either step.
 ///
 /// # Dropping without `shutdown`
 ///
@@ -199,16 +219,18 @@ impl Supervisor {
             "background tasks: shutting down",
         );
 
-        let deadline = started + self.grace_period;
-        let cleanup_starts = deadline - self.cleanup_period;
+        // `None`: a grace period too long to add to a clock (`Duration::MAX`)
+        // means waiting for as long as it takes.
+        let deadline = started.checked_add(self.grace_period);
+        let cleanup_starts = deadline.map(|deadline| deadline - self.cleanup_period);
         let mut aborted = false;
-        if timeout_at(cleanup_starts, set.wait_idle()).await.is_err() {
+        if !wait_idle_until(&set, cleanup_starts).await {
             tracing::info!(
                 running = set.running(),
                 "background tasks: cleanup period, cancelling",
             );
             set.cancel.cancel();
-            if timeout_at(deadline, set.wait_idle()).await.is_err() {
+            if !wait_idle_until(&set, deadline).await {
                 aborted = true;
                 tracing::warn!(
                     running = set.running(),
@@ -231,6 +253,17 @@ impl Supervisor {
             tracing::warn!(%report, "background tasks: shut down with unfinished tasks");
         }
         report
+    }
+}
+
+/// Waits until the set is idle (`true`) or `deadline` passes (`false`).
+async fn wait_idle_until(set: &TaskSet, deadline: Option<Instant>) -> bool {
+    match deadline {
+        Some(deadline) => timeout_at(deadline, set.wait_idle()).await.is_ok(),
+        None => {
+            set.wait_idle().await;
+            true
+        }
     }
 }
 

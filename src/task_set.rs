@@ -222,15 +222,9 @@ struct Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        let outcome = match self.outcome.take() {
-            // A task that ends after shutdown signalled cancellation counts as
-            // cancelled, whatever it returned: it was cut short, or may have been.
-            Some(Outcome::Completed | Outcome::Failed(_)) if self.set.cancel.is_cancelled() => {
-                Outcome::Cancelled
-            }
-            Some(outcome) => outcome,
-            None => Outcome::Cancelled,
-        };
+        // A task is counted by what it did: what it returned, its panic, or
+        // (no outcome) its being dropped unfinished by an abort or the runtime.
+        let outcome = self.outcome.take().unwrap_or(Outcome::Cancelled);
         self.set.counters.finished(&outcome);
         self.set.report(&outcome, &self.request);
         self.set.finish_running(1);
