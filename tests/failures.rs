@@ -1,0 +1,298 @@
+//! Failures are contained and visible: a task that returns `Err` or panics
+//! harms neither the other tasks nor the server, is counted as `failed` or
+//! `panicked`, is passed to the `on_failure` hook with the method and path of
+//! the request that queued it, and is logged at `ERROR`.
+
+mod support;
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::{Method, StatusCode};
+use tower_background::{FailureKind, Supervisor};
+use tracing::subscriber::DefaultGuard;
+use tracing_subscriber::fmt::MakeWriter;
+
+use support::{app, explode, finish, request, send, serve, stats, within};
+
+/// A failing and a panicking task leave their sibling task and the server
+/// unharmed: the sibling completes, and the next request through the same
+/// service is answered and its task runs.
+#[tokio::test]
+async fn failing_and_panicking_tasks_harm_neither_other_tasks_nor_the_server() {
+    let _logs = capture_logs();
+    let supervisor = Supervisor::new();
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut app = app(&supervisor, {
+        let done = done.clone();
+        move |request, tasks| {
+            if request.uri().path() == "/explode" {
+                tasks.add(async { Err::<(), _>("smtp down") });
+                tasks.add(async { explode("template missing") });
+            }
+            let done = done.clone();
+            tasks.add(async move {
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+
+    serve(&mut app, request(Method::POST, "/explode")).await;
+    within("the tasks to finish", supervisor.wait_idle()).await;
+    assert_eq!(done.load(Ordering::SeqCst), 1, "the sibling task ran");
+    assert_eq!(
+        supervisor.stats(),
+        stats(|s| {
+            s.submitted = 3;
+            s.completed = 1;
+            s.failed = 1;
+            s.panicked = 1;
+        })
+    );
+
+    let response = send(&mut app, request(Method::GET, "/next")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(finish(response).await, "ok");
+    within("the next task to finish", supervisor.wait_idle()).await;
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        2,
+        "the next request's task ran"
+    );
+    assert_eq!(supervisor.stats().completed, 2);
+}
+
+/// Errors are counted as `failed` and panics as `panicked`, for async tasks
+/// and blocking closures alike; `Ok` values count as completed.
+#[tokio::test]
+async fn failures_are_counted_as_failed_or_panicked() {
+    let _logs = capture_logs();
+    let supervisor = Supervisor::new();
+    let mut app = app(&supervisor, |_, tasks| {
+        tasks.add(async { Err::<(), _>(io::Error::other("disk full")) });
+        tasks.add(async { explode("async boom") });
+        tasks.add(async { Ok::<_, String>(42) });
+        tasks.add_blocking(|| Err::<(), _>("bad row"));
+        tasks.add_blocking(|| explode("blocking boom"));
+        tasks.add_blocking(|| Ok::<_, String>("rendered"));
+    });
+
+    serve(&mut app, request(Method::POST, "/import")).await;
+    within("the tasks to finish", supervisor.wait_idle()).await;
+
+    let counted = supervisor.stats();
+    assert_eq!(
+        counted,
+        stats(|s| {
+            s.submitted = 6;
+            s.completed = 2;
+            s.failed = 2;
+            s.panicked = 2;
+        })
+    );
+    assert_eq!(counted.submitted, counted.accounted());
+}
+
+/// The `on_failure` hook is called once per failed or panicked task with
+/// its kind, its message, and the method and path of the request that
+/// queued it; successful tasks do not call it.
+#[tokio::test]
+async fn the_failure_hook_is_told_kind_message_method_and_path() {
+    let _logs = capture_logs();
+    type Seen = Vec<(FailureKind, String, Method, String)>;
+    let seen = Arc::new(Mutex::new(Seen::new()));
+    let supervisor = Supervisor::builder()
+        .on_failure({
+            let seen = seen.clone();
+            move |failure| {
+                seen.lock().unwrap().push((
+                    failure.kind(),
+                    failure.message().to_owned(),
+                    failure.method().clone(),
+                    failure.path().to_owned(),
+                ));
+            }
+        })
+        .build();
+    let mut app = app(&supervisor, |request, tasks| match request.uri().path() {
+        "/signup" => tasks.add(async { Err::<(), _>("smtp down") }),
+        "/accounts/7" => {
+            tasks.add(async { explode("no row 7") });
+            tasks.add(async { panic_with_static_str() });
+            tasks.add_blocking(panic_with_a_number);
+        }
+        _ => tasks.add(async {}),
+    });
+
+    serve(&mut app, request(Method::POST, "/signup")).await;
+    serve(&mut app, request(Method::DELETE, "/accounts/7")).await;
+    serve(&mut app, request(Method::GET, "/healthy")).await;
+    within("the tasks to finish", supervisor.wait_idle()).await;
+
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        seen,
+        [
+            (
+                FailureKind::Panic,
+                "<non-string panic payload>".to_owned(),
+                Method::DELETE,
+                "/accounts/7".to_owned(),
+            ),
+            (
+                FailureKind::Panic,
+                "lock poisoned".to_owned(),
+                Method::DELETE,
+                "/accounts/7".to_owned(),
+            ),
+            (
+                FailureKind::Panic,
+                "no row 7".to_owned(),
+                Method::DELETE,
+                "/accounts/7".to_owned(),
+            ),
+            (
+                FailureKind::Error,
+                "smtp down".to_owned(),
+                Method::POST,
+                "/signup".to_owned(),
+            ),
+        ]
+    );
+}
+
+/// Panics with a `&'static str` payload (`explode` panics with a `String`).
+fn panic_with_static_str() {
+    std::panic::panic_any("lock poisoned");
+}
+
+/// Panics with a payload that is not a string.
+fn panic_with_a_number() {
+    std::panic::panic_any(42_u32);
+}
+
+/// A hook that panics is contained too: it is still called for every
+/// failure, every task is still counted, the set still goes idle, and later
+/// tasks still run.
+#[tokio::test]
+async fn a_panicking_failure_hook_does_not_break_counting() {
+    let (logs, _default) = capture_logs();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let supervisor = Supervisor::builder()
+        .on_failure({
+            let calls = calls.clone();
+            move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                explode("the hook itself is broken");
+            }
+        })
+        .build();
+    let mut app = app(&supervisor, |request, tasks| {
+        if request.uri().path() == "/explode" {
+            tasks.add(async { Err::<(), _>("smtp down") });
+            tasks.add(async { explode("template missing") });
+        }
+        tasks.add(async {});
+    });
+
+    serve(&mut app, request(Method::POST, "/explode")).await;
+    within("the tasks to finish", supervisor.wait_idle()).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        supervisor.stats(),
+        stats(|s| {
+            s.submitted = 3;
+            s.completed = 1;
+            s.failed = 1;
+            s.panicked = 1;
+        })
+    );
+
+    let line = logs
+        .line_containing("on_failure hook panicked")
+        .unwrap_or_else(|| panic!("the hook's panic was not logged:\n{}", logs.text()));
+    assert!(line.contains("ERROR"), "not at ERROR: {line}");
+
+    serve(&mut app, request(Method::GET, "/next")).await;
+    within("the next task to finish", supervisor.wait_idle()).await;
+    assert_eq!(supervisor.stats().completed, 2);
+}
+
+/// A failure is logged at `ERROR` with the request's method and path and the
+/// error's (or panic's) message.
+#[tokio::test]
+async fn failures_are_logged_at_error_with_method_and_path() {
+    let (logs, _default) = capture_logs();
+    let supervisor = Supervisor::new();
+    let mut app = app(&supervisor, |_, tasks| {
+        tasks.add(async { Err::<(), _>("payment gateway timed out") });
+        tasks.add(async { explode("invoice renderer crashed") });
+    });
+    serve(&mut app, request(Method::PUT, "/invoices/42")).await;
+    within("the tasks to finish", supervisor.wait_idle()).await;
+
+    for message in ["payment gateway timed out", "invoice renderer crashed"] {
+        let line = logs
+            .line_containing(message)
+            .unwrap_or_else(|| panic!("no log line for {message:?} in:\n{}", logs.text()));
+        assert!(line.contains("ERROR"), "not at ERROR: {line}");
+        assert!(line.contains("PUT"), "no method: {line}");
+        assert!(line.contains("/invoices/42"), "no path: {line}");
+    }
+}
+
+/// Captures this thread's log output, formatted, until the guard is dropped.
+/// The tests run on a current-thread runtime, so their tasks log on this
+/// thread too.
+///
+/// Every test in this file captures, not only the one that reads the logs:
+/// tracing caches per call site, for all threads, whether anyone is
+/// interested in it, and a thread with no subscriber that reaches a call site
+/// first (a test whose task panics) could otherwise cache "never" while
+/// another test is installing its subscriber.
+fn capture_logs() -> (Logs, DefaultGuard) {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    (logs.clone(), tracing::subscriber::set_default(subscriber))
+}
+
+/// Formatted log output, captured in memory.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn line_containing(&self, needle: &str) -> Option<String> {
+        self.text()
+            .lines()
+            .find(|line| line.contains(needle))
+            .map(str::to_owned)
+    }
+}
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
