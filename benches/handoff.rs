@@ -1,1 +1,394 @@
-fn main(){}
+//! What the layer and the hand-off cost, each next to its baseline.
+//!
+//! Unless its group says otherwise, every variant runs on a multi-thread
+//! tokio runtime with two workers, and its timed loop runs *on a worker*
+//! (inside a spawned task), the way a server's handlers and response bodies
+//! do. Criterion's own thread only starts each sample.
+//!
+//! - `per_task/*` — add, hand off and complete `N` trivial tasks, against
+//!   `tokio::spawn` of the same futures. Every task ticks a shared countdown
+//!   whose last tick wakes the timed loop, on both sides, so both wait for
+//!   the same thing: the `N`-th task body has run.
+//!   - `raw_spawn` (baseline): `N` × `tokio::spawn`.
+//!   - `one_request_n_tasks`: one request through the layer whose handler
+//!     adds `N` tasks; the body is read to its end, which spawns them.
+//!   - `one_request_n_tasks_wait_idle`: the same, but waiting with
+//!     `Supervisor::wait_idle` (every task's bookkeeping done) and with
+//!     empty task bodies.
+//!   - `n_requests_spawn` (baseline): `N` requests through the same service
+//!     without the layer, each handler calling `tokio::spawn` once.
+//!   - `n_requests_1_task`: `N` requests through the layer, each handler
+//!     adding one task.
+//! - `per_task_current_thread/*` — the same five on a current-thread
+//!   runtime: no work stealing, no worker wake-ups, so the CPU cost alone and
+//!   far less noise.
+//! - `empty_request/*` — one request whose handler queues nothing.
+//!   - `no_layer` (baseline): the bare `service_fn`.
+//!   - `with_layer`: the same service behind the layer.
+//!   - `handle_create_insert`: what the layer cannot avoid: build a value
+//!     shaped like the handle (an `Arc` around a task-set reference, the
+//!     method, the URI and a mutex-guarded queue) and insert a clone of it
+//!     into empty `http::Extensions`, then drop both. (The real constructor
+//!     is private to the crate.)
+//!
+//! Run all of it (about two minutes once built):
+//!
+//! ```text
+//! cargo bench --bench handoff
+//! ```
+//!
+//! or a quicker, noisier pass with
+//! `cargo bench --bench handoff -- --warm-up-time 1 --measurement-time 2`
+//! (criterion's `--quick` works as well). The numbers are in
+//! `BENCHMARKS.md`.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{Extensions, Method, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tokio::runtime::Runtime;
+use tokio::sync::Notify;
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_background::{BackgroundTasks, Supervisor};
+
+/// Tasks per timed iteration in the `per_task` group.
+const N: usize = 1000;
+
+/// The URI every request carries: parsed once, cloned into each request (the
+/// same on both sides of every comparison).
+const URI: &str = "/signup?plan=free";
+
+/// Two workers, as on the two-core machine the figures come from.
+fn multi_thread_runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Runs `timed` as a task on `runtime` (on one of its workers, for a
+/// multi-thread runtime) and returns what it measured.
+fn on_worker<F>(runtime: &Runtime, timed: F) -> Duration
+where
+    F: Future<Output = Duration> + Send + 'static,
+{
+    let timed = runtime.spawn(timed);
+    runtime.block_on(timed).expect("the timed loop panicked")
+}
+
+/// Counts task bodies down and wakes the timed loop at zero; the completion
+/// signal both sides of `per_task` wait on.
+#[derive(Debug)]
+struct Countdown {
+    left: AtomicUsize,
+    done: Notify,
+}
+
+impl Countdown {
+    fn leaked() -> &'static Self {
+        Box::leak(Box::new(Self {
+            left: AtomicUsize::new(0),
+            done: Notify::new(),
+        }))
+    }
+
+    fn arm(&self, n: usize) {
+        self.left.store(n, Ordering::Release);
+    }
+
+    fn tick(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    async fn wait(&self) {
+        self.done.notified().await;
+    }
+}
+
+fn request(uri: &Uri) -> Request<()> {
+    let mut request = Request::new(());
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri.clone();
+    request
+}
+
+fn ok() -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::from_static(b"ok")))
+}
+
+/// Calls `service` once and reads the response body the way hyper does:
+/// frame by frame, stopping at `None` or as soon as `is_end_stream()` is true.
+async fn serve_one<S, B>(service: &mut S, uri: &Uri)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+    B: Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let ready = service.ready().await.expect("infallible");
+    let mut body = ready
+        .call(request(uri))
+        .await
+        .expect("infallible")
+        .into_body();
+    while !body.is_end_stream() {
+        match body.frame().await {
+            Some(frame) => drop(black_box(frame.expect("a frame"))),
+            None => break,
+        }
+    }
+    drop(body);
+}
+
+fn tasks_of(request: &Request<()>) -> &BackgroundTasks {
+    request
+        .extensions()
+        .get::<BackgroundTasks>()
+        .expect("the layer inserts the handle")
+}
+
+fn per_task(c: &mut Criterion) {
+    per_task_on(c, "per_task", &multi_thread_runtime());
+}
+
+/// The same comparison on a current-thread runtime: no work stealing and no
+/// worker wake-ups, so it shows the CPU cost alone, with far less noise.
+fn per_task_current_thread(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    per_task_on(c, "per_task_current_thread", &runtime);
+}
+
+fn per_task_on(c: &mut Criterion, group_name: &str, runtime: &Runtime) {
+    let supervisor = runtime.block_on(async { Supervisor::new() });
+    let uri: Uri = URI.parse().expect("a URI");
+    let countdown = Countdown::leaked();
+
+    let mut group = c.benchmark_group(group_name);
+    group.throughput(Throughput::Elements(N as u64));
+
+    group.bench_function(BenchmarkId::new("raw_spawn", N), |b| {
+        b.iter_custom(|iters| {
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    countdown.arm(N);
+                    for _ in 0..N {
+                        drop(tokio::spawn(async move { countdown.tick() }));
+                    }
+                    countdown.wait().await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let one_request =
+        supervisor
+            .layer()
+            .layer(service_fn(move |request: Request<()>| async move {
+                let tasks = tasks_of(&request);
+                for _ in 0..N {
+                    tasks.add(async move { countdown.tick() });
+                }
+                Ok::<_, Infallible>(ok())
+            }));
+    group.bench_function(BenchmarkId::new("one_request_n_tasks", N), |b| {
+        b.iter_custom(|iters| {
+            let mut service = one_request.clone();
+            let uri = uri.clone();
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    countdown.arm(N);
+                    serve_one(&mut service, &uri).await;
+                    countdown.wait().await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let monitor = supervisor.monitor();
+    let one_request_empty =
+        supervisor
+            .layer()
+            .layer(service_fn(|request: Request<()>| async move {
+                let tasks = tasks_of(&request);
+                for _ in 0..N {
+                    tasks.add(async {});
+                }
+                Ok::<_, Infallible>(ok())
+            }));
+    group.bench_function(BenchmarkId::new("one_request_n_tasks_wait_idle", N), |b| {
+        b.iter_custom(|iters| {
+            let mut service = one_request_empty.clone();
+            let uri = uri.clone();
+            let monitor = monitor.clone();
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    serve_one(&mut service, &uri).await;
+                    monitor.wait_idle().await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let spawning = service_fn(move |_request: Request<()>| async move {
+        drop(tokio::spawn(async move { countdown.tick() }));
+        Ok::<_, Infallible>(ok())
+    });
+    group.bench_function(BenchmarkId::new("n_requests_spawn", N), |b| {
+        b.iter_custom(|iters| {
+            let mut service = spawning;
+            let uri = uri.clone();
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    countdown.arm(N);
+                    for _ in 0..N {
+                        serve_one(&mut service, &uri).await;
+                    }
+                    countdown.wait().await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let adding = supervisor
+        .layer()
+        .layer(service_fn(move |request: Request<()>| async move {
+            tasks_of(&request).add(async move { countdown.tick() });
+            Ok::<_, Infallible>(ok())
+        }));
+    group.bench_function(BenchmarkId::new("n_requests_1_task", N), |b| {
+        b.iter_custom(|iters| {
+            let mut service = adding.clone();
+            let uri = uri.clone();
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    countdown.arm(N);
+                    for _ in 0..N {
+                        serve_one(&mut service, &uri).await;
+                    }
+                    countdown.wait().await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+    group.finish();
+
+    let report = runtime.block_on(supervisor.shutdown());
+    assert!(report.is_complete(), "{report}");
+}
+
+/// Shaped like the crate's `BackgroundTasks`: one `Arc` around what a
+/// request's handle holds.
+#[derive(Clone, Debug)]
+struct HandleLike {
+    _state: Arc<HandleState>,
+}
+
+#[derive(Debug)]
+struct HandleState {
+    _set: Arc<AtomicUsize>,
+    _method: Method,
+    _uri: Uri,
+    _queue: Mutex<Option<Vec<Box<dyn Any + Send>>>>,
+}
+
+fn empty_request(c: &mut Criterion) {
+    let runtime = &multi_thread_runtime();
+    let supervisor = runtime.block_on(async { Supervisor::new() });
+    let uri: Uri = URI.parse().expect("a URI");
+
+    let mut group = c.benchmark_group("empty_request");
+
+    let bare = service_fn(|_request: Request<()>| async { Ok::<_, Infallible>(ok()) });
+    group.bench_function("no_layer", |b| {
+        b.iter_custom(|iters| {
+            let mut service = bare;
+            let uri = uri.clone();
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    serve_one(&mut service, &uri).await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let layered = supervisor.layer().layer(bare);
+    group.bench_function("with_layer", |b| {
+        b.iter_custom(|iters| {
+            let mut service = layered.clone();
+            let uri = uri.clone();
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    serve_one(&mut service, &uri).await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let set = Arc::new(AtomicUsize::new(0));
+    group.bench_function("handle_create_insert", |b| {
+        b.iter_custom(|iters| {
+            let set = Arc::clone(&set);
+            let uri = uri.clone();
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let handle = HandleLike {
+                        _state: Arc::new(HandleState {
+                            _set: Arc::clone(&set),
+                            _method: Method::POST,
+                            _uri: black_box(&uri).clone(),
+                            _queue: Mutex::new(Some(Vec::new())),
+                        }),
+                    };
+                    let mut extensions = Extensions::new();
+                    extensions.insert(handle.clone());
+                    drop(black_box(extensions));
+                    drop(black_box(handle));
+                }
+                start.elapsed()
+            })
+        });
+    });
+    group.finish();
+
+    let report = runtime.block_on(supervisor.shutdown());
+    assert!(report.is_complete(), "{report}");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(60);
+    targets = per_task, per_task_current_thread, empty_request
+}
+criterion_main!(benches);
