@@ -5,6 +5,7 @@ use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use http::{Method, Uri};
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::DiscardReason;
@@ -60,10 +61,14 @@ pub(crate) struct RequestTasks {
     queue: Mutex<Queue>,
 }
 
+/// A request's queued tasks: the first is stored inline, since most
+/// requests that queue anything queue one task.
+pub(crate) type Queued = SmallVec<[Task; 1]>;
+
 #[derive(Debug)]
 enum Queue {
     /// The response has not ended; tasks wait here.
-    Open(Vec<Task>),
+    Open(Queued),
     /// Handed off: later tasks start at once.
     HandedOff,
     /// Discarded: later tasks are discarded for the same reason.
@@ -83,7 +88,7 @@ impl BackgroundTasks {
                 set,
                 method,
                 uri,
-                queue: Mutex::new(Queue::Open(Vec::new())),
+                queue: Mutex::new(Queue::Open(SmallVec::new())),
             }),
         }
     }
@@ -150,7 +155,7 @@ impl BackgroundTasks {
             }
             Queue::HandedOff => {
                 drop(queue);
-                set.spawn_all(request, vec![task]);
+                set.spawn_all(request, smallvec::smallvec![task]);
             }
             Queue::Discarded(reason) => {
                 let reason = *reason;
@@ -174,6 +179,10 @@ impl RequestTasks {
         self.uri.path()
     }
 
+    pub(crate) fn set(&self) -> &Arc<TaskSet> {
+        &self.set
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Nothing panics while the lock is held; should it ever, the queue is
         // still consistent, so poisoning is ignored rather than propagated.
@@ -181,7 +190,7 @@ impl RequestTasks {
     }
 
     /// Takes the queued tasks if the queue is still open, leaving `next`.
-    fn close_queue(&self, next: Queue) -> Option<Vec<Task>> {
+    fn close_queue(&self, next: Queue) -> Option<Queued> {
         let mut queue = self.lock();
         match &*queue {
             Queue::Open(_) => match mem::replace(&mut *queue, next) {
@@ -196,8 +205,10 @@ impl RequestTasks {
     /// hand-off or discard of a request has any effect.
     pub(crate) fn hand_off(self: &Arc<Self>) {
         if let Some(tasks) = self.close_queue(Queue::HandedOff) {
-            self.set.counters.unqueued(tasks.len() as u64);
-            self.set.spawn_all(self, tasks);
+            if !tasks.is_empty() {
+                self.set.counters.unqueued(tasks.len() as u64);
+                self.set.spawn_all(self, tasks);
+            }
         }
     }
 

@@ -10,18 +10,20 @@
 //! every task's wrapper watches, so no registry of `AbortHandle`s is needed).
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use futures_util::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::failure::{FailureKind, TaskFailure};
-use crate::handle::RequestTasks;
+use crate::handle::{Queued, RequestTasks};
 use crate::stats::{Counters, DiscardReason, Outcome, Stats};
 use crate::task::{Task, Work};
 
@@ -94,7 +96,7 @@ impl TaskSet {
 
     /// Starts `tasks` (queued by `request`) now, or refuses them all if the
     /// set is closed.
-    pub(crate) fn spawn_all(self: &Arc<Self>, request: &Arc<RequestTasks>, tasks: Vec<Task>) {
+    pub(crate) fn spawn_all(self: &Arc<Self>, request: &Arc<RequestTasks>, tasks: Queued) {
         let n = tasks.len() as u64;
         if n == 0 {
             return;
@@ -106,8 +108,8 @@ impl TaskSet {
             return;
         }
         for task in tasks {
-            let run = run(Arc::clone(self), Arc::clone(request), task);
-            drop(self.runtime.spawn(run));
+            let running = Running::start(Arc::clone(request), task);
+            drop(self.runtime.spawn(running));
         }
     }
 
@@ -212,70 +214,126 @@ impl TaskSet {
     }
 }
 
-/// Counts a task as finished exactly once: when its wrapper returns, or, if
-/// the wrapper is dropped unfinished (the runtime shut down), as cancelled.
-struct Finish {
-    set: Arc<TaskSet>,
+/// The future spawned for each handed-off task.
+///
+/// Written by hand rather than as an `async fn` to keep it small (tokio
+/// copies it into the task's allocation; an `async fn` with a `select` was
+/// 496 bytes, this is about 120) and to register the abort waiter only once
+/// the task has returned `Pending` — a task that finishes on its first poll
+/// never touches the cancellation token's lock.
+struct Running {
+    /// Also the way to the task set (`request.set()`), so a task holds one
+    /// reference count, not two.
     request: Arc<RequestTasks>,
-    outcome: Option<Outcome>,
+    span: tracing::Span,
+    work: RunningWork,
+    /// Created at the first `Pending`: wakes the task when shutdown aborts.
+    abort: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Set once the outcome is counted; if the future is dropped before that
+    /// (the runtime shut down), `Drop` counts it as cancelled.
+    counted: bool,
 }
 
-impl Drop for Finish {
-    fn drop(&mut self) {
-        // A task is counted by what it did: what it returned, its panic, or
-        // (no outcome) its being dropped unfinished by an abort or the runtime.
-        let outcome = self.outcome.take().unwrap_or(Outcome::Cancelled);
-        self.set.counters.finished(&outcome);
-        self.set.report(&outcome, &self.request);
-        self.set.finish_running(1);
+enum RunningWork {
+    Async(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>),
+    /// Already started on the blocking pool; dropping the handle detaches it.
+    Blocking(JoinHandle<Result<(), String>>),
+}
+
+impl Running {
+    fn start(request: Arc<RequestTasks>, task: Task) -> Self {
+        let span = tracing::info_span!(
+            parent: None,
+            "background_task",
+            http.method = %request.method(),
+            http.path = request.path(),
+        );
+        span.follows_from(&task.added_in);
+        let work = match task.work {
+            Work::Async(future) => RunningWork::Async(future),
+            Work::Blocking(function) => {
+                let span = span.clone();
+                let runtime = &request.set().runtime;
+                RunningWork::Blocking(runtime.spawn_blocking(move || span.in_scope(function)))
+            }
+        };
+        Self {
+            request,
+            span,
+            work,
+            abort: None,
+            counted: false,
+        }
+    }
+
+    /// Counts, logs (inside the task's span) and takes the task off the
+    /// running count.
+    fn count(&mut self, outcome: Outcome) {
+        self.counted = true;
+        let _entered = self.span.enter();
+        let set = self.request.set();
+        set.counters.finished(&outcome);
+        set.report(&outcome, &self.request);
+        set.finish_running(1);
     }
 }
 
-/// The future spawned for each handed-off task.
-async fn run(set: Arc<TaskSet>, request: Arc<RequestTasks>, task: Task) {
-    let mut finish = Finish {
-        set,
-        request,
-        outcome: None,
-    };
-    let span = tracing::info_span!(
-        parent: None,
-        "background_task",
-        http.method = %finish.request.method(),
-        http.path = finish.request.path(),
-    );
-    span.follows_from(&task.added_in);
-    drop(task.added_in);
+impl Future for Running {
+    type Output = ();
 
-    let work = async move {
-        match task.work {
-            Work::Async(future) => match AssertUnwindSafe(future).catch_unwind().await {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.counted {
+            return Poll::Ready(());
+        }
+        if this.request.set().abort.is_cancelled() {
+            this.count(Outcome::Cancelled);
+            return Poll::Ready(());
+        }
+        let polled = match &mut this.work {
+            RunningWork::Async(future) => {
+                let _entered = this.span.enter();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(Ok(()))) => Poll::Ready(Outcome::Completed),
+                    Ok(Poll::Ready(Err(message))) => Poll::Ready(Outcome::Failed(message)),
+                    Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
+                }
+            }
+            RunningWork::Blocking(handle) => Pin::new(handle).poll(cx).map(|joined| match joined {
                 Ok(Ok(())) => Outcome::Completed,
                 Ok(Err(message)) => Outcome::Failed(message),
-                Err(payload) => Outcome::Panicked(panic_message(payload)),
-            },
-            Work::Blocking(function) => run_blocking(function).await,
+                Err(error) if error.is_panic() => Outcome::Panicked(panic_message(error.into_panic())),
+                // The runtime is shutting down and dropped the closure unrun.
+                Err(_) => Outcome::Cancelled,
+            }),
+        };
+        match polled {
+            Poll::Ready(outcome) => {
+                this.count(outcome);
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                let set = this.request.set();
+                let abort = this
+                    .abort
+                    .get_or_insert_with(|| Box::pin(set.abort.clone().cancelled_owned()));
+                if abort.as_mut().poll(cx).is_ready() {
+                    // Dropping the work (when this future is dropped) aborts it.
+                    this.count(Outcome::Cancelled);
+                    return Poll::Ready(());
+                }
+                Poll::Pending
+            }
         }
-    };
-    let outcome = finish
-        .set
-        .abort
-        .run_until_cancelled(work)
-        .instrument(span.clone())
-        .await;
-    finish.outcome = Some(outcome.unwrap_or(Outcome::Cancelled));
-    // Count and log inside the task's span, so the failure log line carries it.
-    span.in_scope(move || drop(finish));
+    }
 }
 
-async fn run_blocking(function: Box<dyn FnOnce() -> Result<(), String> + Send>) -> Outcome {
-    let span = tracing::Span::current();
-    match tokio::task::spawn_blocking(move || span.in_scope(function)).await {
-        Ok(Ok(())) => Outcome::Completed,
-        Ok(Err(message)) => Outcome::Failed(message),
-        Err(error) if error.is_panic() => Outcome::Panicked(panic_message(error.into_panic())),
-        // The runtime is shutting down and dropped the closure unrun.
-        Err(_) => Outcome::Cancelled,
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.count(Outcome::Cancelled);
+        }
     }
 }
 
