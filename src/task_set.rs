@@ -303,7 +303,9 @@ impl Future for Running {
             RunningWork::Blocking(handle) => Pin::new(handle).poll(cx).map(|joined| match joined {
                 Ok(Ok(())) => Outcome::Completed,
                 Ok(Err(message)) => Outcome::Failed(message),
-                Err(error) if error.is_panic() => Outcome::Panicked(panic_message(error.into_panic())),
+                Err(error) if error.is_panic() => {
+                    Outcome::Panicked(panic_message(error.into_panic()))
+                }
                 // The runtime is shutting down and dropped the closure unrun.
                 Err(_) => Outcome::Cancelled,
             }),
