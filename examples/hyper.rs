@@ -52,33 +52,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_background::{BackgroundTasks, Monitor, Supervisor};
-use tracing_subscriber::EnvFilter;
 
 mod support;
 
-use support::{settings, shutdown_signal, HTTP_DRAIN};
+use support::{shutdown_signal, HTTP_DRAIN};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-
-    let (port, grace_period) = match settings() {
-        Ok(settings) => settings,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2); // a usage error, reported before anything starts
-        }
-    };
-
-    match run(port, grace_period).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main(run).await
 }
 
 async fn run(port: u16, grace_period: Duration) -> Result<(), Box<dyn Error>> {

@@ -37,8 +37,6 @@
 
 use std::error::Error;
 use std::fmt::Display;
-use std::future::IntoFuture;
-use std::pin::pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -50,35 +48,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::oneshot;
 use tower_background::{BackgroundTasks, Monitor, Stats, Supervisor};
-use tracing_subscriber::EnvFilter;
 
 mod support;
 
-use support::{settings, shutdown_signal, HTTP_DRAIN};
+use support::serve_axum;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-
-    let (port, grace_period) = match settings() {
-        Ok(settings) => settings,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2); // a usage error, reported before anything starts
-        }
-    };
-
-    match run(port, grace_period).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main(run).await
 }
 
 async fn run(port: u16, grace_period: Duration) -> Result<(), Box<dyn Error>> {
@@ -90,50 +68,9 @@ async fn run(port: u16, grace_period: Duration) -> Result<(), Box<dyn Error>> {
         .with_state(background.monitor())
         .layer(background.layer());
 
-    // Installed before serving, so that a failure shows up at start-up.
-    let signal =
-        shutdown_signal().map_err(|error| format!("cannot listen for signals: {error}"))?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|error| format!("cannot listen on 127.0.0.1:{port}: {error}"))?;
-    println!("listening on http://{}", listener.local_addr()?);
-
-    // Shutdown happens in this order:
-    //
-    // 1. On the signal, `axum::serve` stops accepting connections and waits
-    //    for the requests in flight. Their responses end, so their tasks are
-    //    handed off to the supervisor.
-    // 2. Only then does the supervisor stop taking tasks, and waits for the
-    //    running ones for at most the grace period before cancelling them.
-    //
-    // Shutting the supervisor down first would refuse the tasks of the
-    // requests still being answered.
-    //
-    // On Kubernetes, `SIGKILL` follows `SIGTERM` after 30 s
-    // (`terminationGracePeriodSeconds`), and that budget covers both steps:
-    // with the default 15 s grace period and the drain bounded to 10 s, 5 s
-    // remain for the process to exit.
-    // `axum::serve` alone would wait for a stalled client forever, hence the
-    // timeout.
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async {
-        let _ = stopped.await;
-    });
-    let mut server = pin!(server.into_future());
-    let served = tokio::select! {
-        served = &mut server => served, // only on an I/O error
-        () = signal => {
-            let _ = stop.send(());
-            tokio::time::timeout(HTTP_DRAIN, server).await.unwrap_or_else(|_| {
-                eprintln!("connections still open after {HTTP_DRAIN:?}; shutting down anyway");
-                Ok(())
-            })
-        }
-    };
-
-    let report = background.shutdown().await;
-    println!("{report}");
-    Ok(served?)
+    // Serves until SIGINT or SIGTERM, then drains HTTP (at most 10 s) before
+    // shutting the supervisor down: see `serve_axum` for why in that order.
+    serve_axum(port, app, background).await
 }
 
 #[derive(Deserialize)]

@@ -114,6 +114,7 @@
 //! |---|---|---|
 //! | `axum` | yes | [`BackgroundTasks`] as an axum 0.8 extractor (depends on `axum-core` only) |
 //! | `serde` | yes | `Serialize` for [`Stats`] and [`ShutdownReport`] |
+//! | `tracking` | no | [`tracking`]: tasks with ids, status, results and locks over HTTP, and an axum route that starts and reports them (full axum, serde_json, uuid, time, sha2) |
 //!
 //! With `default-features = false` the crate works with any `tower` HTTP
 //! service: hyper 1, tonic, or your own.
@@ -135,6 +136,8 @@ mod stats;
 mod supervisor;
 mod task;
 mod task_set;
+#[cfg(feature = "tracking")]
+pub mod tracking;
 
 pub use body::ResponseBody;
 pub use builder::{SupervisorBuilder, DEFAULT_CLEANUP_PERIOD, DEFAULT_GRACE_PERIOD};

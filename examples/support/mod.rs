@@ -1,20 +1,112 @@
-//! Start-up code the examples share: settings from the environment, the
-//! shutdown signal, and how long the HTTP drain may take.
+//! Start-up code the examples share: `main` (logging, settings from the
+//! environment, exit codes), the shutdown signal, how long the HTTP drain
+//! may take, and serving an axum app until the signal.
 
 use std::env::{self, VarError};
+use std::error::Error;
 use std::fmt::Display;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::io;
+use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tower_background::Supervisor;
+use tracing_subscriber::EnvFilter;
 
 /// How long open connections get to finish once the signal has come. With
 /// the crate's default 15 s grace period, the whole shutdown stays within
 /// Kubernetes' default 30 s `terminationGracePeriodSeconds`, with 5 s to spare.
 pub(crate) const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
+/// The examples' `main`: logs with the `RUST_LOG` filter (default `info`),
+/// reads `PORT` and `GRACE_SECS`, and runs `run(port, grace_period)`. Exits
+/// with 2 on a bad setting (reported before anything starts) and 1 when
+/// `run` fails.
+pub(crate) async fn main<F, R>(run: F) -> ExitCode
+where
+    F: FnOnce(u16, Duration) -> R,
+    R: Future<Output = Result<(), Box<dyn Error>>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+
+    let (port, grace_period) = match settings() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+
+    match run(port, grace_period).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves `app` on 127.0.0.1:`port` until `SIGINT` or `SIGTERM`, then
+/// shuts down in this order:
+///
+/// 1. `axum::serve` stops accepting connections and waits (at most
+///    [`HTTP_DRAIN`]) for the requests in flight. Their responses end, so
+///    their tasks are handed off to the supervisor.
+/// 2. Only then does `background` stop taking tasks, and waits for the
+///    running ones for at most its grace period before cancelling them. Its
+///    report is printed.
+///
+/// Shutting the supervisor down first would refuse the tasks of the
+/// requests still being answered. `axum::serve` alone would wait for a
+/// stalled client forever, hence the bound on step 1.
+///
+/// On Kubernetes, `SIGKILL` follows `SIGTERM` after 30 s
+/// (`terminationGracePeriodSeconds`), and that budget covers both steps:
+/// with the default 15 s grace period and the drain bounded to 10 s, 5 s
+/// remain for the process to exit.
+// The hyper example serves without axum.
+#[allow(dead_code)]
+pub(crate) async fn serve_axum(
+    port: u16,
+    app: axum::Router,
+    background: Supervisor,
+) -> Result<(), Box<dyn Error>> {
+    // Installed before serving, so that a failure shows up at start-up.
+    let signal =
+        shutdown_signal().map_err(|error| format!("cannot listen for signals: {error}"))?;
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|error| format!("cannot listen on 127.0.0.1:{port}: {error}"))?;
+    println!("listening on http://{}", listener.local_addr()?);
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let served = tokio::select! {
+        served = &mut server => served, // only on an I/O error
+        () = signal => {
+            let _ = stop.send(());
+            tokio::time::timeout(HTTP_DRAIN, server).await.unwrap_or_else(|_| {
+                eprintln!("connections still open after {HTTP_DRAIN:?}; shutting down anyway");
+                Ok(())
+            })
+        }
+    };
+
+    let report = background.shutdown().await;
+    println!("{report}");
+    Ok(served?)
+}
+
 /// `PORT` and `GRACE_SECS` from the environment.
-pub(crate) fn settings() -> Result<(u16, Duration), String> {
+fn settings() -> Result<(u16, Duration), String> {
     let port = env_or("PORT", 3000_u16, "a port number (0-65535)")?;
     let default = tower_background::DEFAULT_GRACE_PERIOD.as_secs();
     let grace = env_or("GRACE_SECS", default, "a whole number of seconds")?;

@@ -1,0 +1,156 @@
+//! Tracked tasks (feature `tracking`): background tasks with an id, a
+//! status and a result that clients can ask for over HTTP, and optional
+//! locks so that a task runs once at a time — apidaora's background routes,
+//! without their races and unbounded memory.
+//!
+//! # Example
+//!
+//! One call makes a route: `POST /hello-single?name=Me` answers `202
+//! Accepted` with a task id and starts the task once the response has been
+//! sent; a second `POST` while it runs answers `303 See Other` to the
+//! running task; `GET /hello-single?task_id=…` reports it.
+//!
+//! ```
+//! use axum::body::Body;
+//! use axum::http::{Request, StatusCode};
+//! use axum::Router;
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//! use tower_background::tracking::{Lock, TaskRegistry};
+//! use tower_background::Supervisor;
+//!
+//! #[derive(serde::Deserialize, serde::Serialize)]
+//! struct Hello {
+//!     name: String,
+//! }
+//!
+//! async fn hello_task(args: Hello) -> String {
+//!     format!("Hello {}!", args.name)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let supervisor = Supervisor::new();
+//! let registry = TaskRegistry::new();
+//! let app = Router::new()
+//!     .route("/hello-single", registry.route("hello_task", Lock::Signature, hello_task))
+//!     .layer(supervisor.layer());
+//!
+//! let start = Request::post("/hello-single?name=Me").body(Body::empty()).unwrap();
+//! let response = app.clone().oneshot(start).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::ACCEPTED);
+//! let location = response.headers()["location"].to_str().unwrap().to_owned();
+//! response.into_body().collect().await.unwrap(); // sent: the task starts
+//! supervisor.wait_idle().await;
+//!
+//! let status = Request::get(location).body(Body::empty()).unwrap();
+//! let response = app.oneshot(status).await.unwrap();
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! let record: serde_json::Value = serde_json::from_slice(&body).unwrap();
+//! assert_eq!(record["status"], "finished");
+//! assert_eq!(record["result"], "Hello Me!");
+//! assert_eq!(record["signature"], "36f992696100");
+//! # }
+//! ```
+//!
+//! # How it fits together
+//!
+//! - A [`TaskRegistry`] lives beside the [`Supervisor`](crate::Supervisor).
+//!   It records tracked tasks in a [`TaskStore`]: the [`MemoryStore`] by
+//!   default, or your own (a database shared by several servers).
+//! - A tracked task is started with
+//!   [`BackgroundTasks::add`](crate::BackgroundTasks::add) on the request's
+//!   handle, so it is an ordinary background task: it starts after the
+//!   response has been sent, is counted in [`Stats`](crate::Stats), and is
+//!   drained (then cancelled) at shutdown like any other. The registry only
+//!   adds the record.
+//! - [`TaskRegistry::route`] makes a whole route; [`TaskRegistry::start`],
+//!   [`TaskRegistry::get`], [`TaskIdQuery`], [`Started::into_response_at`]
+//!   and [`TrackingError`] are the pieces for routes of your own.
+//!
+//! # Guarantees
+//!
+//! | | |
+//! |---|---|
+//! | **atomic locks** | taking a [`Lock`] and registering the task are one step of the store: of any number of concurrent starts, exactly one starts, the others get its id |
+//! | **locks always released** | however the task ends: finished, failed (an `Err`), panicked, or cancelled (aborted at shutdown, refused, discarded with its request) |
+//! | **bounded** | ended records are kept for a TTL ([`DEFAULT_TTL`], 1 h), at most a capacity of records ([`DEFAULT_CAPACITY`], 10 000) are kept, the oldest ended first to go; a store full of running tasks refuses starts (`503` + `Retry-After`) |
+//! | **stable signatures** | 12 hex digits derived from the task's name and its arguments' canonical JSON ([`Signature`]): the same on every machine and run |
+//! | **JSON errors** | every error of a tracked route is JSON ([`TrackingError`]); no input makes it panic |
+//!
+//! What is lost on a crash: with the [`MemoryStore`], everything — records,
+//! locks and the tasks themselves.
+//!
+//! # HTTP contract
+//!
+//! The field names are apidaora's. Times are RFC 3339, UTC, to the
+//! millisecond. `args_signature` is `null` unless the task locks per
+//! arguments ([`Lock::Args`]), as in apidaora.
+//!
+//! ```text
+//! POST /hello-single?name=Me
+//! 202 Accepted
+//! location: /hello-single?task_id=4ee301eb-6487-48a0-b6ed-e5f576accfc2
+//! {"task_id":"4ee301eb-…","start_time":"2026-05-01T09:30:00.123Z","status":"running","signature":"36f992696100","args_signature":null}
+//!
+//! POST /hello-single?name=Me
+//! 303 See Other
+//! location: /hello-single?task_id=4ee301eb-6487-48a0-b6ed-e5f576accfc2
+//! x-task-lock: signature
+//!
+//! GET /hello-single?task_id=4ee301eb-6487-48a0-b6ed-e5f576accfc2
+//! 200 OK
+//! {"task_id":"4ee301eb-…","start_time":"…","status":"finished","signature":"36f992696100","args_signature":null,"end_time":"2026-05-01T09:30:01.125Z","result":"Hello Me!"}
+//! ```
+//!
+//! # Minimum Rust version
+//!
+//! 1.75, like the crate, with dependency versions that support it (the
+//! repository's `Cargo.lock` pins newer ones: axum 0.8.0 to 0.8.4, `time`
+//! up to 0.3.41 and `uuid` up to 1.18 build on 1.75).
+
+mod args;
+mod error;
+mod id;
+mod lock;
+mod memory;
+mod output;
+mod query;
+mod record;
+mod recorder;
+mod registry;
+mod response;
+mod route;
+mod signature;
+mod spec;
+mod store;
+mod timestamp;
+
+pub use error::{SignatureError, StoreError, TrackingError};
+pub use id::{ParseTaskIdError, TaskId};
+pub use lock::{Lock, LockKey, LOCK_HEADER};
+pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_CAPACITY, DEFAULT_TTL};
+pub use output::IntoTaskResult;
+pub use query::TaskIdQuery;
+pub use record::{TaskError, TaskOutcome, TaskRecord, TaskStatus};
+pub use registry::{Started, TaskRegistry, TaskRegistryBuilder, DEFAULT_RETRY_AFTER};
+pub use signature::{ParseSignatureError, Signature};
+pub use spec::TaskSpec;
+pub use store::{Admission, TaskStore};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+
+    #[test]
+    fn what_handlers_share_is_send_sync_and_clone() {
+        is_send_sync_clone::<TaskRegistry>();
+        is_send_sync_clone::<TaskRecord>();
+        is_send_sync_clone::<TaskSpec>();
+        fn is_send_sync<T: Send + Sync>() {}
+        is_send_sync::<MemoryStore>();
+        is_send_sync::<TrackingError>();
+    }
+}
