@@ -118,16 +118,21 @@
 //! With `default-features = false` the crate works with any `tower` HTTP
 //! service: hyper 1, tonic, or your own.
 
+mod attempt;
 mod body;
 mod builder;
+mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod failure;
 mod future;
+mod group;
 mod handle;
 mod handoff;
+mod lane;
 mod layer;
 mod monitor;
+mod options;
 mod policy;
 mod report;
 mod service;
@@ -137,18 +142,24 @@ mod task;
 mod task_set;
 
 pub use body::ResponseBody;
-pub use builder::{SupervisorBuilder, DEFAULT_CLEANUP_PERIOD, DEFAULT_GRACE_PERIOD};
+pub use builder::{
+    SupervisorBuilder, DEFAULT_BLOCKING_LIMIT, DEFAULT_CLEANUP_PERIOD, DEFAULT_GRACE_PERIOD,
+    DEFAULT_MAX_QUEUED, DEFAULT_MAX_RUNNING,
+};
+pub use error::AddError;
 #[cfg(feature = "axum")]
 pub use extract::MissingBackgroundTaskLayer;
 pub use failure::{FailureKind, TaskFailure};
 pub use future::ResponseFuture;
-pub use handle::BackgroundTasks;
+pub use group::Group;
+pub use handle::{BackgroundTasks, WithOptions};
 pub use layer::BackgroundTaskLayer;
 pub use monitor::Monitor;
+pub use options::{Retry, TaskOptions};
 pub use policy::{OnDisconnect, OnServerError};
 pub use report::ShutdownReport;
 pub use service::Background;
-pub use stats::{DiscardReasons, Stats};
+pub use stats::{DiscardReasons, LaneStats, Stats};
 pub use supervisor::Supervisor;
 pub use task::TaskOutput;
 pub use tokio_util::sync::CancellationToken;

@@ -237,6 +237,7 @@ impl Supervisor {
                     "background tasks: grace period over, aborting",
                 );
                 set.abort.cancel();
+                set.abort_queued();
                 let _ = timeout(ABORT_SETTLE, set.wait_idle()).await;
             }
         }
@@ -276,6 +277,7 @@ impl Drop for Supervisor {
         set.close();
         set.cancel.cancel();
         set.abort.cancel();
+        set.abort_queued();
         let running = set.running();
         if running > 0 {
             tracing::warn!(

@@ -22,10 +22,14 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use tokio::sync::oneshot;
+
+use crate::error::AddError;
 use crate::failure::{FailureKind, TaskFailure};
 use crate::handle::{Queued, RequestTasks};
-use crate::stats::{Counters, DiscardReason, Outcome, Stats};
-use crate::task::{Task, Work};
+use crate::lane::{Lane, LaneId, Waiting};
+use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
+use crate::task::{BoxedWork, Task, Work};
 
 /// The hook set with `SupervisorBuilder::on_failure`.
 pub(crate) type FailureHook = Arc<dyn Fn(&TaskFailure<'_>) + Send + Sync>;
@@ -42,6 +46,14 @@ pub(crate) struct TaskSet {
     /// that got in.
     state: AtomicU64,
     pub(crate) counters: Counters,
+    /// The default lane, the blocking lane, then the named ones.
+    lanes: Box<[Lane]>,
+    /// Tasks admitted and not started: waiting for their response or for a
+    /// slot. Bounded by `max_pending`, which is what makes `try_add` fail.
+    pending: AtomicU64,
+    max_pending: u64,
+    /// Tasks (not group steps) in the lanes' queues.
+    queued_tasks: AtomicU64,
     runtime: Handle,
     /// Given to tasks; fired when the grace period is nearly over.
     pub(crate) cancel: CancellationToken,
@@ -63,11 +75,27 @@ impl std::fmt::Debug for TaskSet {
     }
 }
 
+/// Why a task could not be admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Closed,
+    Full,
+}
+
 impl TaskSet {
-    pub(crate) fn new(runtime: Handle, on_failure: Option<FailureHook>) -> Self {
+    pub(crate) fn new(
+        runtime: Handle,
+        lanes: Vec<Lane>,
+        max_pending: usize,
+        on_failure: Option<FailureHook>,
+    ) -> Self {
         Self {
             state: AtomicU64::new(0),
             counters: Counters::default(),
+            lanes: lanes.into_boxed_slice(),
+            pending: AtomicU64::new(0),
+            max_pending: max_pending as u64,
+            queued_tasks: AtomicU64::new(0),
             runtime,
             cancel: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -78,11 +106,62 @@ impl TaskSet {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot(self.running())
+        let lanes = self
+            .lanes
+            .iter()
+            .map(|lane| LaneStats {
+                name: lane.name.to_string(),
+                limit: lane.limit as u64,
+                running: lane.running() as u64,
+                queued: lane.queued() as u64,
+                high_water: lane.high_water() as u64,
+            })
+            .collect();
+        let mut stats =
+            self.counters
+                .snapshot(self.pending.load(Ordering::SeqCst), self.running(), lanes);
+        stats.queued = self.queued_tasks.load(Ordering::SeqCst);
+        stats
     }
 
+    /// Tasks handed off and not finished: queued for a slot or running.
     pub(crate) fn running(&self) -> u64 {
         self.state.load(Ordering::SeqCst) >> 1
+    }
+
+    pub(crate) fn max_pending(&self) -> usize {
+        self.max_pending as usize
+    }
+
+    pub(crate) fn lane_id(&self, name: &str) -> Option<LaneId> {
+        self.lanes.iter().position(|lane| &*lane.name == name)
+    }
+
+    /// Admits one task into the bounded set of pending tasks.
+    pub(crate) fn admit(&self) -> Result<(), Refusal> {
+        if self.is_closed() {
+            return Err(Refusal::Closed);
+        }
+        let mut pending = self.pending.load(Ordering::SeqCst);
+        loop {
+            if pending >= self.max_pending {
+                return Err(Refusal::Full);
+            }
+            match self.pending.compare_exchange_weak(
+                pending,
+                pending + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => pending = actual,
+            }
+        }
+    }
+
+    /// `n` admitted tasks left the pending set (started, discarded, refused).
+    pub(crate) fn unpend(&self, n: u64) {
+        self.pending.fetch_sub(n, Ordering::SeqCst);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -94,8 +173,9 @@ impl TaskSet {
         self.state.fetch_or(CLOSED, Ordering::SeqCst);
     }
 
-    /// Starts `tasks` (queued by `request`) now, or refuses them all if the
-    /// set is closed.
+    /// Hands `tasks` (admitted, queued by `request`) to their lanes: each
+    /// starts at once if its lane has a free slot, or waits in the lane's
+    /// queue. All are refused if the set is closed.
     pub(crate) fn spawn_all(self: &Arc<Self>, request: &Arc<RequestTasks>, tasks: Queued) {
         let n = tasks.len() as u64;
         if n == 0 {
@@ -104,12 +184,98 @@ impl TaskSet {
         let previous = self.state.fetch_add(n * ONE_TASK, Ordering::SeqCst);
         if previous & CLOSED != 0 {
             self.finish_running(n);
+            self.unpend(n);
             self.refuse(n, request);
             return;
         }
+        let mut started = 0;
         for task in tasks {
-            let running = Running::start(Arc::clone(request), task);
-            drop(self.runtime.spawn(running));
+            let lane_id = task.lane;
+            let lane = &self.lanes[lane_id];
+            if lane.try_claim() {
+                started += 1;
+                self.spawn(Arc::clone(request), task);
+            } else {
+                self.queued_tasks.fetch_add(1, Ordering::SeqCst);
+                lane.push(Waiting::Task(Arc::clone(request), task));
+                self.dispatch(lane_id);
+            }
+        }
+        self.unpend(started);
+    }
+
+    fn spawn(&self, request: Arc<RequestTasks>, task: Task) {
+        drop(self.runtime.spawn(Running::start(request, task)));
+    }
+
+    /// Starts waiters of `lane_id` while it has free slots.
+    fn dispatch(&self, lane_id: LaneId) {
+        let lane = &self.lanes[lane_id];
+        while let Some(waiting) = lane.next() {
+            match waiting {
+                Waiting::Task(request, task) => {
+                    self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
+                    self.unpend(1);
+                    self.spawn(request, task);
+                }
+                // A step whose group has gone hands the slot straight back.
+                Waiting::Step(step) => {
+                    if step.send(()).is_err() {
+                        lane.release();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back a slot of `lane_id` and starts the next waiter.
+    pub(crate) fn release_slot(&self, lane_id: LaneId) {
+        self.lanes[lane_id].release();
+        self.dispatch(lane_id);
+    }
+
+    /// Waits for a slot in `lane_id`, for a step of a running group. `None`
+    /// if the queue was emptied by an abort first.
+    ///
+    /// Cancel safe: a slot granted to a dropped waiter is handed back.
+    pub(crate) async fn acquire(self: &Arc<Self>, lane_id: LaneId) -> Option<Slot> {
+        let lane = &self.lanes[lane_id];
+        if !lane.try_claim() {
+            let (granted, grant) = oneshot::channel();
+            lane.push(Waiting::Step(granted));
+            self.dispatch(lane_id);
+            let mut grant = Grant {
+                set: self,
+                lane: lane_id,
+                receiver: Some(grant),
+            };
+            let received = match grant.receiver.as_mut() {
+                Some(receiver) => receiver.await,
+                None => return None,
+            };
+            grant.receiver = None;
+            received.ok()?;
+        }
+        Some(Slot {
+            set: Arc::clone(self),
+            lane: lane_id,
+        })
+    }
+
+    /// Empties every lane's queue (at abort): the tasks waiting there never
+    /// run and are counted as cancelled.
+    pub(crate) fn abort_queued(&self) {
+        for lane in self.lanes.iter() {
+            for waiting in lane.drain() {
+                if let Waiting::Task(request, task) = waiting {
+                    self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
+                    self.unpend(1);
+                    drop(task);
+                    self.counters.finished(&Outcome::Cancelled);
+                    self.report(&Outcome::Cancelled, &request);
+                    self.finish_running(1);
+                }
+            }
         }
     }
 
@@ -121,6 +287,29 @@ impl TaskSet {
             tasks = n,
             "background tasks refused: the supervisor is shutting down",
         );
+    }
+
+    /// Counts a task the plain `add` methods could not accept, and logs it:
+    /// a full queue at `WARN` (the first time, then every 1024th, so an
+    /// overload does not also flood the log), an unknown lane at `ERROR`.
+    pub(crate) fn reject(&self, error: &AddError, request: &RequestTasks) {
+        let rejected = self.counters.rejected();
+        if matches!(error, AddError::UnknownLane(_)) {
+            tracing::error!(
+                http.method = %request.method(),
+                http.path = request.path(),
+                %error,
+                "background task rejected",
+            );
+        } else if rejected == 1 || rejected % 1024 == 0 {
+            tracing::warn!(
+                http.method = %request.method(),
+                http.path = request.path(),
+                %error,
+                rejected_so_far = rejected,
+                "background task rejected",
+            );
+        }
     }
 
     pub(crate) fn discard(&self, n: u64, reason: DiscardReason, request: &RequestTasks) {
@@ -179,6 +368,14 @@ impl TaskSet {
                 tracing::debug!("background task cancelled by shutdown");
                 return;
             }
+            Outcome::TimedOut => {
+                tracing::error!(
+                    http.method = %request.method(),
+                    http.path = request.path(),
+                    "background task timed out",
+                );
+                (FailureKind::Timeout, "timed out")
+            }
             Outcome::Failed(message) => {
                 tracing::error!(
                     http.method = %request.method(),
@@ -186,7 +383,7 @@ impl TaskSet {
                     error = %message,
                     "background task failed",
                 );
-                (FailureKind::Error, message)
+                (FailureKind::Error, message.as_str())
             }
             Outcome::Panicked(message) => {
                 tracing::error!(
@@ -195,7 +392,7 @@ impl TaskSet {
                     panic = %message,
                     "background task panicked",
                 );
-                (FailureKind::Panic, message)
+                (FailureKind::Panic, message.as_str())
             }
         };
         if let Some(hook) = &self.on_failure {
@@ -226,6 +423,7 @@ struct Running {
     /// reference count, not two.
     request: Arc<RequestTasks>,
     span: tracing::Span,
+    lane: LaneId,
     work: RunningWork,
     /// Created at the first `Pending`: wakes the task when shutdown aborts.
     abort: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -235,7 +433,7 @@ struct Running {
 }
 
 enum RunningWork {
-    Async(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>),
+    Async(BoxedWork),
     /// Already started on the blocking pool; dropping the handle detaches it.
     Blocking(JoinHandle<Result<(), String>>),
 }
@@ -249,6 +447,7 @@ impl Running {
             http.path = request.path(),
         );
         span.follows_from(&task.added_in);
+        let lane = task.lane;
         let work = match task.work {
             Work::Async(future) => RunningWork::Async(future),
             Work::Blocking(function) => {
@@ -260,6 +459,7 @@ impl Running {
         Self {
             request,
             span,
+            lane,
             work,
             abort: None,
             counted: false,
@@ -274,6 +474,7 @@ impl Running {
         let set = self.request.set();
         set.counters.finished(&outcome);
         set.report(&outcome, &self.request);
+        set.release_slot(self.lane);
         set.finish_running(1);
     }
 }
@@ -294,9 +495,7 @@ impl Future for Running {
             RunningWork::Async(future) => {
                 let _entered = this.span.enter();
                 match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-                    Ok(Poll::Pending) => Poll::Pending,
-                    Ok(Poll::Ready(Ok(()))) => Poll::Ready(Outcome::Completed),
-                    Ok(Poll::Ready(Err(message))) => Poll::Ready(Outcome::Failed(message)),
+                    Ok(poll) => poll,
                     Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
                 }
             }
@@ -339,7 +538,39 @@ impl Drop for Running {
     }
 }
 
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+/// A slot in a lane, held by a group's step; given back on drop.
+pub(crate) struct Slot {
+    set: Arc<TaskSet>,
+    lane: LaneId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.set.release_slot(self.lane);
+    }
+}
+
+/// A step's place in a lane's queue while it waits. Dropped before the grant
+/// was received (the step was cancelled), it hands a slot that arrived in the
+/// meantime back to the lane.
+struct Grant<'a> {
+    set: &'a Arc<TaskSet>,
+    lane: LaneId,
+    receiver: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        if let Some(mut receiver) = self.receiver.take() {
+            receiver.close();
+            if receiver.try_recv().is_ok() {
+                self.set.release_slot(self.lane);
+            }
+        }
+    }
+}
+
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(message) => *message,
         Err(payload) => match payload.downcast::<&'static str>() {

@@ -119,6 +119,13 @@ pub(crate) async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("gave up waiting for {what}");
 }
 
+/// `stats` without the per-lane figures, to compare task counts with
+/// [`stats`].
+pub(crate) fn counts(mut stats: Stats) -> Stats {
+    stats.lanes.clear();
+    stats
+}
+
 /// Stats with every counter at zero except those `set` sets, to compare a
 /// whole snapshot at once.
 pub(crate) fn stats(set: impl FnOnce(&mut Stats)) -> Stats {
