@@ -63,6 +63,9 @@ pub struct Stats {
     pub skipped: u64,
     /// Attempts after the first, made under a [`Retry`](crate::Retry) policy.
     pub retried: u64,
+    /// Requests answered `503` by [`LoadShedLayer`](crate::LoadShedLayer)
+    /// (requests, not tasks).
+    pub shed: u64,
     /// Each lane: the default one, the blocking one, then the named ones.
     pub lanes: Vec<LaneStats>,
 }
@@ -179,6 +182,7 @@ pub(crate) struct Counters {
     rejected: AtomicU64,
     skipped: AtomicU64,
     retried: AtomicU64,
+    shed: AtomicU64,
     no_response: AtomicU64,
     client_disconnected: AtomicU64,
     server_error: AtomicU64,
@@ -211,6 +215,10 @@ impl Counters {
 
     pub(crate) fn retried(&self) {
         add(&self.retried, 1);
+    }
+
+    pub(crate) fn shed(&self) {
+        add(&self.shed, 1);
     }
 
     pub(crate) fn discarded(&self, n: u64, reason: DiscardReason) {
@@ -261,6 +269,7 @@ impl Counters {
             rejected: load(&self.rejected),
             skipped: load(&self.skipped),
             retried: load(&self.retried),
+            shed: load(&self.shed),
             lanes,
         }
     }

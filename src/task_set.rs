@@ -129,6 +129,14 @@ impl TaskSet {
         self.state.load(Ordering::SeqCst) >> 1
     }
 
+    /// Tasks accepted and not finished: `Stats::backlog` without the rest of
+    /// the snapshot (a few atomic loads, for every request of `LoadShed`).
+    pub(crate) fn backlog(&self) -> u64 {
+        let pending = self.pending.load(Ordering::SeqCst);
+        let queued = self.queued_tasks.load(Ordering::SeqCst);
+        (pending + self.running()).saturating_sub(queued)
+    }
+
     pub(crate) fn max_pending(&self) -> usize {
         self.max_pending as usize
     }
