@@ -242,9 +242,16 @@ impl Counters {
     }
 
     /// `pending`: admitted and not started (waiting for a response or a
-    /// slot); `active`: handed off and not finished (queued or running).
-    pub(crate) fn snapshot(&self, pending: u64, active: u64, lanes: Vec<LaneStats>) -> Stats {
-        let queued: u64 = lanes.iter().map(|lane| lane.queued).sum();
+    /// slot); `active`: handed off and not finished (queued or running);
+    /// `queued`: tasks waiting for a slot (not group steps, which the lanes'
+    /// own queue lengths include).
+    pub(crate) fn snapshot(
+        &self,
+        pending: u64,
+        active: u64,
+        queued: u64,
+        lanes: Vec<LaneStats>,
+    ) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let discard_reasons = DiscardReasons {
             no_response: load(&self.no_response),

@@ -117,11 +117,12 @@ impl TaskSet {
                 high_water: lane.high_water() as u64,
             })
             .collect();
-        let mut stats =
-            self.counters
-                .snapshot(self.pending.load(Ordering::SeqCst), self.running(), lanes);
-        stats.queued = self.queued_tasks.load(Ordering::SeqCst);
-        stats
+        self.counters.snapshot(
+            self.pending.load(Ordering::SeqCst),
+            self.running(),
+            self.queued_tasks.load(Ordering::SeqCst),
+            lanes,
+        )
     }
 
     /// Tasks handed off and not finished: queued for a slot or running.

@@ -82,3 +82,50 @@ async fn sheds_above_the_mark_and_recovers_below_it() {
     let report = within("shutdown", background.shutdown()).await;
     assert_eq!(report.stats.submitted, report.stats.accounted());
 }
+
+/// A group waiting for a blocking slot is one queued-or-running task, not
+/// two: its waiting step must not be subtracted from the task counts.
+#[tokio::test]
+async fn group_steps_waiting_for_a_slot_do_not_skew_the_counts() {
+    use tower_background::Group;
+
+    let background = Supervisor::builder().blocking_limit(1).build();
+    let gate = Arc::new(Semaphore::new(0));
+    let handler = {
+        let gate = Arc::clone(&gate);
+        service_fn(move |request: Request<()>| {
+            let gate = Arc::clone(&gate);
+            async move {
+                let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
+                for _ in 0..3 {
+                    let gate = Arc::clone(&gate);
+                    let handle = tokio::runtime::Handle::current();
+                    tasks.add_group(Group::sequential().blocking_step(move || {
+                        let _ = handle.block_on(gate.acquire());
+                    }));
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+            }
+        })
+    };
+    let app = background.layer().layer(handler);
+    let response = app.oneshot(Request::new(())).await.unwrap();
+    response.into_body().collect().await.unwrap();
+
+    // One group runs its step; the other two wait for the blocking slot.
+    within("two steps to queue", async {
+        while background.stats().lanes[1].queued < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let stats = background.stats();
+    assert_eq!(stats.running, 3, "{stats:?}");
+    assert_eq!(stats.backlog(), 3, "{stats:?}");
+    assert_eq!(background.monitor().backlog(), 3);
+    assert_eq!(stats.submitted, stats.accounted(), "{stats:?}");
+
+    gate.add_permits(3);
+    within("the groups", background.wait_idle()).await;
+    assert_eq!(background.stats().completed, 3);
+}
