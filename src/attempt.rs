@@ -9,7 +9,7 @@ use crate::group::Group;
 use crate::options::{Retry, TaskOptions};
 use crate::stats::Outcome;
 use crate::task::{BlockingWork, BoxedWork, TaskOutput, Work};
-use crate::task_set::{panic_message, TaskSet};
+use crate::task_set::TaskSet;
 
 /// Makes a fresh attempt of a retried task.
 pub(crate) type Maker = Box<dyn FnMut() -> BoxedWork + Send>;
@@ -41,10 +41,7 @@ pub(crate) fn work(kind: Kind, options: &TaskOptions, set: &Arc<TaskSet>) -> Wor
             None => Work::Async(future),
             Some(limit) => Work::Async(Box::pin(with_timeout(limit, future))),
         },
-        Kind::Blocking(function) => match timeout {
-            None => Work::Blocking(function),
-            Some(limit) => Work::Async(Box::pin(with_timeout(limit, blocking(function)))),
-        },
+        Kind::Blocking(function) => Work::Blocking(function, timeout),
         Kind::Retrying(make) => {
             let retry = options.retry.unwrap_or(Retry::exponential(1));
             Work::Async(Box::pin(retrying(make, retry, timeout, Arc::clone(set))))
@@ -66,17 +63,6 @@ where
     tokio::time::timeout(limit, attempt)
         .await
         .unwrap_or(Outcome::TimedOut)
-}
-
-/// A blocking closure as a future, for when a timeout must be able to stop
-/// waiting for it (the closure itself runs on to its end, unobserved).
-async fn blocking(function: BlockingWork) -> Outcome {
-    let span = tracing::Span::current();
-    match tokio::task::spawn_blocking(move || span.in_scope(function)).await {
-        Ok(result) => Outcome::from_result(result),
-        Err(error) if error.is_panic() => Outcome::Panicked(panic_message(error.into_panic())),
-        Err(_) => Outcome::Cancelled,
-    }
 }
 
 /// Runs attempts until one completes, one panics, or `retry` runs out;

@@ -200,11 +200,17 @@ async fn run_step(set: &Arc<TaskSet>, step: Step) -> Outcome {
             .await
         }
         Step::Blocking(function) => {
-            let Some(_slot) = set.acquire(BLOCKING_LANE).await else {
+            let Some(slot) = set.acquire(BLOCKING_LANE).await else {
                 return Outcome::Cancelled;
             };
             let span = tracing::Span::current();
-            match tokio::task::spawn_blocking(move || span.in_scope(function)).await {
+            // The closure owns the slot: if the group is dropped (a timeout,
+            // an abort) while it runs, the slot stays taken until it returns.
+            let closure = move || {
+                let _slot = slot;
+                span.in_scope(function)
+            };
+            match tokio::task::spawn_blocking(closure).await {
                 Ok(result) => Outcome::from_result(result),
                 Err(error) if error.is_panic() => {
                     Outcome::Panicked(panic_message(error.into_panic()))

@@ -236,8 +236,9 @@ impl Supervisor {
                     running = set.running(),
                     "background tasks: grace period over, aborting",
                 );
-                set.abort.cancel();
+                // Queues first, so no queued task can start between the two.
                 set.abort_queued();
+                set.abort.cancel();
                 let _ = timeout(ABORT_SETTLE, set.wait_idle()).await;
             }
         }
@@ -276,8 +277,8 @@ impl Drop for Supervisor {
         let set = &self.set;
         set.close();
         set.cancel.cancel();
-        set.abort.cancel();
         set.abort_queued();
+        set.abort.cancel();
         let running = set.running();
         if running > 0 {
             tracing::warn!(

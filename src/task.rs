@@ -4,6 +4,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use crate::lane::LaneId;
 use crate::stats::Outcome;
@@ -53,8 +54,9 @@ pub(crate) type BlockingWork = Box<dyn FnOnce() -> Result<(), String> + Send>;
 pub(crate) enum Work {
     /// Polled on the runtime's worker threads.
     Async(BoxedWork),
-    /// Run on tokio's blocking pool, never on a worker thread.
-    Blocking(BlockingWork),
+    /// Run on tokio's blocking pool, never on a worker thread; given up on
+    /// (and counted as timed out) after the time limit, if any.
+    Blocking(BlockingWork, Option<Duration>),
 }
 
 /// A queued task: its work, the lane it runs in, and the span that was

@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use tokio::sync::oneshot;
@@ -433,6 +434,11 @@ struct Running {
     request: Arc<RequestTasks>,
     span: tracing::Span,
     lane: LaneId,
+    /// Whether this future gives the lane slot back when it ends. A started
+    /// blocking closure owns its slot instead, so that a closure still
+    /// running after a timeout or an abort keeps counting against the
+    /// blocking lane's limit until it returns.
+    holds_slot: bool,
     work: RunningWork,
     /// Created at the first `Pending`: wakes the task when shutdown aborts.
     abort: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -444,7 +450,13 @@ struct Running {
 enum RunningWork {
     Async(BoxedWork),
     /// Already started on the blocking pool; dropping the handle detaches it.
-    Blocking(JoinHandle<Result<(), String>>),
+    Blocking {
+        handle: JoinHandle<Result<(), String>>,
+        deadline: Option<Pin<Box<Sleep>>>,
+    },
+    /// Nothing left to poll: the work was dropped (aborted), or never
+    /// started because shutdown had already aborted.
+    Done,
 }
 
 impl Running {
@@ -457,18 +469,33 @@ impl Running {
         );
         span.follows_from(&task.added_in);
         let lane = task.lane;
+        let set = request.set();
+        let mut holds_slot = true;
         let work = match task.work {
+            // Aborted before it could start: it never will (counted at the
+            // first poll).
+            _ if set.abort.is_cancelled() => RunningWork::Done,
             Work::Async(future) => RunningWork::Async(future),
-            Work::Blocking(function) => {
+            Work::Blocking(function, timeout) => {
                 let span = span.clone();
-                let runtime = &request.set().runtime;
-                RunningWork::Blocking(runtime.spawn_blocking(move || span.in_scope(function)))
+                let slot = Slot {
+                    set: Arc::clone(set),
+                    lane,
+                };
+                holds_slot = false;
+                let handle = set.runtime.spawn_blocking(move || {
+                    let _slot = slot;
+                    span.in_scope(function)
+                });
+                let deadline = timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+                RunningWork::Blocking { handle, deadline }
             }
         };
         Self {
             request,
             span,
             lane,
+            holds_slot,
             work,
             abort: None,
             counted: false,
@@ -483,7 +510,9 @@ impl Running {
         let set = self.request.set();
         set.counters.finished(&outcome);
         set.report(&outcome, &self.request);
-        set.release_slot(self.lane);
+        if self.holds_slot {
+            set.release_slot(self.lane);
+        }
         set.finish_running(1);
     }
 }
@@ -497,7 +526,7 @@ impl Future for Running {
             return Poll::Ready(());
         }
         if this.request.set().abort.is_cancelled() {
-            this.count(Outcome::Cancelled);
+            this.abort_work();
             return Poll::Ready(());
         }
         let polled = match &mut this.work {
@@ -508,15 +537,30 @@ impl Future for Running {
                     Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
                 }
             }
-            RunningWork::Blocking(handle) => Pin::new(handle).poll(cx).map(|joined| match joined {
-                Ok(Ok(())) => Outcome::Completed,
-                Ok(Err(message)) => Outcome::Failed(message),
-                Err(error) if error.is_panic() => {
-                    Outcome::Panicked(panic_message(error.into_panic()))
+            RunningWork::Blocking { handle, deadline } => match Pin::new(handle).poll(cx) {
+                Poll::Ready(joined) => Poll::Ready(match joined {
+                    Ok(Ok(())) => Outcome::Completed,
+                    Ok(Err(message)) => Outcome::Failed(message),
+                    Err(error) if error.is_panic() => {
+                        Outcome::Panicked(panic_message(error.into_panic()))
+                    }
+                    // The runtime is shutting down and dropped the closure unrun.
+                    Err(_) => Outcome::Cancelled,
+                }),
+                // Past the deadline the closure is left to finish unobserved,
+                // still holding its slot.
+                Poll::Pending => {
+                    let expired = deadline
+                        .as_mut()
+                        .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                    if expired {
+                        Poll::Ready(Outcome::TimedOut)
+                    } else {
+                        Poll::Pending
+                    }
                 }
-                // The runtime is shutting down and dropped the closure unrun.
-                Err(_) => Outcome::Cancelled,
-            }),
+            },
+            RunningWork::Done => Poll::Ready(Outcome::Cancelled),
         };
         match polled {
             Poll::Ready(outcome) => {
@@ -529,8 +573,7 @@ impl Future for Running {
                     .abort
                     .get_or_insert_with(|| Box::pin(set.abort.clone().cancelled_owned()));
                 if abort.as_mut().poll(cx).is_ready() {
-                    // Dropping the work (when this future is dropped) aborts it.
-                    this.count(Outcome::Cancelled);
+                    this.abort_work();
                     return Poll::Ready(());
                 }
                 Poll::Pending
@@ -539,10 +582,20 @@ impl Future for Running {
     }
 }
 
+impl Running {
+    /// Drops the work first, so that its own clean-up (drop guards) has run
+    /// by the time the task is counted and `wait_idle` or `shutdown` can
+    /// return; then counts it as cancelled.
+    fn abort_work(&mut self) {
+        self.work = RunningWork::Done;
+        self.count(Outcome::Cancelled);
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.counted {
-            self.count(Outcome::Cancelled);
+            self.abort_work();
         }
     }
 }

@@ -455,12 +455,22 @@ async fn a_blocking_task_outliving_the_grace_period_is_cancelled_and_shutdown_re
         report.elapsed
     );
 
+    // The closure still runs, so it still holds its blocking slot.
+    assert_eq!(report.stats.lanes[1].running, 1, "{:?}", report.stats);
+
     gate.open();
     within("the closure to finish on its thread", finished.notified()).await;
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(monitor.stats(), report.stats, "counted once, as cancelled");
+    within("the closure to give its slot back", async {
+        while monitor.stats().lanes[1].running > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        counts(monitor.stats()),
+        counts(report.stats.clone()),
+        "counted once, as cancelled"
+    );
 }
 
 /// The shutdown report's counts are exact: in one mixed run each task ends in
