@@ -84,6 +84,7 @@ mod tests {
     use crate::future::ResponseFuture;
     use crate::handle::BackgroundTasks;
     use crate::handoff::Handoff;
+    use crate::lane::Lane;
     use crate::policy::{OnDisconnect, Policy};
     use crate::task_set::TaskSet;
 
@@ -213,7 +214,13 @@ mod tests {
     async fn hands_off_exactly_once_and_never_before_the_end() {
         // On a current-thread runtime spawned tasks never run here (this test
         // does not yield), so `running` counts hand-offs exactly.
-        let set = Arc::new(TaskSet::new(tokio::runtime::Handle::current(), None));
+        let lanes = vec![Lane::new("default", usize::MAX), Lane::new("blocking", 1)];
+        let set = Arc::new(TaskSet::new(
+            tokio::runtime::Handle::current(),
+            lanes,
+            usize::MAX,
+            None,
+        ));
         let mut cases = 0;
         for on_disconnect in [OnDisconnect::Run, OnDisconnect::Skip] {
             let policy = Policy {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::failure::TaskFailure;
+use crate::lane::Lane;
 use crate::supervisor::Supervisor;
 use crate::task_set::{FailureHook, TaskSet};
 
@@ -15,6 +16,22 @@ use crate::task_set::{FailureHook, TaskSet};
 /// termination budget, that leaves 15 s for draining HTTP connections first
 /// (bound that drain to 10 s and some margin remains for the process to exit).
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(15);
+
+/// How many tasks of the default lane run at once, unless set with
+/// [`SupervisorBuilder::max_running`]: 1024. Enough that cheap tasks never
+/// wait on one another, few enough that a burst cannot open thousands of
+/// connections to the services the tasks call.
+pub const DEFAULT_MAX_RUNNING: usize = 1024;
+
+/// How many tasks may wait at once, for their response or for a slot, unless
+/// set with [`SupervisorBuilder::max_queued`]: 65 536 (about 6 MB of queue
+/// beyond the tasks' own futures).
+pub const DEFAULT_MAX_QUEUED: usize = 65_536;
+
+/// How many blocking tasks run at once, unless set with
+/// [`SupervisorBuilder::blocking_limit`]: 16, well below tokio's blocking
+/// pool (512 threads), which file I/O and `spawn_blocking` elsewhere also use.
+pub const DEFAULT_BLOCKING_LIMIT: usize = 16;
 
 /// The last part of the grace period in which tasks are asked to stop,
 /// unless set with [`SupervisorBuilder::cleanup_period`]: 1 s, or a tenth of
@@ -46,6 +63,10 @@ pub struct SupervisorBuilder {
     cleanup_period: Option<Duration>,
     on_failure: Option<FailureHook>,
     runtime: Option<Handle>,
+    max_running: usize,
+    max_queued: usize,
+    blocking_limit: usize,
+    lanes: Vec<(String, usize)>,
 }
 
 impl fmt::Debug for SupervisorBuilder {
@@ -55,6 +76,10 @@ impl fmt::Debug for SupervisorBuilder {
             .field("cleanup_period", &self.cleanup_period)
             .field("on_failure", &self.on_failure.as_ref().map(|_| "<hook>"))
             .field("runtime", &self.runtime)
+            .field("max_running", &self.max_running)
+            .field("max_queued", &self.max_queued)
+            .field("blocking_limit", &self.blocking_limit)
+            .field("lanes", &self.lanes)
             .finish()
     }
 }
@@ -66,6 +91,10 @@ impl Default for SupervisorBuilder {
             cleanup_period: None,
             on_failure: None,
             runtime: None,
+            max_running: DEFAULT_MAX_RUNNING,
+            max_queued: DEFAULT_MAX_QUEUED,
+            blocking_limit: DEFAULT_BLOCKING_LIMIT,
+            lanes: Vec::new(),
         }
     }
 }
@@ -109,6 +138,50 @@ impl SupervisorBuilder {
         self
     }
 
+    /// How many tasks of the default lane (those added without a named lane)
+    /// run at once; more wait in the queue (default [`DEFAULT_MAX_RUNNING`];
+    /// at least 1).
+    pub fn max_running(mut self, limit: usize) -> Self {
+        self.max_running = limit;
+        self
+    }
+
+    /// How many tasks may wait at once, for their response or for a slot in
+    /// their lane (default [`DEFAULT_MAX_QUEUED`]). Past it, `try_add`
+    /// returns [`AddError::QueueFull`](crate::AddError::QueueFull) and `add`
+    /// rejects the task (counted, logged at `WARN`). This is what bounds the
+    /// memory the crate can hold.
+    pub fn max_queued(mut self, limit: usize) -> Self {
+        self.max_queued = limit;
+        self
+    }
+
+    /// How many blocking tasks (and blocking group steps) run at once
+    /// (default [`DEFAULT_BLOCKING_LIMIT`]; at least 1).
+    pub fn blocking_limit(mut self, limit: usize) -> Self {
+        self.blocking_limit = limit;
+        self
+    }
+
+    /// A named lane: its tasks run at most `limit` at a time, apart from
+    /// every other lane, for work that calls a rate-limited service.
+    /// Tasks go there with [`TaskOptions::lane`](crate::TaskOptions::lane).
+    /// The names `"default"` and `"blocking"` set those lanes' limits.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let background = tower_background::Supervisor::builder()
+    ///     .lane("email", 4) // the mail provider allows 4 connections
+    ///     .build();
+    /// # drop(background);
+    /// # }
+    /// ```
+    pub fn lane(mut self, name: impl Into<String>, limit: usize) -> Self {
+        self.lanes.push((name.into(), limit));
+        self
+    }
+
     /// The runtime tasks are spawned on (default: the runtime `build` is
     /// called in). Needed only to build the supervisor outside a runtime.
     pub fn runtime(mut self, runtime: Handle) -> Self {
@@ -124,7 +197,22 @@ impl SupervisorBuilder {
     /// like `tokio::spawn`.
     pub fn build(self) -> Supervisor {
         let runtime = self.runtime.unwrap_or_else(Handle::current);
-        let set = Arc::new(TaskSet::new(runtime, self.on_failure));
+        let mut lanes = vec![
+            Lane::new("default", self.max_running),
+            Lane::new("blocking", self.blocking_limit),
+        ];
+        for (name, limit) in self.lanes {
+            match lanes.iter_mut().find(|lane| *lane.name == *name) {
+                Some(lane) => *lane = Lane::new(&name, limit),
+                None => lanes.push(Lane::new(&name, limit)),
+            }
+        }
+        let set = Arc::new(TaskSet::new(
+            runtime,
+            lanes,
+            self.max_queued,
+            self.on_failure,
+        ));
         let cleanup_period = self
             .cleanup_period
             .unwrap_or_else(|| DEFAULT_CLEANUP_PERIOD.min(self.grace_period / 10))

@@ -25,6 +25,9 @@ pub enum FailureKind {
     Error,
     /// The task panicked; the panic was caught and did not reach the server.
     Panic,
+    /// The task ran past its [timeout](crate::TaskOptions::timeout) on its
+    /// last attempt.
+    Timeout,
 }
 
 impl<'a> TaskFailure<'a> {
@@ -55,6 +58,7 @@ impl fmt::Display for TaskFailure<'_> {
         let what = match self.kind {
             FailureKind::Error => "failed",
             FailureKind::Panic => "panicked",
+            FailureKind::Timeout => "timed out",
         };
         write!(
             f,

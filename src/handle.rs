@@ -8,9 +8,14 @@ use http::{Method, Uri};
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
+use crate::attempt::{self, Kind};
+use crate::error::AddError;
+use crate::group::Group;
+use crate::lane::{BLOCKING_LANE, DEFAULT_LANE};
+use crate::options::TaskOptions;
 use crate::stats::DiscardReason;
-use crate::task::{Task, TaskOutput};
-use crate::task_set::TaskSet;
+use crate::task::{self, Task, TaskOutput};
+use crate::task_set::{Refusal, TaskSet};
 
 /// A request's background tasks: work queued here starts once the response
 /// body has ended, in the supervisor's task set, detached from the
@@ -30,6 +35,7 @@ use crate::task_set::TaskSet;
 /// | after the response body ended (a clone kept by other code) | started at once |
 /// | after the request's tasks were discarded (no response, or a policy) | discarded and counted |
 /// | after [`Supervisor::shutdown`](crate::Supervisor::shutdown) began | refused, counted and logged at `WARN` |
+/// | while [`max_queued`](crate::SupervisorBuilder::max_queued) tasks are waiting | rejected, counted and logged at `WARN` (`try_add` returns [`AddError::QueueFull`] instead) |
 ///
 /// # Example
 ///
@@ -75,12 +81,6 @@ enum Queue {
     Discarded(DiscardReason),
 }
 
-impl std::fmt::Debug for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Task").finish_non_exhaustive()
-    }
-}
-
 impl BackgroundTasks {
     pub(crate) fn new(set: Arc<TaskSet>, method: Method, uri: Uri) -> Self {
         Self {
@@ -96,37 +96,114 @@ impl BackgroundTasks {
     /// Queues an async task.
     ///
     /// `future` is not polled until the response body has ended; then it runs
-    /// on the runtime's worker threads, in its own `background_task` span
-    /// that follows from the span current here. Its output is `()` or a
-    /// `Result` whose `Err` is counted as failed and logged at `ERROR` with
-    /// the request's method and path; a panic is caught, counted and logged
-    /// the same way.
+    /// on the runtime's worker threads, in the default lane (at most
+    /// [`max_running`](crate::SupervisorBuilder::max_running) at once), in
+    /// its own `background_task` span that follows from the span current
+    /// here. Its output is `()` or a `Result` whose `Err` is counted as
+    /// failed and logged at `ERROR` with the request's method and path; a
+    /// panic is caught, counted and logged the same way.
     ///
-    /// Never blocks and never fails: when the task cannot be accepted it is
-    /// counted (see the table on [`BackgroundTasks`]).
+    /// Never blocks and never fails: a task that cannot be accepted is
+    /// counted (see the table on [`BackgroundTasks`]). When the queue is full
+    /// it is *rejected*: counted in [`Stats::rejected`](crate::Stats::rejected)
+    /// and logged at `WARN`; use [`try_add`](Self::try_add) to find out and
+    /// answer `503`.
     pub fn add<F>(&self, future: F)
     where
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        self.push(Task::from_future(future));
+        self.with(TaskOptions::new()).add(future);
+    }
+
+    /// Like [`add`](Self::add), but returns an error instead of counting a
+    /// task it cannot accept, so the handler can answer `503` with
+    /// `Retry-After` (with the `axum` feature, [`AddError`] is that response).
+    ///
+    /// ```
+    /// # #[cfg(feature = "axum")]
+    /// # mod example {
+    /// use axum::http::StatusCode;
+    /// use tower_background::{AddError, BackgroundTasks};
+    ///
+    /// async fn export(tasks: BackgroundTasks) -> Result<StatusCode, AddError> {
+    ///     tasks.try_add(async { /* build the export */ })?;
+    ///     Ok(StatusCode::ACCEPTED)
+    /// }
+    /// # }
+    /// ```
+    pub fn try_add<F>(&self, future: F) -> Result<(), AddError>
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        self.with(TaskOptions::new()).try_add(future)
     }
 
     /// Queues a blocking or CPU-heavy closure.
     ///
-    /// Runs like [`add`](Self::add)'s tasks, but on tokio's blocking thread
-    /// pool (`spawn_blocking`), never on a worker thread, so it cannot stall
-    /// the server. A blocking closure cannot be aborted: if it is still
-    /// running when the grace period ends it is counted as cancelled and left
-    /// to finish on its thread, and the runtime waits for that thread when it
-    /// is dropped, delaying the process's exit. Check
+    /// Runs like [`add`](Self::add)'s tasks, but in the blocking lane (at
+    /// most [`blocking_limit`](crate::SupervisorBuilder::blocking_limit) at
+    /// once) on tokio's blocking thread pool (`spawn_blocking`), never on a
+    /// worker thread, so it can neither stall the server nor exhaust the pool
+    /// that file I/O also uses. A blocking closure cannot be aborted: if it
+    /// is still running when the grace period ends it is counted as cancelled
+    /// and left to finish on its thread, and the runtime waits for that
+    /// thread when it is dropped, delaying the process's exit. Check
     /// [`cancellation_token`](Self::cancellation_token) in long loops.
     pub fn add_blocking<F, T>(&self, function: F)
     where
         F: FnOnce() -> T + Send + 'static,
         T: TaskOutput,
     {
-        self.push(Task::from_blocking(function));
+        self.with(TaskOptions::new()).add_blocking(function);
+    }
+
+    /// Like [`add_blocking`](Self::add_blocking), but returns an error
+    /// instead of counting a task it cannot accept.
+    pub fn try_add_blocking<F, T>(&self, function: F) -> Result<(), AddError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: TaskOutput,
+    {
+        self.with(TaskOptions::new()).try_add_blocking(function)
+    }
+
+    /// Queues a [`Group`] of steps, run one after another or together; the
+    /// group counts as one task.
+    pub fn add_group(&self, group: Group) {
+        self.with(TaskOptions::new()).add_group(group);
+    }
+
+    /// Like [`add_group`](Self::add_group), but returns an error instead of
+    /// counting a group it cannot accept.
+    pub fn try_add_group(&self, group: Group) -> Result<(), AddError> {
+        self.with(TaskOptions::new()).try_add_group(group)
+    }
+
+    /// Adds with [`TaskOptions`]: a named lane, a timeout, a retry policy.
+    ///
+    /// ```
+    /// # async fn send_email(_: &str) -> Result<(), std::io::Error> { Ok(()) }
+    /// use std::time::Duration;
+    /// use tower_background::{BackgroundTasks, Retry, TaskOptions};
+    ///
+    /// fn welcome(tasks: &BackgroundTasks, to: String) {
+    ///     let options = TaskOptions::new()
+    ///         .lane("email")
+    ///         .timeout(Duration::from_secs(10))
+    ///         .retry(Retry::exponential(3));
+    ///     tasks.with(options).add_retrying(move || {
+    ///         let to = to.clone();
+    ///         async move { send_email(&to).await }
+    ///     });
+    /// }
+    /// ```
+    pub fn with(&self, options: TaskOptions) -> WithOptions<'_> {
+        WithOptions {
+            tasks: self,
+            options,
+        }
     }
 
     /// A token that is cancelled when shutdown's grace period is nearly over
@@ -139,37 +216,174 @@ impl BackgroundTasks {
         self.request.set.cancel.clone()
     }
 
-    fn push(&self, task: Task) {
+    pub(crate) fn into_request(self) -> Arc<RequestTasks> {
+        self.request
+    }
+
+    fn set(&self) -> &Arc<TaskSet> {
+        &self.request.set
+    }
+
+    /// Offers `task` to the request's queue. With `counted`, a task that is
+    /// not accepted is counted (refused, rejected or discarded) as the plain
+    /// `add` methods promise; without, only the error says so.
+    fn offer(&self, task: Task, counted: bool) -> Result<(), AddError> {
         let request = &self.request;
         let set = &request.set;
-        set.counters.submitted();
-        if set.is_closed() {
-            set.refuse(1, request);
-            return;
+        match set.admit() {
+            Ok(()) => {}
+            Err(Refusal::Closed) => {
+                if counted {
+                    set.counters.submitted();
+                    set.refuse(1, request);
+                }
+                return Err(AddError::ShuttingDown);
+            }
+            Err(Refusal::Full) => {
+                let error = AddError::QueueFull {
+                    limit: set.max_pending(),
+                };
+                if counted {
+                    set.reject(&error, request);
+                }
+                return Err(error);
+            }
         }
         let mut queue = request.lock();
         match &mut *queue {
             Queue::Open(tasks) => {
                 tasks.push(task);
-                set.counters.queued();
+                set.counters.submitted();
+                Ok(())
             }
             Queue::HandedOff => {
                 drop(queue);
+                set.counters.submitted();
                 set.spawn_all(request, smallvec::smallvec![task]);
+                Ok(())
             }
             Queue::Discarded(reason) => {
                 let reason = *reason;
                 drop(queue);
-                set.discard(1, reason, request);
+                set.unpend(1);
+                if counted {
+                    set.counters.submitted();
+                    set.discard(1, reason, request);
+                }
+                Err(AddError::Discarded)
             }
         }
     }
-
-    pub(crate) fn into_request(self) -> Arc<RequestTasks> {
-        self.request
-    }
 }
 
+/// A [`BackgroundTasks`] handle with [`TaskOptions`], from
+/// [`BackgroundTasks::with`]: the same `add` methods, applied with the
+/// options.
+///
+/// A lane name that was not configured is an error: the `try_` methods
+/// return [`AddError::UnknownLane`]; the others count the task as rejected
+/// and log at `ERROR`.
+#[derive(Debug)]
+#[must_use = "nothing is added until one of the `add` methods is called"]
+pub struct WithOptions<'a> {
+    tasks: &'a BackgroundTasks,
+    options: TaskOptions,
+}
+
+impl WithOptions<'_> {
+    /// [`BackgroundTasks::add`] with the options.
+    pub fn add<F>(self, future: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        let _ = self.offer(Kind::Async(task::boxed(future)), true);
+    }
+
+    /// [`BackgroundTasks::try_add`] with the options.
+    pub fn try_add<F>(self, future: F) -> Result<(), AddError>
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        self.offer(Kind::Async(task::boxed(future)), false)
+    }
+
+    /// [`BackgroundTasks::add_blocking`] with the options.
+    pub fn add_blocking<F, T>(self, function: F)
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: TaskOutput,
+    {
+        let _ = self.offer(Kind::Blocking(task::boxed_blocking(function)), true);
+    }
+
+    /// [`BackgroundTasks::try_add_blocking`] with the options.
+    pub fn try_add_blocking<F, T>(self, function: F) -> Result<(), AddError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: TaskOutput,
+    {
+        self.offer(Kind::Blocking(task::boxed_blocking(function)), false)
+    }
+
+    /// Queues an async task that is retried under the options'
+    /// [`Retry`](crate::Retry) policy: `make` is called for each attempt.
+    /// Without a retry policy it makes one attempt.
+    pub fn add_retrying<M, F>(self, make: M)
+    where
+        M: FnMut() -> F + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        let _ = self.offer(Kind::Retrying(attempt::boxed_maker(make)), true);
+    }
+
+    /// [`add_retrying`](Self::add_retrying), returning an error instead of
+    /// counting a task it cannot accept.
+    pub fn try_add_retrying<M, F>(self, make: M) -> Result<(), AddError>
+    where
+        M: FnMut() -> F + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        self.offer(Kind::Retrying(attempt::boxed_maker(make)), false)
+    }
+
+    /// [`BackgroundTasks::add_group`] with the options (the lane and timeout
+    /// apply to the group as a whole).
+    pub fn add_group(self, group: Group) {
+        let _ = self.offer(Kind::Group(group), true);
+    }
+
+    /// [`BackgroundTasks::try_add_group`] with the options.
+    pub fn try_add_group(self, group: Group) -> Result<(), AddError> {
+        self.offer(Kind::Group(group), false)
+    }
+
+    fn offer(self, kind: Kind, counted: bool) -> Result<(), AddError> {
+        let set = self.tasks.set();
+        let options = self.options;
+        let lane = match &options.lane {
+            None => match kind {
+                Kind::Blocking(_) => BLOCKING_LANE,
+                _ => DEFAULT_LANE,
+            },
+            Some(name) => match set.lane_id(name) {
+                Some(lane) => lane,
+                None => {
+                    let error = AddError::UnknownLane(name.to_string());
+                    if counted {
+                        set.reject(&error, &self.tasks.request);
+                    }
+                    return Err(error);
+                }
+            },
+        };
+        let work = attempt::work(kind, &options, set);
+        self.tasks.offer(Task::new(work, lane), counted)
+    }
+}
 impl RequestTasks {
     pub(crate) fn method(&self) -> &Method {
         &self.method
@@ -205,10 +419,7 @@ impl RequestTasks {
     /// hand-off or discard of a request has any effect.
     pub(crate) fn hand_off(self: &Arc<Self>) {
         if let Some(tasks) = self.close_queue(Queue::HandedOff) {
-            if !tasks.is_empty() {
-                self.set.counters.unqueued(tasks.len() as u64);
-                self.set.spawn_all(self, tasks);
-            }
+            self.set.spawn_all(self, tasks);
         }
     }
 
@@ -219,7 +430,7 @@ impl RequestTasks {
             let n = tasks.len() as u64;
             drop(tasks);
             if n > 0 {
-                self.set.counters.unqueued(n);
+                self.set.unpend(n);
                 self.set.discard(n, reason, self);
             }
         }

@@ -103,7 +103,57 @@
 //! | **no response** | an error from the inner service or a dropped response future discards the tasks |
 //! | **failures contained** | an `Err` or a panic is caught, logged at `ERROR` with the request's method and path, counted, and passed to an optional hook |
 //! | **bounded shutdown** | [`Supervisor::shutdown`] waits at most the grace period, then cancels and aborts what is left |
+//! | **no hidden limits** | at most [`max_running`](SupervisorBuilder::max_running) tasks run at once (1024), blocking work has its own lane ([`blocking_limit`](SupervisorBuilder::blocking_limit), 16), named lanes have theirs, and at most [`max_queued`](SupervisorBuilder::max_queued) wait (65 536): past it [`try_add`](BackgroundTasks::try_add) says so and [`add`](BackgroundTasks::add) rejects and counts |
 //! | **counted** | every task ends in exactly one [`Stats`] counter |
+//!
+//! # Limits, lanes and groups
+//!
+//! Every task runs in one lane, each with its own limit on how many run at
+//! once; tasks beyond it wait in the lane's queue, in order:
+//!
+//! - the default lane, for [`add`](BackgroundTasks::add):
+//!   [`max_running`](SupervisorBuilder::max_running);
+//! - the blocking lane, for [`add_blocking`](BackgroundTasks::add_blocking),
+//!   so CPU-heavy work can neither stall the runtime nor exhaust tokio's
+//!   blocking pool: [`blocking_limit`](SupervisorBuilder::blocking_limit);
+//! - named lanes, for work that calls a rate-limited service:
+//!   [`lane`](SupervisorBuilder::lane), used with [`TaskOptions::lane`].
+//!
+//! How many tasks may wait at all is bounded by
+//! [`max_queued`](SupervisorBuilder::max_queued), which bounds the memory
+//! the crate holds. [`TaskOptions`] also give a task a timeout and a
+//! [`Retry`] policy; a [`Group`] runs steps one after another or together as
+//! one task; [`LoadShedLayer`] answers `503` before the handler runs while
+//! the backlog is too deep.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_background::{AddError, BackgroundTasks, Group, Retry, Supervisor, TaskOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let background = Supervisor::builder()
+//!     .max_running(256)
+//!     .blocking_limit(4)
+//!     .lane("email", 4)
+//!     .max_queued(10_000)
+//!     .build();
+//! # drop(background);
+//! # }
+//!
+//! fn handler(tasks: &BackgroundTasks) -> Result<(), AddError> {
+//!     // Fails with `AddError::QueueFull` rather than queue without bound.
+//!     tasks.try_add(async { /* ... */ })?;
+//!     tasks
+//!         .with(TaskOptions::new().lane("email").timeout(Duration::from_secs(10)).retry(Retry::exponential(3)))
+//!         .try_add_retrying(|| async { Ok::<_, std::io::Error>(()) /* send it */ })?;
+//!     tasks.try_add_group(
+//!         Group::sequential()
+//!             .step(async { /* notify */ })
+//!             .blocking_step(|| { /* write the audit file */ }),
+//!     )
+//! }
+//! ```
 //!
 //! What this crate does not do: persist tasks. Whatever is queued or running
 //! is lost if the process crashes.
@@ -119,16 +169,22 @@
 //! With `default-features = false` the crate works with any `tower` HTTP
 //! service: hyper 1, tonic, or your own.
 
+mod attempt;
 mod body;
 mod builder;
+mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod failure;
 mod future;
+mod group;
 mod handle;
 mod handoff;
+mod lane;
 mod layer;
+mod load_shed;
 mod monitor;
+mod options;
 mod policy;
 mod report;
 mod service;
@@ -140,18 +196,25 @@ mod task_set;
 pub mod tracking;
 
 pub use body::ResponseBody;
-pub use builder::{SupervisorBuilder, DEFAULT_CLEANUP_PERIOD, DEFAULT_GRACE_PERIOD};
+pub use builder::{
+    SupervisorBuilder, DEFAULT_BLOCKING_LIMIT, DEFAULT_CLEANUP_PERIOD, DEFAULT_GRACE_PERIOD,
+    DEFAULT_MAX_QUEUED, DEFAULT_MAX_RUNNING,
+};
+pub use error::AddError;
 #[cfg(feature = "axum")]
 pub use extract::MissingBackgroundTaskLayer;
 pub use failure::{FailureKind, TaskFailure};
 pub use future::ResponseFuture;
-pub use handle::BackgroundTasks;
+pub use group::Group;
+pub use handle::{BackgroundTasks, WithOptions};
 pub use layer::BackgroundTaskLayer;
+pub use load_shed::{LoadShed, LoadShedBody, LoadShedFuture, LoadShedLayer};
 pub use monitor::Monitor;
+pub use options::{Retry, TaskOptions};
 pub use policy::{OnDisconnect, OnServerError};
 pub use report::ShutdownReport;
 pub use service::Background;
-pub use stats::{DiscardReasons, Stats};
+pub use stats::{DiscardReasons, LaneStats, Stats};
 pub use supervisor::Supervisor;
 pub use task::TaskOutput;
 pub use tokio_util::sync::CancellationToken;

@@ -39,6 +39,12 @@ impl Monitor {
         self.set.stats()
     }
 
+    /// [`Stats::backlog`] alone: tasks accepted and not finished. Three
+    /// atomic loads, without building the rest of the snapshot.
+    pub fn backlog(&self) -> u64 {
+        self.set.backlog()
+    }
+
     /// Resolves once no handed-off task is running.
     ///
     /// Meant for tests: consume (or drop) the response body so its tasks are

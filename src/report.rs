@@ -17,7 +17,7 @@ use crate::stats::Stats;
 /// - `stats.waiting`: tasks whose request was still in flight (shutdown
 ///   was called before the server finished its requests); they are refused
 ///   when their response ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ShutdownReport {

@@ -12,15 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// that once nothing is moving
 ///
 /// ```text
-/// submitted == waiting + running + completed + failed + panicked
-///              + cancelled + discarded + refused
+/// submitted == waiting + queued + running + completed + failed + panicked
+///              + timed_out + cancelled + discarded + refused
 /// ```
 ///
-/// ([`Stats::accounted`] is the right-hand side). The counters are read one
+/// ([`Stats::accounted`] is the right-hand side). A task not accepted at all
+/// by a full queue is counted in [`rejected`](Stats::rejected) (the plain
+/// `add` methods) or not counted (the `try_` methods, which return the
+/// error instead). A group counts as one task. The counters are read one
 /// after another without a lock, so a snapshot taken while tasks are moving
 /// between states may be off by those tasks; each counter on its own is exact.
 /// Counts are totals since the supervisor was built.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
@@ -28,7 +31,9 @@ pub struct Stats {
     pub submitted: u64,
     /// Queued on a request whose response has not ended yet.
     pub waiting: u64,
-    /// Handed off to the task set and not finished yet.
+    /// Handed off, waiting for a free slot in their lane.
+    pub queued: u64,
+    /// Running in a lane.
     pub running: u64,
     /// Returned `()` or `Ok`.
     pub completed: u64,
@@ -36,6 +41,9 @@ pub struct Stats {
     pub failed: u64,
     /// Panicked (the panic was caught).
     pub panicked: u64,
+    /// Ran past their [timeout](crate::TaskOptions::timeout) on their last
+    /// attempt.
+    pub timed_out: u64,
     /// Aborted unfinished at the end of the shutdown grace period, or dropped
     /// unfinished with the runtime. (A task that returns during the cleanup
     /// period is counted by what it returned.)
@@ -47,6 +55,37 @@ pub struct Stats {
     pub discard_reasons: DiscardReasons,
     /// Offered after shutdown had begun, and not accepted.
     pub refused: u64,
+    /// Offered with a plain `add` while the queue was full, and not accepted
+    /// (logged at `WARN`). Not part of [`submitted`](Stats::submitted).
+    pub rejected: u64,
+    /// Steps of groups that did not run because an earlier step failed
+    /// (sequential groups) or a step failed first (fail-fast groups).
+    pub skipped: u64,
+    /// Attempts after the first, made under a [`Retry`](crate::Retry) policy.
+    pub retried: u64,
+    /// Requests answered `503` by [`LoadShedLayer`](crate::LoadShedLayer)
+    /// (requests, not tasks).
+    pub shed: u64,
+    /// Each lane: the default one, the blocking one, then the named ones.
+    pub lanes: Vec<LaneStats>,
+}
+
+/// One lane's slots: see [`SupervisorBuilder::lane`](crate::SupervisorBuilder::lane).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct LaneStats {
+    /// `"default"`, `"blocking"`, or the name it was configured with.
+    pub name: String,
+    /// The most slots taken at once.
+    pub limit: u64,
+    /// Slots taken now (a group's blocking step takes a slot in the blocking
+    /// lane while its group holds one in its own lane).
+    pub running: u64,
+    /// Tasks and group steps waiting for a slot.
+    pub queued: u64,
+    /// The most slots ever taken at once.
+    pub high_water: u64,
 }
 
 /// How many tasks were discarded for each reason; they add up to
@@ -67,14 +106,24 @@ pub struct DiscardReasons {
 }
 
 impl Stats {
+    /// Tasks accepted and not finished: waiting for their response, for a
+    /// slot, or running. What a `/backlog` endpoint reports, and what
+    /// [`LoadShedLayer`](crate::LoadShedLayer) compares with its mark.
+    pub fn backlog(&self) -> u64 {
+        self.waiting + self.queued + self.running
+    }
+
     /// The sum of the states a task can be in: equal to
     /// [`submitted`](Stats::submitted) whenever no task is between states.
     pub fn accounted(&self) -> u64 {
+        // Tasks not yet finished plus tasks finished.
         self.waiting
+            + self.queued
             + self.running
             + self.completed
             + self.failed
             + self.panicked
+            + self.timed_out
             + self.cancelled
             + self.discarded
             + self.refused
@@ -105,21 +154,35 @@ pub(crate) enum Outcome {
     Completed,
     Failed(String),
     Panicked(String),
+    TimedOut,
     Cancelled,
 }
 
-/// The live counters behind [`Stats`]. `running` is not here: it lives in
-/// the task set's state word, where it is updated together with the
-/// closed flag.
+impl Outcome {
+    pub(crate) fn from_result(result: Result<(), String>) -> Self {
+        match result {
+            Ok(()) => Self::Completed,
+            Err(message) => Self::Failed(message),
+        }
+    }
+}
+
+/// The live counters behind [`Stats`]. Those that are states rather than
+/// events (waiting, queued, running) are derived from the task set's own
+/// counts, which admission and shutdown need anyway.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     submitted: AtomicU64,
-    waiting: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
     panicked: AtomicU64,
+    timed_out: AtomicU64,
     cancelled: AtomicU64,
     refused: AtomicU64,
+    rejected: AtomicU64,
+    skipped: AtomicU64,
+    retried: AtomicU64,
+    shed: AtomicU64,
     no_response: AtomicU64,
     client_disconnected: AtomicU64,
     server_error: AtomicU64,
@@ -136,16 +199,26 @@ impl Counters {
         add(&self.submitted, 1);
     }
 
-    pub(crate) fn queued(&self) {
-        add(&self.waiting, 1);
-    }
-
-    pub(crate) fn unqueued(&self, n: u64) {
-        self.waiting.fetch_sub(n, Ordering::Relaxed);
-    }
-
     pub(crate) fn refused(&self, n: u64) {
         add(&self.refused, n);
+    }
+
+    /// Counts one rejection and says whether to log it: the first, then
+    /// every 1024th, so an overload does not also flood the log.
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn skipped(&self, n: u64) {
+        add(&self.skipped, n);
+    }
+
+    pub(crate) fn retried(&self) {
+        add(&self.retried, 1);
+    }
+
+    pub(crate) fn shed(&self) {
+        add(&self.shed, 1);
     }
 
     pub(crate) fn discarded(&self, n: u64, reason: DiscardReason) {
@@ -162,12 +235,23 @@ impl Counters {
             Outcome::Completed => &self.completed,
             Outcome::Failed(_) => &self.failed,
             Outcome::Panicked(_) => &self.panicked,
+            Outcome::TimedOut => &self.timed_out,
             Outcome::Cancelled => &self.cancelled,
         };
         add(counter, 1);
     }
 
-    pub(crate) fn snapshot(&self, running: u64) -> Stats {
+    /// `pending`: admitted and not started (waiting for a response or a
+    /// slot); `active`: handed off and not finished (queued or running);
+    /// `queued`: tasks waiting for a slot (not group steps, which the lanes'
+    /// own queue lengths include).
+    pub(crate) fn snapshot(
+        &self,
+        pending: u64,
+        active: u64,
+        queued: u64,
+        lanes: Vec<LaneStats>,
+    ) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let discard_reasons = DiscardReasons {
             no_response: load(&self.no_response),
@@ -176,17 +260,24 @@ impl Counters {
         };
         Stats {
             submitted: load(&self.submitted),
-            waiting: load(&self.waiting),
-            running,
+            waiting: pending.saturating_sub(queued),
+            queued,
+            running: active.saturating_sub(queued),
             completed: load(&self.completed),
             failed: load(&self.failed),
             panicked: load(&self.panicked),
+            timed_out: load(&self.timed_out),
             cancelled: load(&self.cancelled),
             discarded: discard_reasons.no_response
                 + discard_reasons.client_disconnected
                 + discard_reasons.server_error,
             discard_reasons,
             refused: load(&self.refused),
+            rejected: load(&self.rejected),
+            skipped: load(&self.skipped),
+            retried: load(&self.retried),
+            shed: load(&self.shed),
+            lanes,
         }
     }
 }

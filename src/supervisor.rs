@@ -236,6 +236,8 @@ impl Supervisor {
                     running = set.running(),
                     "background tasks: grace period over, aborting",
                 );
+                // Queues first, so no queued task can start between the two.
+                set.abort_queued();
                 set.abort.cancel();
                 let _ = timeout(ABORT_SETTLE, set.wait_idle()).await;
             }
@@ -275,6 +277,7 @@ impl Drop for Supervisor {
         let set = &self.set;
         set.close();
         set.cancel.cancel();
+        set.abort_queued();
         set.abort.cancel();
         let running = set.running();
         if running > 0 {

@@ -1,9 +1,13 @@
 //! One unit of background work, type-erased so a request can queue async
-//! futures and blocking closures side by side.
+//! futures, blocking closures and groups side by side.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+
+use crate::lane::LaneId;
+use crate::stats::Outcome;
 
 /// The output of a background task: `()` or a `Result` whose error can be
 /// displayed.
@@ -41,44 +45,61 @@ mod sealed {
     impl<T, E> Sealed for Result<T, E> {}
 }
 
-/// What a task does once it is handed off.
+/// A boxed async task, already mapped to how it ended.
+pub(crate) type BoxedWork = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A boxed blocking closure.
+pub(crate) type BlockingWork = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// What a task does once it has a slot in its lane.
 pub(crate) enum Work {
     /// Polled on the runtime's worker threads.
-    Async(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>),
-    /// Run on tokio's blocking pool, never on a worker thread.
-    Blocking(Box<dyn FnOnce() -> Result<(), String> + Send>),
+    Async(BoxedWork),
+    /// Run on tokio's blocking pool, never on a worker thread; given up on
+    /// (and counted as timed out) after the time limit, if any.
+    Blocking(BlockingWork, Option<Duration>),
 }
 
-/// A queued task and the span that was current when it was added, so the
-/// task's own span can say it `follows_from` the request that queued it.
+/// A queued task: its work, the lane it runs in, and the span that was
+/// current when it was added, so the task's own span can say it
+/// `follows_from` the request that queued it.
 pub(crate) struct Task {
     pub(crate) work: Work,
+    pub(crate) lane: LaneId,
     pub(crate) added_in: tracing::Span,
 }
 
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("lane", &self.lane)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Task {
-    pub(crate) fn new(work: Work) -> Self {
+    pub(crate) fn new(work: Work, lane: LaneId) -> Self {
         Self {
             work,
+            lane,
             added_in: tracing::Span::current(),
         }
     }
+}
 
-    pub(crate) fn from_future<F>(future: F) -> Self
-    where
-        F: Future + Send + 'static,
-        F::Output: TaskOutput,
-    {
-        Self::new(Work::Async(Box::pin(
-            async move { future.await.into_result() },
-        )))
-    }
+/// `future`, boxed, with its output mapped to an outcome.
+pub(crate) fn boxed<F>(future: F) -> BoxedWork
+where
+    F: Future + Send + 'static,
+    F::Output: TaskOutput,
+{
+    Box::pin(async move { Outcome::from_result(future.await.into_result()) })
+}
 
-    pub(crate) fn from_blocking<F, T>(function: F) -> Self
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: TaskOutput,
-    {
-        Self::new(Work::Blocking(Box::new(move || function().into_result())))
-    }
+/// `function`, boxed, with its output mapped to a message.
+pub(crate) fn boxed_blocking<F, T>(function: F) -> BlockingWork
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: TaskOutput,
+{
+    Box::new(move || function().into_result())
 }

@@ -20,12 +20,17 @@ use std::task::{Context, Poll};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use tokio::sync::oneshot;
+
+use crate::error::AddError;
 use crate::failure::{FailureKind, TaskFailure};
 use crate::handle::{Queued, RequestTasks};
-use crate::stats::{Counters, DiscardReason, Outcome, Stats};
-use crate::task::{Task, Work};
+use crate::lane::{Lane, LaneId, Waiting};
+use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
+use crate::task::{BoxedWork, Task, Work};
 
 /// The hook set with `SupervisorBuilder::on_failure`.
 pub(crate) type FailureHook = Arc<dyn Fn(&TaskFailure<'_>) + Send + Sync>;
@@ -42,6 +47,14 @@ pub(crate) struct TaskSet {
     /// that got in.
     state: AtomicU64,
     pub(crate) counters: Counters,
+    /// The default lane, the blocking lane, then the named ones.
+    lanes: Box<[Lane]>,
+    /// Tasks admitted and not started: waiting for their response or for a
+    /// slot. Bounded by `max_pending`, which is what makes `try_add` fail.
+    pending: AtomicU64,
+    max_pending: u64,
+    /// Tasks (not group steps) in the lanes' queues.
+    queued_tasks: AtomicU64,
     runtime: Handle,
     /// Given to tasks; fired when the grace period is nearly over.
     pub(crate) cancel: CancellationToken,
@@ -63,11 +76,27 @@ impl std::fmt::Debug for TaskSet {
     }
 }
 
+/// Why a task could not be admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Closed,
+    Full,
+}
+
 impl TaskSet {
-    pub(crate) fn new(runtime: Handle, on_failure: Option<FailureHook>) -> Self {
+    pub(crate) fn new(
+        runtime: Handle,
+        lanes: Vec<Lane>,
+        max_pending: usize,
+        on_failure: Option<FailureHook>,
+    ) -> Self {
         Self {
             state: AtomicU64::new(0),
             counters: Counters::default(),
+            lanes: lanes.into_boxed_slice(),
+            pending: AtomicU64::new(0),
+            max_pending: max_pending as u64,
+            queued_tasks: AtomicU64::new(0),
             runtime,
             cancel: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -78,11 +107,71 @@ impl TaskSet {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot(self.running())
+        let lanes = self
+            .lanes
+            .iter()
+            .map(|lane| LaneStats {
+                name: lane.name.to_string(),
+                limit: lane.limit as u64,
+                running: lane.running() as u64,
+                queued: lane.queued() as u64,
+                high_water: lane.high_water() as u64,
+            })
+            .collect();
+        self.counters.snapshot(
+            self.pending.load(Ordering::SeqCst),
+            self.running(),
+            self.queued_tasks.load(Ordering::SeqCst),
+            lanes,
+        )
     }
 
+    /// Tasks handed off and not finished: queued for a slot or running.
     pub(crate) fn running(&self) -> u64 {
         self.state.load(Ordering::SeqCst) >> 1
+    }
+
+    /// Tasks accepted and not finished: `Stats::backlog` without the rest of
+    /// the snapshot (a few atomic loads, for every request of `LoadShed`).
+    pub(crate) fn backlog(&self) -> u64 {
+        let pending = self.pending.load(Ordering::SeqCst);
+        let queued = self.queued_tasks.load(Ordering::SeqCst);
+        (pending + self.running()).saturating_sub(queued)
+    }
+
+    pub(crate) fn max_pending(&self) -> usize {
+        self.max_pending as usize
+    }
+
+    pub(crate) fn lane_id(&self, name: &str) -> Option<LaneId> {
+        self.lanes.iter().position(|lane| &*lane.name == name)
+    }
+
+    /// Admits one task into the bounded set of pending tasks.
+    pub(crate) fn admit(&self) -> Result<(), Refusal> {
+        if self.is_closed() {
+            return Err(Refusal::Closed);
+        }
+        let mut pending = self.pending.load(Ordering::SeqCst);
+        loop {
+            if pending >= self.max_pending {
+                return Err(Refusal::Full);
+            }
+            match self.pending.compare_exchange_weak(
+                pending,
+                pending + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => pending = actual,
+            }
+        }
+    }
+
+    /// `n` admitted tasks left the pending set (started, discarded, refused).
+    pub(crate) fn unpend(&self, n: u64) {
+        self.pending.fetch_sub(n, Ordering::SeqCst);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -94,8 +183,9 @@ impl TaskSet {
         self.state.fetch_or(CLOSED, Ordering::SeqCst);
     }
 
-    /// Starts `tasks` (queued by `request`) now, or refuses them all if the
-    /// set is closed.
+    /// Hands `tasks` (admitted, queued by `request`) to their lanes: each
+    /// starts at once if its lane has a free slot, or waits in the lane's
+    /// queue. All are refused if the set is closed.
     pub(crate) fn spawn_all(self: &Arc<Self>, request: &Arc<RequestTasks>, tasks: Queued) {
         let n = tasks.len() as u64;
         if n == 0 {
@@ -104,12 +194,98 @@ impl TaskSet {
         let previous = self.state.fetch_add(n * ONE_TASK, Ordering::SeqCst);
         if previous & CLOSED != 0 {
             self.finish_running(n);
+            self.unpend(n);
             self.refuse(n, request);
             return;
         }
+        let mut started = 0;
         for task in tasks {
-            let running = Running::start(Arc::clone(request), task);
-            drop(self.runtime.spawn(running));
+            let lane_id = task.lane;
+            let lane = &self.lanes[lane_id];
+            if lane.try_claim() {
+                started += 1;
+                self.spawn(Arc::clone(request), task);
+            } else {
+                self.queued_tasks.fetch_add(1, Ordering::SeqCst);
+                lane.push(Waiting::Task(Arc::clone(request), task));
+                self.dispatch(lane_id);
+            }
+        }
+        self.unpend(started);
+    }
+
+    fn spawn(&self, request: Arc<RequestTasks>, task: Task) {
+        drop(self.runtime.spawn(Running::start(request, task)));
+    }
+
+    /// Starts waiters of `lane_id` while it has free slots.
+    fn dispatch(&self, lane_id: LaneId) {
+        let lane = &self.lanes[lane_id];
+        while let Some(waiting) = lane.next() {
+            match waiting {
+                Waiting::Task(request, task) => {
+                    self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
+                    self.unpend(1);
+                    self.spawn(request, task);
+                }
+                // A step whose group has gone hands the slot straight back.
+                Waiting::Step(step) => {
+                    if step.send(()).is_err() {
+                        lane.release();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back a slot of `lane_id` and starts the next waiter.
+    pub(crate) fn release_slot(&self, lane_id: LaneId) {
+        self.lanes[lane_id].release();
+        self.dispatch(lane_id);
+    }
+
+    /// Waits for a slot in `lane_id`, for a step of a running group. `None`
+    /// if the queue was emptied by an abort first.
+    ///
+    /// Cancel safe: a slot granted to a dropped waiter is handed back.
+    pub(crate) async fn acquire(self: &Arc<Self>, lane_id: LaneId) -> Option<Slot> {
+        let lane = &self.lanes[lane_id];
+        if !lane.try_claim() {
+            let (granted, grant) = oneshot::channel();
+            lane.push(Waiting::Step(granted));
+            self.dispatch(lane_id);
+            let mut grant = Grant {
+                set: self,
+                lane: lane_id,
+                receiver: Some(grant),
+            };
+            let received = match grant.receiver.as_mut() {
+                Some(receiver) => receiver.await,
+                None => return None,
+            };
+            grant.receiver = None;
+            received.ok()?;
+        }
+        Some(Slot {
+            set: Arc::clone(self),
+            lane: lane_id,
+        })
+    }
+
+    /// Empties every lane's queue (at abort): the tasks waiting there never
+    /// run and are counted as cancelled.
+    pub(crate) fn abort_queued(&self) {
+        for lane in self.lanes.iter() {
+            for waiting in lane.drain() {
+                if let Waiting::Task(request, task) = waiting {
+                    self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
+                    self.unpend(1);
+                    drop(task);
+                    self.counters.finished(&Outcome::Cancelled);
+                    self.report(&Outcome::Cancelled, &request);
+                    self.finish_running(1);
+                }
+            }
         }
     }
 
@@ -121,6 +297,29 @@ impl TaskSet {
             tasks = n,
             "background tasks refused: the supervisor is shutting down",
         );
+    }
+
+    /// Counts a task the plain `add` methods could not accept, and logs it:
+    /// a full queue at `WARN` (the first time, then every 1024th, so an
+    /// overload does not also flood the log), an unknown lane at `ERROR`.
+    pub(crate) fn reject(&self, error: &AddError, request: &RequestTasks) {
+        let rejected = self.counters.rejected();
+        if matches!(error, AddError::UnknownLane(_)) {
+            tracing::error!(
+                http.method = %request.method(),
+                http.path = request.path(),
+                %error,
+                "background task rejected",
+            );
+        } else if rejected == 1 || rejected % 1024 == 0 {
+            tracing::warn!(
+                http.method = %request.method(),
+                http.path = request.path(),
+                %error,
+                rejected_so_far = rejected,
+                "background task rejected",
+            );
+        }
     }
 
     pub(crate) fn discard(&self, n: u64, reason: DiscardReason, request: &RequestTasks) {
@@ -179,6 +378,14 @@ impl TaskSet {
                 tracing::debug!("background task cancelled by shutdown");
                 return;
             }
+            Outcome::TimedOut => {
+                tracing::error!(
+                    http.method = %request.method(),
+                    http.path = request.path(),
+                    "background task timed out",
+                );
+                (FailureKind::Timeout, "timed out")
+            }
             Outcome::Failed(message) => {
                 tracing::error!(
                     http.method = %request.method(),
@@ -186,7 +393,7 @@ impl TaskSet {
                     error = %message,
                     "background task failed",
                 );
-                (FailureKind::Error, message)
+                (FailureKind::Error, message.as_str())
             }
             Outcome::Panicked(message) => {
                 tracing::error!(
@@ -195,7 +402,7 @@ impl TaskSet {
                     panic = %message,
                     "background task panicked",
                 );
-                (FailureKind::Panic, message)
+                (FailureKind::Panic, message.as_str())
             }
         };
         if let Some(hook) = &self.on_failure {
@@ -226,6 +433,12 @@ struct Running {
     /// reference count, not two.
     request: Arc<RequestTasks>,
     span: tracing::Span,
+    lane: LaneId,
+    /// Whether this future gives the lane slot back when it ends. A started
+    /// blocking closure owns its slot instead, so that a closure still
+    /// running after a timeout or an abort keeps counting against the
+    /// blocking lane's limit until it returns.
+    holds_slot: bool,
     work: RunningWork,
     /// Created at the first `Pending`: wakes the task when shutdown aborts.
     abort: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -235,9 +448,15 @@ struct Running {
 }
 
 enum RunningWork {
-    Async(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>),
+    Async(BoxedWork),
     /// Already started on the blocking pool; dropping the handle detaches it.
-    Blocking(JoinHandle<Result<(), String>>),
+    Blocking {
+        handle: JoinHandle<Result<(), String>>,
+        deadline: Option<Pin<Box<Sleep>>>,
+    },
+    /// Nothing left to poll: the work was dropped (aborted), or never
+    /// started because shutdown had already aborted.
+    Done,
 }
 
 impl Running {
@@ -249,17 +468,34 @@ impl Running {
             http.path = request.path(),
         );
         span.follows_from(&task.added_in);
+        let lane = task.lane;
+        let set = request.set();
+        let mut holds_slot = true;
         let work = match task.work {
+            // Aborted before it could start: it never will (counted at the
+            // first poll).
+            _ if set.abort.is_cancelled() => RunningWork::Done,
             Work::Async(future) => RunningWork::Async(future),
-            Work::Blocking(function) => {
+            Work::Blocking(function, timeout) => {
                 let span = span.clone();
-                let runtime = &request.set().runtime;
-                RunningWork::Blocking(runtime.spawn_blocking(move || span.in_scope(function)))
+                let slot = Slot {
+                    set: Arc::clone(set),
+                    lane,
+                };
+                holds_slot = false;
+                let handle = set.runtime.spawn_blocking(move || {
+                    let _slot = slot;
+                    span.in_scope(function)
+                });
+                let deadline = timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+                RunningWork::Blocking { handle, deadline }
             }
         };
         Self {
             request,
             span,
+            lane,
+            holds_slot,
             work,
             abort: None,
             counted: false,
@@ -274,6 +510,9 @@ impl Running {
         let set = self.request.set();
         set.counters.finished(&outcome);
         set.report(&outcome, &self.request);
+        if self.holds_slot {
+            set.release_slot(self.lane);
+        }
         set.finish_running(1);
     }
 }
@@ -287,28 +526,41 @@ impl Future for Running {
             return Poll::Ready(());
         }
         if this.request.set().abort.is_cancelled() {
-            this.count(Outcome::Cancelled);
+            this.abort_work();
             return Poll::Ready(());
         }
         let polled = match &mut this.work {
             RunningWork::Async(future) => {
                 let _entered = this.span.enter();
                 match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-                    Ok(Poll::Pending) => Poll::Pending,
-                    Ok(Poll::Ready(Ok(()))) => Poll::Ready(Outcome::Completed),
-                    Ok(Poll::Ready(Err(message))) => Poll::Ready(Outcome::Failed(message)),
+                    Ok(poll) => poll,
                     Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
                 }
             }
-            RunningWork::Blocking(handle) => Pin::new(handle).poll(cx).map(|joined| match joined {
-                Ok(Ok(())) => Outcome::Completed,
-                Ok(Err(message)) => Outcome::Failed(message),
-                Err(error) if error.is_panic() => {
-                    Outcome::Panicked(panic_message(error.into_panic()))
+            RunningWork::Blocking { handle, deadline } => match Pin::new(handle).poll(cx) {
+                Poll::Ready(joined) => Poll::Ready(match joined {
+                    Ok(Ok(())) => Outcome::Completed,
+                    Ok(Err(message)) => Outcome::Failed(message),
+                    Err(error) if error.is_panic() => {
+                        Outcome::Panicked(panic_message(error.into_panic()))
+                    }
+                    // The runtime is shutting down and dropped the closure unrun.
+                    Err(_) => Outcome::Cancelled,
+                }),
+                // Past the deadline the closure is left to finish unobserved,
+                // still holding its slot.
+                Poll::Pending => {
+                    let expired = deadline
+                        .as_mut()
+                        .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                    if expired {
+                        Poll::Ready(Outcome::TimedOut)
+                    } else {
+                        Poll::Pending
+                    }
                 }
-                // The runtime is shutting down and dropped the closure unrun.
-                Err(_) => Outcome::Cancelled,
-            }),
+            },
+            RunningWork::Done => Poll::Ready(Outcome::Cancelled),
         };
         match polled {
             Poll::Ready(outcome) => {
@@ -321,8 +573,7 @@ impl Future for Running {
                     .abort
                     .get_or_insert_with(|| Box::pin(set.abort.clone().cancelled_owned()));
                 if abort.as_mut().poll(cx).is_ready() {
-                    // Dropping the work (when this future is dropped) aborts it.
-                    this.count(Outcome::Cancelled);
+                    this.abort_work();
                     return Poll::Ready(());
                 }
                 Poll::Pending
@@ -331,15 +582,57 @@ impl Future for Running {
     }
 }
 
+impl Running {
+    /// Drops the work first, so that its own clean-up (drop guards) has run
+    /// by the time the task is counted and `wait_idle` or `shutdown` can
+    /// return; then counts it as cancelled.
+    fn abort_work(&mut self) {
+        self.work = RunningWork::Done;
+        self.count(Outcome::Cancelled);
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.counted {
-            self.count(Outcome::Cancelled);
+            self.abort_work();
         }
     }
 }
 
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+/// A slot in a lane, held by a group's step; given back on drop.
+pub(crate) struct Slot {
+    set: Arc<TaskSet>,
+    lane: LaneId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.set.release_slot(self.lane);
+    }
+}
+
+/// A step's place in a lane's queue while it waits. Dropped before the grant
+/// was received (the step was cancelled), it hands a slot that arrived in the
+/// meantime back to the lane.
+struct Grant<'a> {
+    set: &'a Arc<TaskSet>,
+    lane: LaneId,
+    receiver: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        if let Some(mut receiver) = self.receiver.take() {
+            receiver.close();
+            if receiver.try_recv().is_ok() {
+                self.set.release_slot(self.lane);
+            }
+        }
+    }
+}
+
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(message) => *message,
         Err(payload) => match payload.downcast::<&'static str>() {

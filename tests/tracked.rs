@@ -635,14 +635,19 @@ async fn a_task_refused_after_shutdown_began_is_cancelled() {
     let report = supervisor.shutdown().await;
     assert_eq!(report.stats.submitted, 0);
 
-    let accepted = call(&app, Method::POST, "/hello-single?name=Me").await;
-    assert_eq!(accepted.status, StatusCode::ACCEPTED);
-    let record = registry.get(accepted.task_id()).await.unwrap();
-    assert_eq!(record.status, TaskStatus::Cancelled);
+    // The supervisor no longer takes tasks: the start is answered 503 with
+    // Retry-After (not a 202 for a task that can never run) ...
+    let refused = call(&app, Method::POST, "/hello-single?name=Me").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json()["error"], "shutting-down");
+    assert_eq!(refused.headers["retry-after"], "5");
+    // ... its record is not left running, and it holds no lock: a second
+    // start is refused the same way, not redirected to the first.
+    assert_eq!(registry.store().running(), 0);
     let again = call(&app, Method::POST, "/hello-single?name=Me").await;
     assert_eq!(
         again.status,
-        StatusCode::ACCEPTED,
+        StatusCode::SERVICE_UNAVAILABLE,
         "not locked by a refused task"
     );
 }

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::AddError;
+
 /// Why a tracked task could not be started or reported. Each is answered
 /// with a JSON body `{"error": "<code>"}` (most with a `"message"` too),
 /// never axum's plain-text rejections:
@@ -67,6 +69,11 @@ pub enum TrackingError {
     Signature(SignatureError),
     /// The store failed.
     Store(StoreError),
+    /// The supervisor did not accept the task: it is shutting down, or its
+    /// queue is full. The record is marked `cancelled` and its lock
+    /// released; a `503` with `Retry-After` tells the client to try again
+    /// (elsewhere, when shutting down).
+    NotAccepted(AddError),
 }
 
 impl TrackingError {
@@ -80,7 +87,12 @@ impl TrackingError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Signature(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NotAccepted(error) if error.retry_after().is_some() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Signature(_) | Self::Store(_) | Self::NotAccepted(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -96,6 +108,7 @@ impl TrackingError {
             Self::Full { .. } => "registry-full",
             Self::Signature(_) => "unsignable-arguments",
             Self::Store(_) => "task-store-error",
+            Self::NotAccepted(error) => error.code(),
         }
     }
 }
@@ -119,6 +132,7 @@ impl fmt::Display for TrackingError {
             ),
             Self::Signature(error) => fmt::Display::fmt(error, f),
             Self::Store(error) => write!(f, "the task store failed: {error}"),
+            Self::NotAccepted(error) => fmt::Display::fmt(error, f),
         }
     }
 }
@@ -128,6 +142,7 @@ impl Error for TrackingError {
         match self {
             Self::Signature(error) => Some(error),
             Self::Store(error) => Some(error),
+            Self::NotAccepted(error) => Some(error),
             _ => None,
         }
     }
@@ -166,7 +181,12 @@ impl IntoResponse for TrackingError {
             _ => json!({ "error": code, "message": self.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
-        if let Self::Full { retry_after } = self {
+        let retry_after = match &self {
+            Self::Full { retry_after } => Some(*retry_after),
+            Self::NotAccepted(error) => error.retry_after(),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             response.headers_mut().insert(
                 RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(retry_after)),

@@ -200,10 +200,12 @@ impl<S: TaskStore> TaskRegistry<S> {
             .try_start(record.clone(), spec.lock_key().cloned())
             .await?;
         match admission {
-            Admission::Started => {
-                tasks.add(track(recorder, task));
-                Ok(Started::Accepted(record))
-            }
+            // Not accepted (shutting down, queue full): the dropped task's
+            // recorder marks the record cancelled and releases the lock.
+            Admission::Started => match tasks.try_add(track(recorder, task)) {
+                Ok(()) => Ok(Started::Accepted(record)),
+                Err(error) => Err(TrackingError::NotAccepted(error)),
+            },
             Admission::Locked(running) => {
                 recorder.disarm();
                 Ok(Started::Locked {

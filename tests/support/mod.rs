@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::{self, Future};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -119,6 +120,13 @@ pub(crate) async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("gave up waiting for {what}");
 }
 
+/// `stats` without the per-lane figures, to compare task counts with
+/// [`stats`].
+pub(crate) fn counts(mut stats: Stats) -> Stats {
+    stats.lanes.clear();
+    stats
+}
+
 /// Stats with every counter at zero except those `set` sets, to compare a
 /// whole snapshot at once.
 pub(crate) fn stats(set: impl FnOnce(&mut Stats)) -> Stats {
@@ -194,4 +202,102 @@ impl Gate {
 /// so that their output type is `()`, not the never type.
 pub(crate) fn explode(message: &str) {
     panic!("{message}");
+}
+
+/// A gate that async tasks wait at until the test opens it; once open it
+/// stays open, so tasks that arrive later pass at once.
+#[derive(Clone)]
+pub(crate) struct AsyncGate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for AsyncGate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl AsyncGate {
+    pub(crate) fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub(crate) async fn pass(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close here.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+/// How many tasks are inside a section at once, and the most there ever
+/// were: the concurrency a limit must bound, seen from inside the tasks.
+#[derive(Clone, Default)]
+pub(crate) struct Peak(Arc<PeakCounts>);
+
+#[derive(Default)]
+struct PeakCounts {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Peak {
+    /// Enters the section until the returned guard is dropped.
+    pub(crate) fn enter(&self) -> Inside {
+        let inside = self.0.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.0.most.fetch_max(inside, Ordering::SeqCst);
+        Inside(Arc::clone(&self.0))
+    }
+
+    /// How many are inside now.
+    pub(crate) fn now(&self) -> usize {
+        self.0.now.load(Ordering::SeqCst)
+    }
+
+    /// The most that were ever inside at once.
+    pub(crate) fn most(&self) -> usize {
+        self.0.most.load(Ordering::SeqCst)
+    }
+}
+
+/// A task's presence in a [`Peak`] section; leaves it on drop.
+pub(crate) struct Inside(Arc<PeakCounts>);
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Events {
+    /// Everything recorded, in the order it was recorded.
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        let events = self.0.lock().unwrap();
+        events.iter().map(|(what, _)| *what).collect()
+    }
+
+    /// Every time `what` was recorded, in order.
+    pub(crate) fn times(&self, what: &str) -> Vec<Instant> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|(w, _)| *w == what)
+            .map(|(_, at)| *at)
+            .collect()
+    }
+}
+
+impl Gate {
+    /// A guard that opens the gate when dropped, so that a failing test
+    /// releases the blocking threads at once instead of leaving the runtime
+    /// to wait out [`BOUND`] for them when it is dropped.
+    pub(crate) fn opened_on_drop(&self) -> OpenOnDrop {
+        OpenOnDrop(self.clone())
+    }
+}
+
+/// Opens its [`Gate`] when dropped.
+pub(crate) struct OpenOnDrop(Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
 }
