@@ -31,6 +31,8 @@
 //! | [`fuzz`] | proptest over the response future and body state machine |
 //! | [`race`] | threads adding while the body ends, or while shutdown begins |
 //! | `bad_input` | the extractor without the layer (feature `axum`) |
+//! | [`admission_load`] | groups, lanes and timeouts under load with small limits |
+//! | `tracked_flood` | a tracked route flooded past its store's capacity, with malformed requests (feature `tracking`) |
 
 // Shared with the other behaviour tests: `stats` and `Gate`.
 #[path = "support/mod.rs"]
@@ -68,3 +70,10 @@ mod race;
 #[cfg(feature = "axum")]
 #[path = "reliability/bad_input.rs"]
 mod bad_input;
+
+#[cfg(feature = "tracking")]
+#[path = "reliability/tracked_flood.rs"]
+mod tracked_flood;
+
+#[path = "reliability/admission_load.rs"]
+mod admission_load;
