@@ -30,8 +30,20 @@
 //!     method, the URI and a mutex-guarded queue) and insert a clone of it
 //!     into empty `http::Extensions`, then drop both. (The real constructor
 //!     is private to the crate.)
+//! - `shutdown/*` — what `Supervisor::shutdown` costs, on a fresh supervisor
+//!   per iteration. One request's handler queues the tasks (not timed); the
+//!   timed part starts when its body is read, which hands them off.
+//!   - `run_wait_idle` (baseline): 100 000 empty tasks handed off (the
+//!     queue limit raised to hold them all; the default lane runs 1024 at a
+//!     time), then `wait_idle`: the time it takes to just run them.
+//!   - `drain`: the same tasks handed off, then `shutdown()` (target: no
+//!     more than `run_wait_idle` + 10 ms).
+//!   - `ignoring_cancellation/N`: `N` tasks that sleep for an hour and never
+//!     look at the cancellation token, all running (`max_running(N)`), a
+//!     50 ms grace period with 10 ms of cleanup; only `shutdown()` is timed
+//!     (target: grace + 20 ms = 70 ms).
 //!
-//! Run all of it (about two minutes once built):
+//! Run all of it (about three minutes once built):
 //!
 //! ```text
 //! cargo bench --bench handoff
@@ -51,14 +63,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use http::{Extensions, Method, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_background::{BackgroundTasks, Supervisor};
+use tower_background::{BackgroundTasks, ResponseBody, Supervisor, TaskOutput};
 
 /// Tasks per timed iteration in the `per_task` group.
 const N: usize = 1000;
@@ -383,12 +397,156 @@ fn empty_request(c: &mut Criterion) {
     assert!(report.is_complete(), "{report}");
 }
 
+/// Tasks handed off per iteration in `shutdown/run_wait_idle` and
+/// `shutdown/drain`.
+const DRAIN_TASKS: usize = 100_000;
+/// `shutdown/ignoring_cancellation`: the grace period and its cleanup part.
+const STUCK_GRACE: Duration = Duration::from_millis(50);
+const STUCK_CLEANUP: Duration = Duration::from_millis(10);
+
+/// Sends one request through `supervisor`'s layer to a handler that queues
+/// `n` tasks made by `task`, and returns the response body unread: the tasks
+/// are queued, none is handed off yet.
+async fn queue_tasks<T>(
+    supervisor: &Supervisor,
+    uri: &Uri,
+    n: usize,
+    task: fn() -> T,
+) -> ResponseBody<Full<Bytes>>
+where
+    T: Future + Send + 'static,
+    T::Output: TaskOutput,
+{
+    let service = supervisor
+        .layer()
+        .layer(service_fn(move |request: Request<()>| async move {
+            let tasks = tasks_of(&request);
+            for _ in 0..n {
+                tasks.add(task());
+            }
+            Ok::<_, Infallible>(ok())
+        }));
+    service
+        .oneshot(request(uri))
+        .await
+        .expect("infallible")
+        .into_body()
+}
+
+/// Reads `body` the way hyper does (see `serve_one`); its end hands the
+/// request's tasks off.
+async fn read_to_end<B>(mut body: B)
+where
+    B: Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    while !body.is_end_stream() {
+        match body.frame().await {
+            Some(frame) => drop(black_box(frame.expect("a frame"))),
+            None => break,
+        }
+    }
+}
+
+/// A supervisor that accepts all [`DRAIN_TASKS`] at once (the default
+/// queue holds 65 536); the default lane runs 1024 of them at a time, as it
+/// would in an application.
+fn drain_supervisor() -> Supervisor {
+    Supervisor::builder().max_queued(DRAIN_TASKS).build()
+}
+
+fn shutdown(c: &mut Criterion) {
+    let runtime = &multi_thread_runtime();
+    let uri: Uri = URI.parse().expect("a URI");
+
+    let mut group = c.benchmark_group("shutdown");
+    // Each iteration takes tens of milliseconds: a few per sample is enough.
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4));
+
+    group.bench_function(BenchmarkId::new("run_wait_idle", DRAIN_TASKS), |b| {
+        b.iter_custom(|iters| {
+            let uri = uri.clone();
+            on_worker(runtime, async move {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let supervisor = drain_supervisor();
+                    let body = queue_tasks(&supervisor, &uri, DRAIN_TASKS, || async {}).await;
+                    let start = Instant::now();
+                    read_to_end(body).await;
+                    supervisor.wait_idle().await;
+                    timed += start.elapsed();
+                    let report = supervisor.shutdown().await;
+                    assert_eq!(report.stats.completed, DRAIN_TASKS as u64, "{report}");
+                }
+                timed
+            })
+        });
+    });
+
+    group.bench_function(BenchmarkId::new("drain", DRAIN_TASKS), |b| {
+        b.iter_custom(|iters| {
+            let uri = uri.clone();
+            on_worker(runtime, async move {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let supervisor = drain_supervisor();
+                    let body = queue_tasks(&supervisor, &uri, DRAIN_TASKS, || async {}).await;
+                    let start = Instant::now();
+                    read_to_end(body).await;
+                    let report = supervisor.shutdown().await;
+                    timed += start.elapsed();
+                    assert!(report.is_complete(), "{report}");
+                    assert_eq!(report.stats.completed, DRAIN_TASKS as u64, "{report}");
+                }
+                timed
+            })
+        });
+    });
+
+    for n in [1_000, 100_000] {
+        group.bench_function(BenchmarkId::new("ignoring_cancellation", n), |b| {
+            b.iter_custom(|iters| {
+                let uri = uri.clone();
+                on_worker(runtime, async move {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        // Every task running (none waiting for a slot), so
+                        // that each must be woken and dropped at the abort.
+                        let supervisor = Supervisor::builder()
+                            .grace_period(STUCK_GRACE)
+                            .cleanup_period(STUCK_CLEANUP)
+                            .max_running(n)
+                            .max_queued(n)
+                            .build();
+                        let never = || tokio::time::sleep(Duration::from_secs(3600));
+                        read_to_end(queue_tasks(&supervisor, &uri, n, never).await).await;
+                        let start = Instant::now();
+                        let report = supervisor.shutdown().await;
+                        timed += start.elapsed();
+                        assert!(report.aborted, "{report}");
+                        assert_eq!(
+                            report.stats.cancelled + report.stats.running,
+                            n as u64,
+                            "{report}"
+                        );
+                    }
+                    timed
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .sample_size(60);
-    targets = per_task, per_task_current_thread, empty_request
+    targets = per_task, per_task_current_thread, empty_request, shutdown
 }
 criterion_main!(benches);
