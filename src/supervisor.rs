@@ -236,9 +236,7 @@ impl Supervisor {
                     running = set.running(),
                     "background tasks: grace period over, aborting",
                 );
-                // Queues first, so no queued task can start between the two.
-                set.abort_queued();
-                set.abort.cancel();
+                set.abort_all();
                 let _ = timeout(ABORT_SETTLE, set.wait_idle()).await;
             }
         }
@@ -277,8 +275,7 @@ impl Drop for Supervisor {
         let set = &self.set;
         set.close();
         set.cancel.cancel();
-        set.abort_queued();
-        set.abort.cancel();
+        set.abort_all();
         let running = set.running();
         if running > 0 {
             tracing::warn!(

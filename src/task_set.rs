@@ -13,7 +13,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -58,9 +58,13 @@ pub(crate) struct TaskSet {
     runtime: Handle,
     /// Given to tasks; fired when the grace period is nearly over.
     pub(crate) cancel: CancellationToken,
-    /// Never given out; fired when the grace period is over. Every task's
-    /// wrapper drops the task's future at its next poll after this fires.
+    /// Never given out; fired when the grace period is over, to wake every
+    /// pending task so that it sees `aborted` and drops its work.
     pub(crate) abort: CancellationToken,
+    /// Set just before `abort` fires. Tasks read this on every poll rather
+    /// than `abort.is_cancelled()`, which takes the token's mutex: shared by
+    /// every task on every worker, it showed up in the load benchmark.
+    aborted: AtomicBool,
     /// Woken when the running count falls to zero while someone waits.
     idle: Notify,
     idle_waiters: AtomicUsize,
@@ -100,6 +104,7 @@ impl TaskSet {
             runtime,
             cancel: CancellationToken::new(),
             abort: CancellationToken::new(),
+            aborted: AtomicBool::new(false),
             idle: Notify::new(),
             idle_waiters: AtomicUsize::new(0),
             on_failure,
@@ -272,9 +277,23 @@ impl TaskSet {
         })
     }
 
+    /// Whether the grace period is over: running tasks drop their work.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Ends everything: the queued tasks are cancelled (first, so that none
+    /// can start in between), then every running task is woken to drop its
+    /// work.
+    pub(crate) fn abort_all(&self) {
+        self.abort_queued();
+        self.aborted.store(true, Ordering::SeqCst);
+        self.abort.cancel();
+    }
+
     /// Empties every lane's queue (at abort): the tasks waiting there never
     /// run and are counted as cancelled.
-    pub(crate) fn abort_queued(&self) {
+    fn abort_queued(&self) {
         for lane in self.lanes.iter() {
             for waiting in lane.drain() {
                 if let Waiting::Task(request, task) = waiting {
@@ -474,7 +493,7 @@ impl Running {
         let work = match task.work {
             // Aborted before it could start: it never will (counted at the
             // first poll).
-            _ if set.abort.is_cancelled() => RunningWork::Done,
+            _ if set.is_aborted() => RunningWork::Done,
             Work::Async(future) => RunningWork::Async(future),
             Work::Blocking(function, timeout) => {
                 let span = span.clone();
@@ -525,7 +544,7 @@ impl Future for Running {
         if this.counted {
             return Poll::Ready(());
         }
-        if this.request.set().abort.is_cancelled() {
+        if this.request.set().is_aborted() {
             this.abort_work();
             return Poll::Ready(());
         }
