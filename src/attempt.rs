@@ -41,7 +41,10 @@ pub(crate) fn work(kind: Kind, options: &TaskOptions, set: &Arc<TaskSet>) -> Wor
             None => Work::Async(future),
             Some(limit) => Work::Async(Box::pin(with_timeout(limit, future))),
         },
-        Kind::Blocking(function) => Work::Blocking(function, timeout),
+        Kind::Blocking(function) => match timeout {
+            None => Work::Blocking(function),
+            Some(limit) => Work::BlockingWithTimeout(Box::new((function, limit))),
+        },
         Kind::Retrying(make) => {
             let retry = options.retry.unwrap_or(Retry::exponential(1));
             Work::Async(Box::pin(retrying(make, retry, timeout, Arc::clone(set))))

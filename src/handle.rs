@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::mem;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use http::{Method, Uri};
 use smallvec::SmallVec;
@@ -13,6 +13,7 @@ use crate::error::AddError;
 use crate::group::Group;
 use crate::lane::{BLOCKING_LANE, DEFAULT_LANE};
 use crate::options::TaskOptions;
+use crate::origin::Origin;
 use crate::stats::DiscardReason;
 use crate::task::{self, Task, TaskOutput};
 use crate::task_set::{Refusal, TaskSet};
@@ -65,6 +66,9 @@ pub(crate) struct RequestTasks {
     method: Method,
     uri: Uri,
     queue: Mutex<Queue>,
+    /// Made at the first hand-off of a task, so a request that queues
+    /// nothing never pays for it.
+    origin: OnceLock<Origin>,
 }
 
 /// A request's queued tasks: the first is stored inline, since most
@@ -89,6 +93,7 @@ impl BackgroundTasks {
                 method,
                 uri,
                 queue: Mutex::new(Queue::Open(SmallVec::new())),
+                origin: OnceLock::new(),
             }),
         }
     }
@@ -393,8 +398,10 @@ impl RequestTasks {
         self.uri.path()
     }
 
-    pub(crate) fn set(&self) -> &Arc<TaskSet> {
-        &self.set
+    /// What the request's handed-off tasks keep of it.
+    pub(crate) fn origin(&self) -> &Origin {
+        self.origin
+            .get_or_init(|| Origin::new(&self.method, self.uri.path()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {

@@ -8,11 +8,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
-use crate::handle::RequestTasks;
+use crate::origin::Origin;
 use crate::task::Task;
 
 /// The index of a lane in the task set; 0 and 1 always exist.
@@ -25,7 +25,7 @@ pub(crate) const BLOCKING_LANE: LaneId = 1;
 /// Something waiting for a slot.
 pub(crate) enum Waiting {
     /// A handed-off task, started when a slot frees up.
-    Task(Arc<RequestTasks>, Task),
+    Task(Origin, Task),
     /// A step of a group already running, woken with its slot.
     Step(oneshot::Sender<()>),
 }
@@ -152,7 +152,19 @@ impl Lane {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    #[test]
+    fn a_task_waiting_for_a_slot_is_small() {
+        // What one queued task costs beyond its own future (and its
+        // request's shared origin label): the budget is 128 bytes.
+        let task = std::mem::size_of::<Task>();
+        let waiting = std::mem::size_of::<Waiting>();
+        assert!(task <= 40, "Task is {task} bytes");
+        assert!(waiting <= 64, "Waiting is {waiting} bytes");
+    }
 
     #[test]
     fn never_more_slots_than_the_limit_and_no_waiter_forgotten() {

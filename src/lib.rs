@@ -185,6 +185,7 @@ mod layer;
 mod load_shed;
 mod monitor;
 mod options;
+mod origin;
 mod policy;
 mod report;
 mod service;

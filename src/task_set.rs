@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::Method;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -29,8 +30,9 @@ use crate::error::AddError;
 use crate::failure::{FailureKind, TaskFailure};
 use crate::handle::{Queued, RequestTasks};
 use crate::lane::{Lane, LaneId, Waiting};
+use crate::origin::Origin;
 use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
-use crate::task::{BoxedWork, Task, Work};
+use crate::task::{BlockingWork, BoxedWork, Task, Work};
 
 /// The hook set with `SupervisorBuilder::on_failure`.
 pub(crate) type FailureHook = Arc<dyn Fn(&TaskFailure<'_>) + Send + Sync>;
@@ -203,35 +205,39 @@ impl TaskSet {
             self.refuse(n, request);
             return;
         }
+        let origin = request.origin();
         let mut started = 0;
         for task in tasks {
             let lane_id = task.lane;
             let lane = &self.lanes[lane_id];
             if lane.try_claim() {
                 started += 1;
-                self.spawn(Arc::clone(request), task);
+                self.spawn(origin.clone(), task);
             } else {
                 self.queued_tasks.fetch_add(1, Ordering::SeqCst);
-                lane.push(Waiting::Task(Arc::clone(request), task));
+                lane.push(Waiting::Task(origin.clone(), task));
                 self.dispatch(lane_id);
             }
         }
         self.unpend(started);
     }
 
-    fn spawn(&self, request: Arc<RequestTasks>, task: Task) {
-        drop(self.runtime.spawn(Running::start(request, task)));
+    fn spawn(self: &Arc<Self>, origin: Origin, task: Task) {
+        drop(
+            self.runtime
+                .spawn(Running::start(Arc::clone(self), origin, task)),
+        );
     }
 
     /// Starts waiters of `lane_id` while it has free slots.
-    fn dispatch(&self, lane_id: LaneId) {
+    fn dispatch(self: &Arc<Self>, lane_id: LaneId) {
         let lane = &self.lanes[lane_id];
         while let Some(waiting) = lane.next() {
             match waiting {
-                Waiting::Task(request, task) => {
+                Waiting::Task(origin, task) => {
                     self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
                     self.unpend(1);
-                    self.spawn(request, task);
+                    self.spawn(origin, task);
                 }
                 // A step whose group has gone hands the slot straight back.
                 Waiting::Step(step) => {
@@ -244,7 +250,7 @@ impl TaskSet {
     }
 
     /// Gives back a slot of `lane_id` and starts the next waiter.
-    pub(crate) fn release_slot(&self, lane_id: LaneId) {
+    pub(crate) fn release_slot(self: &Arc<Self>, lane_id: LaneId) {
         self.lanes[lane_id].release();
         self.dispatch(lane_id);
     }
@@ -296,12 +302,12 @@ impl TaskSet {
     fn abort_queued(&self) {
         for lane in self.lanes.iter() {
             for waiting in lane.drain() {
-                if let Waiting::Task(request, task) = waiting {
+                if let Waiting::Task(origin, task) = waiting {
                     self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
                     self.unpend(1);
                     drop(task);
                     self.counters.finished(&Outcome::Cancelled);
-                    self.report(&Outcome::Cancelled, &request);
+                    self.report(&Outcome::Cancelled, &origin);
                     self.finish_running(1);
                 }
             }
@@ -387,7 +393,7 @@ impl TaskSet {
         }
     }
 
-    fn report(&self, outcome: &Outcome, request: &RequestTasks) {
+    fn report(&self, outcome: &Outcome, origin: &Origin) {
         let (kind, message) = match outcome {
             Outcome::Completed => {
                 tracing::trace!("background task completed");
@@ -399,16 +405,16 @@ impl TaskSet {
             }
             Outcome::TimedOut => {
                 tracing::error!(
-                    http.method = %request.method(),
-                    http.path = request.path(),
+                    http.method = origin.method(),
+                    http.path = origin.path(),
                     "background task timed out",
                 );
                 (FailureKind::Timeout, "timed out")
             }
             Outcome::Failed(message) => {
                 tracing::error!(
-                    http.method = %request.method(),
-                    http.path = request.path(),
+                    http.method = origin.method(),
+                    http.path = origin.path(),
                     error = %message,
                     "background task failed",
                 );
@@ -416,8 +422,8 @@ impl TaskSet {
             }
             Outcome::Panicked(message) => {
                 tracing::error!(
-                    http.method = %request.method(),
-                    http.path = request.path(),
+                    http.method = origin.method(),
+                    http.path = origin.path(),
                     panic = %message,
                     "background task panicked",
                 );
@@ -425,11 +431,13 @@ impl TaskSet {
             }
         };
         if let Some(hook) = &self.on_failure {
+            // The origin always holds a method that parsed once already.
+            let method = Method::from_bytes(origin.method().as_bytes()).unwrap_or_default();
             let failure = TaskFailure {
                 kind,
                 message,
-                method: request.method(),
-                path: request.path(),
+                method: &method,
+                path: origin.path(),
             };
             // The hook is user code running inside our bookkeeping: a panic in
             // it must not unwind through the counters.
@@ -448,9 +456,8 @@ impl TaskSet {
 /// the task has returned `Pending` — a task that finishes on its first poll
 /// never touches the cancellation token's lock.
 struct Running {
-    /// Also the way to the task set (`request.set()`), so a task holds one
-    /// reference count, not two.
-    request: Arc<RequestTasks>,
+    set: Arc<TaskSet>,
+    origin: Origin,
     span: tracing::Span,
     lane: LaneId,
     /// Whether this future gives the lane slot back when it ends. A started
@@ -478,40 +485,62 @@ enum RunningWork {
     Done,
 }
 
+impl RunningWork {
+    /// Starts `function` on the blocking pool. The closure owns the lane
+    /// slot: a closure still running after a timeout or an abort keeps
+    /// counting against the lane's limit until it returns.
+    fn blocking(
+        set: &Arc<TaskSet>,
+        span: &tracing::Span,
+        lane: LaneId,
+        function: BlockingWork,
+        timeout: Option<std::time::Duration>,
+    ) -> Self {
+        let span = span.clone();
+        let slot = Slot {
+            set: Arc::clone(set),
+            lane,
+        };
+        let handle = set.runtime.spawn_blocking(move || {
+            let _slot = slot;
+            span.in_scope(function)
+        });
+        let deadline = timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+        Self::Blocking { handle, deadline }
+    }
+}
+
 impl Running {
-    fn start(request: Arc<RequestTasks>, task: Task) -> Self {
+    fn start(set: Arc<TaskSet>, origin: Origin, task: Task) -> Self {
         let span = tracing::info_span!(
             parent: None,
             "background_task",
-            http.method = %request.method(),
-            http.path = request.path(),
+            http.method = origin.method(),
+            http.path = origin.path(),
         );
-        span.follows_from(&task.added_in);
+        if let Some(added_in) = &task.added_in {
+            span.follows_from(&**added_in);
+        }
         let lane = task.lane;
-        let set = request.set();
         let mut holds_slot = true;
         let work = match task.work {
             // Aborted before it could start: it never will (counted at the
             // first poll).
             _ if set.is_aborted() => RunningWork::Done,
             Work::Async(future) => RunningWork::Async(future),
-            Work::Blocking(function, timeout) => {
-                let span = span.clone();
-                let slot = Slot {
-                    set: Arc::clone(set),
-                    lane,
-                };
+            Work::Blocking(function) => {
                 holds_slot = false;
-                let handle = set.runtime.spawn_blocking(move || {
-                    let _slot = slot;
-                    span.in_scope(function)
-                });
-                let deadline = timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
-                RunningWork::Blocking { handle, deadline }
+                RunningWork::blocking(&set, &span, lane, function, None)
+            }
+            Work::BlockingWithTimeout(boxed) => {
+                let (function, timeout) = *boxed;
+                holds_slot = false;
+                RunningWork::blocking(&set, &span, lane, function, Some(timeout))
             }
         };
         Self {
-            request,
+            set,
+            origin,
             span,
             lane,
             holds_slot,
@@ -526,9 +555,9 @@ impl Running {
     fn count(&mut self, outcome: Outcome) {
         self.counted = true;
         let _entered = self.span.enter();
-        let set = self.request.set();
+        let set = &self.set;
         set.counters.finished(&outcome);
-        set.report(&outcome, &self.request);
+        set.report(&outcome, &self.origin);
         if self.holds_slot {
             set.release_slot(self.lane);
         }
@@ -544,7 +573,7 @@ impl Future for Running {
         if this.counted {
             return Poll::Ready(());
         }
-        if this.request.set().is_aborted() {
+        if this.set.is_aborted() {
             this.abort_work();
             return Poll::Ready(());
         }
@@ -587,7 +616,7 @@ impl Future for Running {
                 Poll::Ready(())
             }
             Poll::Pending => {
-                let set = this.request.set();
+                let set = &this.set;
                 let abort = this
                     .abort
                     .get_or_insert_with(|| Box::pin(set.abort.clone().cancelled_owned()));
