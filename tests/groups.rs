@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tower_background::{Group, Supervisor};
 
 use support::{
-    app, counts, explode, finish, request, secs, send, serve, stats, until, within, AsyncGate,
-    Events, Gate,
+    app, assert_counts, counts, explode, finish, request, secs, send, serve, stats, until, within,
+    AsyncGate, Events, Gate,
 };
 
 /// Steps of a sequential group run one at a time in the order they were
@@ -65,16 +65,10 @@ async fn sequential_steps_run_one_after_another_in_the_order_added() {
             "4: blocking"
         ]
     );
-    let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.completed = 1;
-        }),
-        "four steps, one task"
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(supervisor.stats(), "four steps, one task", |s| {
+        s.submitted = 1;
+        s.completed = 1;
+    });
 }
 
 /// A group is queued like any task: none of its steps runs before the
@@ -317,16 +311,10 @@ async fn without_fail_fast_a_failing_step_does_not_stop_the_others() {
         .expect("the other step ran on");
     assert!(done > failed, "the other step ended after the failure");
     assert_eq!(events.count("blocking step done"), 1);
-    let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.failed = 1;
-        }),
-        "nothing skipped"
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(supervisor.stats(), "nothing skipped", |s| {
+        s.submitted = 1;
+        s.failed = 1;
+    });
 }
 
 /// With `fail_fast`, the first step of a concurrent group to fail drops the
@@ -425,17 +413,11 @@ async fn a_group_waiting_for_a_blocking_slot_is_counted_as_running() {
     assert_eq!(events.names(), ["async step"]);
     let unfinished = send(&mut app, request(Method::POST, "/later")).await;
 
-    let during = supervisor.stats();
-    assert_eq!(
-        counts(during.clone()),
-        stats(|s| {
-            s.submitted = 3;
-            s.waiting = 1; // the task of the unfinished response
-            s.running = 2; // the blocking task and the group
-        }),
-        "{during:?}"
-    );
-    assert_eq!(during.submitted, during.accounted());
+    assert_counts(supervisor.stats(), "{during:?}", |s| {
+        s.submitted = 3;
+        s.waiting = 1; // the task of the unfinished response
+        s.running = 2; // the blocking task and the group
+    });
 
     gate.open();
     finish(unfinished).await;

@@ -127,6 +127,19 @@ pub(crate) fn counts(mut stats: Stats) -> Stats {
     stats
 }
 
+/// Asserts that `actual`'s task counts are those `set` sets (every other
+/// counter zero, lanes ignored) and that they add up.
+#[allow(dead_code)] // not every test file uses it
+#[track_caller]
+pub(crate) fn assert_counts(actual: Stats, message: &str, set: impl FnOnce(&mut Stats)) {
+    assert_eq!(counts(actual.clone()), stats(set), "{message}");
+    assert_eq!(
+        actual.submitted,
+        actual.accounted(),
+        "{message}: {actual:?}"
+    );
+}
+
 /// Stats with every counter at zero except those `set` sets, to compare a
 /// whole snapshot at once.
 pub(crate) fn stats(set: impl FnOnce(&mut Stats)) -> Stats {
