@@ -82,15 +82,11 @@ async fn the_global_limit_is_never_exceeded_by_ten_thousand_tasks() {
     }
     // The first tasks hold their slots at the gate; the others wait.
     let held = supervisor.stats();
-    assert_eq!(
-        counts(held.clone()),
-        stats(|s| {
-            s.submitted = TASKS as u64;
-            s.running = LIMIT as u64;
-            s.queued = (TASKS - LIMIT) as u64;
-        })
-    );
-    assert_eq!(held.submitted, held.accounted());
+    assert_counts(held.clone(), "", |s| {
+        s.submitted = TASKS as u64;
+        s.running = LIMIT as u64;
+        s.queued = (TASKS - LIMIT) as u64;
+    });
     assert_eq!(
         (
             lane(&held, "default").running,
@@ -167,16 +163,11 @@ async fn a_full_queue_is_reported_by_try_add_and_counted_for_add() {
         refused[0].as_ref().unwrap_err().retry_after(),
         Some(secs(1))
     );
-    let full = supervisor.stats();
-    assert_eq!(
-        counts(full.clone()),
-        stats(|s| {
-            s.submitted = 3;
-            s.waiting = 3;
-            s.rejected = 1;
-        })
-    );
-    assert_eq!(full.submitted, full.accounted());
+    assert_counts(supervisor.stats(), "", |s| {
+        s.submitted = 3;
+        s.waiting = 3;
+        s.rejected = 1;
+    });
 
     finish(held).await;
     within("the held tasks to finish", supervisor.wait_idle()).await;
@@ -189,15 +180,11 @@ async fn a_full_queue_is_reported_by_try_add_and_counted_for_add() {
     assert_eq!(events.count("tried task ran"), 0);
     assert_eq!(events.count("rejected task ran"), 0);
     let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 4;
-            s.completed = 4;
-            s.rejected = 1;
-        })
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(after.clone(), "", |s| {
+        s.submitted = 4;
+        s.completed = 4;
+        s.rejected = 1;
+    });
 }
 
 /// Tasks handed off but waiting for a slot in a full lane fill the queue
@@ -225,16 +212,11 @@ async fn tasks_waiting_for_a_slot_fill_the_queue() {
 
     serve(&mut app, request(Method::POST, "/slow")).await;
     serve(&mut app, request(Method::POST, "/two")).await;
-    let full = supervisor.stats();
-    assert_eq!(
-        counts(full.clone()),
-        stats(|s| {
-            s.submitted = 3;
-            s.running = 1;
-            s.queued = 2;
-        })
-    );
-    assert_eq!(full.submitted, full.accounted());
+    assert_counts(supervisor.stats(), "", |s| {
+        s.submitted = 3;
+        s.running = 1;
+        s.queued = 2;
+    });
     serve(&mut app, request(Method::POST, "/try")).await;
     assert_eq!(taken(&results), [Err(AddError::QueueFull { limit: 2 })]);
 
@@ -244,15 +226,10 @@ async fn tasks_waiting_for_a_slot_fill_the_queue() {
     within("the last task to finish", supervisor.wait_idle()).await;
 
     assert_eq!(taken(&results), [Ok(())]);
-    let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 4;
-            s.completed = 4;
-        })
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(supervisor.stats(), "", |s| {
+        s.submitted = 4;
+        s.completed = 4;
+    });
 }
 
 /// Under axum, a handler that returns `Result<_, AddError>` answers a full
@@ -602,15 +579,10 @@ async fn a_task_past_its_timeout_is_dropped_and_counted_timed_out() {
         "dropped {:?} after it started",
         dropped - began
     );
-    let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.timed_out = 1;
-        })
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(supervisor.stats(), "", |s| {
+        s.submitted = 1;
+        s.timed_out = 1;
+    });
 }
 
 /// Runs one task added with `add_retrying` under `options`, each attempt

@@ -14,7 +14,7 @@ use tower_background::{FailureKind, Supervisor};
 use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
 
-use support::{app, counts, explode, finish, request, send, serve, stats, within};
+use support::{app, assert_counts, counts, explode, finish, request, send, serve, stats, within};
 
 /// A failing and a panicking task leave their sibling task and the server
 /// unharmed: the sibling completes, and the next request through the same
@@ -81,17 +81,12 @@ async fn failures_are_counted_as_failed_or_panicked() {
     serve(&mut app, request(Method::POST, "/import")).await;
     within("the tasks to finish", supervisor.wait_idle()).await;
 
-    let counted = supervisor.stats();
-    assert_eq!(
-        counts(counted.clone()),
-        stats(|s| {
-            s.submitted = 6;
-            s.completed = 2;
-            s.failed = 2;
-            s.panicked = 2;
-        })
-    );
-    assert_eq!(counted.submitted, counted.accounted());
+    assert_counts(supervisor.stats(), "", |s| {
+        s.submitted = 6;
+        s.completed = 2;
+        s.failed = 2;
+        s.panicked = 2;
+    });
 }
 
 /// The `on_failure` hook is called once per failed or panicked task with

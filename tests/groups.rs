@@ -92,15 +92,10 @@ async fn a_group_starts_only_after_the_response_body_ended() {
     let response = send(&mut app, request(Method::POST, "/signup")).await;
     tokio::time::sleep(secs(5)).await;
     assert!(events.names().is_empty(), "ran before the body ended");
-    let before = supervisor.stats();
-    assert_eq!(
-        counts(before.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.waiting = 1;
-        })
-    );
-    assert_eq!(before.submitted, before.accounted());
+    assert_counts(supervisor.stats(), "", |s| {
+        s.submitted = 1;
+        s.waiting = 1;
+    });
 
     finish(response).await;
     within("the group to finish", supervisor.wait_idle()).await;
@@ -143,15 +138,11 @@ async fn a_failing_step_stops_a_sequential_group_and_the_rest_are_skipped() {
 
     assert_eq!(events.names(), ["1", "2: fails"]);
     let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.failed = 1;
-            s.skipped = 2;
-        })
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(after.clone(), "", |s| {
+        s.submitted = 1;
+        s.failed = 1;
+        s.skipped = 2;
+    });
 }
 
 /// A step that panics, blocking or async, stops a sequential group the same
@@ -200,15 +191,11 @@ async fn a_panicking_step_stops_a_sequential_group_and_the_rest_are_skipped() {
         ]
     );
     let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 2;
-            s.panicked = 2;
-            s.skipped = 2;
-        })
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(after.clone(), "", |s| {
+        s.submitted = 2;
+        s.panicked = 2;
+        s.skipped = 2;
+    });
 }
 
 /// The async steps of a concurrent group all run at once: each waits at a
@@ -266,14 +253,10 @@ async fn the_steps_of_a_concurrent_group_all_run_at_once() {
     within("the group to finish", supervisor.wait_idle()).await;
     assert_eq!(events.count("last step"), 1);
     let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.completed = 1;
-        })
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(after.clone(), "", |s| {
+        s.submitted = 1;
+        s.completed = 1;
+    });
 }
 
 /// Without `fail_fast`, a step of a concurrent group that fails does not
@@ -360,15 +343,11 @@ async fn with_fail_fast_the_other_steps_are_dropped_and_counted_as_skipped() {
         );
     }
     let after = supervisor.stats();
-    assert_eq!(
-        counts(after.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.failed = 1;
-            s.skipped = 2;
-        })
-    );
-    assert_eq!(after.submitted, after.accounted());
+    assert_counts(after.clone(), "", |s| {
+        s.submitted = 1;
+        s.failed = 1;
+        s.skipped = 2;
+    });
 }
 
 /// A group whose blocking step waits for a slot in a full blocking lane is

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tower_background::{BackgroundTasks, Supervisor};
 
 use support::{
-    abandon, app, counts, explode, finish, millis, request, secs, send, serve, stats, until,
-    within, Events, Gate,
+    abandon, app, assert_counts, counts, explode, finish, millis, request, secs, send, serve,
+    stats, until, within, Events, Gate,
 };
 
 /// A shared slot for a handle a handler keeps, as code that outlives the
@@ -62,38 +62,24 @@ async fn stats_follow_a_task_from_waiting_to_running_to_completed() {
     });
 
     let response = send(&mut app, request(Method::POST, "/orders")).await;
-    let waiting = supervisor.stats();
-    assert_eq!(
-        counts(waiting.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.waiting = 1;
-        })
-    );
-    assert_eq!(waiting.submitted, waiting.accounted());
+    assert_counts(supervisor.stats(), "", |s| {
+        s.submitted = 1;
+        s.waiting = 1;
+    });
 
     finish(response).await;
-    let running = supervisor.stats();
-    assert_eq!(
-        counts(running.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.running = 1;
-        })
-    );
-    assert_eq!(running.submitted, running.accounted());
+    assert_counts(supervisor.stats(), "", |s| {
+        s.submitted = 1;
+        s.running = 1;
+    });
 
     release.notify_one();
     within("the task to finish", supervisor.wait_idle()).await;
     let completed = supervisor.stats();
-    assert_eq!(
-        counts(completed.clone()),
-        stats(|s| {
-            s.submitted = 1;
-            s.completed = 1;
-        })
-    );
-    assert_eq!(completed.submitted, completed.accounted());
+    assert_counts(completed.clone(), "", |s| {
+        s.submitted = 1;
+        s.completed = 1;
+    });
     assert_eq!(
         monitor.stats(),
         completed,
