@@ -172,6 +172,8 @@
 mod attempt;
 mod body;
 mod builder;
+#[cfg(feature = "durable")]
+pub mod durable;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -188,6 +190,7 @@ mod options;
 mod origin;
 mod policy;
 mod report;
+mod resident;
 mod service;
 mod stats;
 mod supervisor;

@@ -10,6 +10,7 @@ use crate::builder::SupervisorBuilder;
 use crate::layer::BackgroundTaskLayer;
 use crate::monitor::Monitor;
 use crate::report::ShutdownReport;
+use crate::resident::Residents;
 use crate::stats::Stats;
 use crate::task_set::TaskSet;
 
@@ -126,6 +127,7 @@ pub struct Supervisor {
     set: Arc<TaskSet>,
     grace_period: Duration,
     cleanup_period: Duration,
+    residents: Residents,
     shut_down: bool,
 }
 
@@ -164,12 +166,20 @@ impl Supervisor {
             set,
             grace_period,
             cleanup_period,
+            residents: Residents::default(),
             shut_down: false,
         }
     }
 
     pub(crate) fn task_set(&self) -> &Arc<TaskSet> {
         &self.set
+    }
+
+    /// The long-lived services (durable-job workers) that stop with this
+    /// supervisor.
+    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
+    pub(crate) fn residents(&self) -> &Residents {
+        &self.residents
     }
 
     /// A layer that hands every request's tasks to this supervisor; same as
@@ -213,8 +223,11 @@ impl Supervisor {
         let started = Instant::now();
         let set = Arc::clone(&self.set);
         set.close();
+        let residents = &self.residents;
+        residents.close();
         tracing::info!(
             running = set.running(),
+            residents = residents.len(),
             grace_period = ?self.grace_period,
             "background tasks: shutting down",
         );
@@ -224,19 +237,20 @@ impl Supervisor {
         let deadline = started.checked_add(self.grace_period);
         let cleanup_starts = deadline.map(|deadline| deadline - self.cleanup_period);
         let mut aborted = false;
-        if !wait_idle_until(&set, cleanup_starts).await {
+        if !wait_idle_until(&set, residents, cleanup_starts).await {
             tracing::info!(
                 running = set.running(),
                 "background tasks: cleanup period, cancelling",
             );
             set.cancel.cancel();
-            if !wait_idle_until(&set, deadline).await {
+            if !wait_idle_until(&set, residents, deadline).await {
                 aborted = true;
                 tracing::warn!(
                     running = set.running(),
                     "background tasks: grace period over, aborting",
                 );
                 set.abort_all();
+                residents.abort_all();
                 let _ = timeout(ABORT_SETTLE, set.wait_idle()).await;
             }
         }
@@ -257,11 +271,17 @@ impl Supervisor {
 }
 
 /// Waits until the set is idle (`true`) or `deadline` passes (`false`).
-async fn wait_idle_until(set: &TaskSet, deadline: Option<Instant>) -> bool {
+/// Waits until no task is running or queued and every resident has
+/// returned, or until `deadline`; says whether that happened in time.
+async fn wait_idle_until(set: &TaskSet, residents: &Residents, deadline: Option<Instant>) -> bool {
+    let idle = async {
+        residents.wait().await;
+        set.wait_idle().await;
+    };
     match deadline {
-        Some(deadline) => timeout_at(deadline, set.wait_idle()).await.is_ok(),
+        Some(deadline) => timeout_at(deadline, idle).await.is_ok(),
         None => {
-            set.wait_idle().await;
+            idle.await;
             true
         }
     }
@@ -276,6 +296,8 @@ impl Drop for Supervisor {
         set.close();
         set.cancel.cancel();
         set.abort_all();
+        self.residents.close();
+        self.residents.abort_all();
         let running = set.running();
         if running > 0 {
             tracing::warn!(

@@ -71,6 +71,10 @@ pub(crate) struct TaskSet {
     idle: Notify,
     idle_waiters: AtomicUsize,
     on_failure: Option<FailureHook>,
+    /// Where `BackgroundTasks::enqueue` pushes durable jobs; set once, by
+    /// `SupervisorBuilder::jobs`.
+    #[cfg(feature = "durable")]
+    pub(crate) jobs: std::sync::OnceLock<crate::durable::JobQueue>,
 }
 
 impl std::fmt::Debug for TaskSet {
@@ -110,7 +114,15 @@ impl TaskSet {
             idle: Notify::new(),
             idle_waiters: AtomicUsize::new(0),
             on_failure,
+            #[cfg(feature = "durable")]
+            jobs: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The runtime tasks (and residents) are spawned on.
+    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.runtime
     }
 
     pub(crate) fn stats(&self) -> Stats {

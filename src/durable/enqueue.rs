@@ -1,0 +1,156 @@
+//! `BackgroundTasks::enqueue` and `enqueue_now`: durable jobs from a
+//! handler, pushed after the response or before it.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::error::JobError;
+use super::job::{Job, JobId};
+use super::queue::{EncodedJob, JobQueue};
+use crate::handle::BackgroundTasks;
+use crate::options::Retry;
+
+/// The first wait before pushing a deferred job again; it doubles (with
+/// full jitter) up to [`MAX_PUSH_DELAY`].
+const FIRST_PUSH_DELAY: Duration = Duration::from_millis(50);
+/// The longest wait between two pushes of a deferred job.
+const MAX_PUSH_DELAY: Duration = Duration::from_secs(5);
+
+impl BackgroundTasks {
+    /// Queues durable job `job`, to be pushed to the [`JobQueue`] once the
+    /// response body has ended, like any task: the response never waits
+    /// for the database. Returns the job's id at once.
+    ///
+    /// The job is encoded here, so a job that cannot be encoded is an error
+    /// now ([`JobError::Encode`]); so is a supervisor without a queue
+    /// ([`JobError::NoQueue`]) or one that does not accept the push
+    /// (shutting down, queue full: [`JobError::NotAccepted`]).
+    ///
+    /// A push that fails (database down, locked, unreachable) is tried again
+    /// with exponential backoff (50 ms doubling to 5 s, full jitter) for as
+    /// long as the application runs, each retry counted in
+    /// [`JobStats::push_retries`](super::JobStats::push_retries) and logged
+    /// at `WARN`. If shutdown's grace period ends first, the job is counted
+    /// in [`JobStats::abandoned`](super::JobStats::abandoned) and logged at
+    /// `ERROR` with its JSON: never dropped silently. Until it is pushed, a
+    /// crash of this process loses it; for work that must survive a crash
+    /// right after the `2xx`, use [`enqueue_now`](Self::enqueue_now).
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "sqlite", feature = "axum"))]
+    /// # mod example {
+    /// use axum::http::StatusCode;
+    /// use serde::{Deserialize, Serialize};
+    /// use tower_background::durable::{Job, JobError, JobFailure};
+    /// use tower_background::BackgroundTasks;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Welcome {
+    ///     email: String,
+    /// }
+    ///
+    /// impl Job for Welcome {
+    ///     const NAME: &'static str = "welcome";
+    ///     type Output = ();
+    ///     async fn run(self) -> Result<(), JobFailure> {
+    ///         Ok(()) // send the e-mail
+    ///     }
+    /// }
+    ///
+    /// async fn signup(tasks: BackgroundTasks) -> Result<StatusCode, JobError> {
+    ///     tasks.enqueue(Welcome { email: "ada@example.com".into() })?;
+    ///     Ok(StatusCode::CREATED)
+    /// }
+    /// # }
+    /// ```
+    pub fn enqueue<J: Job>(&self, job: J) -> Result<JobId, JobError> {
+        let queue = self.job_queue()?.clone();
+        let job = EncodedJob::new(&job)?;
+        let id = job.id;
+        let cancel = self.cancellation_token();
+        self.try_add(push_until_stored(queue.clone(), job, cancel))
+            .map_err(JobError::NotAccepted)?;
+        queue.counters.deferred();
+        Ok(id)
+    }
+
+    /// Pushes durable job `job` now and returns its id once the database
+    /// has it, before the response: the job survives a crash from then on.
+    /// A database that is down or unreachable is an error
+    /// ([`JobError::Database`]; with the `axum` feature, a `503` with
+    /// `Retry-After`), after at most the pool's 5 s acquire timeout.
+    pub async fn enqueue_now<J: Job>(&self, job: J) -> Result<JobId, JobError> {
+        self.job_queue()?.push(&job).await
+    }
+
+    fn job_queue(&self) -> Result<&JobQueue, JobError> {
+        self.task_set().jobs.get().ok_or(JobError::NoQueue)
+    }
+}
+
+/// The deferred push: tries until the database has the job. A guard counts
+/// and logs the job if the task ends any other way (cancelled at the end of
+/// the cleanup period, or aborted at the end of grace).
+async fn push_until_stored(
+    queue: JobQueue,
+    job: EncodedJob,
+    cancel: CancellationToken,
+) -> Result<(), JobError> {
+    let mut unstored = Unstored {
+        queue: &queue,
+        job: &job,
+        stored: false,
+    };
+    let backoff = Retry::exponential(u32::MAX)
+        .base_delay(FIRST_PUSH_DELAY)
+        .max_delay(MAX_PUSH_DELAY);
+    let mut attempt = 1;
+    loop {
+        let error = match queue.push_encoded(&job).await {
+            Ok(()) => {
+                unstored.stored = true;
+                queue.counters.pushed_deferred();
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        queue.counters.push_retry();
+        let delay = backoff.delay_after(attempt);
+        tracing::warn!(
+            job.id = %job.id,
+            job.name = job.queue,
+            attempt,
+            retry_in = ?delay,
+            %error,
+            "durable job: push failed, retrying",
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => return Err(error),
+        }
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Counts and logs a deferred job whose push ended without storing it.
+struct Unstored<'a> {
+    queue: &'a JobQueue,
+    job: &'a EncodedJob,
+    stored: bool,
+}
+
+impl Drop for Unstored<'_> {
+    fn drop(&mut self) {
+        if self.stored {
+            return;
+        }
+        self.queue.counters.abandoned();
+        tracing::error!(
+            job.id = %self.job.id,
+            job.name = self.job.queue,
+            job.args = %String::from_utf8_lossy(&self.job.args),
+            "durable job: shutdown ended before the database took it; job abandoned",
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! [`JobError`]: why a durable-job operation failed.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::AddError;
+
+/// Why enqueuing, connecting or looking up a durable job failed.
+///
+/// With the `axum` feature it is a response: `503 Service Unavailable` with
+/// `Retry-After` when the database or the task set may take the job later,
+/// `500` for a server-side mistake, each with a JSON body
+/// `{"error": code, "message": text}`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JobError {
+    /// No [`JobQueue`](super::JobQueue) was given to the supervisor
+    /// ([`SupervisorBuilder::jobs`](crate::SupervisorBuilder::jobs)).
+    NoQueue,
+    /// The job could not be turned into JSON (or its output read back).
+    Encode(serde_json::Error),
+    /// The database refused or could not be reached.
+    Database(Box<dyn std::error::Error + Send + Sync>),
+    /// The task set did not accept the deferred push (shutting down, full).
+    NotAccepted(AddError),
+    /// A `DATABASE_URL` (or path) names no engine this build supports.
+    UnsupportedUrl(String),
+    /// The job ran and failed on its last attempt (or was never found).
+    Failed(String),
+}
+
+impl JobError {
+    pub(crate) fn database(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Database(Box::new(error))
+    }
+
+    /// A stable, machine-readable code (the `error` field of the JSON body).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoQueue => "no-job-queue",
+            Self::Encode(_) => "job-encoding",
+            Self::Database(_) => "job-database-unavailable",
+            Self::NotAccepted(error) => error.code(),
+            Self::UnsupportedUrl(_) => "unsupported-database-url",
+            Self::Failed(_) => "job-failed",
+        }
+    }
+
+    /// How long a client should wait before trying again, if trying again
+    /// may help.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Database(_) => Some(Duration::from_secs(2)),
+            Self::NotAccepted(error) => error.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoQueue => {
+                f.write_str("no durable job queue is configured (use SupervisorBuilder::jobs)")
+            }
+            Self::Encode(error) => write!(f, "the job could not be encoded as JSON: {error}"),
+            Self::Database(error) => write!(f, "the job database is unavailable: {error}"),
+            Self::NotAccepted(error) => write!(f, "the job was not accepted: {error}"),
+            Self::UnsupportedUrl(url) => write!(
+                f,
+                "{url:?} is not a database this build supports (features `sqlite`, `postgres`)"
+            ),
+            Self::Failed(message) => write!(f, "the job failed: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for JobError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Encode(error) => Some(error),
+            Self::Database(error) => Some(&**error),
+            Self::NotAccepted(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for JobError {
+    fn into_response(self) -> axum_core::response::Response {
+        use http::{header, HeaderValue, StatusCode};
+
+        let status = match self.retry_after() {
+            Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+            None => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut response =
+            axum_core::response::Response::new(axum_core::body::Body::from(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(after) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        }
+        response
+    }
+}

@@ -1,0 +1,84 @@
+//! [`Job`]: a serde type with an async handler, and [`JobId`].
+
+use std::fmt;
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The error a job's handler returns; the job is then retried up to
+/// [`Job::MAX_ATTEMPTS`] times in all.
+pub type JobFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// A durable job: its arguments are the serde value itself, stored as JSON
+/// in the job table; [`run`](Job::run) is its handler.
+///
+/// A job may run **more than once** (delivery is at least once): a worker
+/// that dies mid-job, or a job still running when the grace period of a
+/// shutdown ends, is run again by another worker. Write handlers so that a
+/// second run does no harm (an idempotency key, an upsert, "if not already
+/// sent").
+///
+/// # Example
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tower_background::durable::{Job, JobFailure};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Add {
+///     a: i64,
+///     b: i64,
+/// }
+///
+/// impl Job for Add {
+///     const NAME: &'static str = "add";
+///     type Output = i64;
+///
+///     async fn run(self) -> Result<i64, JobFailure> {
+///         self.a.checked_add(self.b).ok_or_else(|| "overflow".into())
+///     }
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+    /// The job's queue name: stable across deploys and unique among your
+    /// jobs, since workers find their jobs by it. Renaming it strands the
+    /// jobs already queued under the old name.
+    const NAME: &'static str;
+
+    /// How many times the job is tried in all before it is left failed.
+    /// Counts runs cut short by a crash or a shutdown too.
+    const MAX_ATTEMPTS: u32 = 5;
+
+    /// What a finished job returns; stored with the job as JSON.
+    type Output: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Runs the job. An `Err` (or a panic) fails this attempt.
+    fn run(self) -> impl Future<Output = Result<Self::Output, JobFailure>> + Send;
+}
+
+/// A durable job's id: a ULID, given when the job is enqueued and kept by
+/// the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub(crate) ulid::Ulid);
+
+impl JobId {
+    pub(crate) fn new() -> Self {
+        Self(ulid::Ulid::generate())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = ulid::DecodeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}

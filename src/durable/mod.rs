@@ -1,0 +1,107 @@
+//! Durable jobs: work that survives a crash or a restart of the server,
+//! shared by any number of worker processes (features `sqlite`,
+//! `postgres`).
+//!
+//! Background tasks live in the server's memory: if the process dies, what
+//! was queued is gone. A durable [`Job`] is stored in a database first and
+//! run by a worker later — in the server process, or in worker processes on
+//! this machine or others. The queue engine is [apalis] 1.0 (its job table,
+//! locking, heartbeats and orphan recovery); this module adds what the rest
+//! of the crate promises:
+//!
+//! - **From a handler**, [`BackgroundTasks::enqueue`] pushes the job after
+//!   the response has been sent (retrying, counted, never dropped
+//!   silently), and [`BackgroundTasks::enqueue_now`] pushes it before,
+//!   for work that must survive a crash right after the `2xx`.
+//! - **Workers** ([`Workers`]) run in the server, supervised and shut down
+//!   with the same grace period as the tasks, or in processes of their own
+//!   with [`Workers::run_until`]. A job still running when the grace period
+//!   ends goes back to the queue.
+//!
+//! | engine | feature | constructor | for |
+//! |---|---|---|---|
+//! | SQLite | `sqlite` | [`JobQueue::sqlite`] | one machine: a file, no server |
+//! | PostgreSQL | `postgres` | [`JobQueue::postgres`] | many machines |
+//!
+//! [`JobQueue::from_env`] picks one from `DATABASE_URL`.
+//!
+//! # Delivery is at least once
+//!
+//! A job is run again if its worker dies mid-job (after the worker's
+//! heartbeat expires, 2 × [`Workers::heartbeat`]), if a shutdown's grace
+//! period ends while it runs, or if it fails (up to [`Job::MAX_ATTEMPTS`]
+//! tries). Two workers never run the same job at the same time (apalis
+//! locks a job to one worker when it fetches it), but a job can run twice
+//! in sequence: **handlers must be idempotent**.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "sqlite", feature = "axum"))]
+//! # mod example {
+//! use axum::{routing::post, Router};
+//! use serde::{Deserialize, Serialize};
+//! use tower_background::durable::{Job, JobError, JobFailure, JobId, JobQueue, Workers};
+//! use tower_background::{BackgroundTasks, Supervisor};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Fibonacci {
+//!     n: u32,
+//! }
+//!
+//! impl Job for Fibonacci {
+//!     const NAME: &'static str = "fibonacci";
+//!     type Output = u64;
+//!     async fn run(self) -> Result<u64, JobFailure> {
+//!         let (mut a, mut b) = (0u64, 1u64);
+//!         for _ in 0..self.n {
+//!             (a, b) = (b, a.checked_add(b).ok_or("overflow")?);
+//!         }
+//!         Ok(a)
+//!     }
+//! }
+//!
+//! async fn start(tasks: BackgroundTasks) -> Result<String, JobError> {
+//!     let id: JobId = tasks.enqueue(Fibonacci { n: 50 })?;
+//!     Ok(id.to_string())
+//! }
+//!
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let queue = JobQueue::from_env("jobs.db").await?;
+//!     let supervisor = Supervisor::builder().jobs(queue.clone()).build();
+//!     Workers::new(&queue).register::<Fibonacci>().spawn(&supervisor);
+//!     let app: Router = Router::new()
+//!         .route("/fibonacci", post(start))
+//!         .layer(supervisor.layer());
+//!     // serve `app` ... then:
+//!     supervisor.shutdown().await;
+//!     Ok(())
+//! }
+//! # }
+//! ```
+//!
+//! # Rust version
+//!
+//! apalis 1.0 uses sqlx 0.9, which needs Rust 1.94; the rest of the crate
+//! builds with 1.75.
+//!
+//! [apalis]: https://docs.rs/apalis
+//! [`BackgroundTasks::enqueue`]: crate::BackgroundTasks::enqueue
+//! [`BackgroundTasks::enqueue_now`]: crate::BackgroundTasks::enqueue_now
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!("feature `durable` needs an engine: enable `sqlite` or `postgres`");
+
+mod enqueue;
+mod error;
+mod in_flight;
+mod job;
+mod queue;
+mod stats;
+mod workers;
+
+pub use error::JobError;
+pub use job::{Job, JobFailure, JobId};
+pub use queue::{JobOutcome, JobQueue, DATABASE_URL};
+pub use stats::JobStats;
+pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT};

@@ -1,0 +1,289 @@
+//! [`JobQueue`]: where durable jobs are stored — an apalis storage in SQLite
+//! or PostgreSQL — and what pushing, looking up and releasing them takes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis_core::backend::WaitForCompletion;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::status::Status;
+use apalis_core::task::task_id::TaskId;
+
+use super::error::JobError;
+use super::job::{Job, JobId};
+use super::stats::{JobCounters, JobStats};
+
+/// The environment variable [`JobQueue::from_env`] reads.
+pub const DATABASE_URL: &str = "DATABASE_URL";
+
+/// A durable job queue: a pool of connections to the database that holds
+/// the jobs (apalis's job table), shared by the server that enqueues and
+/// the workers that run them. Cheap to clone.
+///
+/// Give it to the supervisor ([`SupervisorBuilder::jobs`]) so that
+/// handlers can [`enqueue`](crate::BackgroundTasks::enqueue), and to
+/// [`Workers`](super::Workers) to run the jobs.
+///
+/// [`SupervisorBuilder::jobs`]: crate::SupervisorBuilder::jobs
+#[derive(Clone, Debug)]
+pub struct JobQueue {
+    pub(crate) engine: Engine,
+    pub(crate) counters: Arc<JobCounters>,
+}
+
+/// The database behind a [`JobQueue`].
+#[derive(Clone, Debug)]
+pub(crate) enum Engine {
+    #[cfg(feature = "sqlite")]
+    Sqlite(apalis_sqlite::SqlitePool),
+    #[cfg(feature = "postgres")]
+    Postgres(apalis_postgres::PgPool),
+}
+
+/// What became of a job, as far as the queue knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobOutcome<T> {
+    /// Not finished: waiting, running, or failed with attempts left.
+    Unfinished,
+    /// Finished: the handler's output.
+    Done(T),
+    /// Failed on its last attempt, or was killed: the last error.
+    Failed(String),
+}
+
+impl JobQueue {
+    /// Opens (creating it if missing) the SQLite database file at `path`
+    /// and creates or migrates apalis's tables in it.
+    ///
+    /// SQLite is the embedded engine: one file, no server, workers in the
+    /// same process or in other processes on the same machine.
+    #[cfg(feature = "sqlite")]
+    pub async fn sqlite(path: impl AsRef<Path>) -> Result<Self, JobError> {
+        use apalis_sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
+
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            // Several processes share the file: wait for a writer's lock
+            // rather than fail at once.
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .map_err(JobError::database)?;
+        SqliteStorage::setup(&pool)
+            .await
+            .map_err(JobError::database)?;
+        Ok(Self::with_engine(Engine::Sqlite(pool)))
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://user@host:port/db`) and
+    /// creates or migrates apalis's tables (schema `apalis`).
+    ///
+    /// PostgreSQL is the multi-machine engine: any number of servers and
+    /// worker processes share the queue.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres(url: &str) -> Result<Self, JobError> {
+        use apalis_postgres::{PgPool, PostgresStorage};
+
+        let pool = PgPool::connect(url).await.map_err(JobError::database)?;
+        PostgresStorage::setup(&pool)
+            .await
+            .map_err(JobError::database)?;
+        Ok(Self::with_engine(Engine::Postgres(pool)))
+    }
+
+    /// Connects to the database `url` names: `postgres://` or
+    /// `postgresql://` for PostgreSQL, `sqlite://path` or a plain file path
+    /// for SQLite.
+    pub async fn connect(url: &str) -> Result<Self, JobError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            return Self::postgres(url).await;
+            #[cfg(not(feature = "postgres"))]
+            return Err(JobError::UnsupportedUrl(url.to_owned()));
+        }
+        #[cfg(feature = "sqlite")]
+        {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            Self::sqlite(path).await
+        }
+        #[cfg(not(feature = "sqlite"))]
+        Err(JobError::UnsupportedUrl(url.to_owned()))
+    }
+
+    /// Connects to `$DATABASE_URL` if it is set, or else to `default`
+    /// (for example a SQLite file in the working directory).
+    pub async fn from_env(default: &str) -> Result<Self, JobError> {
+        match std::env::var(DATABASE_URL) {
+            Ok(url) if !url.is_empty() => Self::connect(&url).await,
+            _ => Self::connect(default).await,
+        }
+    }
+
+    fn with_engine(engine: Engine) -> Self {
+        Self {
+            engine,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Which engine this is: `"sqlite"` or `"postgres"`.
+    pub fn engine(&self) -> &'static str {
+        match self.engine {
+            #[cfg(feature = "sqlite")]
+            Engine::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Pushes `job` now and returns its id once the database has it: the
+    /// job survives a crash of this process from then on.
+    ///
+    /// From a handler, prefer [`BackgroundTasks::enqueue`] (pushed after the
+    /// response) or [`BackgroundTasks::enqueue_now`] (the same as this,
+    /// counted with the request's tasks).
+    ///
+    /// [`BackgroundTasks::enqueue`]: crate::BackgroundTasks::enqueue
+    /// [`BackgroundTasks::enqueue_now`]: crate::BackgroundTasks::enqueue_now
+    pub async fn push<J: Job>(&self, job: &J) -> Result<JobId, JobError> {
+        let encoded = EncodedJob::new(job)?;
+        let id = encoded.id;
+        self.push_encoded(&encoded).await?;
+        self.counters.pushed();
+        Ok(id)
+    }
+
+    pub(crate) async fn push_encoded(&self, job: &EncodedJob) -> Result<(), JobError> {
+        let task = TaskBuilder::new(job.args.clone())
+            .task_id(TaskId::from_string(job.id.to_string()))
+            .max_attempts(job.max_attempts as usize)
+            .build();
+        match &self.engine {
+            #[cfg(feature = "sqlite")]
+            Engine::Sqlite(pool) => {
+                let mut conn = pool.acquire().await.map_err(JobError::database)?;
+                apalis_sqlite::queries::push_tasks(&mut *conn, job.queue, &[task])
+                    .await
+                    .map_err(JobError::database)
+            }
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(pool) => {
+                let mut conn = pool.acquire().await.map_err(JobError::database)?;
+                apalis_postgres::queries::push_tasks(&mut *conn, job.queue, vec![task])
+                    .await
+                    .map_err(JobError::database)
+            }
+        }
+    }
+
+    /// What became of job `id` (of type `J`).
+    pub async fn outcome<J: Job>(&self, id: JobId) -> Result<JobOutcome<J::Output>, JobError> {
+        let ids = [TaskId::from_string(id.to_string())];
+        let results = match &self.engine {
+            #[cfg(feature = "sqlite")]
+            Engine::Sqlite(pool) => {
+                let mut storage = apalis_sqlite::SqliteStorage::<J>::new(pool);
+                WaitForCompletion::<J::Output>::check_status(&mut storage, ids)
+                    .await
+                    .map_err(JobError::database)?
+            }
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(pool) => {
+                let mut storage = apalis_postgres::PostgresStorage::<J>::new(pool);
+                WaitForCompletion::<J::Output>::check_status(&mut storage, ids)
+                    .await
+                    .map_err(JobError::database)?
+            }
+        };
+        Ok(match results.into_iter().next() {
+            None => JobOutcome::Unfinished,
+            Some(result) => match (result.status, result.result) {
+                (Status::Done, Ok(output)) => JobOutcome::Done(output),
+                (_, Err(error)) => JobOutcome::Failed(error),
+                (status, Ok(_)) => JobOutcome::Failed(format!("ended {status:?}")),
+            },
+        })
+    }
+
+    /// Waits until job `id` (of type `J`) has finished, checking every
+    /// `poll` (e.g. 50 ms), and returns its output, or
+    /// [`JobError::Failed`] with its last error.
+    pub async fn wait_for<J: Job>(&self, id: JobId, poll: Duration) -> Result<J::Output, JobError> {
+        loop {
+            match self.outcome::<J>(id).await? {
+                JobOutcome::Unfinished => tokio::time::sleep(poll).await,
+                JobOutcome::Done(output) => return Ok(output),
+                JobOutcome::Failed(error) => return Err(JobError::Failed(error)),
+            }
+        }
+    }
+
+    /// Returns to the queue the jobs `worker` holds (the ids are those it
+    /// was running): they are run again by another worker. Used when the
+    /// grace period of a shutdown ends with jobs still running.
+    pub(crate) async fn release(
+        &self,
+        queue: &str,
+        worker: &str,
+        ids: &[String],
+    ) -> Result<u64, JobError> {
+        match &self.engine {
+            #[cfg(feature = "sqlite")]
+            Engine::Sqlite(pool) => {
+                // apalis-sqlite's `reenqueue_abandoned` only takes back jobs
+                // fetched and not started; its orphan query, limited to this
+                // worker and with no wait, also takes back running ones.
+                let _ = ids;
+                apalis_sqlite::queries::reenqueue_orphaned(
+                    pool,
+                    0,
+                    queue,
+                    &apalis_core::backend::WorkerFilter::Only(worker.to_owned()),
+                )
+                .await
+                .map_err(JobError::database)
+            }
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(pool) => {
+                let mut conn = pool.acquire().await.map_err(JobError::database)?;
+                apalis_postgres::queries::reenqueue_abandoned(&mut *conn, queue, worker, ids)
+                    .await
+                    .map_err(JobError::database)
+            }
+        }
+    }
+
+    /// What this queue's users have done so far, in this process.
+    pub fn stats(&self) -> JobStats {
+        self.counters.snapshot()
+    }
+}
+
+/// A job turned into what the queue stores, before it is pushed: encoding
+/// happens in the handler, so a job that cannot be encoded is an error there
+/// and not a failure later.
+#[derive(Clone, Debug)]
+pub(crate) struct EncodedJob {
+    pub(crate) id: JobId,
+    pub(crate) queue: &'static str,
+    pub(crate) args: Vec<u8>,
+    pub(crate) max_attempts: u32,
+}
+
+impl EncodedJob {
+    pub(crate) fn new<J: Job>(job: &J) -> Result<Self, JobError> {
+        Ok(Self {
+            id: JobId::new(),
+            queue: J::NAME,
+            args: serde_json::to_vec(job).map_err(JobError::Encode)?,
+            max_attempts: J::MAX_ATTEMPTS.max(1),
+        })
+    }
+}

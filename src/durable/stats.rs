@@ -1,0 +1,97 @@
+//! [`JobStats`]: what this process has done with durable jobs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counts of what this process has done with durable jobs, from
+/// [`JobQueue::stats`](super::JobQueue::stats). Jobs pushed or run by other
+/// processes are not in it; the database is the shared record.
+///
+/// Every job a handler enqueued is, at any time, in exactly one of:
+/// waiting to be pushed (`deferred - pushed_deferred - abandoned`), pushed,
+/// or abandoned (the grace period ended while its push was still being
+/// retried; each one is logged at `ERROR` with its JSON, so it can be
+/// pushed by hand).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct JobStats {
+    /// Jobs stored in the database by this process (by `enqueue_now`,
+    /// `JobQueue::push`, or a deferred push that succeeded).
+    pub pushed: u64,
+    /// Jobs accepted by `enqueue`, to be pushed after their response.
+    pub deferred: u64,
+    /// Deferred pushes that succeeded (included in `pushed`).
+    pub pushed_deferred: u64,
+    /// Push attempts that failed and were tried again.
+    pub push_retries: u64,
+    /// Deferred jobs given up at shutdown before the database took them.
+    pub abandoned: u64,
+    /// Jobs this process's workers finished with `Ok`.
+    pub succeeded: u64,
+    /// Job attempts this process's workers finished with `Err` or a panic.
+    pub failed: u64,
+    /// Jobs this process's workers were running when a shutdown's grace
+    /// period ended, returned to the queue for another worker.
+    pub released: u64,
+}
+
+/// The live counters behind [`JobStats`].
+#[derive(Debug, Default)]
+pub(crate) struct JobCounters {
+    pushed: AtomicU64,
+    deferred: AtomicU64,
+    pushed_deferred: AtomicU64,
+    push_retries: AtomicU64,
+    abandoned: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    released: AtomicU64,
+}
+
+impl JobCounters {
+    pub(crate) fn pushed(&self) {
+        self.pushed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn deferred(&self) {
+        self.deferred.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn pushed_deferred(&self) {
+        self.pushed.fetch_add(1, Relaxed);
+        self.pushed_deferred.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn push_retry(&self) {
+        self.push_retries.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn abandoned(&self) {
+        self.abandoned.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn finished(&self, ok: bool) {
+        if ok {
+            self.succeeded.fetch_add(1, Relaxed);
+        } else {
+            self.failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn released(&self, n: u64) {
+        self.released.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> JobStats {
+        JobStats {
+            pushed: self.pushed.load(Relaxed),
+            deferred: self.deferred.load(Relaxed),
+            pushed_deferred: self.pushed_deferred.load(Relaxed),
+            push_retries: self.push_retries.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            succeeded: self.succeeded.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            released: self.released.load(Relaxed),
+        }
+    }
+}

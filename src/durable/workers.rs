@@ -1,0 +1,323 @@
+//! [`Workers`]: apalis workers that run durable jobs, in the server process
+//! (stopped by the supervisor's shutdown) or in a worker process of their own.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use apalis::prelude::{TaskId, WorkerBuilder, WorkerBuilderExt, WorkerError};
+
+use super::in_flight::InFlight;
+use super::job::Job;
+use super::queue::{Engine, JobQueue};
+use crate::resident::ShutdownSignals;
+use crate::supervisor::Supervisor;
+
+/// Jobs each registered job type runs at once, per process, by default.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// How often a worker tells the database it is alive, by default. A worker
+/// silent for two intervals is taken for dead, and its jobs are given to
+/// other workers.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// The first wait before restarting a worker that stopped on an error (the
+/// database went away); it doubles up to 30 s.
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(250);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+type Runner = Box<dyn FnOnce(Settings, ShutdownSignals) -> BoxFuture + Send>;
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The workers of one process: one apalis worker per registered job type,
+/// each running up to [`concurrency`](Self::concurrency) jobs at once.
+///
+/// In the server process, [`spawn`](Self::spawn) them on the supervisor:
+/// they stop with [`Supervisor::shutdown`], within the same grace period.
+/// In a worker process of its own, [`run_until`](Self::run_until) a signal.
+/// Either way, at shutdown a worker takes no new job and lets its running
+/// jobs finish; jobs still running when the cleanup period begins are
+/// stopped and **returned to the queue** for another worker (counted in
+/// [`JobStats::released`](super::JobStats::released)), not lost. If this
+/// process dies instead, other workers take its jobs back once its
+/// heartbeat is two [`heartbeat`](Self::heartbeat) intervals old.
+///
+/// Each worker has a name unique to this process and start (host, process
+/// id, job, a counter), so a restarted process never collides with its own
+/// previous registration (apalis #504, apalis-sqlite #58).
+///
+/// ```no_run
+/// # #[cfg(feature = "sqlite")]
+/// # async fn example() -> Result<(), tower_background::durable::JobError> {
+/// use serde::{Deserialize, Serialize};
+/// use tower_background::durable::{Job, JobFailure, JobQueue, Workers};
+/// use tower_background::Supervisor;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Add { a: i64, b: i64 }
+///
+/// impl Job for Add {
+///     const NAME: &'static str = "add";
+///     type Output = i64;
+///     async fn run(self) -> Result<i64, JobFailure> { Ok(self.a + self.b) }
+/// }
+///
+/// let queue = JobQueue::sqlite("jobs.db").await?;
+/// let supervisor = Supervisor::builder().jobs(queue.clone()).build();
+/// Workers::new(&queue).register::<Add>().concurrency(8).spawn(&supervisor);
+/// // ... serve ...
+/// supervisor.shutdown().await; // stops the workers too
+/// # Ok(())
+/// # }
+/// ```
+pub struct Workers {
+    queue: JobQueue,
+    settings: Settings,
+    runners: Vec<(&'static str, Runner)>,
+}
+
+#[derive(Clone, Debug)]
+struct Settings {
+    concurrency: usize,
+    heartbeat: Duration,
+    name: String,
+}
+
+impl fmt::Debug for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workers")
+            .field("engine", &self.queue.engine())
+            .field("settings", &self.settings)
+            .field(
+                "jobs",
+                &self
+                    .runners
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Workers {
+    /// Workers for the jobs in `queue`; register the job types they run.
+    pub fn new(queue: &JobQueue) -> Self {
+        Self {
+            queue: queue.clone(),
+            settings: Settings {
+                concurrency: DEFAULT_CONCURRENCY,
+                heartbeat: DEFAULT_HEARTBEAT,
+                name: default_name(),
+            },
+            runners: Vec::new(),
+        }
+    }
+
+    /// Runs jobs of type `J` (those enqueued under [`J::NAME`](Job::NAME)).
+    /// Registering a type twice runs it once.
+    pub fn register<J: Job>(mut self) -> Self {
+        if self.runners.iter().any(|(name, _)| *name == J::NAME) {
+            return self;
+        }
+        let queue = self.queue.clone();
+        let runner: Runner = Box::new(move |settings, signals| {
+            Box::pin(run_job_type::<J>(queue, settings, signals))
+        });
+        self.runners.push((J::NAME, runner));
+        self
+    }
+
+    /// How many jobs of each registered type this process runs at once
+    /// (default [`DEFAULT_CONCURRENCY`]; at least 1).
+    pub fn concurrency(mut self, jobs: usize) -> Self {
+        self.settings.concurrency = jobs.max(1);
+        self
+    }
+
+    /// How often each worker records that it is alive (default
+    /// [`DEFAULT_HEARTBEAT`]). Shorter means a crashed worker's jobs are
+    /// taken back sooner, at the cost of a write per interval. SQLite
+    /// counts whole seconds: keep it at 1 s or more.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.settings.heartbeat = interval.max(Duration::from_secs(1));
+        self
+    }
+
+    /// The start of every worker's name (default `"{host}-{pid}"`); the job
+    /// name and a counter are added to it.
+    pub fn name(mut self, prefix: impl Into<String>) -> Self {
+        self.settings.name = prefix.into();
+        self
+    }
+
+    /// Starts the workers in this process, supervised by `supervisor`: they
+    /// stop with its [`shutdown`](Supervisor::shutdown), within its grace
+    /// period. They are not tasks: they are not in [`Stats`](crate::Stats)
+    /// and [`Supervisor::wait_idle`] does not wait for them.
+    ///
+    /// Must be called within a tokio runtime (the supervisor's).
+    pub fn spawn(self, supervisor: &Supervisor) {
+        let set = supervisor.task_set();
+        for (_, runner) in self.runners {
+            let settings = self.settings.clone();
+            supervisor
+                .residents()
+                .spawn(set.runtime(), &set.cancel, move |signals| {
+                    runner(settings, signals)
+                });
+        }
+    }
+
+    /// Runs the workers in this process until `signal` completes (e.g.
+    /// `tokio::signal::ctrl_c()`), then shuts them down within
+    /// `grace_period`, as [`spawn`](Self::spawn)ed workers are: for a worker
+    /// process of its own.
+    pub async fn run_until<F>(self, signal: F, grace_period: Duration)
+    where
+        F: Future,
+    {
+        let supervisor = Supervisor::builder()
+            .grace_period(grace_period)
+            .jobs(self.queue.clone())
+            .build();
+        self.spawn(&supervisor);
+        signal.await;
+        supervisor.shutdown().await;
+    }
+}
+
+/// `"{host}-{pid}"`: unique among live processes sharing a database.
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Makes every worker name this process uses unique, restarts included.
+static STARTS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs the worker for job type `J` until shutdown; restarts it (under a
+/// new name) if it stops on an error.
+async fn run_job_type<J: Job>(queue: JobQueue, settings: Settings, signals: ShutdownSignals) {
+    let mut delay = FIRST_RESTART_DELAY;
+    loop {
+        let name = format!(
+            "{}-{}-{}",
+            settings.name,
+            J::NAME,
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        );
+        let in_flight = InFlight::default();
+        let run = start_worker::<J>(&queue, &settings, &name, &in_flight, &signals);
+        let mut run = Box::pin(run);
+        let outcome = tokio::select! {
+            result = &mut run => Some(result),
+            () = signals.cancel.cancelled() => None,
+        };
+        // Dropping the worker drops the jobs it was running.
+        drop(run);
+        release(&queue, J::NAME, &name, &in_flight).await;
+        match outcome {
+            Some(Ok(())) | None => return,
+            Some(Err(error)) if signals.closing.is_cancelled() => {
+                tracing::warn!(worker = %name, %error, "durable worker: stopped with an error during shutdown");
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::error!(worker = %name, %error, retry_in = ?delay, "durable worker: stopped with an error; restarting");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = signals.closing.cancelled() => return,
+        }
+        delay = (delay * 2).min(MAX_RESTART_DELAY);
+    }
+}
+
+/// Builds and runs one apalis worker for `J` until `closing` fires and its
+/// running jobs have finished.
+fn start_worker<J: Job>(
+    queue: &JobQueue,
+    settings: &Settings,
+    name: &str,
+    in_flight: &InFlight,
+    signals: &ShutdownSignals,
+) -> Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>> {
+    let counters = queue.counters.clone();
+    let in_flight = in_flight.clone();
+    let handler = move |job: J, id: TaskId| {
+        let running = in_flight.start(id.to_string());
+        let counters = counters.clone();
+        async move {
+            let result = job.run().await;
+            counters.finished(result.is_ok());
+            running.finish();
+            result
+        }
+    };
+    let closing = signals.closing.clone();
+    let stop = async move {
+        closing.cancelled().await;
+        Ok::<(), WorkerError>(())
+    };
+    match &queue.engine {
+        #[cfg(feature = "sqlite")]
+        Engine::Sqlite(pool) => {
+            let config = apalis_sqlite::Config::default()
+                .queue(J::NAME)
+                .heartbeat_interval(settings.heartbeat);
+            let storage = apalis_sqlite::SqliteStorage::<J>::new(pool).with_config(config);
+            let worker = WorkerBuilder::new(name)
+                .backend(storage)
+                .catch_panic()
+                .concurrency(settings.concurrency)
+                .build(handler);
+            Box::pin(worker.run_until(stop))
+        }
+        #[cfg(feature = "postgres")]
+        Engine::Postgres(pool) => {
+            let config = apalis_postgres::Config::default()
+                .queue(J::NAME)
+                .heartbeat_interval(settings.heartbeat);
+            let storage = apalis_postgres::PostgresStorage::<J>::new(pool).with_config(config);
+            let worker = WorkerBuilder::new(name)
+                .backend(storage)
+                .catch_panic()
+                .concurrency(settings.concurrency)
+                .build(handler);
+            Box::pin(worker.run_until(stop))
+        }
+    }
+}
+
+/// Returns to the queue the jobs a stopped worker was still running.
+async fn release(queue: &JobQueue, job: &'static str, worker: &str, in_flight: &InFlight) {
+    let ids = in_flight.take();
+    if ids.is_empty() {
+        return;
+    }
+    match queue.release(job, worker, &ids).await {
+        Ok(released) => {
+            queue.counters.released(released);
+            tracing::warn!(
+                worker,
+                job,
+                released,
+                "durable worker: stopped mid-job; jobs returned to the queue"
+            );
+        }
+        Err(error) => tracing::error!(
+            worker,
+            job,
+            jobs = ids.len(),
+            %error,
+            "durable worker: could not return jobs to the queue; other workers will take them back when this worker's heartbeat expires",
+        ),
+    }
+}
