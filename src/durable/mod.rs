@@ -102,6 +102,6 @@ mod workers;
 
 pub use error::JobError;
 pub use job::{Job, JobFailure, JobId};
-pub use queue::{JobOutcome, JobQueue, DATABASE_URL};
+pub use queue::{JobOutcome, JobQueue, ACQUIRE_TIMEOUT, DATABASE_URL};
 pub use stats::JobStats;
 pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT};

@@ -14,6 +14,11 @@ use super::error::JobError;
 use super::job::{Job, JobId};
 use super::stats::{JobCounters, JobStats};
 
+/// The longest a push waits for a database connection before it fails
+/// ([`JobError::Database`]): what bounds `enqueue_now` when the database is
+/// down.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The environment variable [`JobQueue::from_env`] reads.
 pub const DATABASE_URL: &str = "DATABASE_URL";
 
@@ -68,8 +73,9 @@ impl JobQueue {
             .create_if_missing(true)
             // Several processes share the file: wait for a writer's lock
             // rather than fail at once.
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(ACQUIRE_TIMEOUT);
         let pool = SqlitePoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(JobError::database)?;
@@ -86,9 +92,13 @@ impl JobQueue {
     /// worker processes share the queue.
     #[cfg(feature = "postgres")]
     pub async fn postgres(url: &str) -> Result<Self, JobError> {
-        use apalis_postgres::{PgPool, PostgresStorage};
+        use apalis_postgres::PostgresStorage;
 
-        let pool = PgPool::connect(url).await.map_err(JobError::database)?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(JobError::database)?;
         PostgresStorage::setup(&pool)
             .await
             .map_err(JobError::database)?;
