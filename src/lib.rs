@@ -155,8 +155,11 @@
 //! }
 //! ```
 //!
-//! What this crate does not do: persist tasks. Whatever is queued or running
-//! is lost if the process crashes.
+//! Background tasks are not persisted: whatever is queued or running is lost
+//! if the process crashes. Work that must survive a crash, or be shared by
+//! several machines, is a durable job instead ([`durable`], features
+//! `sqlite` and `postgres`): stored in a database, run by workers, at least
+//! once.
 //!
 //! # Cargo features
 //!
@@ -165,6 +168,8 @@
 //! | `axum` | yes | [`BackgroundTasks`] as an axum 0.8 extractor (depends on `axum-core` only) |
 //! | `serde` | yes | `Serialize` for [`Stats`] and [`ShutdownReport`] |
 //! | `tracking` | no | [`tracking`]: tasks with ids, status, results and locks over HTTP, and an axum route that starts and reports them (full axum, serde_json, uuid, time, sha2) |
+//! | `sqlite` | no | [`durable`]: jobs stored in a SQLite file before they run, run by [apalis](https://docs.rs/apalis) workers in this process or others on the machine (apalis, sqlx; Rust 1.94) |
+//! | `postgres` | no | [`durable`] on PostgreSQL: jobs shared by servers and workers on many machines (apalis, sqlx; Rust 1.94) |
 //!
 //! With `default-features = false` the crate works with any `tower` HTTP
 //! service: hyper 1, tonic, or your own.

@@ -69,10 +69,16 @@ impl BackgroundTasks {
         let job = EncodedJob::new(&job)?;
         let id = job.id;
         let cancel = self.cancellation_token();
-        self.try_add(push_until_stored(queue.clone(), job, cancel))
-            .map_err(JobError::NotAccepted)?;
+        // Counted first: a handle used after its response has ended starts
+        // the push at once, and `pushed_deferred` must never pass `deferred`.
         queue.counters.deferred();
-        Ok(id)
+        match self.try_add(push_until_stored(queue.clone(), job, cancel)) {
+            Ok(()) => Ok(id),
+            Err(error) => {
+                queue.counters.not_deferred();
+                Err(JobError::NotAccepted(error))
+            }
+        }
     }
 
     /// Pushes durable job `job` now and returns its id once the database

@@ -57,6 +57,11 @@ impl JobCounters {
         self.deferred.fetch_add(1, Relaxed);
     }
 
+    /// Takes back a `deferred` the task set did not accept.
+    pub(crate) fn not_deferred(&self) {
+        self.deferred.fetch_sub(1, Relaxed);
+    }
+
     pub(crate) fn pushed_deferred(&self) {
         self.pushed.fetch_add(1, Relaxed);
         self.pushed_deferred.fetch_add(1, Relaxed);

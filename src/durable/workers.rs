@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{TaskId, WorkerBuilder, WorkerBuilderExt, WorkerError};
@@ -212,7 +213,7 @@ async fn run_job_type<J: Job>(queue: JobQueue, settings: Settings, signals: Shut
             J::NAME,
             STARTS.fetch_add(1, Ordering::Relaxed)
         );
-        let in_flight = InFlight::default();
+        let in_flight = InFlight::new(Arc::clone(&queue.counters));
         let run = start_worker::<J>(&queue, &settings, &name, &in_flight, &signals);
         let mut run = Box::pin(run);
         let outcome = tokio::select! {
@@ -249,15 +250,12 @@ fn start_worker<J: Job>(
     in_flight: &InFlight,
     signals: &ShutdownSignals,
 ) -> Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>> {
-    let counters = queue.counters.clone();
     let in_flight = in_flight.clone();
     let handler = move |job: J, id: TaskId| {
         let running = in_flight.start(id.to_string());
-        let counters = counters.clone();
         async move {
             let result = job.run().await;
-            counters.finished(result.is_ok());
-            running.finish();
+            running.finish(result.is_ok());
             result
         }
     };
