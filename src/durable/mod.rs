@@ -31,8 +31,9 @@
 //! heartbeat expires, 2 × [`Workers::heartbeat`]), if a shutdown's grace
 //! period ends while it runs, or if it fails (up to [`Job::MAX_ATTEMPTS`]
 //! tries). Two workers never run the same job at the same time (apalis
-//! locks a job to one worker when it fetches it), but a job can run twice
-//! in sequence: **handlers must be idempotent**.
+//! locks a job to one worker when it fetches it) as long as every process
+//! sharing the queue uses the same heartbeat (see [`Workers::heartbeat`]),
+//! but a job can run twice in sequence: **handlers must be idempotent**.
 //!
 //! # Example
 //!
@@ -104,4 +105,4 @@ pub use error::JobError;
 pub use job::{Job, JobFailure, JobId};
 pub use queue::{JobOutcome, JobQueue, ACQUIRE_TIMEOUT, DATABASE_URL};
 pub use stats::JobStats;
-pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT};
+pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL};

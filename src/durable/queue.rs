@@ -50,6 +50,11 @@ pub(crate) enum Engine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum JobOutcome<T> {
+    /// The queue of `J` holds no job with this id: never pushed, pushed to
+    /// another job type's queue, or not pushed *yet* (a job from
+    /// [`enqueue`](crate::BackgroundTasks::enqueue) is pushed after its
+    /// response).
+    NotFound,
     /// Not finished: waiting, running, or failed with attempts left.
     Unfinished,
     /// Finished: the handler's output.
@@ -106,13 +111,17 @@ impl JobQueue {
     }
 
     /// Connects to the database `url` names: `postgres://` or
-    /// `postgresql://` for PostgreSQL, `sqlite://path` or a plain file path
-    /// for SQLite.
+    /// `postgresql://` for PostgreSQL, `sqlite://path`, `sqlite:path` or a
+    /// plain file path for SQLite. Any other `scheme://` is
+    /// [`JobError::UnsupportedUrl`].
     pub async fn connect(url: &str) -> Result<Self, JobError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
             return Self::postgres(url).await;
             #[cfg(not(feature = "postgres"))]
+            return Err(JobError::UnsupportedUrl(url.to_owned()));
+        }
+        if url.contains("://") && !url.starts_with("sqlite://") {
             return Err(JobError::UnsupportedUrl(url.to_owned()));
         }
         #[cfg(feature = "sqlite")]
@@ -195,6 +204,9 @@ impl JobQueue {
 
     /// What became of job `id` (of type `J`).
     pub async fn outcome<J: Job>(&self, id: JobId) -> Result<JobOutcome<J::Output>, JobError> {
+        if self.job_type(id).await?.as_deref() != Some(J::NAME) {
+            return Ok(JobOutcome::NotFound);
+        }
         let ids = [TaskId::from_string(id.to_string())];
         let results = match &self.engine {
             #[cfg(feature = "sqlite")]
@@ -224,13 +236,38 @@ impl JobQueue {
 
     /// Waits until job `id` (of type `J`) has finished, checking every
     /// `poll` (e.g. 50 ms), and returns its output, or
-    /// [`JobError::Failed`] with its last error.
+    /// [`JobError::Failed`] with its last error. A job not found is waited
+    /// for too (a deferred job is pushed after its response): bound the
+    /// wait with a timeout.
     pub async fn wait_for<J: Job>(&self, id: JobId, poll: Duration) -> Result<J::Output, JobError> {
         loop {
             match self.outcome::<J>(id).await? {
-                JobOutcome::Unfinished => tokio::time::sleep(poll).await,
+                JobOutcome::NotFound | JobOutcome::Unfinished => tokio::time::sleep(poll).await,
                 JobOutcome::Done(output) => return Ok(output),
                 JobOutcome::Failed(error) => return Err(JobError::Failed(error)),
+            }
+        }
+    }
+
+    /// The job type (queue name) job `id` was pushed under, if the database
+    /// has it. Reads apalis's job table directly: apalis has no lookup by
+    /// id that leaves the type out.
+    async fn job_type(&self, id: JobId) -> Result<Option<String>, JobError> {
+        let id = id.to_string();
+        match &self.engine {
+            #[cfg(feature = "sqlite")]
+            Engine::Sqlite(pool) => sqlx::query_scalar("SELECT job_type FROM Jobs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(JobError::database),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(pool) => {
+                sqlx::query_scalar("SELECT job_type FROM apalis.jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(JobError::database)
             }
         }
     }

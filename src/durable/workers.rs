@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{TaskId, WorkerBuilder, WorkerBuilderExt, WorkerError};
+use apalis::prelude::{BackendExt, TaskId, WorkerBuilder, WorkerBuilderExt, WorkerError};
 
 use super::in_flight::InFlight;
 use super::job::Job;
@@ -22,6 +22,11 @@ pub const DEFAULT_CONCURRENCY: usize = 4;
 /// silent for two intervals is taken for dead, and its jobs are given to
 /// other workers.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// How often an idle worker asks the database for new jobs, by default:
+/// an upper bound on how long a job pushed to an idle queue waits to start.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How many heartbeats a worker may miss before others take it for dead.
+const MISSED_HEARTBEATS: usize = 2;
 /// The first wait before restarting a worker that stopped on an error (the
 /// database went away); it doubles up to 30 s.
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(250);
@@ -81,6 +86,7 @@ pub struct Workers {
 struct Settings {
     concurrency: usize,
     heartbeat: Duration,
+    poll_interval: Duration,
     name: String,
 }
 
@@ -109,6 +115,7 @@ impl Workers {
             settings: Settings {
                 concurrency: DEFAULT_CONCURRENCY,
                 heartbeat: DEFAULT_HEARTBEAT,
+                poll_interval: DEFAULT_POLL_INTERVAL,
                 name: default_name(),
             },
             runners: Vec::new(),
@@ -137,11 +144,25 @@ impl Workers {
     }
 
     /// How often each worker records that it is alive (default
-    /// [`DEFAULT_HEARTBEAT`]). Shorter means a crashed worker's jobs are
-    /// taken back sooner, at the cost of a write per interval. SQLite
-    /// counts whole seconds: keep it at 1 s or more.
+    /// [`DEFAULT_HEARTBEAT`]). A worker silent for two intervals is taken
+    /// for dead and its jobs are run again by others: shorter means a
+    /// crashed worker's jobs come back sooner, at the cost of a write per
+    /// interval. SQLite counts whole seconds: it is at least 1 s.
+    ///
+    /// **Every process sharing a queue must use the same heartbeat**: a
+    /// worker judges the others by its own interval, so one with a shorter
+    /// heartbeat takes live workers with a longer one for dead and runs
+    /// their jobs a second time.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.settings.heartbeat = interval.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How often an idle worker asks the database for new jobs (default
+    /// [`DEFAULT_POLL_INTERVAL`]). A job pushed to an idle queue waits up to
+    /// this long to start; each poll is one query per job type.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.settings.poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 
@@ -269,8 +290,13 @@ fn start_worker<J: Job>(
         Engine::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default()
                 .queue(J::NAME)
-                .heartbeat_interval(settings.heartbeat);
-            let storage = apalis_sqlite::SqliteStorage::<J>::new(pool).with_config(config);
+                .heartbeat_interval(settings.heartbeat)
+                .missed_heartbeats(MISSED_HEARTBEATS);
+            // Without a poll strategy an idle apalis worker looks for new
+            // jobs only when its heartbeat fires (every 30 s by default).
+            let storage = apalis_sqlite::SqliteStorage::<J>::new(pool)
+                .with_config(config)
+                .poll_with_interval(settings.poll_interval);
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
@@ -282,8 +308,11 @@ fn start_worker<J: Job>(
         Engine::Postgres(pool) => {
             let config = apalis_postgres::Config::default()
                 .queue(J::NAME)
-                .heartbeat_interval(settings.heartbeat);
-            let storage = apalis_postgres::PostgresStorage::<J>::new(pool).with_config(config);
+                .heartbeat_interval(settings.heartbeat)
+                .missed_heartbeats(MISSED_HEARTBEATS);
+            let storage = apalis_postgres::PostgresStorage::<J>::new(pool)
+                .with_config(config)
+                .poll_with_interval(settings.poll_interval);
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
