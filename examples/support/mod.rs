@@ -23,8 +23,8 @@ pub(crate) const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
 /// The examples' `main`: logs with the `RUST_LOG` filter (default `info`),
 /// reads `PORT` and `GRACE_SECS`, and runs `run(port, grace_period)`. Exits
-/// with 2 on a bad setting (reported before anything starts) and 1 when
-/// `run` fails.
+/// with 2 on a bad setting (reported before anything starts; `run`'s own
+/// settings come from [`setting`]) and 1 when `run` fails.
 pub(crate) async fn main<F, R>(run: F) -> ExitCode
 where
     F: FnOnce(u16, Duration) -> R,
@@ -46,10 +46,95 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            if error.is::<BadSetting>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// A setting of the example's own, read by `run` before it starts
+/// anything: the variable `name` parsed, or `default` when it is not set.
+/// A bad value makes `main` exit with 2, as a bad `PORT` does.
+// Only the durable-job examples have settings of their own.
+#[allow(dead_code)]
+pub(crate) fn setting<T>(name: &str, default: T, expected: &str) -> Result<T, Box<dyn Error>>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    env_or(name, default, expected).map_err(|message| BadSetting(message).into())
+}
+
+/// A setting `run` rejects: `main` exits with 2.
+#[allow(dead_code)]
+pub(crate) fn bad_setting(message: impl Into<String>) -> Box<dyn Error> {
+    BadSetting(message.into()).into()
+}
+
+/// The durable-job examples' heartbeat when `HEARTBEAT_SECS` is not set:
+/// 2 s, not the crate's 30 s, so that the jobs of a worker you kill in the
+/// demo are run again by another within about 4 s instead of a minute.
+#[allow(dead_code)]
+pub(crate) const EXAMPLE_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// `HEARTBEAT_SECS` (default [`EXAMPLE_HEARTBEAT`]): how often the
+/// durable-job examples' workers tell the database they are alive. Every
+/// process that shares a queue needs the same value: a worker takes for
+/// dead, and runs the jobs of, any worker silent for two of *its own*
+/// intervals.
+#[allow(dead_code)]
+pub(crate) fn heartbeat() -> Result<Duration, Box<dyn Error>> {
+    let default = EXAMPLE_HEARTBEAT.as_secs();
+    let secs = setting("HEARTBEAT_SECS", default, "a whole number of seconds")?;
+    if secs == 0 {
+        return Err(bad_setting(
+            "HEARTBEAT_SECS=0: the heartbeat is at least 1 s",
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Where the durable-job examples keep their queue, for the logs:
+/// `$DATABASE_URL` with any password hidden, or `default` (the SQLite file
+/// `JobQueue::from_env` falls back to).
+#[allow(dead_code)]
+pub(crate) fn database_location(default: &str) -> String {
+    match env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => without_password(&url),
+        _ => default.to_owned(),
+    }
+}
+
+/// `scheme://user:password@host/…` with the password replaced by `***`.
+#[allow(dead_code)]
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let Some((user, _password)) = user_info.split_once(':') else {
+        return url.to_owned();
+    };
+    format!("{scheme}://{user}:***@{host}{path}")
+}
+
+#[derive(Debug)]
+struct BadSetting(String);
+
+impl Display for BadSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for BadSetting {}
 
 /// Serves `app` on 127.0.0.1:`port` until `SIGINT` or `SIGTERM`, then
 /// shuts down in this order:
