@@ -20,6 +20,16 @@
 //! (default 15, the crate's default) the grace period, and `RUST_LOG`
 //! (default `info`) the log filter.
 //!
+//! Built with `sqlite` or `postgres` too, and with `DATABASE_URL` set
+//! (`sqlite://tasks.db`, `postgres://…`), it keeps records and locks in
+//! that database (`SqlStore`): run two servers on one database, `POST` to
+//! one and `GET` the task from the other, and the lock holds across both.
+//!
+//! ```text
+//! DATABASE_URL=sqlite://tasks.db PORT=3000 cargo run --example tracked --features tracking,sqlite
+//! DATABASE_URL=sqlite://tasks.db PORT=3001 cargo run --example tracked --features tracking,sqlite
+//! ```
+//!
 //! In another terminal:
 //!
 //! ```text
@@ -37,7 +47,7 @@ use std::time::Duration;
 
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use tower_background::tracking::{Lock, TaskRegistry};
+use tower_background::tracking::{Lock, TaskRegistry, TaskStore};
 use tower_background::Supervisor;
 
 mod support;
@@ -62,10 +72,27 @@ async fn main() -> ExitCode {
 }
 
 async fn run(port: u16, grace_period: Duration) -> Result<(), Box<dyn Error>> {
-    let background = Supervisor::builder().grace_period(grace_period).build();
-    // Records for an hour (at most 10 000 of them): the defaults.
-    let registry = TaskRegistry::new();
+    #[cfg(feature = "durable")]
+    if let Ok(url) = std::env::var(tower_background::durable::DATABASE_URL) {
+        use tower_background::durable::JobQueue;
+        use tower_background::tracking::SqlStore;
 
+        let queue = JobQueue::connect(&url).await?;
+        tracing::info!(engine = queue.engine(), "records and locks in the database");
+        let store = SqlStore::new(&queue).await?;
+        let registry = TaskRegistry::builder().store(store).build();
+        return serve(port, grace_period, registry).await;
+    }
+    // Records for an hour (at most 10 000 of them): the defaults.
+    serve(port, grace_period, TaskRegistry::new()).await
+}
+
+async fn serve<S: TaskStore>(
+    port: u16,
+    grace_period: Duration,
+    registry: TaskRegistry<S>,
+) -> Result<(), Box<dyn Error>> {
+    let background = Supervisor::builder().grace_period(grace_period).build();
     let app = Router::new()
         .route(
             "/hello-single",

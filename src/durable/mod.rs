@@ -106,3 +106,7 @@ pub use job::{Job, JobFailure, JobId};
 pub use queue::{JobOutcome, JobQueue, ACQUIRE_TIMEOUT, DATABASE_URL};
 pub use stats::JobStats;
 pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL};
+
+// For `tracking::SqlStore`, which keeps its tables in the queue's database.
+#[cfg(feature = "tracking")]
+pub(crate) use queue::Engine;

@@ -1,7 +1,6 @@
 //! [`JobQueue`]: where durable jobs are stored — an apalis storage in SQLite
 //! or PostgreSQL — and what pushing, looking up and releasing them takes.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +69,7 @@ impl JobQueue {
     /// SQLite is the embedded engine: one file, no server, workers in the
     /// same process or in other processes on the same machine.
     #[cfg(feature = "sqlite")]
-    pub async fn sqlite(path: impl AsRef<Path>) -> Result<Self, JobError> {
+    pub async fn sqlite(path: impl AsRef<std::path::Path>) -> Result<Self, JobError> {
         use apalis_sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
 
         let options = SqliteConnectOptions::new()

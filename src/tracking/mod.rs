@@ -57,7 +57,9 @@
 //!
 //! - A [`TaskRegistry`] lives beside the [`Supervisor`](crate::Supervisor).
 //!   It records tracked tasks in a [`TaskStore`]: the [`MemoryStore`] by
-//!   default, or your own (a database shared by several servers).
+//!   default; `SqlStore` (features `sqlite` or `postgres`), in the database
+//!   of a durable `JobQueue`, shared by every server that uses it; or your
+//!   own.
 //! - A tracked task is started with
 //!   [`BackgroundTasks::add`](crate::BackgroundTasks::add) on the request's
 //!   handle, so it is an ordinary background task: it starts after the
@@ -73,13 +75,39 @@
 //! | | |
 //! |---|---|
 //! | **atomic locks** | taking a [`Lock`] and registering the task are one step of the store: of any number of concurrent starts, exactly one starts, the others get its id |
-//! | **locks always released** | however the task ends: finished, failed (an `Err`), panicked, or cancelled (aborted at shutdown, refused, discarded with its request) |
+//! | **locks always released** | however the task ends: finished, failed (an `Err`), panicked, or cancelled (aborted at shutdown, refused, discarded with its request); with a store shared by several servers, also when the server running it dies (its lease lapses) |
 //! | **bounded** | ended records are kept for a TTL ([`DEFAULT_TTL`], 1 h), at most a capacity of records ([`DEFAULT_CAPACITY`], 10 000) are kept, the oldest ended first to go; a store full of running tasks refuses starts (`503` + `Retry-After`) |
 //! | **stable signatures** | 12 hex digits derived from the task's name and its arguments' canonical JSON ([`Signature`]): the same on every machine and run |
 //! | **JSON errors** | every error of a tracked route is JSON ([`TrackingError`]); no input makes it panic |
 //!
 //! What is lost on a crash: with the [`MemoryStore`], everything — records,
-//! locks and the tasks themselves.
+//! locks and the tasks themselves. With `SqlStore`, only the tasks that
+//! were running in the crashed process: their records stay, and when their
+//! lease lapses (30 s unless set) they show as `failed`, abandoned, and
+//! their locks are free again.
+//!
+//! # Several servers
+//!
+//! To share records and locks between servers, keep them in the database
+//! of a durable `JobQueue` with `SqlStore` (features `sqlite` or
+//! `postgres`): a task started by a `POST` on one server is reported by
+//! `GET ?task_id=` on any other, and a lock holds across all of them. The
+//! task itself runs on the server that accepted it.
+//!
+//! ```no_run
+//! # #[cfg(feature = "durable")]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_background::durable::JobQueue;
+//! use tower_background::tracking::{SqlStore, TaskRegistry};
+//!
+//! let queue = JobQueue::from_env("tasks.db").await?; // $DATABASE_URL, else SQLite
+//! let registry = TaskRegistry::builder()
+//!     .store(SqlStore::new(&queue).await?)
+//!     .build();
+//! # drop(registry);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # HTTP contract
 //!
@@ -123,6 +151,8 @@ mod response;
 mod route;
 mod signature;
 mod spec;
+#[cfg(feature = "durable")]
+mod sql_store;
 mod store;
 mod timestamp;
 
@@ -136,6 +166,8 @@ pub use record::{TaskError, TaskOutcome, TaskRecord, TaskStatus};
 pub use registry::{Started, TaskRegistry, TaskRegistryBuilder, DEFAULT_RETRY_AFTER};
 pub use signature::{ParseSignatureError, Signature};
 pub use spec::TaskSpec;
+#[cfg(feature = "durable")]
+pub use sql_store::{SqlStore, SqlStoreBuilder, DEFAULT_LEASE};
 pub use store::{Admission, TaskStore};
 
 #[cfg(test)]
@@ -152,5 +184,7 @@ mod tests {
         fn is_send_sync<T: Send + Sync>() {}
         is_send_sync::<MemoryStore>();
         is_send_sync::<TrackingError>();
+        #[cfg(feature = "durable")]
+        is_send_sync::<SqlStore>();
     }
 }

@@ -151,7 +151,7 @@ pub struct TaskRecord {
 }
 
 /// The message of a cancelled task's error.
-const CANCELLED: &str = "the task was stopped before it ended: aborted at shutdown, \
+pub(super) const CANCELLED: &str = "the task was stopped before it ended: aborted at shutdown, \
     refused because shutdown had begun, or discarded with its request";
 
 impl TaskRecord {

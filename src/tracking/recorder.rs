@@ -1,5 +1,7 @@
 //! How a tracked task's end reaches the store, however it ends: the
-//! [`Recorder`] drop guard and the [`track`] wrapper around the task.
+//! [`Recorder`] drop guard and the [`track`] wrapper around the task; and,
+//! for a store with leases, the renewals that keep the task's lock while it
+//! may run.
 
 use std::any::Any;
 use std::future::Future;
@@ -7,9 +9,10 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use pin_project_lite::pin_project;
+use tokio::task::AbortHandle;
 
 use super::id::TaskId;
 use super::output::IntoTaskResult;
@@ -22,10 +25,15 @@ use super::store::TaskStore;
 /// abandoned halfway) or something unwound through it — it records
 /// `cancelled`, or `failed` when the thread is panicking, which also
 /// releases the task's lock.
+///
+/// It also owns the task's lease renewals, if any
+/// ([`keep_leased`](Self::keep_leased)): they stop when the outcome is
+/// recorded or the recorder is dropped.
 pub(super) struct Recorder<S: TaskStore> {
     store: Arc<S>,
     task_id: TaskId,
     armed: bool,
+    renewals: Option<Renewals>,
 }
 
 impl<S: TaskStore> Recorder<S> {
@@ -34,6 +42,7 @@ impl<S: TaskStore> Recorder<S> {
             store,
             task_id,
             armed: true,
+            renewals: None,
         }
     }
 
@@ -42,10 +51,34 @@ impl<S: TaskStore> Recorder<S> {
         self.armed = false;
     }
 
+    /// For a registered task of a store with a [lease](TaskStore::lease):
+    /// renews it every third of the lease, on a tokio task of its own, from
+    /// now until the outcome is recorded or this recorder is dropped — so
+    /// also while the task waits for its response to be sent.
+    pub(super) fn keep_leased(&mut self) {
+        let Some(lease) = self.store.lease() else {
+            return;
+        };
+        let (store, task_id) = (Arc::clone(&self.store), self.task_id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let renewing = runtime.spawn(renew_lease(store, task_id, lease));
+                self.renewals = Some(Renewals(renewing.abort_handle()));
+            }
+            Err(_) => tracing::warn!(
+                %task_id,
+                "tracked task: started outside a tokio runtime; its lease is not renewed",
+            ),
+        }
+    }
+
     /// Records `outcome`. Stays armed until the store has answered, so that
     /// if this future is dropped halfway the guard still records
     /// `cancelled` (the store keeps whichever outcome came first).
     async fn record(&mut self, outcome: TaskOutcome) {
+        // The store is about to release the lock: a renewal from now on
+        // would only find the task ended.
+        self.renewals = None;
         let result = self
             .store
             .complete(self.task_id, outcome, SystemTime::now())
@@ -59,6 +92,7 @@ impl<S: TaskStore> Recorder<S> {
 
 impl<S: TaskStore> Drop for Recorder<S> {
     fn drop(&mut self) {
+        self.renewals = None;
         if !self.armed {
             return;
         }
@@ -86,6 +120,41 @@ impl<S: TaskStore> Drop for Recorder<S> {
                 %task_id,
                 "tracked task: dropped outside a tokio runtime; its end is not recorded",
             ),
+        }
+    }
+}
+
+/// The lease renewals of one task: a tokio task, aborted when this is
+/// dropped.
+struct Renewals(AbortHandle);
+
+impl Drop for Renewals {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the lease of the running task `task_id` every third of `lease`
+/// until it is aborted, or the store says the task is no longer running.
+/// A failed renewal is logged and tried again a third of the lease later:
+/// the lease lapses only if the store stays unreachable for most of it.
+async fn renew_lease<S: TaskStore>(store: Arc<S>, task_id: TaskId, lease: Duration) {
+    let period = (lease / 3).max(Duration::from_millis(1));
+    loop {
+        tokio::time::sleep(period).await;
+        match store.renew(task_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    %task_id,
+                    "tracked task: no longer running in the store (ended, or given up when \
+                     its lease lapsed); stopped renewing its lease",
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%task_id, %error, "tracked task: cannot renew its lease; will retry");
+            }
         }
     }
 }

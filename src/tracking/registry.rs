@@ -132,6 +132,12 @@ impl<S: TaskStore> TaskRegistry<S> {
     /// (`cancelled`: aborted at shutdown, refused because shutdown had
     /// begun, or discarded with the request's tasks).
     ///
+    /// With a store that has a [lease](TaskStore::lease) (a database shared
+    /// by several servers), the lease is renewed every third of it from now
+    /// until the outcome is recorded. If this process dies, the lock lapses
+    /// with the lease and the record is ended as `failed` (`SqlStore`, with
+    /// the features `sqlite` or `postgres`, works this way).
+    ///
     /// # Errors
     ///
     /// [`TrackingError::Full`] when the store has no room (every record is
@@ -194,7 +200,7 @@ impl<S: TaskStore> TaskRegistry<S> {
         let task_id = record.task_id;
         // Armed before the store is asked, so that a start abandoned while
         // the store works still ends what it may have registered.
-        let recorder = Recorder::new(Arc::clone(&self.store), task_id);
+        let mut recorder = Recorder::new(Arc::clone(&self.store), task_id);
         let admission = self
             .store
             .try_start(record.clone(), spec.lock_key().cloned())
@@ -202,10 +208,13 @@ impl<S: TaskStore> TaskRegistry<S> {
         match admission {
             // Not accepted (shutting down, queue full): the dropped task's
             // recorder marks the record cancelled and releases the lock.
-            Admission::Started => match tasks.try_add(track(recorder, task)) {
-                Ok(()) => Ok(Started::Accepted(record)),
-                Err(error) => Err(TrackingError::NotAccepted(error)),
-            },
+            Admission::Started => {
+                recorder.keep_leased();
+                match tasks.try_add(track(recorder, task)) {
+                    Ok(()) => Ok(Started::Accepted(record)),
+                    Err(error) => Err(TrackingError::NotAccepted(error)),
+                }
+            }
             Admission::Locked(running) => {
                 recorder.disarm();
                 Ok(Started::Locked {

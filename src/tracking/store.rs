@@ -1,8 +1,8 @@
 //! [`TaskStore`]: where tracked tasks' records and locks live, under the
 //! [`TaskRegistry`](super::TaskRegistry).
 
-use std::future::Future;
-use std::time::SystemTime;
+use std::future::{ready, Future};
+use std::time::{Duration, SystemTime};
 
 use super::error::StoreError;
 use super::id::TaskId;
@@ -29,6 +29,10 @@ use super::record::{TaskOutcome, TaskRecord};
 /// - Memory (or rows) stay bounded: ended records expire, and a full store
 ///   makes room from ended records or refuses ([`Admission::Full`]) —
 ///   never by dropping a running task's record, which would free its lock.
+/// - With a [`lease`](Self::lease), a running task whose lease has lapsed
+///   (its server stopped [renewing](Self::renew) it) no longer holds its
+///   lock: `try_start` ends its record as `failed` and takes the lock in
+///   the same atomic step. Until then, its lock holds.
 ///
 /// # Cancel safety
 ///
@@ -131,6 +135,34 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Removes the records whose retention time is over; returns how many.
     /// Stores that expire records on their own may just return `Ok(0)`.
     fn purge_expired(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// How long a running task's record and lock stay valid unless
+    /// [renewed](Self::renew): `Some` for a store shared by several
+    /// servers, so that a server that crashes (or loses the store) while
+    /// running a task leaves no lock behind for longer than this.
+    ///
+    /// While a task of a store with a lease may run — from its start until
+    /// its end is recorded — the registry renews the lease every third of
+    /// it.
+    ///
+    /// `None`, the default: records and locks never lapse, and nothing is
+    /// renewed. Right for a store that lives and dies with its process,
+    /// like the [`MemoryStore`](super::MemoryStore).
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Extends the lease of the running task `task_id` to
+    /// [`lease`](Self::lease) from now. Returns `false` if the task is not
+    /// running any more in the store: it ended, or it was given up when its
+    /// lease lapsed (another start may hold its lock now).
+    ///
+    /// The default, for stores without a lease, does nothing and returns
+    /// `true`.
+    fn renew(&self, task_id: TaskId) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = task_id;
+        ready(Ok(true))
+    }
 }
 
 /// The answer of [`TaskStore::try_start`].

@@ -1,0 +1,748 @@
+//! Tracked tasks in a database (`tracking::SqlStore`, features `tracking`
+//! and `sqlite`/`postgres`): two servers on one database, as two machines
+//! would be — a task started on one is reported by the other, a lock holds
+//! across both under 100 concurrent starts, a crashed holder's lock lapses
+//! with its lease while a live one's is renewed, the first outcome wins,
+//! and rows stay bounded by the TTL and the capacity.
+//!
+//! Every scenario runs on SQLite (a file in a temporary directory) and on
+//! PostgreSQL when `DATABASE_URL` names a server (each test in a database
+//! of its own, `CREATE DATABASE` with a unique name, dropped at the end);
+//! without it the PostgreSQL tests say so on one line and pass.
+#![cfg(all(feature = "tracking", feature = "sqlite", feature = "postgres"))]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{ConnectOptions, Connection};
+use tempfile::TempDir;
+use tokio::sync::{Barrier, Semaphore};
+use tower::ServiceExt;
+use tower_background::durable::JobQueue;
+use tower_background::tracking::{
+    Admission, Lock, SqlStore, SqlStoreBuilder, TaskId, TaskOutcome, TaskRecord, TaskRegistry,
+    TaskSpec, TaskStatus, TaskStore,
+};
+use tower_background::Supervisor;
+
+/// The longest a whole scenario may take before it fails as hung. Not a
+/// speed check: every scenario normally ends in a few seconds.
+const BOUND: Duration = Duration::from_secs(120);
+
+/// The longest a test waits for something that comes with time (a lease
+/// lapsing, a record expiring, a task ending) before it fails saying which.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// How often a test looks again at something that changes with time.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Runs each named scenario (`async fn NAME(db: Db)`) on both engines, as
+/// the tests `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_each_engine {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = crate::Db::sqlite();
+                crate::bounded(super::$scenario(db)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = crate::Db::postgres().await {
+                    crate::bounded(super::$scenario(db)).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_each_engine!(
+    a_task_started_on_one_server_is_reported_by_the_other,
+    a_lock_holds_across_servers,
+    a_crashed_holder_loses_its_lock_when_its_lease_lapses,
+    a_running_task_keeps_its_lock_past_many_leases,
+    the_first_outcome_wins_and_releases_the_lock_once,
+    records_round_trip_with_every_outcome,
+    ended_records_expire_after_the_ttl,
+    past_the_capacity_the_first_ended_goes_and_running_tasks_stay,
+    concurrent_starts_never_exceed_the_capacity,
+);
+
+// ---------------------------------------------------------------------------
+// Scenarios.
+
+/// `POST` on server A, `GET ?task_id=` on server B: B sees the task
+/// running, then finished with its result, exactly as A does.
+async fn a_task_started_on_one_server_is_reported_by_the_other(db: Db) {
+    let gate = Gate::new();
+    let a = Server::start(&db, &gate, |store| store).await;
+    let b = Server::start(&db, &gate, |store| store).await;
+
+    let started = a.post("/hello-single?name=Me").await;
+    assert_eq!(started.status, StatusCode::ACCEPTED);
+    let location = started.location();
+    let running = b.get(&location).await;
+    assert_eq!(running.status, StatusCode::OK);
+    assert_eq!(running.json, started.json, "B shows what A answered");
+    assert_eq!(running.json["status"], "running");
+
+    gate.open();
+    let finished = b.ended(&location).await;
+    assert_eq!(finished.json["status"], "finished");
+    assert_eq!(finished.json["result"], "Hello Me!");
+    assert_eq!(finished.json["task_id"], started.json["task_id"]);
+    assert_eq!(finished.json["start_time"], started.json["start_time"]);
+    assert_eq!(a.get(&location).await.json, finished.json);
+
+    let unknown = format!("/hello-single?task_id={}", TaskId::new());
+    assert_eq!(b.get(&unknown).await.status, StatusCode::NOT_FOUND);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// 100 concurrent `POST`s, every other one on each server: exactly one
+/// starts; the 99 others are sent to it. Once it ends, the lock is free on
+/// both.
+async fn a_lock_holds_across_servers(db: Db) {
+    let gate = Gate::new();
+    let a = Arc::new(Server::start(&db, &gate, |store| store).await);
+    let b = Arc::new(Server::start(&db, &gate, |store| store).await);
+
+    a.warm_up().await;
+    b.warm_up().await;
+    // All at once: each waits until all 100 are ready to go.
+    let ready = Arc::new(Barrier::new(100));
+    let posts = (0..100).map(|i| {
+        let server = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let ready = Arc::clone(&ready);
+        tokio::spawn(async move {
+            ready.wait().await;
+            server.post("/hello-single?name=Me").await
+        })
+    });
+    let posts: Vec<_> = posts.collect();
+    let mut replies = Vec::new();
+    for post in posts {
+        replies.push(post.await.expect("a POST"));
+    }
+    let started: Vec<_> = replies
+        .iter()
+        .filter(|reply| reply.status == StatusCode::ACCEPTED)
+        .collect();
+    assert_eq!(started.len(), 1, "exactly one start");
+    let location = started[0].location();
+    for reply in &replies {
+        if reply.status != StatusCode::ACCEPTED {
+            assert_eq!(reply.status, StatusCode::SEE_OTHER);
+            assert_eq!(reply.location(), location, "sent to the one running task");
+            assert_eq!(reply.header("x-task-lock"), "signature");
+        }
+    }
+
+    gate.open();
+    a.ended(&location).await;
+    let again = b.post("/hello-single?name=Me").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "the lock was released");
+    assert_ne!(again.location(), location);
+    for server in [a, b] {
+        Arc::into_inner(server)
+            .expect("the POSTs are done")
+            .stop()
+            .await;
+    }
+}
+
+/// A server registers a task under a lock and dies before it renews its
+/// lease (here: a store used without a registry, so nothing renews). Until
+/// the lease lapses the lock holds on the other server; then a start takes
+/// it, and the dead task shows as failed, abandoned.
+async fn a_crashed_holder_loses_its_lock_when_its_lease_lapses(db: Db) {
+    let lease = Duration::from_secs(2);
+    let crashed_store = db.store(|store| store.lease(lease)).await;
+    let gate = Gate::new();
+    let b = Server::start(&db, &gate, |store| store.lease(lease)).await;
+
+    let (record, lock) = running_record("hello_task", Lock::Signature, &Hello::me());
+    let crashed = record.task_id;
+    let admitted = crashed_store.try_start(record, lock).await.unwrap();
+    assert_eq!(admitted, Admission::Started);
+    let refused = b.post("/hello-single?name=Me").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SEE_OTHER,
+        "the lease still runs"
+    );
+    assert_eq!(refused.location(), location_of(crashed));
+
+    let deadline = Instant::now() + WAIT;
+    let started = loop {
+        let reply = b.post("/hello-single?name=Me").await;
+        if reply.status == StatusCode::ACCEPTED {
+            break reply;
+        }
+        assert_eq!(reply.status, StatusCode::SEE_OTHER);
+        assert!(
+            Instant::now() < deadline,
+            "the lapsed lease was never taken over"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    assert_ne!(started.location(), location_of(crashed));
+
+    let abandoned = b.get(&location_of(crashed)).await;
+    assert_eq!(abandoned.json["status"], "failed");
+    let message = abandoned.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("stopped renewing its lease"),
+        "a clear reason: {message}"
+    );
+    // A late outcome from the "crashed" server changes nothing.
+    let late = TaskOutcome::Finished(json!("too late"));
+    crashed_store
+        .complete(crashed, late, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(b.get(&location_of(crashed)).await.json, abandoned.json);
+
+    gate.open();
+    let finished = b.ended(&started.location()).await;
+    assert_eq!(finished.json["result"], "Hello Me!");
+    b.stop().await;
+}
+
+/// A task that runs for several leases keeps its lock, because its server
+/// renews the lease; the other server is sent to it all along.
+async fn a_running_task_keeps_its_lock_past_many_leases(db: Db) {
+    let lease = Duration::from_secs(2);
+    let gate = Gate::new();
+    let a = Server::start(&db, &gate, |store| store.lease(lease)).await;
+    let b = Server::start(&db, &gate, |store| store.lease(lease)).await;
+
+    let started = a.post("/hello-single?name=Me").await;
+    assert_eq!(started.status, StatusCode::ACCEPTED);
+    let location = started.location();
+    let until = Instant::now() + lease * 3;
+    while Instant::now() < until {
+        let refused = b.post("/hello-single?name=Me").await;
+        assert_eq!(
+            refused.status,
+            StatusCode::SEE_OTHER,
+            "the lease was renewed"
+        );
+        assert_eq!(refused.location(), location);
+        assert_eq!(b.get(&location).await.json["status"], "running");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    gate.open();
+    let finished = b.ended(&location).await;
+    assert_eq!(finished.json["status"], "finished");
+    assert_eq!(finished.json["result"], "Hello Me!");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `complete` keeps the first outcome, from whichever server, and releases
+/// the lock once: a late outcome of an old task never frees a newer task's
+/// lock; an unknown id changes nothing.
+async fn the_first_outcome_wins_and_releases_the_lock_once(db: Db) {
+    let a = db.store(|store| store).await;
+    let b = db.store(|store| store).await;
+
+    let (record, lock) = running_record("t", Lock::Signature, &());
+    let first = record.task_id;
+    assert_eq!(
+        a.try_start(record, lock.clone()).await.unwrap(),
+        Admission::Started
+    );
+    let (again, _) = running_record("t", Lock::Signature, &());
+    assert_eq!(
+        b.try_start(again, lock.clone()).await.unwrap(),
+        Admission::Locked(first)
+    );
+    let now = SystemTime::now();
+    b.complete(first, TaskOutcome::Finished(json!(1)), now)
+        .await
+        .unwrap();
+    a.complete(first, TaskOutcome::Cancelled, now)
+        .await
+        .unwrap();
+    let ended = a.get(first).await.unwrap().unwrap();
+    assert_eq!(ended.status, TaskStatus::Finished);
+    assert_eq!(ended.result, Some(json!(1)));
+
+    let (record, _) = running_record("t", Lock::Signature, &());
+    let second = record.task_id;
+    assert_eq!(
+        a.try_start(record, lock.clone()).await.unwrap(),
+        Admission::Started
+    );
+    b.complete(first, TaskOutcome::Failed("late".into()), now)
+        .await
+        .unwrap();
+    let (third, _) = running_record("t", Lock::Signature, &());
+    assert_eq!(
+        b.try_start(third, lock).await.unwrap(),
+        Admission::Locked(second),
+        "a late outcome of the first task must not free the second's lock"
+    );
+    a.complete(TaskId::new(), TaskOutcome::Cancelled, now)
+        .await
+        .unwrap();
+    assert_eq!(db.rows().await, 2);
+}
+
+/// What a server reads back is what the other recorded, for every outcome
+/// and both kinds of lock (times to the millisecond, as they are shown).
+async fn records_round_trip_with_every_outcome(db: Db) {
+    let a = db.store(|store| store).await;
+    let b = db.store(|store| store).await;
+    let outcomes = [
+        TaskOutcome::Finished(json!({"greeting": "Hello Me!", "n": [1, 2]})),
+        TaskOutcome::Finished(Value::Null),
+        TaskOutcome::Failed("boom".into()),
+        TaskOutcome::Cancelled,
+    ];
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let lock = if i % 2 == 0 { Lock::Args } else { Lock::None };
+        let (mut record, key) = running_record("round_trip", lock, &json!({ "i": i }));
+        record.start_time = UNIX_EPOCH + Duration::from_millis(1_777_000_000_123);
+        assert_eq!(
+            a.try_start(record.clone(), key).await.unwrap(),
+            Admission::Started
+        );
+        assert_eq!(b.get(record.task_id).await.unwrap(), Some(record.clone()));
+
+        let end_time = UNIX_EPOCH + Duration::from_millis(1_777_000_001_456);
+        b.complete(record.task_id, outcome.clone(), end_time)
+            .await
+            .unwrap();
+        assert!(record.complete(outcome.clone(), end_time));
+        let read = a.get(record.task_id).await.unwrap();
+        assert_eq!(read, Some(record.clone()), "{outcome:?}");
+        assert_eq!(
+            serde_json::to_value(read.unwrap()).unwrap(),
+            serde_json::to_value(&record).unwrap()
+        );
+    }
+}
+
+/// An ended record is kept for the TTL, then no server shows it, and
+/// `purge_expired` deletes its row. A running one never expires.
+async fn ended_records_expire_after_the_ttl(db: Db) {
+    let ttl = Duration::from_secs(1);
+    let a = db.store(|store| store.ttl(ttl)).await;
+    let b = db.store(|store| store.ttl(ttl)).await;
+    let (record, _) = running_record("t", Lock::None, &());
+    let id = record.task_id;
+    a.try_start(record, None).await.unwrap();
+    let (record, _) = running_record("t", Lock::None, &());
+    let running = record.task_id;
+    a.try_start(record, None).await.unwrap();
+
+    a.complete(id, TaskOutcome::Finished(json!(1)), SystemTime::now())
+        .await
+        .unwrap();
+    assert!(b.get(id).await.unwrap().is_some(), "kept for the TTL");
+    let deadline = Instant::now() + WAIT;
+    while b.get(id).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the record never expired");
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(db.rows().await, 2, "hidden, not yet deleted");
+    assert_eq!(a.purge_expired().await.unwrap(), 1);
+    assert_eq!(b.purge_expired().await.unwrap(), 0);
+    assert_eq!(db.rows().await, 1);
+    assert_eq!(
+        a.get(running).await.unwrap().map(|record| record.status),
+        Some(TaskStatus::Running),
+        "running records never expire"
+    );
+}
+
+/// Past the capacity, a start evicts the record that ended first (never a
+/// running one); with every row a running task's, starts are refused; the
+/// table never holds more rows than the capacity.
+async fn past_the_capacity_the_first_ended_goes_and_running_tasks_stay(db: Db) {
+    let a = db.store(|store| store.capacity(3)).await;
+    let b = db.store(|store| store.capacity(3)).await;
+    let (x, _) = start(&a).await;
+    let (y, _) = start(&b).await;
+    let (z, _) = start(&a).await;
+    finish(&b, y).await;
+    finish(&a, x).await;
+    // y ended first: it goes first.
+    let (d, admitted) = start(&b).await;
+    assert_eq!(admitted, Admission::Started);
+    assert!(a.get(y).await.unwrap().is_none());
+    assert!(a.get(x).await.unwrap().is_some());
+    let (e, admitted) = start(&a).await;
+    assert_eq!(admitted, Admission::Started);
+    assert!(b.get(x).await.unwrap().is_none());
+    // z, d and e are running: no room.
+    assert_eq!(start(&b).await.1, Admission::Full);
+    assert_eq!(start(&a).await.1, Admission::Full);
+    for id in [z, d, e] {
+        assert!(a.get(id).await.unwrap().is_some(), "running tasks stay");
+    }
+    assert_eq!(db.rows().await, 3);
+
+    // Many more starts and ends: still at most 3 rows.
+    for id in [z, d, e] {
+        finish(&a, id).await;
+    }
+    for i in 0..20 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let (id, admitted) = start(store).await;
+        assert_eq!(admitted, Admission::Started);
+        finish(store, id).await;
+        assert!(db.rows().await <= 3);
+    }
+}
+
+/// Starts a task of no lock on `store`.
+async fn start(store: &SqlStore) -> (TaskId, Admission) {
+    let (record, _) = running_record("t", Lock::None, &());
+    let id = record.task_id;
+    (id, store.try_start(record, None).await.unwrap())
+}
+
+/// Ends the task `id` as finished.
+async fn finish(store: &SqlStore, id: TaskId) {
+    let outcome = TaskOutcome::Finished(json!(1));
+    store
+        .complete(id, outcome, SystemTime::now())
+        .await
+        .unwrap();
+}
+
+/// Starts racing on two servers fill the capacity exactly: no more, no
+/// fewer.
+async fn concurrent_starts_never_exceed_the_capacity(db: Db) {
+    let a = Arc::new(db.store(|store| store.capacity(10)).await);
+    let b = Arc::new(db.store(|store| store.capacity(10)).await);
+    let ready = Arc::new(Barrier::new(40));
+    let starts = (0..40).map(|i| {
+        let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let ready = Arc::clone(&ready);
+        tokio::spawn(async move {
+            let (record, _) = running_record("t", Lock::None, &i);
+            ready.wait().await;
+            store.try_start(record, None).await.unwrap()
+        })
+    });
+    let starts: Vec<_> = starts.collect();
+    let mut started = 0;
+    for start in starts {
+        match start.await.unwrap() {
+            Admission::Started => started += 1,
+            Admission::Full => {}
+            Admission::Locked(_) => panic!("no lock was asked for"),
+        }
+    }
+    assert_eq!(started, 10);
+    assert_eq!(db.rows().await, 10);
+}
+
+// ---------------------------------------------------------------------------
+// Two servers on one database.
+
+#[derive(Deserialize, Serialize)]
+struct Hello {
+    name: String,
+}
+
+impl Hello {
+    fn me() -> Self {
+        Self {
+            name: "Me".to_owned(),
+        }
+    }
+}
+
+/// Holds tasks until the test opens it, so "still running" never depends
+/// on timing.
+#[derive(Clone)]
+struct Gate(Arc<Semaphore>);
+
+impl Gate {
+    fn new() -> Self {
+        Self(Arc::new(Semaphore::new(0)))
+    }
+
+    fn open(&self) {
+        self.0.close();
+    }
+
+    async fn wait(&self) {
+        let _ = self.0.acquire().await;
+    }
+}
+
+/// One "machine": a supervisor, a registry on a [`SqlStore`] of its own
+/// queue (its own connection pool) and the `/hello-single` route, with the
+/// signature lock.
+struct Server {
+    supervisor: Supervisor,
+    app: Router,
+}
+
+impl Server {
+    async fn start(
+        db: &Db,
+        gate: &Gate,
+        settings: impl FnOnce(SqlStoreBuilder) -> SqlStoreBuilder,
+    ) -> Self {
+        let supervisor = Supervisor::new();
+        let registry = TaskRegistry::builder()
+            .store(db.store(settings).await)
+            .build();
+        let gate = gate.clone();
+        let route = registry.route("hello_task", Lock::Signature, move |args: Hello| {
+            let gate = gate.clone();
+            async move {
+                gate.wait().await;
+                format!("Hello {}!", args.name)
+            }
+        });
+        let app = Router::new()
+            .route("/hello-single", route)
+            .layer(supervisor.layer());
+        Self { supervisor, app }
+    }
+
+    async fn post(&self, uri: &str) -> Reply {
+        self.call(Request::post(uri)).await
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.call(Request::get(uri)).await
+    }
+
+    async fn call(&self, request: axum::http::request::Builder) -> Reply {
+        let request = request.body(Body::empty()).unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        // Reading the body to its end sends the response: a started task
+        // starts.
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        };
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    /// Opens connections in the store's pool, as a server that has been
+    /// serving for a while has them: so that concurrent starts really run
+    /// at the same time, rather than one by one while the pool connects.
+    async fn warm_up(&self) {
+        let unknown = location_of(TaskId::new());
+        let gets = (0..10).map(|_| self.get(&unknown));
+        for reply in futures_util::future::join_all(gets).await {
+            assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        }
+    }
+
+    /// Polls `location` until the task has ended, as a client would.
+    async fn ended(&self, location: &str) -> Reply {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let reply = self.get(location).await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json);
+            if reply.json["status"] != "running" {
+                return reply;
+            }
+            assert!(Instant::now() < deadline, "the task never ended");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.supervisor.shutdown().await;
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    json: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers[name].to_str().unwrap()
+    }
+
+    /// Where the reply sends the client: the task's status URL.
+    fn location(&self) -> String {
+        self.header("location").to_owned()
+    }
+}
+
+fn location_of(task_id: TaskId) -> String {
+    format!("/hello-single?task_id={task_id}")
+}
+
+/// A running record of the task `name` with `args`, and its lock key.
+fn running_record<A: Serialize>(
+    name: &str,
+    lock: Lock,
+    args: &A,
+) -> (TaskRecord, Option<tower_background::tracking::LockKey>) {
+    let spec = TaskSpec::new(name, lock, args).unwrap();
+    let record = TaskRecord::running(TaskId::new(), &spec, SystemTime::now());
+    (record, spec.lock_key().cloned())
+}
+
+// ---------------------------------------------------------------------------
+// A fresh database per test.
+
+/// Fails the test if `scenario` has not ended within [`BOUND`].
+async fn bounded<F: Future<Output = ()>>(scenario: F) {
+    tokio::time::timeout(BOUND, scenario)
+        .await
+        .expect("the scenario hung (did not end within BOUND)");
+}
+
+/// A fresh, empty database private to one test: a SQLite file in a
+/// temporary directory, or a new PostgreSQL database on the server
+/// `DATABASE_URL` names, dropped when this is (even if the test failed).
+struct Db {
+    url: String,
+    _dir: Option<TempDir>,
+    /// PostgreSQL: the server's URL and the database to drop at the end.
+    created: Option<(String, String)>,
+}
+
+impl Db {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Self {
+            url: dir.path().join("tasks.db").display().to_string(),
+            _dir: Some(dir),
+            created: None,
+        }
+    }
+
+    /// `None` (after printing why) when there is no PostgreSQL server.
+    async fn postgres() -> Option<Self> {
+        let server = match std::env::var("DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
+            _ => {
+                println!("skipped: DATABASE_URL not set");
+                return None;
+            }
+        };
+        let name = unique_name();
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .expect("DATABASE_URL is set but its PostgreSQL server cannot be reached");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE for the test");
+        let _ = admin.close().await;
+        Some(Self {
+            url: with_database(&server, &name),
+            _dir: None,
+            created: Some((server, name)),
+        })
+    }
+
+    /// A store on a queue of its own (a pool of its own), as another
+    /// machine would have.
+    async fn store(&self, settings: impl FnOnce(SqlStoreBuilder) -> SqlStoreBuilder) -> SqlStore {
+        let queue = JobQueue::connect(&self.url)
+            .await
+            .expect("the test database opens");
+        settings(SqlStore::builder(&queue))
+            .build()
+            .await
+            .expect("the store creates its table")
+    }
+
+    /// How many rows the store's table holds, expired ones included.
+    async fn rows(&self) -> i64 {
+        const COUNT: &str = "SELECT COUNT(*) FROM tower_background_tasks";
+        if self.created.is_some() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(COUNT).fetch_one(&mut conn).await
+        } else {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&self.url);
+            let mut conn = options.connect().await.unwrap();
+            sqlx::query_scalar(COUNT).fetch_one(&mut conn).await
+        }
+        .expect("count the rows")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.created.take() else {
+            return;
+        };
+        // `Drop` cannot await, and runs inside the test's runtime: drop the
+        // database from a thread with a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&server).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+            })
+        });
+        let _ = dropped.join();
+    }
+}
+
+/// A database name no other test (in this run or another) uses.
+fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    format!(
+        "tb_tracked_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `url` with its database (the path) replaced by `name`, query kept.
+fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, query) = match rest.split_once('/') {
+        Some((authority, path)) => (authority, path.split_once('?').map(|(_, query)| query)),
+        None => match rest.split_once('?') {
+            Some((authority, query)) => (authority, Some(query)),
+            None => (rest, None),
+        },
+    };
+    match query {
+        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
+}
