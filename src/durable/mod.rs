@@ -99,6 +99,7 @@ mod in_flight;
 mod job;
 mod queue;
 mod stats;
+mod wake_up;
 mod workers;
 
 pub use error::JobError;

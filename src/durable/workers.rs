@@ -13,6 +13,7 @@ use apalis::prelude::{BackendExt, TaskId, WorkerBuilder, WorkerBuilderExt, Worke
 use super::in_flight::InFlight;
 use super::job::Job;
 use super::queue::{Engine, JobQueue};
+use super::wake_up::{TickOnly, WakeUp};
 use crate::resident::ShutdownSignals;
 use crate::supervisor::Supervisor;
 
@@ -294,9 +295,11 @@ fn start_worker<J: Job>(
                 .missed_heartbeats(MISSED_HEARTBEATS);
             // Without a poll strategy an idle apalis worker looks for new
             // jobs only when its heartbeat fires (every 30 s by default).
+            // Pushes from other processes are not announced: the tick finds
+            // them.
             let storage = apalis_sqlite::SqliteStorage::<J>::new(pool)
                 .with_config(config)
-                .poll_with_interval(settings.poll_interval);
+                .poll_with_strategy(TickOnly::new(settings.poll_interval, None));
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
@@ -310,9 +313,12 @@ fn start_worker<J: Job>(
                 .queue(J::NAME)
                 .heartbeat_interval(settings.heartbeat)
                 .missed_heartbeats(MISSED_HEARTBEATS);
+            // New jobs are announced (`LISTEN`, one connection per job
+            // type); the tick is the fallback if that connection is lost.
+            let announced = apalis_postgres::Pubsub::new(pool.clone(), J::NAME.to_owned());
             let storage = apalis_postgres::PostgresStorage::<J>::new(pool)
                 .with_config(config)
-                .poll_with_interval(settings.poll_interval);
+                .poll_with_strategy(WakeUp::new(settings.poll_interval, Some(announced)));
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
