@@ -1,0 +1,55 @@
+//! The durable-job suite: real queues on real engines — SQLite (a file in a
+//! temporary directory) always, and PostgreSQL when `DATABASE_URL` names a
+//! server (each test creates a database of its own there, and drops it at
+//! the end). Without `DATABASE_URL`, each PostgreSQL test prints
+//! "skipped: DATABASE_URL not set" and passes; CI (`.ci/run`) starts a
+//! private PostgreSQL server and sets it.
+//!
+//! ```text
+//! cargo test --all-features --test durable
+//! SQLX_OFFLINE=true DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//!     cargo test --all-features --test durable
+//! ```
+//!
+//! (`SQLX_OFFLINE=true`: with `DATABASE_URL` set, sqlx's query macros in
+//! apalis would otherwise check their SQL against that server when they are
+//! built, and fail.)
+//!
+//! Each scenario is a module whose tests are `{scenario}::sqlite` and
+//! `{scenario}::postgres`:
+//!
+//! | module | scenario |
+//! |---|---|
+//! | [`parity`] | `job.run()` and a worker's stored result agree, for the four shared jobs and an overflow that fails after every attempt; jobs enqueued by an axum handler are pushed after the response and run |
+//! | [`crash`] | a worker process SIGKILLed mid-job: another worker runs the job again — **duplicate delivery** (at least once), shown |
+//! | [`no_overlap`] | two worker sets × 4 over 200 jobs: each job runs once, never in two workers at a time |
+//! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
+//! | [`db_down`] | the database away: `enqueue_now` is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
+//! | [`misuse`] | `enqueue` with no queue (`NoQueue`), a job that cannot be encoded (`Encode`) |
+//!
+//! Workers use a 1 s heartbeat, so a dead worker's jobs are taken back
+//! after 2 s (but in [`no_overlap`], which says why); every wait is bounded
+//! (a hang fails the test).
+#![cfg(all(feature = "sqlite", feature = "postgres", feature = "axum"))]
+
+// The jobs the examples share: `Add`, `Power`, `Join`, `Fibonacci`.
+#[path = "../examples/jobs/mod.rs"]
+#[allow(unreachable_pub)]
+mod jobs;
+
+// The scenarios' files live in `tests/durable/`, next to this one (a `#[path]`
+// each, so Cargo does not build them as test binaries of their own).
+#[path = "durable/crash.rs"]
+mod crash;
+#[path = "durable/db_down.rs"]
+mod db_down;
+#[path = "durable/misuse.rs"]
+mod misuse;
+#[path = "durable/no_overlap.rs"]
+mod no_overlap;
+#[path = "durable/parity.rs"]
+mod parity;
+#[path = "durable/shutdown.rs"]
+mod shutdown;
+#[path = "durable/support.rs"]
+mod support;

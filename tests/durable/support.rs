@@ -1,0 +1,551 @@
+//! What every durable-job scenario shares: a fresh database of either engine
+//! per test, the macro that runs a scenario on both, bounded waits, a way to
+//! take the database away from a queue (and give it back), a log capture,
+//! and the test-only job [`Slow`].
+
+// Each scenario uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sqlx::{ConnectOptions, Connection};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tower_background::durable::{Job, JobFailure, JobId, JobQueue};
+
+/// The longest a whole scenario may take before it fails as hung. Not a
+/// speed check: every scenario normally ends in a few seconds.
+pub(crate) const BOUND: Duration = Duration::from_secs(90);
+
+/// How often a test looks at the queue or at a job's log.
+pub(crate) const POLL: Duration = Duration::from_millis(20);
+
+/// The workers' heartbeat in these tests: the shortest apalis-sqlite counts
+/// (whole seconds), so a killed worker's jobs are taken back after 2 s.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Runs each named scenario (`async fn NAME(db: Db)`) on both engines, as
+/// the tests `NAME::sqlite` and `NAME::postgres`. The PostgreSQL one needs
+/// `DATABASE_URL`; without it, it says so on one line and passes.
+macro_rules! on_each_engine {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = crate::support::Db::sqlite().await;
+                crate::support::bounded(super::$scenario(db)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = crate::support::Db::postgres().await {
+                    crate::support::bounded(super::$scenario(db)).await;
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use on_each_engine;
+
+/// Fails the test if `scenario` has not ended within [`BOUND`].
+pub(crate) async fn bounded<F: Future<Output = ()>>(scenario: F) {
+    tokio::time::timeout(BOUND, scenario)
+        .await
+        .expect("the scenario hung (did not end within BOUND)");
+}
+
+/// Waits until `condition` holds, checking every [`POLL`]; panics with
+/// `what` after [`BOUND`].
+pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The two engines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty job database private to one test: a SQLite file in a
+/// temporary directory, or a new PostgreSQL database (`CREATE DATABASE`
+/// with a unique name on the server `DATABASE_URL` names), so that tests
+/// running at the same time never see each other's jobs. A PostgreSQL
+/// database is dropped when this is (even if the test failed).
+#[derive(Debug)]
+pub(crate) struct Db {
+    pub(crate) engine: Engine,
+    url: String,
+    /// A directory private to this test (the SQLite file, job logs).
+    dir: TempDir,
+    /// PostgreSQL: the server's URL and the database to drop at the end.
+    created: Option<(String, String)>,
+}
+
+impl Db {
+    pub(crate) async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = dir.path().join("jobs.db").display().to_string();
+        Self {
+            engine: Engine::Sqlite,
+            url,
+            dir,
+            created: None,
+        }
+    }
+
+    /// `None` (after printing "skipped: DATABASE_URL not set") when there is
+    /// no PostgreSQL server to test against.
+    pub(crate) async fn postgres() -> Option<Self> {
+        let server = match std::env::var("DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
+            Ok(url) if !url.is_empty() => {
+                println!("skipped: DATABASE_URL is not a PostgreSQL URL");
+                return None;
+            }
+            _ => {
+                println!("skipped: DATABASE_URL not set");
+                return None;
+            }
+        };
+        let name = unique_name();
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .expect("DATABASE_URL is set but its PostgreSQL server cannot be reached");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE for the test");
+        let _ = admin.close().await;
+        Some(Self {
+            engine: Engine::Postgres,
+            url: with_database(&server, &name),
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            created: Some((server, name)),
+        })
+    }
+
+    /// The URL (or path) [`JobQueue::connect`] takes.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A new queue (a pool of its own) on this database.
+    pub(crate) async fn queue(&self) -> JobQueue {
+        JobQueue::connect(&self.url)
+            .await
+            .expect("the test database opens")
+    }
+
+    /// A file path in this test's private directory.
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A label unique to this test (for in-process ledgers).
+    pub(crate) fn label(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// How many jobs the database holds, whatever their state.
+    pub(crate) async fn stored_jobs(&self) -> i64 {
+        match self.engine {
+            Engine::Sqlite => {
+                let mut conn = self.sqlite_connection().await;
+                sqlx::query_scalar("SELECT COUNT(*) FROM Jobs")
+                    .fetch_one(&mut conn)
+                    .await
+            }
+            Engine::Postgres => {
+                let mut conn = self.postgres_connection().await;
+                sqlx::query_scalar("SELECT COUNT(*) FROM apalis.jobs")
+                    .fetch_one(&mut conn)
+                    .await
+            }
+        }
+        .expect("count the jobs")
+    }
+
+    /// Job `id`'s status in apalis's table (`Pending`, `Queued`, `Running`,
+    /// `Done`, `Failed`, `Killed`).
+    pub(crate) async fn status(&self, id: JobId) -> String {
+        match self.engine {
+            Engine::Sqlite => {
+                let mut conn = self.sqlite_connection().await;
+                sqlx::query_scalar("SELECT status FROM Jobs WHERE id = ?")
+                    .bind(id.to_string())
+                    .fetch_one(&mut conn)
+                    .await
+            }
+            Engine::Postgres => {
+                let mut conn = self.postgres_connection().await;
+                sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_one(&mut conn)
+                    .await
+            }
+        }
+        .expect("the job's status")
+    }
+
+    async fn sqlite_connection(&self) -> sqlx::SqliteConnection {
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&self.url)
+            .connect()
+            .await
+            .expect("open the SQLite file")
+    }
+
+    async fn postgres_connection(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// A queue, and an [`Outage`] that can take its database away.
+    ///
+    /// - PostgreSQL: the queue connects through a TCP proxy on
+    ///   `127.0.0.1`; the outage stops the proxy (open connections are cut,
+    ///   new ones refused, as when the server or the network goes down) and
+    ///   restarts it on the same port. Only this queue loses the database:
+    ///   workers on [`queue`](Self::queue) keep theirs, as a worker on
+    ///   another machine would.
+    /// - SQLite has no server to lose: the file is local. What makes a push
+    ///   fail for real is another writer holding the database lock past the
+    ///   5 s busy timeout (a long transaction, a stuck process, a backup),
+    ///   so the outage is another connection's `BEGIN EXCLUSIVE`, ended by
+    ///   `ROLLBACK`. It blocks every writer on the file, workers included.
+    pub(crate) async fn cuttable_queue(&self) -> (JobQueue, Outage) {
+        match self.engine {
+            Engine::Sqlite => (self.queue().await, Outage::Lock(self.url.clone(), None)),
+            Engine::Postgres => {
+                let proxy = Proxy::start(server_address(&self.url).await).await;
+                let url = with_address(&self.url, proxy.address);
+                let queue = JobQueue::connect(&url)
+                    .await
+                    .expect("the test database opens through the proxy");
+                (queue, Outage::Proxy(proxy))
+            }
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.created.take() else {
+            return;
+        };
+        // `Drop` cannot await, and may run inside the test's runtime: drop
+        // the database from a thread with a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&server).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("note: could not drop the test database (left on the server)");
+        }
+    }
+}
+
+/// A database name no other test (or run) uses.
+fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    format!(
+        "tb_durable_{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A PostgreSQL URL split where these tests change it:
+/// `{scheme}://{userinfo@}{host:port}/{database}{?query}`.
+struct PgUrl<'a> {
+    /// `postgres://user:password@`
+    before_host: &'a str,
+    /// `host:port` (or `host`)
+    host: &'a str,
+    /// `?sslmode=...`, or empty
+    query: &'a str,
+}
+
+impl<'a> PgUrl<'a> {
+    fn parse(url: &'a str) -> Self {
+        let (base, query) = match url.find('?') {
+            Some(at) => url.split_at(at),
+            None => (url, ""),
+        };
+        let authority_start = base.find("://").map_or(0, |at| at + 3);
+        let authority_end = base[authority_start..]
+            .find('/')
+            .map_or(base.len(), |at| authority_start + at);
+        let host_start = base[authority_start..authority_end]
+            .rfind('@')
+            .map_or(authority_start, |at| authority_start + at + 1);
+        Self {
+            before_host: &base[..host_start],
+            host: &base[host_start..authority_end],
+            query,
+        }
+    }
+}
+
+/// `url` naming database `name` instead.
+fn with_database(url: &str, name: &str) -> String {
+    let url = PgUrl::parse(url);
+    format!("{}{}/{name}{}", url.before_host, url.host, url.query)
+}
+
+/// `url` with its host and port replaced by `address`.
+fn with_address(url: &str, address: SocketAddr) -> String {
+    let parsed = PgUrl::parse(url);
+    let rest = &url[parsed.before_host.len() + parsed.host.len()..];
+    format!("{}{address}{rest}", parsed.before_host)
+}
+
+/// The TCP address of the server `url` names (port 5432 if none is given).
+async fn server_address(url: &str) -> SocketAddr {
+    let host = PgUrl::parse(url).host;
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    };
+    tokio::net::lookup_host(&host)
+        .await
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .unwrap_or_else(|| {
+            panic!("DATABASE_URL must name a TCP host for these tests, not {host:?}")
+        })
+}
+
+/// What [`Db::cuttable_queue`] can take away.
+#[derive(Debug)]
+pub(crate) enum Outage {
+    /// PostgreSQL: the proxy the queue connects through.
+    Proxy(Proxy),
+    /// SQLite: the file, and the connection holding the exclusive lock
+    /// while the outage lasts.
+    Lock(String, Option<sqlx::SqliteConnection>),
+}
+
+impl Outage {
+    /// Takes the database away.
+    pub(crate) async fn begin(&mut self) {
+        match self {
+            Self::Proxy(proxy) => proxy.stop().await,
+            Self::Lock(path, lock) => {
+                let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&*path)
+                    .busy_timeout(BOUND)
+                    .connect()
+                    .await
+                    .expect("open the SQLite file");
+                sqlx::raw_sql("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .expect("take the exclusive lock");
+                *lock = Some(conn);
+            }
+        }
+    }
+
+    /// Gives the database back.
+    pub(crate) async fn end(&mut self) {
+        match self {
+            Self::Proxy(proxy) => proxy.start_again().await,
+            Self::Lock(_, lock) => {
+                let mut conn = lock.take().expect("the outage had begun");
+                sqlx::raw_sql("ROLLBACK")
+                    .execute(&mut conn)
+                    .await
+                    .expect("release the lock");
+                let _ = conn.close().await;
+            }
+        }
+    }
+}
+
+/// A TCP proxy on `127.0.0.1` in front of the PostgreSQL server, that can
+/// be stopped (the database "goes down" for whoever connects through it)
+/// and started again on the same port.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    address: SocketAddr,
+    target: SocketAddr,
+    serving: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Self {
+        let mut proxy = Self {
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            target,
+            serving: None,
+        };
+        proxy.start_again().await;
+        proxy
+    }
+
+    /// Listens again (on the same port once it has one) and forwards.
+    async fn start_again(&mut self) {
+        assert!(self.serving.is_none(), "the proxy is already running");
+        let socket = TcpSocket::new_v4().expect("a socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(self.address).expect("bind the proxy's port");
+        let listener = socket.listen(128).expect("listen");
+        self.address = listener.local_addr().expect("the proxy's address");
+        self.serving = Some(tokio::spawn(forward(listener, self.target)));
+    }
+
+    /// Stops listening and cuts every open connection.
+    async fn stop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            serving.abort();
+            // The listener and the connections are dropped once the task is.
+            let _ = serving.await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            serving.abort();
+        }
+    }
+}
+
+/// Accepts connections on `listener` and forwards each to `target`. The
+/// connections live in a `JoinSet` owned by this task: aborting the task
+/// closes them all.
+async fn forward(listener: TcpListener, target: SocketAddr) {
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        connections.spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// A test-only job that records every run and is slow the first time: it
+/// appends this process's id to `log` as a line when it starts, then, on
+/// its first run only, sleeps `first_run_ms` without watching any
+/// cancellation (the job a worker is killed in the middle of, or that
+/// outlives a shutdown's grace period). Its output is which run this was
+/// (1, 2, ...), so a test sees a second delivery.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Slow {
+    pub(crate) log: PathBuf,
+    pub(crate) first_run_ms: u64,
+}
+
+impl Slow {
+    /// A job whose first run outlasts any test.
+    pub(crate) fn stuck(log: PathBuf) -> Self {
+        Self {
+            log,
+            first_run_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+impl Job for Slow {
+    const NAME: &'static str = "slow";
+    type Output = usize;
+
+    async fn run(self) -> Result<usize, JobFailure> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        writeln!(file, "{}", std::process::id())?;
+        drop(file);
+        let run = runs(&self.log).len();
+        if run == 1 {
+            tokio::time::sleep(Duration::from_millis(self.first_run_ms)).await;
+        }
+        Ok(run)
+    }
+}
+
+/// The process ids of the runs [`Slow`] recorded in `log`, in order.
+pub(crate) fn runs(log: &Path) -> Vec<u32> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.parse().ok())
+        .collect()
+}
+
+/// A `tracing` subscriber for the current thread that keeps what is
+/// logged, for a test that checks a log line (run it on a current-thread
+/// runtime so the tasks log on this thread).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Captures this thread's `WARN` and `ERROR` events until the guard is
+    /// dropped.
+    pub(crate) fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let capture = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || capture.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// Everything captured so far.
+    pub(crate) fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
