@@ -31,7 +31,10 @@ impl BackgroundTasks {
     /// with exponential backoff (50 ms doubling to 5 s, full jitter) for as
     /// long as the application runs, each retry counted in
     /// [`JobStats::push_retries`](super::JobStats::push_retries) and logged
-    /// at `WARN`. If shutdown's grace period ends first, the job is counted
+    /// at `WARN`. Between attempts the push stops when shutdown's cleanup
+    /// period begins; an attempt already waiting on the database (at most
+    /// [`ACQUIRE_TIMEOUT`](super::ACQUIRE_TIMEOUT)) is stopped at the end of
+    /// the grace period. If the job was not stored by then, it is counted
     /// in [`JobStats::abandoned`](super::JobStats::abandoned) and logged at
     /// `ERROR` with its JSON: never dropped silently. Until it is pushed, a
     /// crash of this process loses it; for work that must survive a crash

@@ -150,6 +150,10 @@ impl Workers {
     /// crashed worker's jobs come back sooner, at the cost of a write per
     /// interval. SQLite counts whole seconds: it is at least 1 s.
     ///
+    /// Keep it at 5 s or more outside tests: SQLite stores heartbeats in
+    /// whole seconds, so with 1 s a keep-alive a few milliseconds late on a
+    /// loaded machine can make a live worker look dead.
+    ///
     /// **Every process sharing a queue must use the same heartbeat**: a
     /// worker judges the others by its own interval, so one with a shorter
     /// heartbeat takes live workers with a longer one for dead and runs
