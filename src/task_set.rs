@@ -511,12 +511,19 @@ impl RunningWork {
 
 impl Running {
     fn start(set: Arc<TaskSet>, origin: Origin, task: Task) -> Self {
-        let span = tracing::info_span!(
-            parent: None,
-            "background_task",
-            http.method = origin.method(),
-            http.path = origin.path(),
-        );
+        // A disabled span is not free when `tracing`'s `log` feature is on
+        // (axum's default `tower-log` turns it on): it still consults `log`
+        // when made, entered, left and dropped. `Span::none` costs nothing.
+        let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            tracing::info_span!(
+                parent: None,
+                "background_task",
+                http.method = origin.method(),
+                http.path = origin.path(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         if let Some(added_in) = &task.added_in {
             span.follows_from(&**added_in);
         }
