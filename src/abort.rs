@@ -7,10 +7,18 @@
 //! to register, to be polled and to be dropped, and boxes a future per task;
 //! keeping each task's `AbortHandle` would register every task at spawn,
 //! even the many that finish on their first poll. Here a task registers only
-//! once it has returned `Pending`, in one of [`SHARDS`] small slabs chosen by
-//! its address, so two workers rarely take the same lock.
+//! once it has returned `Pending`, in one of [`SHARDS`] small slabs: the one
+//! of the thread that polled it, so two workers rarely take the same lock.
+//!
+//! The shard is the thread's, not one picked by the task's address, so that
+//! a shard lists its tasks in the order they first waited, which is about
+//! the order they were allocated in. Waking them in that order at an abort
+//! drops and frees them in that order too, which was about twice as fast
+//! with 100 000 tasks as the scattered order an address gives (the
+//! allocator's and tokio's task-list neighbours are then still in cache).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 
@@ -67,15 +75,15 @@ impl Abort {
         self.aborted.load(Ordering::Acquire)
     }
 
-    /// Keeps `waker` until [`Abort::unregister`] or [`Abort::fire`]. `key`
-    /// spreads tasks over the shards (the task's address does).
+    /// Keeps `waker` until [`Abort::unregister`] or [`Abort::fire`].
     ///
     /// The caller must read [`Abort::is_aborted`] again afterwards: `fire`
     /// may have drained the shard just before.
-    pub(crate) fn register(&self, waker: &Waker, key: usize) -> Registration {
-        // Tasks' cells are at least 128-byte aligned: skip the bits that
-        // are always equal.
-        let shard = (key >> 7) % SHARDS;
+    pub(crate) fn register(&self, waker: &Waker) -> Registration {
+        self.register_in(home_shard(), waker)
+    }
+
+    fn register_in(&self, shard: usize, waker: &Waker) -> Registration {
         let mut wakers = self.lock(shard);
         let waker = Some(waker.clone());
         let slot = match wakers.free.pop() {
@@ -140,6 +148,22 @@ impl Abort {
     }
 }
 
+/// The calling thread's shard: given out round-robin at its first call.
+fn home_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    HOME.with(|home| match home.get() {
+        usize::MAX => {
+            let shard = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            home.set(shard);
+            shard
+        }
+        shard => shard,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
@@ -161,12 +185,14 @@ mod tests {
         let abort = Abort::new();
         let woken = Arc::new(Counted(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&woken));
-        let registrations: Vec<_> = (0..100).map(|i| abort.register(&waker, i * 128)).collect();
+        let registrations: Vec<_> = (0..100)
+            .map(|i| abort.register_in(i % SHARDS, &waker))
+            .collect();
         for registration in &registrations[..40] {
             abort.unregister(*registration);
         }
         // Freed slots are reused.
-        let again = abort.register(&waker, 0);
+        let again = abort.register(&waker);
         abort.fire();
         assert!(abort.is_aborted());
         assert_eq!(woken.0.load(Ordering::SeqCst), 61);
@@ -184,7 +210,7 @@ mod tests {
         let abort = Abort::new();
         let woken = Arc::new(Counted(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&woken));
-        let old = abort.register(&waker, 0);
+        let old = abort.register_in(0, &waker);
         {
             // A drain without setting the flag, as `fire` does.
             let mut wakers = abort.lock(0);
@@ -192,7 +218,7 @@ mod tests {
             wakers.free.clear();
             wakers.slots.clear();
         }
-        let new = abort.register(&waker, 0);
+        let new = abort.register_in(0, &waker);
         assert_eq!((old.shard, old.slot), (new.shard, new.slot));
         abort.unregister(old);
         abort.fire();

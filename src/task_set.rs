@@ -626,9 +626,7 @@ impl Future for Running {
             }
             Poll::Pending => {
                 if this.registered.is_none() {
-                    // The address only spreads tasks over the shards.
-                    let key = std::ptr::addr_of!(*this) as usize;
-                    this.registered = Some(this.set.abort.register(cx.waker(), key));
+                    this.registered = Some(this.set.abort.register(cx.waker()));
                     // `fire` may have drained our shard just before.
                     if this.set.is_aborted() {
                         this.abort_work();
