@@ -13,9 +13,11 @@
 //! The shard is the thread's, not one picked by the task's address, so that
 //! a shard lists its tasks in the order they first waited, which is about
 //! the order they were allocated in. Waking them in that order at an abort
-//! drops and frees them in that order too, which was about twice as fast
-//! with 100 000 tasks as the scattered order an address gives (the
-//! allocator's and tokio's task-list neighbours are then still in cache).
+//! drops and frees them in that order too, so the allocator's and tokio's
+//! task-list neighbours are still in cache. With 100 000 tasks on two
+//! workers, the scattered order an address gives left 11 000–61 000 of them
+//! uncounted 100 ms after the abort; this order counts them all (see
+//! `BENCHMARKS.md`).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
