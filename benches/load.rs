@@ -1,7 +1,7 @@
 //! Load benchmark: a real axum server on `127.0.0.1:0`, driven by a real
 //! HTTP/1.1 keep-alive client, comparing the layer with what users do today.
 //!
-//! Seven variants, all answering `GET /` with the same two-byte body `ok`:
+//! Eight variants, all answering `GET /` with the same two-byte body `ok`:
 //!
 //! 1. `bare`: the handler alone, no layer;
 //! 2. `layer_no_task`: the layer installed, nothing queued;
@@ -14,6 +14,11 @@
 //! 6. `layer_sleep_1s`: the layer, one task per request that sleeps 1 s and
 //!    ignores the cancellation token, so tens of thousands of sleeping tasks
 //!    are alive while the server answers;
+//!
+//!    6b. `tokio_spawn_sleep_1s`: no layer, the handler calls `tokio::spawn`
+//!    with the same 1 s sleep: what that many sleeping tasks cost without
+//!    us (tokio's timer, a second poll), so that variant 6's excess over
+//!    variant 3 can be split between tokio and the layer;
 //! 7. `layer_blocking_2ms`: the layer, one `tasks.add_blocking` closure per
 //!    request that burns about 2 ms of CPU (a loop calibrated at start-up).
 //!    It runs in the supervisor's blocking lane (16 at a time by default,
@@ -34,7 +39,7 @@
 //! core on a two-core machine, and the server's cost per request is not
 //! blurred by work stealing.
 //!
-//! A variant warms up (`--warm-up`; variant 6 at least 1.2 s, until its
+//! A variant warms up (`--warm-up`; variants 6 and 6b at least 1.2 s, until their
 //! population of sleeping tasks is steady), then is measured (`--secs`):
 //! throughput is the responses completed inside the window, latency the time
 //! from sending a request started inside the window to its body's end. The
@@ -43,15 +48,15 @@
 //! and end (Linux only), and reported per request: unlike throughput, it
 //! hardly moves when other processes take the cores.
 //!
-//! Variants are interleaved over rounds (round 1: 1..7, round 2: 1..7, ...)
-//! so drift on the machine hits all of them alike; the tables show medians
+//! Variants are interleaved over rounds (round 1: 1..7 with 6b after 6,
+//! round 2: the same, ...) so drift on the machine hits all of them alike; the tables show medians
 //! over rounds, and each ratio is taken within a round, then its median.
 //! After each variant the server stops, `Supervisor::shutdown` runs (and the
 //! tracker is closed and waited for) and the runtime is shut down.
 //!
 //! ```text
-//! cargo bench --bench load               # 6 rounds × (0.5 s + 2 s) × 7, about 2 minutes
-//! cargo bench --bench load -- --quick    # 3 rounds × (0.3 s + 1 s) × 7, about 40 s
+//! cargo bench --bench load               # 6 rounds × (0.5 s + 2 s) × 8, about 2.5 minutes
+//! cargo bench --bench load -- --quick    # 3 rounds × (0.3 s + 1 s) × 8, about 45 s
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--secs S`, `--warm-up S`,
@@ -130,22 +135,35 @@ enum Variant {
     TokioSpawn,
     TaskTracker,
     LayerSleep,
+    SpawnSleep,
     LayerBlocking,
 }
 
 impl Variant {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Bare,
         Self::LayerNoTask,
         Self::LayerTask,
         Self::TokioSpawn,
         Self::TaskTracker,
         Self::LayerSleep,
+        Self::SpawnSleep,
         Self::LayerBlocking,
     ];
 
-    fn number(self) -> usize {
-        Self::ALL.iter().position(|&v| v == self).expect("listed") + 1
+    /// `"1"` to `"7"`, and `"6b"` for the baseline of variant 6 (added after
+    /// the others were numbered).
+    fn number(self) -> &'static str {
+        match self {
+            Self::Bare => "1",
+            Self::LayerNoTask => "2",
+            Self::LayerTask => "3",
+            Self::TokioSpawn => "4",
+            Self::TaskTracker => "5",
+            Self::LayerSleep => "6",
+            Self::SpawnSleep => "6b",
+            Self::LayerBlocking => "7",
+        }
     }
 
     fn key(self) -> &'static str {
@@ -156,6 +174,7 @@ impl Variant {
             Self::TokioSpawn => "tokio_spawn",
             Self::TaskTracker => "task_tracker",
             Self::LayerSleep => "layer_sleep_1s",
+            Self::SpawnSleep => "tokio_spawn_sleep_1s",
             Self::LayerBlocking => "layer_blocking_2ms",
         }
     }
@@ -168,15 +187,17 @@ impl Variant {
             Self::TokioSpawn => "no layer, `tokio::spawn`",
             Self::TaskTracker => "no layer, `TaskTracker::spawn`",
             Self::LayerSleep => "layer, 1 task sleeping 1 s",
+            Self::SpawnSleep => "no layer, `tokio::spawn` of a 1 s sleep",
             Self::LayerBlocking => "layer, 1 blocking task, 2 ms CPU",
         }
     }
 
-    /// Variant 6's population of sleeping tasks is steady only once its
-    /// first tasks end: it warms up for at least [`SLEEP_TASK`] + 200 ms.
+    /// Variant 6's (and 6b's) population of sleeping tasks is steady only
+    /// once its first tasks end: it warms up for at least [`SLEEP_TASK`] +
+    /// 200 ms.
     fn warm_up(self, config: &Config) -> Duration {
         match self {
-            Self::LayerSleep if config.mode != "test" => {
+            Self::LayerSleep | Self::SpawnSleep if config.mode != "test" => {
                 config.warm_up.max(SLEEP_TASK + Duration::from_millis(200))
             }
             _ => config.warm_up,
@@ -249,10 +270,11 @@ impl Config {
                     config.variants = value("--variants")
                         .split(',')
                         .map(|n| {
-                            let n: usize = parse(n);
+                            let n = n.trim();
                             *Variant::ALL
-                                .get(n.wrapping_sub(1))
-                                .unwrap_or_else(|| panic!("no variant {n} (1–7)"))
+                                .iter()
+                                .find(|variant| variant.number() == n)
+                                .unwrap_or_else(|| panic!("no variant {n} (1–7 or 6b)"))
                         })
                         .collect();
                 }
@@ -342,6 +364,11 @@ async fn add_sleep(tasks: BackgroundTasks) -> &'static str {
     BODY
 }
 
+async fn spawn_sleep() -> &'static str {
+    drop(tokio::spawn(sleep(SLEEP_TASK)));
+    BODY
+}
+
 async fn add_burn(tasks: BackgroundTasks) -> &'static str {
     let token = tasks.cancellation_token();
     tasks.add_blocking(move || {
@@ -399,6 +426,7 @@ fn router(
             .route("/", get(track_trivial))
             .with_state(tracker.expect("a tracker")),
         Variant::LayerSleep => Router::new().route("/", get(add_sleep)).layer(layer()),
+        Variant::SpawnSleep => Router::new().route("/", get(spawn_sleep)),
         Variant::LayerBlocking => Router::new().route("/", get(add_burn)).layer(layer()),
     }
 }
@@ -870,6 +898,30 @@ fn ratios() -> Vec<Ratio> {
             target: Some((1.05, false)),
         },
         Ratio {
+            name: "v6_over_v6b_p99",
+            what: "p99, sleeping tasks through the layer ÷ through `tokio::spawn` (reported: our share of v6's excess)",
+            numerator: Variant::LayerSleep,
+            denominator: Variant::SpawnSleep,
+            metric: p99,
+            target: None,
+        },
+        Ratio {
+            name: "v6b_over_v4_p99",
+            what: "p99, `tokio::spawn` of a 1 s sleep ÷ of a trivial task (reported: tokio's share)",
+            numerator: Variant::SpawnSleep,
+            denominator: Variant::TokioSpawn,
+            metric: p99,
+            target: None,
+        },
+        Ratio {
+            name: "v6_over_v6b_server_cpu",
+            what: "server CPU per request, sleeping task through the layer ÷ through `tokio::spawn` (reported)",
+            numerator: Variant::LayerSleep,
+            denominator: Variant::SpawnSleep,
+            metric: cpu,
+            target: None,
+        },
+        Ratio {
             name: "v7_over_v3_p99",
             what: "p99, 2 ms blocking task ÷ trivial task (reported)",
             numerator: Variant::LayerBlocking,
@@ -1210,7 +1262,7 @@ fn print_markdown(
             .collect();
         println!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-            row["variant"],
+            row["variant"].as_str().unwrap_or(""),
             row["label"].as_str().unwrap_or(""),
             row["rps"].as_f64().unwrap_or(f64::NAN),
             micros(row["p50_ns"].as_f64().unwrap_or(f64::NAN)),

@@ -174,6 +174,7 @@
 //! With `default-features = false` the crate works with any `tower` HTTP
 //! service: hyper 1, tonic, or your own.
 
+mod abort;
 mod attempt;
 mod body;
 mod builder;

@@ -67,8 +67,9 @@ pub(crate) enum Work {
 pub(crate) struct Task {
     pub(crate) work: Work,
     pub(crate) lane: LaneId,
-    /// `None` when no subscriber records the current span (the usual case
-    /// without tracing): boxed, so a task costs 8 bytes for it, not 40.
+    /// `None` when no subscriber records the current span, or none would
+    /// record the task's `INFO` span (the usual case without tracing):
+    /// boxed, so a task costs 8 bytes for it, not 40.
     pub(crate) added_in: Option<Box<tracing::Span>>,
 }
 
@@ -85,9 +86,12 @@ impl Task {
         Self {
             work,
             lane,
-            added_in: {
+            // Only the task's own span (at `INFO`) uses it.
+            added_in: if tracing::level_enabled!(tracing::Level::INFO) {
                 let current = tracing::Span::current();
                 (!current.is_none()).then(|| Box::new(current))
+            } else {
+                None
             },
         }
     }

@@ -6,14 +6,14 @@
 //! gives together without a lock on the per-task path: spawning through a
 //! shared reference (`JoinSet` needs `&mut`), waiting for "nothing running"
 //! without closing the set first (`TaskTracker::wait` needs `close`), and
-//! aborting every task at once (done here by one `CancellationToken` that
-//! every task's wrapper watches, so no registry of `AbortHandle`s is needed).
+//! aborting every task at once (done here by [`Abort`]: a flag every task's
+//! wrapper reads, and the wakers of the waiting ones, woken together).
 
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -22,10 +22,11 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use tokio::sync::oneshot;
 
+use crate::abort::{Abort, Registration};
 use crate::error::AddError;
 use crate::failure::{FailureKind, TaskFailure};
 use crate::handle::{Queued, RequestTasks};
@@ -60,13 +61,9 @@ pub(crate) struct TaskSet {
     runtime: Handle,
     /// Given to tasks; fired when the grace period is nearly over.
     pub(crate) cancel: CancellationToken,
-    /// Never given out; fired when the grace period is over, to wake every
-    /// pending task so that it sees `aborted` and drops its work.
-    pub(crate) abort: CancellationToken,
-    /// Set just before `abort` fires. Tasks read this on every poll rather
-    /// than `abort.is_cancelled()`, which takes the token's mutex: shared by
-    /// every task on every worker, it showed up in the load benchmark.
-    aborted: AtomicBool,
+    /// Fired when the grace period is over: every running task is woken,
+    /// sees the flag and drops its work.
+    abort: Abort,
     /// Woken when the running count falls to zero while someone waits.
     idle: Notify,
     idle_waiters: AtomicUsize,
@@ -109,8 +106,7 @@ impl TaskSet {
             queued_tasks: AtomicU64::new(0),
             runtime,
             cancel: CancellationToken::new(),
-            abort: CancellationToken::new(),
-            aborted: AtomicBool::new(false),
+            abort: Abort::new(),
             idle: Notify::new(),
             idle_waiters: AtomicUsize::new(0),
             on_failure,
@@ -297,7 +293,7 @@ impl TaskSet {
 
     /// Whether the grace period is over: running tasks drop their work.
     pub(crate) fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::Acquire)
+        self.abort.is_aborted()
     }
 
     /// Ends everything: the queued tasks are cancelled (first, so that none
@@ -305,8 +301,7 @@ impl TaskSet {
     /// work.
     pub(crate) fn abort_all(&self) {
         self.abort_queued();
-        self.aborted.store(true, Ordering::SeqCst);
-        self.abort.cancel();
+        self.abort.fire();
     }
 
     /// Empties every lane's queue (at abort): the tasks waiting there never
@@ -464,9 +459,9 @@ impl TaskSet {
 ///
 /// Written by hand rather than as an `async fn` to keep it small (tokio
 /// copies it into the task's allocation; an `async fn` with a `select` was
-/// 496 bytes, this is about 120) and to register the abort waiter only once
+/// 496 bytes, this is about 120) and to register for the abort only once
 /// the task has returned `Pending` — a task that finishes on its first poll
-/// never touches the cancellation token's lock.
+/// never takes a lock.
 struct Running {
     set: Arc<TaskSet>,
     origin: Origin,
@@ -478,8 +473,12 @@ struct Running {
     /// blocking lane's limit until it returns.
     holds_slot: bool,
     work: RunningWork,
-    /// Created at the first `Pending`: wakes the task when shutdown aborts.
-    abort: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Made at the first `Pending`: where shutdown finds the task's waker
+    /// to wake it when it aborts. Registered once, because this future is
+    /// only ever polled by tokio as the root of the task spawned in
+    /// [`TaskSet::spawn`], and tokio passes a task the same waker on every
+    /// poll.
+    registered: Option<Registration>,
     /// Set once the outcome is counted; if the future is dropped before that
     /// (the runtime shut down), `Drop` counts it as cancelled.
     counted: bool,
@@ -524,12 +523,19 @@ impl RunningWork {
 
 impl Running {
     fn start(set: Arc<TaskSet>, origin: Origin, task: Task) -> Self {
-        let span = tracing::info_span!(
-            parent: None,
-            "background_task",
-            http.method = origin.method(),
-            http.path = origin.path(),
-        );
+        // A disabled span is not free when `tracing`'s `log` feature is on
+        // (axum's default `tower-log` turns it on): it still consults `log`
+        // when made, entered, left and dropped. `Span::none` costs nothing.
+        let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            tracing::info_span!(
+                parent: None,
+                "background_task",
+                http.method = origin.method(),
+                http.path = origin.path(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         if let Some(added_in) = &task.added_in {
             span.follows_from(&**added_in);
         }
@@ -557,7 +563,7 @@ impl Running {
             lane,
             holds_slot,
             work,
-            abort: None,
+            registered: None,
             counted: false,
         }
     }
@@ -568,6 +574,9 @@ impl Running {
         self.counted = true;
         let _entered = self.span.enter();
         let set = &self.set;
+        if let Some(registration) = self.registered.take() {
+            set.abort.unregister(registration);
+        }
         set.counters.finished(&outcome);
         set.report(&outcome, &self.origin);
         if self.holds_slot {
@@ -628,13 +637,13 @@ impl Future for Running {
                 Poll::Ready(())
             }
             Poll::Pending => {
-                let set = &this.set;
-                let abort = this
-                    .abort
-                    .get_or_insert_with(|| Box::pin(set.abort.clone().cancelled_owned()));
-                if abort.as_mut().poll(cx).is_ready() {
-                    this.abort_work();
-                    return Poll::Ready(());
+                if this.registered.is_none() {
+                    this.registered = Some(this.set.abort.register(cx.waker()));
+                    // `fire` may have drained our shard just before.
+                    if this.set.is_aborted() {
+                        this.abort_work();
+                        return Poll::Ready(());
+                    }
                 }
                 Poll::Pending
             }

@@ -619,3 +619,29 @@ async fn late_add_after_a_discard_is_discarded() {
     assert_eq!(stats.discard_reasons.server_error, 2, "{stats:?}");
     assert_eq!(stats.waiting, 0, "{stats:?}");
 }
+
+/// The same when nothing was queued before the discard (the request is
+/// closed without its queue's lock): the reason is kept all the same.
+#[tokio::test]
+async fn late_add_after_discarding_an_empty_queue_is_discarded_for_its_reason() {
+    let supervisor = Supervisor::new();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let kept = OnceLock::new();
+
+    let layer = supervisor.layer().on_server_error(OnServerError::Skip);
+    let response = serve(&layer, get(), |tasks| {
+        kept.set(tasks.clone()).unwrap();
+        with_status(StatusCode::SERVICE_UNAVAILABLE, full("later"))
+    })
+    .await;
+    within("the body", response.into_body().collect())
+        .await
+        .unwrap();
+
+    kept.get().unwrap().add(counting(&runs));
+    within("wait_idle", supervisor.wait_idle()).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let stats = supervisor.stats();
+    assert_eq!(stats.discard_reasons.server_error, 1, "{stats:?}");
+    assert_eq!(stats.waiting, 0, "{stats:?}");
+}
