@@ -424,8 +424,10 @@ async fn open_postgres(url: &str) -> Result<Database, String> {
 }
 
 /// What `PRAGMA synchronous` and `journal_mode` report on each connection of
-/// a pool opened as `JobQueue::sqlite` opens its own: `connect_with`, then
-/// apalis-sqlite's `setup`, then four connections held at once.
+/// a pool set up the way apalis-sqlite's own examples do it (`connect_with`,
+/// then `setup` on that pool), four connections held at once: the reason
+/// `JobQueue::sqlite` runs `setup` on a connection of its own (its unit test
+/// checks that every connection of its pool keeps `FULL`).
 async fn sqlite_pragmas(dir: &Path) -> Value {
     let path = dir.join("pragmas.db");
     let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -1455,7 +1457,10 @@ fn print_markdown(
         elapsed.as_secs_f64(),
     );
     println!();
-    println!("SQLite pragmas per pooled connection after apalis's setup: {pragmas}");
+    println!(
+        "SQLite pragmas per pooled connection after apalis's setup on that pool \
+         (not JobQueue::sqlite's pool): {pragmas}"
+    );
     println!();
     println!("| mode (engine/path/producers) | accepted/s | stored/s (`enqueue`), done/s (`add`) | push retries | accepted/s per round |");
     println!("|---|---|---|---|---|");
