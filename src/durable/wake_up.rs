@@ -69,4 +69,5 @@ impl<S: Stream + Unpin> PollStrategy for WakeUp<S> {
 
 /// No events: the tick alone (SQLite, whose pushes from other processes
 /// nothing announces).
+#[cfg(feature = "sqlite")]
 pub(crate) type TickOnly = WakeUp<futures_core::stream::BoxStream<'static, ()>>;

@@ -13,7 +13,7 @@ use apalis::prelude::{BackendExt, TaskId, WorkerBuilder, WorkerBuilderExt, Worke
 use super::in_flight::InFlight;
 use super::job::Job;
 use super::queue::{Engine, JobQueue};
-use super::wake_up::{TickOnly, WakeUp};
+use super::wake_up;
 use crate::resident::ShutdownSignals;
 use crate::supervisor::Supervisor;
 
@@ -303,7 +303,7 @@ fn start_worker<J: Job>(
             // them.
             let storage = apalis_sqlite::SqliteStorage::<J>::new(pool)
                 .with_config(config)
-                .poll_with_strategy(TickOnly::new(settings.poll_interval, None));
+                .poll_with_strategy(wake_up::TickOnly::new(settings.poll_interval, None));
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
@@ -322,7 +322,10 @@ fn start_worker<J: Job>(
             let announced = apalis_postgres::Pubsub::new(pool.clone(), J::NAME.to_owned());
             let storage = apalis_postgres::PostgresStorage::<J>::new(pool)
                 .with_config(config)
-                .poll_with_strategy(WakeUp::new(settings.poll_interval, Some(announced)));
+                .poll_with_strategy(wake_up::WakeUp::new(
+                    settings.poll_interval,
+                    Some(announced),
+                ));
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
