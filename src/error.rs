@@ -74,32 +74,42 @@ impl std::error::Error for AddError {}
 
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for AddError {
-    /// `503` with `Retry-After` for a full queue or a shutdown, `500` for the
-    /// rest (programming errors); a JSON body `{"error": code, "message"}`.
     fn into_response(self) -> axum_core::response::Response {
-        use http::{header, HeaderValue, StatusCode};
-
-        let status = match self.retry_after() {
-            Some(_) => StatusCode::SERVICE_UNAVAILABLE,
-            None => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let body = format!(
-            r#"{{"error":"{}","message":{}}}"#,
-            self.code(),
-            json_string(&self.to_string())
-        );
-        let mut response = axum_core::response::Response::new(axum_core::body::Body::from(body));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(after) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
-        }
-        response
+        error_response(self.code(), &self.to_string(), self.retry_after())
     }
+}
+
+/// The crate's error responses: `{"error": code, "message": message}`,
+/// `503` with `Retry-After` when trying again later may help, `500`
+/// otherwise.
+#[cfg(feature = "axum")]
+pub(crate) fn error_response(
+    code: &str,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> axum_core::response::Response {
+    use http::{header, HeaderValue, StatusCode};
+
+    let status = match retry_after {
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+        None => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = format!(
+        r#"{{"error":{},"message":{}}}"#,
+        json_string(code),
+        json_string(message)
+    );
+    let mut response = axum_core::response::Response::new(axum_core::body::Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(after) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+    }
+    response
 }
 
 /// `text` as a JSON string literal (the crate's core has no JSON encoder).

@@ -89,24 +89,6 @@ impl std::error::Error for JobError {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for JobError {
     fn into_response(self) -> axum_core::response::Response {
-        use http::{header, HeaderValue, StatusCode};
-
-        let status = match self.retry_after() {
-            Some(_) => StatusCode::SERVICE_UNAVAILABLE,
-            None => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        let mut response =
-            axum_core::response::Response::new(axum_core::body::Body::from(body.to_string()));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(after) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
-        }
-        response
+        crate::error::error_response(self.code(), &self.to_string(), self.retry_after())
     }
 }
