@@ -32,6 +32,9 @@
 //! (a hang fails the test).
 #![cfg(all(feature = "sqlite", feature = "postgres", feature = "axum"))]
 
+// A fresh database per test, shared with `tests/tracked_sql.rs`.
+mod databases;
+
 // The jobs the examples share: `Add`, `Power`, `Join`, `Fibonacci`.
 #[path = "../examples/jobs/mod.rs"]
 #[allow(unreachable_pub)]

@@ -12,7 +12,6 @@
 #![cfg(all(feature = "tracking", feature = "sqlite", feature = "postgres"))]
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,16 +21,17 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::{ConnectOptions, Connection};
-use tempfile::TempDir;
 use tokio::sync::{Barrier, Semaphore};
 use tower::ServiceExt;
-use tower_background::durable::JobQueue;
 use tower_background::tracking::{
     Admission, Lock, SqlStore, SqlStoreBuilder, TaskId, TaskOutcome, TaskRecord, TaskRegistry,
     TaskSpec, TaskStatus, TaskStore,
 };
 use tower_background::Supervisor;
+
+// A fresh database per test, shared with `tests/durable.rs`.
+mod databases;
+use databases::{Db, Engine};
 
 /// The longest a whole scenario may take before it fails as hung. Not a
 /// speed check: every scenario normally ends in a few seconds.
@@ -51,7 +51,7 @@ macro_rules! on_each_engine {
         mod $scenario {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let db = crate::Db::sqlite();
+                let db = crate::Db::sqlite().await;
                 crate::bounded(super::$scenario(db)).await;
             }
 
@@ -620,58 +620,13 @@ async fn bounded<F: Future<Output = ()>>(scenario: F) {
         .expect("the scenario hung (did not end within BOUND)");
 }
 
-/// A fresh, empty database private to one test: a SQLite file in a
-/// temporary directory, or a new PostgreSQL database on the server
-/// `DATABASE_URL` names, dropped when this is (even if the test failed).
-struct Db {
-    url: String,
-    _dir: Option<TempDir>,
-    /// PostgreSQL: the server's URL and the database to drop at the end.
-    created: Option<(String, String)>,
-}
-
+/// What only this suite asks of a test's database: see [`databases`] for
+/// the database itself.
 impl Db {
-    fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        Self {
-            url: dir.path().join("tasks.db").display().to_string(),
-            _dir: Some(dir),
-            created: None,
-        }
-    }
-
-    /// `None` (after printing why) when there is no PostgreSQL server.
-    async fn postgres() -> Option<Self> {
-        let server = match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
-            _ => {
-                println!("skipped: DATABASE_URL not set");
-                return None;
-            }
-        };
-        let name = unique_name();
-        let mut admin = sqlx::PgConnection::connect(&server)
-            .await
-            .expect("DATABASE_URL is set but its PostgreSQL server cannot be reached");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("CREATE DATABASE for the test");
-        let _ = admin.close().await;
-        Some(Self {
-            url: with_database(&server, &name),
-            _dir: None,
-            created: Some((server, name)),
-        })
-    }
-
     /// A store on a queue of its own (a pool of its own), as another
     /// machine would have.
     async fn store(&self, settings: impl FnOnce(SqlStoreBuilder) -> SqlStoreBuilder) -> SqlStore {
-        let queue = JobQueue::connect(&self.url)
-            .await
-            .expect("the test database opens");
-        settings(SqlStore::builder(&queue))
+        settings(SqlStore::builder(&self.queue().await))
             .build()
             .await
             .expect("the store creates its table")
@@ -680,69 +635,16 @@ impl Db {
     /// How many rows the store's table holds, expired ones included.
     async fn rows(&self) -> i64 {
         const COUNT: &str = "SELECT COUNT(*) FROM tower_background_tasks";
-        if self.created.is_some() {
-            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            sqlx::query_scalar(COUNT).fetch_one(&mut conn).await
-        } else {
-            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&self.url);
-            let mut conn = options.connect().await.unwrap();
-            sqlx::query_scalar(COUNT).fetch_one(&mut conn).await
+        match self.engine() {
+            Engine::Sqlite => {
+                let mut conn = self.sqlite_connection().await;
+                sqlx::query_scalar(COUNT).fetch_one(&mut conn).await
+            }
+            Engine::Postgres => {
+                let mut conn = self.postgres_connection().await;
+                sqlx::query_scalar(COUNT).fetch_one(&mut conn).await
+            }
         }
         .expect("count the rows")
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let Some((server, name)) = self.created.take() else {
-            return;
-        };
-        // `Drop` cannot await, and runs inside the test's runtime: drop the
-        // database from a thread with a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&server).await.ok()?;
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        });
-        let _ = dropped.join();
-    }
-}
-
-/// A database name no other test (in this run or another) uses.
-fn unique_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    format!(
-        "tb_tracked_{}_{}_{}",
-        std::process::id(),
-        nanos,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// `url` with its database (the path) replaced by `name`, query kept.
-fn with_database(url: &str, name: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (authority, query) = match rest.split_once('/') {
-        Some((authority, path)) => (authority, path.split_once('?').map(|(_, query)| query)),
-        None => match rest.split_once('?') {
-            Some((authority, query)) => (authority, Some(query)),
-            None => (rest, None),
-        },
-    };
-    match query {
-        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
-        None => format!("{scheme}://{authority}/{name}"),
     }
 }

@@ -1,7 +1,8 @@
 //! What every durable-job scenario shares: a fresh database of either engine
-//! per test, the macro that runs a scenario on both, bounded waits, a way to
-//! take the database away from a queue (and give it back), a log capture,
-//! and the test-only job [`Slow`].
+//! per test ([`Db`], from [`crate::databases`], with this suite's helpers),
+//! the macro that runs a scenario on both, bounded waits, a way to take the
+//! database away from a queue (and give it back), a log capture, and the
+//! test-only job [`Slow`].
 
 // Each scenario uses its own subset of these helpers.
 #![allow(dead_code)]
@@ -10,16 +11,16 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{ConnectOptions, Connection};
-use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tower_background::durable::{Job, JobFailure, JobId, JobQueue};
+
+use crate::databases::PgUrl;
 
 /// The longest a whole scenario may take before it fails as hung. Not a
 /// speed check: every scenario normally ends in a few seconds.
@@ -72,96 +73,19 @@ pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) 
     }
 }
 
-/// The two engines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Engine {
-    Sqlite,
-    Postgres,
-}
+pub(crate) use crate::databases::{Db, Engine};
 
-/// A fresh, empty job database private to one test: a SQLite file in a
-/// temporary directory, or a new PostgreSQL database (`CREATE DATABASE`
-/// with a unique name on the server `DATABASE_URL` names), so that tests
-/// running at the same time never see each other's jobs. A PostgreSQL
-/// database is dropped when this is (even if the test failed).
-#[derive(Debug)]
-pub(crate) struct Db {
-    pub(crate) engine: Engine,
-    url: String,
-    /// A directory private to this test (the SQLite file, job logs).
-    dir: TempDir,
-    /// PostgreSQL: the server's URL and the database to drop at the end.
-    created: Option<(String, String)>,
-}
-
+/// What only this suite asks of a test's database: see
+/// [`crate::databases`] for the database itself.
 impl Db {
-    pub(crate) async fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let url = dir.path().join("jobs.db").display().to_string();
-        Self {
-            engine: Engine::Sqlite,
-            url,
-            dir,
-            created: None,
-        }
-    }
-
-    /// `None` (after printing "skipped: DATABASE_URL not set") when there is
-    /// no PostgreSQL server to test against.
-    pub(crate) async fn postgres() -> Option<Self> {
-        let server = match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
-            Ok(url) if !url.is_empty() => {
-                println!("skipped: DATABASE_URL is not a PostgreSQL URL");
-                return None;
-            }
-            _ => {
-                println!("skipped: DATABASE_URL not set");
-                return None;
-            }
-        };
-        let name = unique_name();
-        let mut admin = sqlx::PgConnection::connect(&server)
-            .await
-            .expect("DATABASE_URL is set but its PostgreSQL server cannot be reached");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("CREATE DATABASE for the test");
-        let _ = admin.close().await;
-        Some(Self {
-            engine: Engine::Postgres,
-            url: with_database(&server, &name),
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            created: Some((server, name)),
-        })
-    }
-
-    /// The URL (or path) [`JobQueue::connect`] takes.
-    pub(crate) fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// A new queue (a pool of its own) on this database.
-    pub(crate) async fn queue(&self) -> JobQueue {
-        JobQueue::connect(&self.url)
-            .await
-            .expect("the test database opens")
-    }
-
-    /// A file path in this test's private directory.
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     /// A label unique to this test (for in-process ledgers).
     pub(crate) fn label(&self) -> String {
-        self.dir.path().display().to_string()
+        self.dir().display().to_string()
     }
 
     /// How many jobs the database holds, whatever their state.
     pub(crate) async fn stored_jobs(&self) -> i64 {
-        match self.engine {
+        match self.engine() {
             Engine::Sqlite => {
                 let mut conn = self.sqlite_connection().await;
                 sqlx::query_scalar("SELECT COUNT(*) FROM Jobs")
@@ -181,7 +105,7 @@ impl Db {
     /// Job `id`'s status in apalis's table (`Pending`, `Queued`, `Running`,
     /// `Done`, `Failed`, `Killed`).
     pub(crate) async fn status(&self, id: JobId) -> String {
-        match self.engine {
+        match self.engine() {
             Engine::Sqlite => {
                 let mut conn = self.sqlite_connection().await;
                 sqlx::query_scalar("SELECT status FROM Jobs WHERE id = ?")
@@ -200,20 +124,6 @@ impl Db {
         .expect("the job's status")
     }
 
-    async fn sqlite_connection(&self) -> sqlx::SqliteConnection {
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&self.url)
-            .connect()
-            .await
-            .expect("open the SQLite file")
-    }
-
-    async fn postgres_connection(&self) -> sqlx::PgConnection {
-        sqlx::PgConnection::connect(&self.url)
-            .await
-            .expect("connect to the test database")
-    }
-
     /// A queue, and an [`Outage`] that can take its database away.
     ///
     /// - PostgreSQL: the queue connects through a TCP proxy on
@@ -228,11 +138,14 @@ impl Db {
     ///   so the outage is another connection's `BEGIN EXCLUSIVE`, ended by
     ///   `ROLLBACK`. It blocks every writer on the file, workers included.
     pub(crate) async fn cuttable_queue(&self) -> (JobQueue, Outage) {
-        match self.engine {
-            Engine::Sqlite => (self.queue().await, Outage::Lock(self.url.clone(), None)),
+        match self.engine() {
+            Engine::Sqlite => (
+                self.queue().await,
+                Outage::Lock(self.url().to_owned(), None),
+            ),
             Engine::Postgres => {
-                let proxy = Proxy::start(server_address(&self.url).await).await;
-                let url = with_address(&self.url, proxy.address);
+                let proxy = Proxy::start(server_address(self.url()).await).await;
+                let url = with_address(self.url(), proxy.address);
                 let queue = JobQueue::connect(&url)
                     .await
                     .expect("the test database opens through the proxy");
@@ -240,85 +153,6 @@ impl Db {
             }
         }
     }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let Some((server, name)) = self.created.take() else {
-            return;
-        };
-        // `Drop` cannot await, and may run inside the test's runtime: drop
-        // the database from a thread with a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&server).await.ok()?;
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("note: could not drop the test database (left on the server)");
-        }
-    }
-}
-
-/// A database name no other test (or run) uses.
-fn unique_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    format!(
-        "tb_durable_{}_{nanos}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A PostgreSQL URL split where these tests change it:
-/// `{scheme}://{userinfo@}{host:port}/{database}{?query}`.
-struct PgUrl<'a> {
-    /// `postgres://user:password@`
-    before_host: &'a str,
-    /// `host:port` (or `host`)
-    host: &'a str,
-    /// `?sslmode=...`, or empty
-    query: &'a str,
-}
-
-impl<'a> PgUrl<'a> {
-    fn parse(url: &'a str) -> Self {
-        let (base, query) = match url.find('?') {
-            Some(at) => url.split_at(at),
-            None => (url, ""),
-        };
-        let authority_start = base.find("://").map_or(0, |at| at + 3);
-        let authority_end = base[authority_start..]
-            .find('/')
-            .map_or(base.len(), |at| authority_start + at);
-        let host_start = base[authority_start..authority_end]
-            .rfind('@')
-            .map_or(authority_start, |at| authority_start + at + 1);
-        Self {
-            before_host: &base[..host_start],
-            host: &base[host_start..authority_end],
-            query,
-        }
-    }
-}
-
-/// `url` naming database `name` instead.
-fn with_database(url: &str, name: &str) -> String {
-    let url = PgUrl::parse(url);
-    format!("{}{}/{name}{}", url.before_host, url.host, url.query)
 }
 
 /// `url` with its host and port replaced by `address`.
