@@ -124,11 +124,11 @@ impl Group {
         self.steps.is_empty()
     }
 
-    pub(crate) fn run(self, set: Arc<TaskSet>) -> BoxedWork {
+    pub(crate) async fn run(self, set: Arc<TaskSet>) -> Outcome {
         if self.concurrent {
-            Box::pin(run_concurrent(self.steps, self.fail_fast, set))
+            run_concurrent(self.steps, self.fail_fast, set).await
         } else {
-            Box::pin(run_sequential(self.steps, set))
+            run_sequential(self.steps, set).await
         }
     }
 }

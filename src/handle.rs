@@ -355,7 +355,8 @@ impl WithOptions<'_> {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        let _ = self.offer(Kind::Async(task::boxed(future)), true);
+        let work = task::start(future, self.options.timeout);
+        let _ = self.offer(Kind::Async(work), true);
     }
 
     /// [`BackgroundTasks::try_add`] with the options.
@@ -364,7 +365,8 @@ impl WithOptions<'_> {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        self.offer(Kind::Async(task::boxed(future)), false)
+        let work = task::start(future, self.options.timeout);
+        self.offer(Kind::Async(work), false)
     }
 
     /// [`BackgroundTasks::add_blocking`] with the options.
