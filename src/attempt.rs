@@ -8,16 +8,15 @@ use std::time::Duration;
 use crate::group::Group;
 use crate::options::{Retry, TaskOptions};
 use crate::stats::Outcome;
-use crate::task::{self, BlockingWork, BoxedWork, StartWork, TaskOutput, Work};
+use crate::task::{BlockingWork, BoxedWork, TaskOutput, Work};
 use crate::task_set::TaskSet;
 
 /// Makes a fresh attempt of a retried task.
 pub(crate) type Maker = Box<dyn FnMut() -> BoxedWork + Send>;
 
-/// What a handler added, before options are applied (but for a plain async
-/// task, whose time limit [`task::start`] applies when it boxes it).
+/// What a handler added, before options are applied.
 pub(crate) enum Kind {
-    Async(StartWork),
+    Async(BoxedWork),
     Blocking(BlockingWork),
     Retrying(Maker),
     Group(Group),
@@ -29,29 +28,32 @@ where
     F: Future + Send + 'static,
     F::Output: TaskOutput,
 {
-    Box::new(move || task::boxed(make()))
+    Box::new(move || crate::task::boxed(make()))
 }
 
-/// The work to run for `kind` under `options`. Every async kind is boxed
-/// once, with its time limit, and moved out of the box into its tokio task
-/// when it starts.
+/// The work to run for `kind` under `options`. Plain tasks stay as they
+/// are: the extra wrapping (and its allocation) is only for tasks that ask
+/// for a timeout, retries, or are groups.
 pub(crate) fn work(kind: Kind, options: &TaskOptions, set: &Arc<TaskSet>) -> Work {
     let timeout = options.timeout;
     match kind {
-        Kind::Async(work) => Work::Async(work),
+        Kind::Async(future) => match timeout {
+            None => Work::Async(future),
+            Some(limit) => Work::Async(Box::pin(with_timeout(limit, future))),
+        },
         Kind::Blocking(function) => match timeout {
             None => Work::Blocking(function),
             Some(limit) => Work::BlockingWithTimeout(Box::new((function, limit))),
         },
         Kind::Retrying(make) => {
             let retry = options.retry.unwrap_or(Retry::exponential(1));
-            Work::Async(Box::new(retrying(make, retry, timeout, Arc::clone(set))))
+            Work::Async(Box::pin(retrying(make, retry, timeout, Arc::clone(set))))
         }
         Kind::Group(group) => {
             let future = group.run(Arc::clone(set));
             match timeout {
-                None => Work::Async(Box::new(future)),
-                Some(limit) => Work::Async(task::limited(future, limit)),
+                None => Work::Async(future),
+                Some(limit) => Work::Async(Box::pin(with_timeout(limit, future))),
             }
         }
     }

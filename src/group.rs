@@ -124,11 +124,11 @@ impl Group {
         self.steps.is_empty()
     }
 
-    pub(crate) async fn run(self, set: Arc<TaskSet>) -> Outcome {
+    pub(crate) fn run(self, set: Arc<TaskSet>) -> BoxedWork {
         if self.concurrent {
-            run_concurrent(self.steps, self.fail_fast, set).await
+            Box::pin(run_concurrent(self.steps, self.fail_fast, set))
         } else {
-            run_sequential(self.steps, set).await
+            Box::pin(run_sequential(self.steps, set))
         }
     }
 }

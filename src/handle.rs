@@ -355,8 +355,7 @@ impl WithOptions<'_> {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        let work = task::start(future, self.options.timeout);
-        let _ = self.offer(Kind::Async(work), true);
+        let _ = self.offer(Kind::Async(task::boxed(future)), true);
     }
 
     /// [`BackgroundTasks::try_add`] with the options.
@@ -365,8 +364,7 @@ impl WithOptions<'_> {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        let work = task::start(future, self.options.timeout);
-        self.offer(Kind::Async(work), false)
+        self.offer(Kind::Async(task::boxed(future)), false)
     }
 
     /// [`BackgroundTasks::add_blocking`] with the options.

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Method;
-use pin_project_lite::pin_project;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -34,7 +33,7 @@ use crate::handle::{Queued, RequestTasks};
 use crate::lane::{Lane, LaneId, Waiting};
 use crate::origin::Origin;
 use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
-use crate::task::{BlockingWork, Task, Work};
+use crate::task::{BlockingWork, BoxedWork, Task, Work};
 
 /// The hook set with `SupervisorBuilder::on_failure`.
 pub(crate) type FailureHook = Arc<dyn Fn(&TaskFailure<'_>) + Send + Sync>;
@@ -232,25 +231,10 @@ impl TaskSet {
     }
 
     fn spawn(self: &Arc<Self>, origin: Origin, task: Task) {
-        let mut common = Common::new(self, origin, task.lane, task.added_in.as_deref());
-        let work = match task.work {
-            Work::Async(work) => {
-                work.start(Starting { set: self, common });
-                return;
-            }
-            // Aborted before it could start: it never will.
-            _ if self.is_aborted() => None,
-            Work::Blocking(function) => Some((function, None)),
-            Work::BlockingWithTimeout(boxed) => {
-                let (function, timeout) = *boxed;
-                Some((function, Some(timeout)))
-            }
-        };
-        let work = work.map(|(function, timeout)| {
-            common.holds_slot = false;
-            Blocking::start(self, common.span.as_deref(), task.lane, function, timeout)
-        });
-        drop(self.runtime.spawn(Running { common, work }));
+        drop(
+            self.runtime
+                .spawn(Running::start(Arc::clone(self), origin, task)),
+        );
     }
 
     /// Starts waiters of `lane_id` while it has free slots.
@@ -471,77 +455,28 @@ impl TaskSet {
     }
 }
 
-/// What [`Start::start`](crate::task::Start::start) spawns a task's future
-/// with: everything but the future, made before it is unboxed.
-pub(crate) struct Starting<'a> {
-    set: &'a Arc<TaskSet>,
-    common: Common,
-}
-
-impl Starting<'_> {
-    /// Spawns `work` in a [`Running`] task, or, if shutdown has aborted
-    /// already, a task that only counts it as cancelled.
-    pub(crate) fn spawn<W>(self, work: W)
-    where
-        W: Future<Output = Outcome> + Send + 'static,
-    {
-        // Aborted before it could start: it never will (counted at the
-        // first poll).
-        let work = (!self.set.is_aborted()).then_some(work);
-        drop(self.set.runtime.spawn(Running {
-            common: self.common,
-            work,
-        }));
-    }
-}
-
-pin_project! {
-    /// The future spawned for each handed-off task: the task's own future,
-    /// moved in by value (so that the task is one allocation, tokio's), and
-    /// the bookkeeping around it. `work` is `None` once dropped by an
-    /// abort, or if the task never started.
-    ///
-    /// Written by hand rather than as an `async fn` to keep it small (tokio
-    /// copies it into the task's allocation; an `async fn` with a `select`
-    /// was 496 bytes, the bookkeeping here is 56) and to register for
-    /// the abort only once the task has returned `Pending` — a task that
-    /// finishes on its first poll never takes a lock.
-    struct Running<W> {
-        common: Common,
-        #[pin]
-        work: Option<W>,
-    }
-
-    impl<W> PinnedDrop for Running<W> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if !this.common.counted {
-                abort_work(this.work, this.common);
-            }
-        }
-    }
-}
-
-/// The part of [`Running`] that does not depend on the task's future, so
-/// that it is compiled once.
-struct Common {
+/// The future spawned for each handed-off task.
+///
+/// Written by hand rather than as an `async fn` to keep it small (tokio
+/// copies it into the task's allocation; an `async fn` with a `select` was
+/// 496 bytes, this is about 120) and to register for the abort only once
+/// the task has returned `Pending` — a task that finishes on its first poll
+/// never takes a lock.
+struct Running {
     set: Arc<TaskSet>,
     origin: Origin,
-    /// `None` where [`Common::new`] made no span: boxed, because it is
-    /// usually `None` and a `Span` is 40 bytes, which every task's
-    /// allocation would carry.
-    span: Option<Box<tracing::Span>>,
-    /// A [`LaneId`], narrowed so that it shares a word with the flags.
-    lane: u32,
+    span: tracing::Span,
+    lane: LaneId,
     /// Whether this future gives the lane slot back when it ends. A started
     /// blocking closure owns its slot instead, so that a closure still
     /// running after a timeout or an abort keeps counting against the
     /// blocking lane's limit until it returns.
     holds_slot: bool,
+    work: RunningWork,
     /// Made at the first `Pending`: where shutdown finds the task's waker
     /// to wake it when it aborts. Registered once, because this future is
     /// only ever polled by tokio as the root of the task spawned in
-    /// [`Starting::spawn`], and tokio passes a task the same waker on every
+    /// [`TaskSet::spawn`], and tokio passes a task the same waker on every
     /// poll.
     registered: Option<Registration>,
     /// Set once the outcome is counted; if the future is dropped before that
@@ -549,145 +484,30 @@ struct Common {
     counted: bool,
 }
 
-impl Common {
-    fn new(
-        set: &Arc<TaskSet>,
-        origin: Origin,
-        lane: LaneId,
-        added_in: Option<&tracing::Span>,
-    ) -> Self {
-        // A disabled span is not free when `tracing`'s `log` feature is on
-        // (axum's default `tower-log` turns it on): it still consults `log`
-        // when made, entered, left and dropped. `Span::none` costs nothing.
-        let span = tracing::level_enabled!(tracing::Level::INFO).then(|| {
-            let span = tracing::info_span!(
-                parent: None,
-                "background_task",
-                http.method = origin.method(),
-                http.path = origin.path(),
-            );
-            if let Some(added_in) = added_in {
-                span.follows_from(added_in);
-            }
-            Box::new(span)
-        });
-        Self {
-            set: Arc::clone(set),
-            origin,
-            span,
-            lane: lane as u32,
-            holds_slot: true,
-            registered: None,
-            counted: false,
-        }
-    }
-
-    /// Counts, logs (inside the task's span) and takes the task off the
-    /// running count.
-    fn count(&mut self, outcome: Outcome) {
-        self.counted = true;
-        let _entered = self.span.as_deref().map(tracing::Span::enter);
-        let set = &self.set;
-        if let Some(registration) = self.registered.take() {
-            set.abort.unregister(registration);
-        }
-        set.counters.finished(&outcome);
-        set.report(&outcome, &self.origin);
-        if self.holds_slot {
-            set.release_slot(self.lane as LaneId);
-        }
-        set.finish_running(1);
-    }
-
-    /// What a poll of the work (or `None` if there is none) means for the
-    /// task: counted if it ended; registered for the abort at its first
-    /// `Pending`. `Ready(true)` if the work must be dropped for an abort
-    /// that fired meanwhile.
-    fn polled(&mut self, polled: Poll<Outcome>, cx: &Context<'_>) -> Poll<bool> {
-        match polled {
-            Poll::Ready(outcome) => {
-                self.count(outcome);
-                Poll::Ready(false)
-            }
-            Poll::Pending => {
-                if self.registered.is_none() {
-                    self.registered = Some(self.set.abort.register(cx.waker()));
-                    // `fire` may have drained our shard just before.
-                    if self.set.is_aborted() {
-                        return Poll::Ready(true);
-                    }
-                }
-                Poll::Pending
-            }
-        }
-    }
+enum RunningWork {
+    Async(BoxedWork),
+    /// Already started on the blocking pool; dropping the handle detaches it.
+    Blocking {
+        handle: JoinHandle<Result<(), String>>,
+        deadline: Option<Pin<Box<Sleep>>>,
+    },
+    /// Nothing left to poll: the work was dropped (aborted), or never
+    /// started because shutdown had already aborted.
+    Done,
 }
 
-impl<W> Future for Running<W>
-where
-    W: Future<Output = Outcome>,
-{
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        let common = this.common;
-        if common.counted {
-            return Poll::Ready(());
-        }
-        if common.set.is_aborted() {
-            abort_work(this.work, common);
-            return Poll::Ready(());
-        }
-        let polled = match this.work.as_mut().as_pin_mut() {
-            Some(work) => {
-                let _entered = common.span.as_deref().map(tracing::Span::enter);
-                match std::panic::catch_unwind(AssertUnwindSafe(|| work.poll(cx))) {
-                    Ok(poll) => poll,
-                    Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
-                }
-            }
-            None => Poll::Ready(Outcome::Cancelled),
-        };
-        match common.polled(polled, cx) {
-            Poll::Ready(true) => {
-                abort_work(this.work, common);
-                Poll::Ready(())
-            }
-            Poll::Ready(false) => Poll::Ready(()),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// Drops the work first, so that its own clean-up (drop guards) has run by
-/// the time the task is counted and `wait_idle` or `shutdown` can return;
-/// then counts it as cancelled.
-fn abort_work<W>(work: Pin<&mut Option<W>>, common: &mut Common) {
-    let mut work = work;
-    work.set(None);
-    common.count(Outcome::Cancelled);
-}
-
-/// A blocking closure started on the blocking pool, as the work of a
-/// [`Running`] task; dropping it detaches the closure.
-struct Blocking {
-    handle: JoinHandle<Result<(), String>>,
-    deadline: Option<Pin<Box<Sleep>>>,
-}
-
-impl Blocking {
+impl RunningWork {
     /// Starts `function` on the blocking pool. The closure owns the lane
     /// slot: a closure still running after a timeout or an abort keeps
     /// counting against the lane's limit until it returns.
-    fn start(
+    fn blocking(
         set: &Arc<TaskSet>,
-        span: Option<&tracing::Span>,
+        span: &tracing::Span,
         lane: LaneId,
         function: BlockingWork,
         timeout: Option<std::time::Duration>,
     ) -> Self {
-        let span = span.cloned().unwrap_or_else(tracing::Span::none);
+        let span = span.clone();
         let slot = Slot {
             set: Arc::clone(set),
             lane,
@@ -697,38 +517,154 @@ impl Blocking {
             span.in_scope(function)
         });
         let deadline = timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
-        Self { handle, deadline }
+        Self::Blocking { handle, deadline }
     }
 }
 
-impl Future for Blocking {
-    type Output = Outcome;
+impl Running {
+    fn start(set: Arc<TaskSet>, origin: Origin, task: Task) -> Self {
+        // A disabled span is not free when `tracing`'s `log` feature is on
+        // (axum's default `tower-log` turns it on): it still consults `log`
+        // when made, entered, left and dropped. `Span::none` costs nothing.
+        let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            tracing::info_span!(
+                parent: None,
+                "background_task",
+                http.method = origin.method(),
+                http.path = origin.path(),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        if let Some(added_in) = &task.added_in {
+            span.follows_from(&**added_in);
+        }
+        let lane = task.lane;
+        let mut holds_slot = true;
+        let work = match task.work {
+            // Aborted before it could start: it never will (counted at the
+            // first poll).
+            _ if set.is_aborted() => RunningWork::Done,
+            Work::Async(future) => RunningWork::Async(future),
+            Work::Blocking(function) => {
+                holds_slot = false;
+                RunningWork::blocking(&set, &span, lane, function, None)
+            }
+            Work::BlockingWithTimeout(boxed) => {
+                let (function, timeout) = *boxed;
+                holds_slot = false;
+                RunningWork::blocking(&set, &span, lane, function, Some(timeout))
+            }
+        };
+        Self {
+            set,
+            origin,
+            span,
+            lane,
+            holds_slot,
+            work,
+            registered: None,
+            counted: false,
+        }
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    /// Counts, logs (inside the task's span) and takes the task off the
+    /// running count.
+    fn count(&mut self, outcome: Outcome) {
+        self.counted = true;
+        let _entered = self.span.enter();
+        let set = &self.set;
+        if let Some(registration) = self.registered.take() {
+            set.abort.unregister(registration);
+        }
+        set.counters.finished(&outcome);
+        set.report(&outcome, &self.origin);
+        if self.holds_slot {
+            set.release_slot(self.lane);
+        }
+        set.finish_running(1);
+    }
+}
+
+impl Future for Running {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        match Pin::new(&mut this.handle).poll(cx) {
-            Poll::Ready(joined) => Poll::Ready(match joined {
-                Ok(Ok(())) => Outcome::Completed,
-                Ok(Err(message)) => Outcome::Failed(message),
-                Err(error) if error.is_panic() => {
-                    Outcome::Panicked(panic_message(error.into_panic()))
-                }
-                // The runtime is shutting down and dropped the closure unrun.
-                Err(_) => Outcome::Cancelled,
-            }),
-            // Past the deadline the closure is left to finish unobserved,
-            // still holding its slot.
-            Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
-                    Poll::Ready(Outcome::TimedOut)
-                } else {
-                    Poll::Pending
+        if this.counted {
+            return Poll::Ready(());
+        }
+        if this.set.is_aborted() {
+            this.abort_work();
+            return Poll::Ready(());
+        }
+        let polled = match &mut this.work {
+            RunningWork::Async(future) => {
+                let _entered = this.span.enter();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    Ok(poll) => poll,
+                    Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
                 }
             }
+            RunningWork::Blocking { handle, deadline } => match Pin::new(handle).poll(cx) {
+                Poll::Ready(joined) => Poll::Ready(match joined {
+                    Ok(Ok(())) => Outcome::Completed,
+                    Ok(Err(message)) => Outcome::Failed(message),
+                    Err(error) if error.is_panic() => {
+                        Outcome::Panicked(panic_message(error.into_panic()))
+                    }
+                    // The runtime is shutting down and dropped the closure unrun.
+                    Err(_) => Outcome::Cancelled,
+                }),
+                // Past the deadline the closure is left to finish unobserved,
+                // still holding its slot.
+                Poll::Pending => {
+                    let expired = deadline
+                        .as_mut()
+                        .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                    if expired {
+                        Poll::Ready(Outcome::TimedOut)
+                    } else {
+                        Poll::Pending
+                    }
+                }
+            },
+            RunningWork::Done => Poll::Ready(Outcome::Cancelled),
+        };
+        match polled {
+            Poll::Ready(outcome) => {
+                this.count(outcome);
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                if this.registered.is_none() {
+                    this.registered = Some(this.set.abort.register(cx.waker()));
+                    // `fire` may have drained our shard just before.
+                    if this.set.is_aborted() {
+                        this.abort_work();
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Drops the work first, so that its own clean-up (drop guards) has run
+    /// by the time the task is counted and `wait_idle` or `shutdown` can
+    /// return; then counts it as cancelled.
+    fn abort_work(&mut self) {
+        self.work = RunningWork::Done;
+        self.count(Outcome::Cancelled);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.abort_work();
         }
     }
 }
@@ -772,21 +708,5 @@ pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
             Ok(message) => (*message).to_owned(),
             Err(_) => "<non-string panic payload>".to_owned(),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_running_task_adds_little_to_its_future() {
-        // The task's own future now sits in tokio's allocation beside this
-        // bookkeeping. tokio moves a task's stage (the future, then its
-        // output) with a call to `memcpy` rather than inline stores once it
-        // passes 128 bytes, which cost 29 instructions a move, three moves
-        // a task: the bookkeeping should leave the future most of that.
-        let common = std::mem::size_of::<Common>();
-        assert!(common <= 56, "Common is {common} bytes");
     }
 }
