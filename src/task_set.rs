@@ -516,7 +516,13 @@ impl RunningWork {
             let _slot = slot;
             span.in_scope(function)
         });
-        let deadline = timeout.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+        // The timer must be the runtime's: this may run on a thread outside
+        // it (a handle used from a plain thread after the hand-off), where
+        // `sleep` would panic.
+        let deadline = timeout.map(|timeout| {
+            let _runtime = set.runtime.enter();
+            Box::pin(tokio::time::sleep(timeout))
+        });
         Self::Blocking { handle, deadline }
     }
 }

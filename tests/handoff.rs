@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 use tower_background::{
     Background, BackgroundTaskLayer, BackgroundTasks, OnDisconnect, OnServerError, ResponseBody,
-    ResponseFuture, Supervisor,
+    ResponseFuture, Supervisor, TaskOptions,
 };
 
 /// Sends `request` through `layer` to a handler that gets the request's
@@ -591,6 +591,41 @@ async fn late_add_after_the_end_starts_at_once() {
     assert_eq!(supervisor.stats().waiting, 0, "queued instead of started");
     within("wait_idle", supervisor.wait_idle()).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A handle is `Send`: code on a thread outside the runtime may add to it
+/// after the hand-off, and the task starts at once on the supervisor's
+/// runtime, a blocking one with a timeout included (its deadline timer is
+/// the runtime's, not the calling thread's, which has none).
+#[tokio::test]
+async fn late_add_from_a_thread_outside_the_runtime_starts_on_the_runtime() {
+    let supervisor = Supervisor::new();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let kept = OnceLock::new();
+
+    let response = serve(&supervisor.layer(), get(), |tasks| {
+        kept.set(tasks.clone()).unwrap();
+        Response::new(full("ok"))
+    })
+    .await;
+    within("the body", response.into_body().collect())
+        .await
+        .unwrap();
+
+    let tasks = kept.get().unwrap().clone();
+    let ran = Arc::clone(&runs);
+    thread::spawn(move || {
+        tasks.add(counting(&ran));
+        tasks
+            .with(TaskOptions::new().timeout(Duration::from_secs(30)))
+            .add_blocking(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            });
+    })
+    .join()
+    .expect("adding from a plain thread does not panic");
+    within("wait_idle", supervisor.wait_idle()).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
 /// A task added through a kept handle after the request's tasks were
