@@ -5,9 +5,9 @@
 //! where that duplicate delivery is shown.
 //!
 //! The worker process is this test binary run again with
-//! `--exact crash::worker_process --ignored`: that test is a no-op unless
-//! [`WORKER_DATABASE`] is set, and then runs the workers with
-//! `Workers::run_until`, as a real worker binary does.
+//! `--exact crash::worker_process` and [`WORKER_DATABASE`] set: that test
+//! then runs the workers with `Workers::run_until`, as a real worker binary
+//! does (without the variable it is an ordinary test of `run_until`).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,21 +16,26 @@ use tokio::process::Command;
 use tower_background::durable::{JobOutcome, Workers};
 use tower_background::Supervisor;
 
-use crate::support::{on_each_engine, runs, wait_until, Db, Slow, HEARTBEAT, POLL};
+use crate::support::{bounded, on_each_engine, runs, wait_until, Db, Slow, HEARTBEAT, POLL};
 
 on_each_engine!(killed_worker_job_is_run_again_by_another);
 
 /// Set (to the database's URL) only in the worker process.
 const WORKER_DATABASE: &str = "TOWER_BACKGROUND_TEST_WORKER_DATABASE";
 
-/// The worker process: runs `Slow` jobs until it is killed.
+/// Two roles. Run again by `killed_worker_job_is_run_again_by_another`
+/// with [`WORKER_DATABASE`] set, this test *is* the worker process: it runs
+/// `Slow` jobs until it is killed. Run as a test (no variable), it checks
+/// the same entry point, `Workers::run_until`, the other way out: the signal
+/// comes while a job runs, and the process returns within its grace period
+/// after handing the job back to the queue.
 #[test]
-#[ignore = "a worker process for `killed_worker_job_is_run_again_by_another`, which starts it"]
 fn worker_process() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let Ok(url) = std::env::var(WORKER_DATABASE) else {
+        runtime.block_on(worker_process_stops_on_its_signal());
         return;
     };
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let queue = tower_background::durable::JobQueue::connect(&url)
             .await
@@ -44,6 +49,32 @@ fn worker_process() {
     });
 }
 
+/// `run_until` as a worker binary uses it, stopped by its signal mid-job.
+async fn worker_process_stops_on_its_signal() {
+    let db = Db::sqlite().await;
+    let queue = db.queue().await;
+    let log = db.path("slow.log");
+    let id = queue.push(&Slow::stuck(log.clone())).await.expect("push");
+    let job_started = {
+        let log = log.clone();
+        async move { wait_until("the job starts", || !runs(&log).is_empty()).await }
+    };
+    // `bounded`: a `run_until` that did not return would hang the test.
+    bounded(
+        Workers::new(&queue)
+            .register::<Slow>()
+            .heartbeat(HEARTBEAT)
+            .run_until(job_started, Duration::from_secs(1)),
+    )
+    .await;
+    assert_eq!(runs(&log), vec![std::process::id()], "the job ran once");
+    assert_eq!(queue.stats().released, 1, "the job was handed back");
+    assert_eq!(
+        queue.outcome::<Slow>(id).await.expect("outcome"),
+        JobOutcome::Unfinished
+    );
+}
+
 /// Duplicate delivery, shown: the job runs once in the killed process and
 /// once more in the worker that takes it back.
 async fn killed_worker_job_is_run_again_by_another(db: Db) {
@@ -52,12 +83,7 @@ async fn killed_worker_job_is_run_again_by_another(db: Db) {
     let id = queue.push(&Slow::stuck(log.clone())).await.expect("push");
 
     let mut child = Command::new(std::env::current_exe().expect("this test binary"))
-        .args([
-            "crash::worker_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["crash::worker_process", "--exact", "--nocapture"])
         .env(WORKER_DATABASE, db.url())
         .stdout(Stdio::null())
         .kill_on_drop(true)
