@@ -36,25 +36,25 @@
 //!
 //! An idle apalis 1.0 worker on a SQL backend fetches again only when
 //! something wakes it: one of its jobs completing, its heartbeat timer
-//! (30 s by default), or a poll strategy (`PollWith`). `Workers` uses
-//! `poll_with_interval(DEFAULT_POLL_INTERVAL)` (100 ms). The modes:
+//! (30 s by default), or a poll strategy (`PollWith`). `Workers` uses its
+//! own strategy (`src/durable/wake_up.rs`): a `DEFAULT_POLL_INTERVAL`
+//! (100 ms) tick and, on PostgreSQL, `LISTEN` on apalis's insert trigger.
+//! The modes:
 //!
 //! - `Workers (defaults)`: `Workers::new(&queue).register::<J>().spawn(..)`,
 //!   what the crate does, with `enqueue_now` and with `enqueue`;
-//! - prototypes of what `src/durable/workers.rs` could do instead, apalis
-//!   workers built here as `workers.rs` builds its own (queue, heartbeat,
-//!   concurrency) with another wake-up: [`WakeUp`] (a strategy defined below
-//!   that re-arms its tick and forces a fetch after every event) with the
-//!   same 100 ms tick; SQLite's `SqliteStorage::connect_with_callback` (an
-//!   update hook on the pool's connections; those jobs are pushed through
-//!   that pool, as `JobQueue::push` pushes); PostgreSQL's
-//!   `PostgresStorage::with_pubsub` (`LISTEN` on apalis's insert trigger);
-//!   and [`WakeUp`] on that `LISTEN` stream with a 1 s fallback tick.
+//! - prototypes of other wake-ups, apalis workers built here as
+//!   `workers.rs` builds its own (queue, heartbeat, concurrency): SQLite's
+//!   `SqliteStorage::connect_with_callback` (an update hook on the pool's
+//!   connections; those jobs are pushed through that pool, as
+//!   `JobQueue::push` pushes), a possible next step; and apalis's own
+//!   `PostgresStorage::with_pubsub`, which loses wake-ups (kept to show it).
+//!   The bench's first runs also had its prototype of `WakeUp`; once the
+//!   crate adopted it, it is what `Workers` measures.
 //!
 //! All of these run with W = 1 s, interleaved, every round. Then, once per
 //! round, a sparse run: K jobs over a long window (`--quick`: 10 s, else
-//! 30 s, the default heartbeat), `Workers`, [`WakeUp`] and pubsub all at
-//! once, each on its own queue (their latencies are tens of milliseconds
+//! 30 s, the default heartbeat), `Workers` and pubsub all at once, each on its own queue (their latencies are tens of milliseconds
 //! or more, which a little contention cannot move). It shows whether a
 //! worker ever misses its wake-up and falls back to its heartbeat.
 //!
@@ -99,12 +99,9 @@ use std::pin::Pin;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::{WorkerBuilder, WorkerBuilderExt, WorkerError};
-use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy};
-use apalis_core::backend::ext::BackendExt;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use bytes::Bytes;
@@ -122,10 +119,6 @@ use tower_background::durable::{
 };
 use tower_background::{BackgroundTasks, Supervisor};
 
-/// The fallback tick of the pubsub prototype with [`WakeUp`].
-const FALLBACK_TICK: Duration = Duration::from_secs(1);
-/// The tick of the [`WakeUp`] prototype: the crate's poll interval.
-const POLL_INTERVAL: Duration = DEFAULT_POLL_INTERVAL;
 /// Jobs each worker runs at once (`Workers`' default).
 const CONCURRENCY: usize = 4;
 /// The window over which the fast latency modes enqueue their jobs.
@@ -174,14 +167,11 @@ probes! {
     // Throughput: never run (no worker registers it).
     Filler = "bench_fill",
     SlowNow = "bench_slow_now",
-    SlowWakeUp = "bench_slow_wake_up",
     SlowNotified = "bench_slow_notified",
     FastNow = "bench_fast_now",
     FastDeferred = "bench_fast_deferred",
     Hooked = "bench_hooked",
     Notified = "bench_notified",
-    Rearmed = "bench_rearmed",
-    NotifiedRearmed = "bench_notified_rearmed",
 }
 
 /// When each job was enqueued and first started, by sequence number.
@@ -815,10 +805,6 @@ enum Wake {
     SqliteHook,
     /// Prototype: PostgreSQL `LISTEN`/`NOTIFY` (`with_pubsub`).
     Pubsub,
-    /// Prototype: [`WakeUp`] with a `POLL_INTERVAL` tick.
-    Rearmed,
-    /// Prototype: [`WakeUp`] with `LISTEN`/`NOTIFY` and a `FALLBACK_TICK`.
-    RearmedPubsub,
 }
 
 #[derive(Clone, Debug)]
@@ -842,8 +828,6 @@ fn latency_key(engine: Option<Engine>, path: Call, wake: Wake) -> String {
         Wake::Workers => "Workers (defaults)".to_owned(),
         Wake::SqliteHook => "update hook".to_owned(),
         Wake::Pubsub => "pubsub".to_owned(),
-        Wake::Rearmed => format!("WakeUp, poll {} ms", POLL_INTERVAL.as_millis()),
-        Wake::RearmedPubsub => format!("WakeUp, pubsub + poll {} s", FALLBACK_TICK.as_secs()),
     };
     // The update hook's jobs are pushed through the hooked pool directly.
     let path = match wake.as_str() {
@@ -978,46 +962,6 @@ fn spawn_prototype<J: Probe>(
             let handle = tokio::spawn(boxed(worker.run_until(stopped)));
             (handle, Some(pool))
         }
-        (Wake::Rearmed, Admin::Sqlite(pool)) => {
-            let config = apalis_sqlite::Config::default()
-                .queue(J::NAME)
-                .heartbeat_interval(DEFAULT_HEARTBEAT);
-            let storage = apalis_sqlite::SqliteStorage::<J>::new(pool)
-                .with_config(config)
-                .poll_with_strategy(WakeUp::<apalis_postgres::Pubsub>::new(POLL_INTERVAL, None));
-            let worker = WorkerBuilder::new(name)
-                .backend(storage)
-                .concurrency(CONCURRENCY)
-                .build(handler);
-            (tokio::spawn(boxed(worker.run_until(stopped))), None)
-        }
-        (Wake::Rearmed, Admin::Postgres(pool)) => {
-            let config = apalis_postgres::Config::default()
-                .queue(J::NAME)
-                .heartbeat_interval(DEFAULT_HEARTBEAT);
-            let storage = apalis_postgres::PostgresStorage::<J>::new(pool)
-                .with_config(config)
-                .poll_with_strategy(WakeUp::<apalis_postgres::Pubsub>::new(POLL_INTERVAL, None));
-            let worker = WorkerBuilder::new(name)
-                .backend(storage)
-                .concurrency(CONCURRENCY)
-                .build(handler);
-            (tokio::spawn(boxed(worker.run_until(stopped))), None)
-        }
-        (Wake::RearmedPubsub, Admin::Postgres(pool)) => {
-            let config = apalis_postgres::Config::default()
-                .queue(J::NAME)
-                .heartbeat_interval(DEFAULT_HEARTBEAT);
-            let events = apalis_postgres::Pubsub::new(pool.clone(), J::NAME.to_owned());
-            let storage = apalis_postgres::PostgresStorage::<J>::new(pool)
-                .with_config(config)
-                .poll_with_strategy(WakeUp::new(FALLBACK_TICK, Some(events)));
-            let worker = WorkerBuilder::new(name)
-                .backend(storage)
-                .concurrency(CONCURRENCY)
-                .build(handler);
-            (tokio::spawn(boxed(worker.run_until(stopped))), None)
-        }
         (Wake::Pubsub, Admin::Postgres(pool)) => {
             let config = apalis_postgres::Config::default()
                 .queue(J::NAME)
@@ -1033,54 +977,6 @@ fn spawn_prototype<J: Probe>(
             (handle, None)
         }
         (wake, _) => panic!("no prototype {wake:?} for {}", database.engine.key()),
-    }
-}
-
-/// The wake-up strategy proposed for `src/durable/workers.rs`: a tick every
-/// `period` and, if given, a stream of insert notifications. Unlike
-/// apalis's `IntervalStrategy` and `StreamStrategy` it leaves both sources
-/// armed (the new tick polled once, the stream drained to `Pending`), and
-/// after any event it wakes the worker once more, so that a fetch always
-/// starts after the event: `PollWith` ignores the strategy's answer, and a
-/// fetch that was already in flight (started before the job was stored)
-/// would otherwise be the only one, and come back empty.
-struct WakeUp<S> {
-    period: Duration,
-    tick: Pin<Box<tokio::time::Sleep>>,
-    events: Option<S>,
-}
-
-impl<S> WakeUp<S> {
-    fn new(period: Duration, events: Option<S>) -> Self {
-        Self {
-            period,
-            tick: Box::pin(tokio::time::sleep(period)),
-            events,
-        }
-    }
-}
-
-impl<S: futures_util::Stream + Unpin> PollStrategy for WakeUp<S> {
-    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
-        let mut woken = false;
-        if self.tick.as_mut().poll(cx).is_ready() {
-            let next = tokio::time::Instant::now() + self.period;
-            self.tick.as_mut().reset(next);
-            // Arm the next tick now: nothing else would poll it.
-            let _ = self.tick.as_mut().poll(cx);
-            woken = true;
-        }
-        if let Some(events) = &mut self.events {
-            while let Poll::Ready(Some(_)) = Pin::new(&mut *events).poll_next(cx) {
-                woken = true;
-            }
-        }
-        if woken {
-            cx.waker().wake_by_ref();
-            Poll::Ready(Some(()))
-        } else {
-            Poll::Pending
-        }
     }
 }
 
@@ -1238,41 +1134,31 @@ fn main() {
             let mut runs = vec![latency::<Filler>(None, Call::Add, Wake::Task, k, w).await];
             runs.push(latency::<FastNow>(Some(&sqlite), now, Wake::Workers, k, w).await);
             runs.push(latency::<FastDeferred>(Some(&sqlite), later, Wake::Workers, k, w).await);
-            runs.push(latency::<Rearmed>(Some(&sqlite), now, Wake::Rearmed, k, w).await);
             runs.push(latency::<Hooked>(Some(&sqlite), now, Wake::SqliteHook, k, w).await);
             if let Some(pg) = &postgres {
                 runs.push(latency::<FastNow>(Some(pg), now, Wake::Workers, k, w).await);
                 runs.push(latency::<FastDeferred>(Some(pg), later, Wake::Workers, k, w).await);
-                runs.push(latency::<Rearmed>(Some(pg), now, Wake::Rearmed, k, w).await);
                 runs.push(latency::<Notified>(Some(pg), now, Wake::Pubsub, k, w).await);
-                runs.push(latency::<NotifiedRearmed>(Some(pg), now, Wake::RearmedPubsub, k, w).await);
             }
             if config.slow {
                 // Sparse jobs over a long window, every wake-up at once
                 // (each on its own queue): does a worker ever miss one?
                 let w = config.slow_window;
-                let sqlite_runs = async {
-                    tokio::join!(
-                        latency::<SlowNow>(Some(&sqlite), now, Wake::Workers, k, w),
-                        latency::<SlowWakeUp>(Some(&sqlite), now, Wake::Rearmed, k, w),
-                    )
-                };
+                let sqlite_runs = latency::<SlowNow>(Some(&sqlite), now, Wake::Workers, k, w);
                 let postgres_runs = async {
                     match &postgres {
                         Some(pg) => {
-                            let (a, b, c) = tokio::join!(
+                            let (a, b) = tokio::join!(
                                 latency::<SlowNow>(Some(pg), now, Wake::Workers, k, w),
-                                latency::<SlowWakeUp>(Some(pg), now, Wake::Rearmed, k, w),
                                 latency::<SlowNotified>(Some(pg), now, Wake::Pubsub, k, w),
                             );
-                            vec![a, b, c]
+                            vec![a, b]
                         }
                         None => Vec::new(),
                     }
                 };
-                let ((a, b), more) = tokio::join!(sqlite_runs, postgres_runs);
-                runs.push(a);
-                runs.push(b);
+                let (sqlite_run, more) = tokio::join!(sqlite_runs, postgres_runs);
+                runs.push(sqlite_run);
                 runs.extend(more);
             }
             for run in &runs {
@@ -1314,8 +1200,7 @@ fn main() {
                 "jobs_per_latency_run": config.latency_jobs,
                 "worker_concurrency": CONCURRENCY,
                 "default_heartbeat_s": DEFAULT_HEARTBEAT.as_secs_f64(),
-                "poll_interval_ms": POLL_INTERVAL.as_secs_f64() * 1e3,
-                "fallback_tick_s": FALLBACK_TICK.as_secs_f64(),
+                "poll_interval_ms": DEFAULT_POLL_INTERVAL.as_secs_f64() * 1e3,
                 "slow_window_s": config.slow_window.as_secs_f64(),
                 "postgres": postgres_note,
             },
