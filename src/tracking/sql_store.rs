@@ -736,22 +736,23 @@ mod sql {
     /// Ends the running tasks whose lease lapsed at `$2` as failed with
     /// `$1`, releasing their locks; they expire at `$3`. (The right-hand
     /// sides read the row as it was, so `end_time` is the old lease.)
-    pub(super) const GIVE_UP_LAPSED: &str = concat!(
-        "UPDATE tower_background_tasks
-        SET status = 'failed', error = $1, end_time = lease_until, lock_key = NULL,
-            lease_until = NULL, expires_at = $3, end_order = ",
-        next_end_order!(),
-        " WHERE status = 'running' AND lease_until <= $2"
-    );
+    macro_rules! give_up_lapsed {
+        () => {
+            concat!(
+                "UPDATE tower_background_tasks
+                SET status = 'failed', error = $1, end_time = lease_until, lock_key = NULL,
+                    lease_until = NULL, expires_at = $3, end_order = ",
+                next_end_order!(),
+                " WHERE status = 'running' AND lease_until <= $2"
+            )
+        };
+    }
+
+    /// See `give_up_lapsed!`: every task whose lease lapsed.
+    pub(super) const GIVE_UP_LAPSED: &str = give_up_lapsed!();
 
     /// [`GIVE_UP_LAPSED`] for the task `$4` only.
-    pub(super) const GIVE_UP_LAPSED_ONE: &str = concat!(
-        "UPDATE tower_background_tasks
-        SET status = 'failed', error = $1, end_time = lease_until, lock_key = NULL,
-            lease_until = NULL, expires_at = $3, end_order = ",
-        next_end_order!(),
-        " WHERE status = 'running' AND lease_until <= $2 AND task_id = $4"
-    );
+    pub(super) const GIVE_UP_LAPSED_ONE: &str = concat!(give_up_lapsed!(), " AND task_id = $4");
 
     pub(super) const DELETE_EXPIRED: &str =
         "DELETE FROM tower_background_tasks WHERE expires_at <= $1";
