@@ -16,7 +16,7 @@ use crate::lane::{BLOCKING_LANE, DEFAULT_LANE};
 use crate::options::TaskOptions;
 use crate::origin::Origin;
 use crate::stats::DiscardReason;
-use crate::task::{self, Task, TaskOutput};
+use crate::task::{self, Task, TaskOutput, Work};
 use crate::task_set::{Refusal, TaskSet};
 
 /// A request's background tasks: work queued here starts once the response
@@ -163,7 +163,8 @@ impl BackgroundTasks {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        self.with(TaskOptions::new()).add(future);
+        // Straight to the default lane: no options to apply.
+        let _ = self.offer(Self::plain(future), true);
     }
 
     /// Like [`add`](Self::add), but returns an error instead of counting a
@@ -187,7 +188,7 @@ impl BackgroundTasks {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        self.with(TaskOptions::new()).try_add(future)
+        self.offer(Self::plain(future), false)
     }
 
     /// Queues a blocking or CPU-heavy closure.
@@ -283,6 +284,15 @@ impl BackgroundTasks {
     /// Offers `task` to the request's queue. With `counted`, a task that is
     /// not accepted is counted (refused, rejected or discarded) as the plain
     /// `add` methods promise; without, only the error says so.
+    /// `future` as a task of the default lane, without options.
+    fn plain<F>(future: F) -> Task
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        Task::new(Work::Async(task::boxed(future)), DEFAULT_LANE)
+    }
+
     fn offer(&self, task: Task, counted: bool) -> Result<(), AddError> {
         let request = &self.request;
         let set = &request.set;

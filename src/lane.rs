@@ -92,7 +92,11 @@ impl Lane {
                 Ordering::SeqCst,
             ) {
                 Ok(_) => {
-                    self.high_water.fetch_max(running + 1, Ordering::Relaxed);
+                    // Read first: a `fetch_max` is a locked write even when
+                    // it changes nothing, and this runs for every task.
+                    if running + 1 > self.high_water.load(Ordering::Relaxed) {
+                        self.high_water.fetch_max(running + 1, Ordering::Relaxed);
+                    }
                     return true;
                 }
                 Err(actual) => running = actual,
@@ -116,6 +120,7 @@ impl Lane {
 
     /// Gives back a slot. The caller must then call [`Lane::next`] until it
     /// returns `None`.
+    #[inline]
     pub(crate) fn release(&self) {
         self.running.fetch_sub(1, Ordering::SeqCst);
     }

@@ -258,9 +258,15 @@ impl TaskSet {
     }
 
     /// Gives back a slot of `lane_id` and starts the next waiter.
+    #[inline]
     pub(crate) fn release_slot(self: &Arc<Self>, lane_id: LaneId) {
-        self.lanes[lane_id].release();
-        self.dispatch(lane_id);
+        let lane = &self.lanes[lane_id];
+        lane.release();
+        // Read after the release (both `SeqCst`): a waiter pushed meanwhile
+        // is seen here or sees the free slot itself (see `Lane::next`).
+        if lane.queued() > 0 {
+            self.dispatch(lane_id);
+        }
     }
 
     /// Waits for a slot in `lane_id`, for a step of a running group. `None`
@@ -367,6 +373,7 @@ impl TaskSet {
 
     /// Takes `n` tasks off the running count and wakes idle waiters if that
     /// emptied the set.
+    #[inline]
     fn finish_running(&self, n: u64) {
         let previous = self.state.fetch_sub(n * ONE_TASK, Ordering::SeqCst);
         // Pairs with the `SeqCst` increment + load in `wait_idle`: either the
@@ -584,7 +591,12 @@ impl Running {
             set.abort.unregister(registration);
         }
         set.counters.finished(&outcome);
-        set.report(&outcome, &self.origin);
+        // Checked here so that the usual case costs no call.
+        if matches!(outcome, Outcome::Completed) {
+            tracing::trace!("background task completed");
+        } else {
+            set.report(&outcome, &self.origin);
+        }
         if self.holds_slot {
             set.release_slot(self.lane);
         }
