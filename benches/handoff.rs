@@ -10,6 +10,10 @@
 //!   whose last tick wakes the timed loop, on both sides, so both wait for
 //!   the same thing: the `N`-th task body has run.
 //!   - `raw_spawn` (baseline): `N` × `tokio::spawn`.
+//!   - `boxed_then_spawn` (baseline): the `N` futures boxed into a `Vec`
+//!     first, then each spawned: the least any design that defers the start
+//!     pays in safe Rust (waiting futures of different types must be
+//!     type-erased, which means a box each).
 //!   - `one_request_n_tasks`: one request through the layer whose handler
 //!     adds `N` tasks; the body is read to its end, which spawns them.
 //!   - `one_request_n_tasks_wait_idle`: the same, but waiting with
@@ -42,6 +46,14 @@
 //!     look at the cancellation token, all running (`max_running(N)`), a
 //!     50 ms grace period with 10 ms of cleanup; only `shutdown()` is timed
 //!     (target: grace + 20 ms = 70 ms).
+//!   - `joinset_shutdown/N` (baseline): tokio's own cost for the same abort:
+//!     `N` tasks sleeping for an hour in a `tokio::task::JoinSet`, then
+//!     `JoinSet::shutdown()` (abort all, wait for all), which alone is
+//!     timed. There is no grace period: compare it with
+//!     `ignoring_cancellation/N` minus 50 ms.
+//!   - `abort_handles/N` (baseline): the floor under both: `N` sleeping
+//!     tasks, each holding a guard that ticks a countdown when dropped, then
+//!     every `AbortHandle` aborted; timed until the last guard is dropped.
 //!
 //! Run all of it (about three minutes once built):
 //!
@@ -58,6 +70,7 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,6 +84,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_background::{BackgroundTasks, ResponseBody, Supervisor, TaskOutput};
 
@@ -128,6 +142,16 @@ impl Countdown {
 
     async fn wait(&self) {
         self.done.notified().await;
+    }
+}
+
+/// Ticks a [`Countdown`] when dropped: how `shutdown/abort_handles` knows
+/// an aborted task's future is gone.
+struct TickOnDrop(&'static Countdown);
+
+impl Drop for TickOnDrop {
+    fn drop(&mut self) {
+        self.0.tick();
     }
 }
 
@@ -202,6 +226,28 @@ fn per_task_on(c: &mut Criterion, group_name: &str, runtime: &Runtime) {
                     countdown.arm(N);
                     for _ in 0..N {
                         drop(tokio::spawn(async move { countdown.tick() }));
+                    }
+                    countdown.wait().await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    // What deferring the start costs at least in safe Rust: the futures
+    // wait, type-erased (boxed), until they are spawned.
+    group.bench_function(BenchmarkId::new("boxed_then_spawn", N), |b| {
+        b.iter_custom(|iters| {
+            on_worker(runtime, async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    countdown.arm(N);
+                    let mut waiting: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+                    for _ in 0..N {
+                        waiting.push(Box::pin(async move { countdown.tick() }));
+                    }
+                    for future in waiting {
+                        drop(tokio::spawn(future));
                     }
                     countdown.wait().await;
                 }
@@ -402,6 +448,9 @@ fn empty_request(c: &mut Criterion) {
 const DRAIN_TASKS: usize = 100_000;
 /// `shutdown/ignoring_cancellation`: the grace period and its cleanup part.
 const STUCK_GRACE: Duration = Duration::from_millis(50);
+/// How many tasks are aborted in `shutdown/ignoring_cancellation` and its
+/// baselines.
+const STUCK_TASKS: [usize; 3] = [1_000, 10_000, 100_000];
 const STUCK_CLEANUP: Duration = Duration::from_millis(10);
 
 /// Sends one request through `supervisor`'s layer to a handler that queues
@@ -506,7 +555,69 @@ fn shutdown(c: &mut Criterion) {
         });
     });
 
-    for n in [1_000, 100_000] {
+    // tokio's own floor for the same abort: `n` tasks sleeping in a
+    // `JoinSet`, then `JoinSet::shutdown` (abort all, wait for all); only
+    // that is timed. No grace period: compare it with
+    // `ignoring_cancellation/n` minus the grace period.
+    for n in STUCK_TASKS {
+        group.bench_function(BenchmarkId::new("joinset_shutdown", n), |b| {
+            b.iter_custom(|iters| {
+                on_worker(runtime, async move {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let mut set = JoinSet::new();
+                        for _ in 0..n {
+                            set.spawn(tokio::time::sleep(Duration::from_secs(3600)));
+                        }
+                        // Every task polled once and waiting, as in
+                        // `ignoring_cancellation` after its hand-off.
+                        tokio::time::sleep(STUCK_GRACE).await;
+                        let start = Instant::now();
+                        set.shutdown().await;
+                        timed += start.elapsed();
+                    }
+                    timed
+                })
+            });
+        });
+    }
+
+    // The floor under both: `n` tasks spawned, each holding a guard that
+    // ticks a countdown when it is dropped, then every `AbortHandle` aborted;
+    // timed until the last guard has been dropped.
+    let countdown = Countdown::leaked();
+    for n in STUCK_TASKS {
+        group.bench_function(BenchmarkId::new("abort_handles", n), |b| {
+            b.iter_custom(|iters| {
+                on_worker(runtime, async move {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        countdown.arm(n);
+                        let handles: Vec<_> = (0..n)
+                            .map(|_| {
+                                let guard = TickOnDrop(countdown);
+                                tokio::spawn(async move {
+                                    let _guard = guard;
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                })
+                                .abort_handle()
+                            })
+                            .collect();
+                        tokio::time::sleep(STUCK_GRACE).await;
+                        let start = Instant::now();
+                        for handle in &handles {
+                            handle.abort();
+                        }
+                        countdown.wait().await;
+                        timed += start.elapsed();
+                    }
+                    timed
+                })
+            });
+        });
+    }
+
+    for n in STUCK_TASKS {
         group.bench_function(BenchmarkId::new("ignoring_cancellation", n), |b| {
             b.iter_custom(|iters| {
                 let uri = uri.clone();
