@@ -54,19 +54,50 @@
 //! After each variant the server stops, `Supervisor::shutdown` runs (and the
 //! tracker is closed and waited for) and the runtime is shut down.
 //!
+//! **The paced window.** A saturated closed loop keeps about 64 requests
+//! queued, so its latency is about connections ÷ throughput (Little's law):
+//! its p99 mostly measures the server's CPU per request, and a variant that
+//! costs more per request (6 against 3, 6b against 4: a task that sleeps
+//! costs a timer and a second poll) has the higher p99 whether or not a
+//! response ever waits on a task. So variants 3, 4, 6 and 6b
+//! (`PACED_VARIANTS`) are measured a second time at the same offered rate R
+//! for all of them, below saturation: right after the saturated window, on
+//! the same server and the same 64 connections, an open loop. Connection i
+//! has its k-th request due at `end + i/R + k·64/R`; a request due while its
+//! connection is still busy goes as soon as the connection is free
+//! (`MissedTickBehavior::Burst`), so every request of the schedule is sent.
+//! Latency counts from the due time, so waiting behind a slow response counts
+//! (no coordinated omission), less the client's own lateness in sending once
+//! the request was due and its connection free: tokio's timer has a 1 ms
+//! resolution and fires about 1 ms late, more than the server's whole share
+//! at this load. (The time
+//! from the due time alone, and that lateness, are reported too. The same
+//! resolution means the requests due within one millisecond leave together,
+//! about R/1000 at a time.) The schedule's first 50 ms are not measured
+//! (1.05 s for 6 and 6b, until the tasks started at the saturated rate have
+//! ended and the population of sleeping tasks is the paced rate's, R × 1 s),
+//! then `--paced-secs` are. R is `--rate` if given; otherwise a quarter of the
+//! throughput of variant 3 in a run of its own before round 1, which also
+//! warms the process up, so that every round keeps its order and every
+//! paced window of a run has the same R. The paced table reports the rate
+//! achieved, p50 / p99 / p99.9, server CPU per request, and the ratios v6 ÷
+//! v3 (the issue's target), v6b ÷ v4 and v6 ÷ v6b of the paced p99.
+//!
 //! ```text
-//! cargo bench --bench load               # 6 rounds × (0.5 s + 2 s) × 8, about 2.5 minutes
-//! cargo bench --bench load -- --quick    # 3 rounds × (0.3 s + 1 s) × 8, about 45 s
+//! cargo bench --bench load               # 6 rounds × ((0.5 s + 2 s) × 8 + paced 2 s × 4), about 3.5 minutes
+//! cargo bench --bench load -- --quick    # 3 rounds × ((0.2 s + 0.7 s) × 8 + paced 0.3 s × 4), about 45 s
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--secs S`, `--warm-up S`,
+//! `--paced-secs S` (0: no paced windows), `--rate N` (requests/s),
 //! `--connections N`, `--server-threads N`, `--client-threads N`,
 //! `--blocking-limit N`, `--variants 1,3,4` and `--json PATH`.
 //!
 //! Prints Markdown tables to stdout (progress goes to stderr) and writes
 //! JSON to `$CARGO_TARGET_DIR/load-bench.json` (default
-//! `target/load-bench.json`). Run without `--bench` (as `cargo test
-//! --benches` does) it makes one short smoke pass and writes no JSON. The
+//! `target/load-bench.json`), the paced windows under `paced`. Run without
+//! `--bench` (as `cargo test --benches` does) it makes one short smoke pass,
+//! paced windows included, and writes no JSON. The
 //! server listens on loopback only; every loop and wait is bounded, and
 //! everything stops by itself.
 
@@ -85,12 +116,14 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
-use tokio::time::{sleep, timeout, timeout_at};
+use tokio::task::JoinHandle;
+use tokio::time::{interval_at, sleep, timeout, timeout_at, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 use tower_background::{BackgroundTasks, Monitor, ShutdownReport, Supervisor};
 
@@ -121,6 +154,28 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// workers and blocking pool, and the client runtime's.
 const SERVER_THREADS: &str = "load-server";
 const CLIENT_THREADS: &str = "load-client";
+/// The variants measured again at a paced rate after their saturated
+/// window: those whose latencies the issue compares (6 against 3, and their
+/// `tokio::spawn` baselines 6b and 4).
+const PACED_VARIANTS: [Variant; 4] = [
+    Variant::LayerTask,
+    Variant::TokioSpawn,
+    Variant::LayerSleep,
+    Variant::SpawnSleep,
+];
+/// The start of the paced schedule, left out of the measurement: the
+/// saturated window's last requests end and its queue drains (variants 6
+/// and 6b wait longer: [`Variant::paced_lead_in`]).
+const PACED_LEAD_IN: Duration = Duration::from_millis(50);
+/// The paced rate, unless `--rate` sets it, as a share of variant 3's
+/// saturated throughput: well below saturation for every paced variant.
+/// Half was tried first: measured at a quiet moment, half of variant 3's
+/// rate came within a third of variant 6's saturation once the machine got
+/// busy, and variant 6 fell behind its schedule (p50 8–11 ms).
+const PACED_SHARE: f64 = 0.25;
+/// Bounds on the paced rate (requests/s), so that a connection's period is
+/// never zero.
+const RATE_BOUNDS: (f64, f64) = (1.0, 10_000_000.0);
 
 /// Trivial tasks run (variants 3–5); checked after each variant.
 static TRIVIAL_RAN: AtomicU64 = AtomicU64::new(0);
@@ -204,6 +259,19 @@ impl Variant {
         }
     }
 
+    /// The paced schedule's unmeasured start: [`PACED_LEAD_IN`], and for
+    /// variants 6 and 6b [`SLEEP_TASK`] more, so that the tasks started at
+    /// the saturated window's higher rate have ended: the population of
+    /// sleeping tasks, and the work of ending them, is the paced rate's.
+    fn paced_lead_in(self, config: &Config) -> Duration {
+        match self {
+            Self::LayerSleep | Self::SpawnSleep if config.mode != "test" => {
+                SLEEP_TASK + PACED_LEAD_IN
+            }
+            _ => PACED_LEAD_IN,
+        }
+    }
+
     fn uses_layer(self) -> bool {
         matches!(
             self,
@@ -220,6 +288,12 @@ struct Config {
     measure: Duration,
     /// How long to wait, after the window, for requests sent inside it.
     drain: Duration,
+    /// The paced window of the variants in [`PACED_VARIANTS`] (after
+    /// [`PACED_LEAD_IN`]); `None` with `--paced-secs 0`.
+    paced: Option<Duration>,
+    /// The paced rate, requests/s (`--rate`); `None`: [`PACED_SHARE`] of
+    /// variant 3's throughput before round 1.
+    rate: Option<f64>,
     connections: usize,
     server_threads: usize,
     client_threads: usize,
@@ -234,11 +308,11 @@ impl Config {
         let benching = args.iter().any(|a| a == "--bench");
         let quick = args.iter().any(|a| a == "--quick");
         let mut config = if !benching {
-            Self::preset("test", 1, 0.1, 0.2, 4)
+            Self::preset("test", 1, 0.1, 0.2, 0.1, 4)
         } else if quick {
-            Self::preset("quick", 3, 0.3, 1.0, 64)
+            Self::preset("quick", 3, 0.2, 0.7, 0.3, 64)
         } else {
-            Self::preset("full", 6, 0.5, 2.0, 64)
+            Self::preset("full", 6, 0.5, 2.0, 2.0, 64)
         };
         if benching {
             config.json = Some(default_json_path());
@@ -254,6 +328,15 @@ impl Config {
                 "--rounds" => config.rounds = parse::<usize>(&value("--rounds")).max(1),
                 "--secs" => config.measure = seconds(&value("--secs")),
                 "--warm-up" => config.warm_up = seconds(&value("--warm-up")),
+                "--paced-secs" => {
+                    let secs = value("--paced-secs");
+                    config.paced = (parse::<f64>(&secs) > 0.0).then(|| seconds(&secs));
+                }
+                "--rate" => {
+                    let rate = parse::<f64>(&value("--rate"));
+                    assert!(rate.is_finite(), "not a rate: {rate}");
+                    config.rate = Some(rate.clamp(RATE_BOUNDS.0, RATE_BOUNDS.1));
+                }
                 "--connections" => {
                     config.connections = parse::<usize>(&value("--connections")).max(1)
                 }
@@ -286,6 +369,7 @@ impl Config {
         }
         // Keep every run bounded, whatever the flags say.
         config.measure = config.measure.min(Duration::from_secs(60));
+        config.paced = config.paced.map(|paced| paced.min(Duration::from_secs(60)));
         config.warm_up = config.warm_up.min(Duration::from_secs(30));
         config.rounds = config.rounds.min(50);
         config.connections = config.connections.min(1024);
@@ -297,6 +381,7 @@ impl Config {
         rounds: usize,
         warm_up: f64,
         measure: f64,
+        paced: f64,
         connections: usize,
     ) -> Self {
         Self {
@@ -305,6 +390,8 @@ impl Config {
             warm_up: Duration::from_secs_f64(warm_up),
             measure: Duration::from_secs_f64(measure),
             drain: Duration::from_secs(2),
+            paced: Some(Duration::from_secs_f64(paced)),
+            rate: None,
             connections,
             server_threads: 1,
             client_threads: 1,
@@ -552,16 +639,53 @@ struct Window {
     drain_until: Instant,
 }
 
-/// What one connection saw.
+/// When a connection's paced requests are due: the first at `first`, then
+/// one every `period`, whatever the responses take (an open loop).
+#[derive(Clone, Copy, Debug)]
+struct Pacing {
+    first: Instant,
+    /// `connections ÷ rate`: every connection sends at the same rate, and
+    /// the connections' first requests are `1 ÷ rate` apart.
+    period: Duration,
+    /// Requests due inside it are measured.
+    window: Window,
+}
+
+impl Pacing {
+    /// How many of this connection's requests are due after `scheduled` and
+    /// inside the window: the ones a failed exchange leaves unsent.
+    fn due_after(&self, scheduled: Instant) -> u64 {
+        let period = self.period.as_secs_f64();
+        let since = |instant: Instant| {
+            instant
+                .checked_duration_since(scheduled)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        // Requests `scheduled + j × period`, j ≥ 1, inside [start, end).
+        let first = (since(self.window.start) / period).ceil().max(1.0);
+        let past_last = (since(self.window.end) / period).ceil();
+        (past_last - first).max(0.0) as u64
+    }
+}
+
+/// What one connection saw in one window.
 #[derive(Debug, Default)]
 struct ClientRun {
     /// Responses completed inside the window.
     completed: u64,
     /// Responses completed, warm-up and drain included.
     total: u64,
-    /// Latencies (ns) of the requests sent inside the window.
+    /// Latencies (ns) of the requests sent inside the window; for a paced
+    /// window, see [`open_loop`].
     latencies: Vec<u64>,
-    /// Requests sent inside the window and not answered by `drain_until`.
+    /// Paced windows only: the time (ns) from when each measured request was
+    /// due to its body's end, the client's own lateness included.
+    from_schedule: Vec<u64>,
+    /// Paced windows only: how late (ns) the client sent each measured
+    /// request after it was due and its connection free.
+    send_lags: Vec<u64>,
+    /// Requests sent (or, paced, due) inside the window and not answered by
+    /// `drain_until`.
     unanswered: u64,
     errors: u64,
     first_error: Option<String>,
@@ -572,48 +696,102 @@ impl ClientRun {
         self.errors += 1;
         self.first_error.get_or_insert_with(|| error.to_string());
     }
+
+    /// Every connection's run as one, its latencies sorted.
+    fn merge(runs: Vec<Self>) -> Self {
+        let mut all = Self::default();
+        for run in runs {
+            all.completed += run.completed;
+            all.total += run.total;
+            all.unanswered += run.unanswered;
+            all.errors += run.errors;
+            all.latencies.extend(run.latencies);
+            all.from_schedule.extend(run.from_schedule);
+            all.send_lags.extend(run.send_lags);
+            if all.first_error.is_none() {
+                all.first_error = run.first_error;
+            }
+        }
+        all.latencies.sort_unstable();
+        all.from_schedule.sort_unstable();
+        all.send_lags.sort_unstable();
+        all
+    }
 }
 
-/// One keep-alive connection sending `GET /` requests one after the other
-/// until the window ends.
-async fn client(addr: SocketAddr, window: Window) -> ClientRun {
+/// One keep-alive connection: `GET /` requests one after the other until
+/// the window ends, then, with `pacing`, at the paced times on the same
+/// connection.
+async fn client(
+    addr: SocketAddr,
+    window: Window,
+    pacing: Option<Pacing>,
+) -> (ClientRun, Option<ClientRun>) {
     let mut run = ClientRun::default();
-    let stream = match TcpStream::connect(addr).await {
-        Ok(stream) => stream,
+    let mut paced_run = pacing.map(|_| ClientRun::default());
+    let (mut sender, connection) = match connect(addr).await {
+        Ok(connected) => connected,
         Err(error) => {
-            run.error(format_args!("connect: {error}"));
-            return run;
+            if let Some(paced_run) = &mut paced_run {
+                paced_run.error(format_args!("no connection: {error}"));
+            }
+            run.error(error);
+            return (run, paced_run);
         }
     };
+    let still_open = closed_loop(&mut sender, window, &mut run).await;
+    if let (Some(pacing), Some(paced_run)) = (pacing, &mut paced_run) {
+        if still_open {
+            open_loop(&mut sender, pacing, paced_run).await;
+        } else {
+            paced_run.error("the connection failed in the saturated window");
+        }
+    }
+    connection.abort();
+    (run, paced_run)
+}
+
+/// A keep-alive connection to `addr`, its connection task spawned.
+async fn connect(
+    addr: SocketAddr,
+) -> Result<(SendRequest<Empty<Bytes>>, JoinHandle<hyper::Result<()>>), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|error| format!("connect: {error}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-        TokioIo::new(stream),
-    )
-    .await
-    {
-        Ok(handshake) => handshake,
-        Err(error) => {
-            run.error(format_args!("handshake: {error}"));
-            return run;
-        }
-    };
-    let connection = tokio::spawn(connection);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| format!("handshake: {error}"))?;
+    Ok((sender, tokio::spawn(connection)))
+}
+
+/// One `GET /` and its whole body.
+async fn exchange(
+    sender: &mut SendRequest<Empty<Bytes>>,
+) -> Result<(StatusCode, Bytes), hyper::Error> {
+    let request = Request::get("/")
+        .header(HOST, "127.0.0.1")
+        .body(Empty::<Bytes>::new())
+        .expect("a valid request");
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// Sends requests one after the other until the window ends: a closed
+/// loop. Returns whether the connection is still usable.
+async fn closed_loop(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    window: Window,
+    run: &mut ClientRun,
+) -> bool {
     loop {
         let sent = Instant::now();
         if sent >= window.end {
-            break;
+            return true;
         }
-        let request = Request::get("/")
-            .header(HOST, "127.0.0.1")
-            .body(Empty::<Bytes>::new())
-            .expect("a valid request");
-        let exchange = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        };
         // A request sent during warm-up is not waited for past the window.
         let measured = sent >= window.start;
         let deadline = if measured {
@@ -621,7 +799,7 @@ async fn client(addr: SocketAddr, window: Window) -> ClientRun {
         } else {
             window.end
         };
-        match timeout_at(deadline.into(), exchange).await {
+        match timeout_at(deadline.into(), exchange(sender)).await {
             Ok(Ok((status, body))) if status == StatusCode::OK && body == BODY => {
                 let done = Instant::now();
                 run.total += 1;
@@ -634,22 +812,93 @@ async fn client(addr: SocketAddr, window: Window) -> ClientRun {
             }
             Ok(Ok((status, body))) => {
                 run.error(format_args!("unexpected response: {status} {body:?}"));
-                break;
+                return false;
             }
             Ok(Err(error)) => {
                 run.error(format_args!("request: {error}"));
-                break;
+                return false;
             }
             Err(_) => {
                 if measured {
                     run.unanswered += 1;
                 }
-                break;
+                return false;
             }
         }
     }
-    connection.abort();
-    run
+}
+
+/// Sends a request at each time `pacing` sets, or as soon as the connection
+/// is free if it is still busy then, until the window ends: an open loop.
+///
+/// A request's latency is counted from when it was due, so time spent
+/// waiting behind a slow response counts (no coordinated omission), less
+/// the client's own lateness in sending it once it was due and its
+/// connection free: tokio's timer has a resolution of 1 ms and fires about
+/// that much late, which at these latencies (hundreds of µs) would
+/// otherwise swamp the server's share. That is, latency = (the end of the
+/// connection's previous exchange − the due time, if positive) + (body's
+/// end − sent). The time from the due time alone is kept too
+/// (`from_schedule`), and the lateness (`send_lags`).
+async fn open_loop(sender: &mut SendRequest<Empty<Bytes>>, pacing: Pacing, run: &mut ClientRun) {
+    let window = pacing.window;
+    let mut due = interval_at(pacing.first.into(), pacing.period);
+    // `Burst`: a request due while the connection is busy is sent as soon as
+    // it is free, and `tick` still returns the time it was due, so every
+    // request of the schedule is sent and timed from its due time. `Delay`
+    // would push the rest of the schedule back and `Skip` would drop the
+    // missed requests: both would offer less load exactly when the server is
+    // slow, and hide that slowness.
+    due.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    // When the connection could last send: the end of its previous exchange.
+    let mut free_since = Instant::now();
+    loop {
+        let scheduled = due.tick().await.into_std();
+        if scheduled >= window.end {
+            return;
+        }
+        let sent = Instant::now();
+        // A request due during the lead-in is not waited for past the window.
+        let measured = scheduled >= window.start;
+        let deadline = if measured {
+            window.drain_until
+        } else {
+            window.end
+        };
+        match timeout_at(deadline.into(), exchange(sender)).await {
+            Ok(Ok((status, body))) if status == StatusCode::OK && body == BODY => {
+                let done = Instant::now();
+                run.total += 1;
+                if done >= window.start && done < window.end {
+                    run.completed += 1;
+                }
+                if measured {
+                    let held_back = free_since.saturating_duration_since(scheduled);
+                    run.latencies
+                        .push((held_back + (done - sent)).as_nanos() as u64);
+                    run.from_schedule.push((done - scheduled).as_nanos() as u64);
+                    run.send_lags.push(
+                        sent.saturating_duration_since(scheduled.max(free_since))
+                            .as_nanos() as u64,
+                    );
+                }
+                free_since = done;
+            }
+            Ok(Ok((status, body))) => {
+                run.error(format_args!("unexpected response: {status} {body:?}"));
+                return;
+            }
+            Ok(Err(error)) => {
+                run.error(format_args!("request: {error}"));
+                return;
+            }
+            Err(_) => {
+                // This request and every later one due inside the window.
+                run.unanswered += u64::from(measured) + pacing.due_after(scheduled);
+                return;
+            }
+        }
+    }
 }
 
 /// CPU time (ns) used so far by this process's threads whose name starts
@@ -677,6 +926,8 @@ fn threads_cpu_ns(prefix: &str) -> Option<u64> {
 struct Sampled {
     /// The largest running-task count seen (layer variants).
     peak_running: Option<u64>,
+    /// The smallest.
+    least_running: Option<u64>,
     /// The largest count of tasks waiting for a slot in their lane.
     peak_queued: Option<u64>,
     /// Tasks submitted by the end of the window (layer variants).
@@ -693,11 +944,12 @@ async fn sample(monitor: Option<Monitor>, window: Window) -> Sampled {
     tokio::time::sleep_until(window.start.into()).await;
     let server_start = threads_cpu_ns(SERVER_THREADS);
     let client_start = threads_cpu_ns(CLIENT_THREADS);
-    let (mut peak_running, mut peak_queued) = (0, 0);
+    let (mut peak_running, mut least_running, mut peak_queued) = (0, u64::MAX, 0);
     loop {
         if let Some(monitor) = &monitor {
             let stats = monitor.stats();
             peak_running = peak_running.max(stats.running);
+            least_running = least_running.min(stats.running);
             peak_queued = peak_queued.max(stats.queued);
         }
         let now = Instant::now();
@@ -713,6 +965,7 @@ async fn sample(monitor: Option<Monitor>, window: Window) -> Sampled {
     };
     Sampled {
         peak_running: monitor.as_ref().map(|_| peak_running),
+        least_running: monitor.as_ref().map(|_| least_running),
         peak_queued: monitor.as_ref().map(|_| peak_queued),
         submitted: monitor.as_ref().map(|monitor| monitor.stats().submitted),
         server_cpu: used(server_start, SERVER_THREADS),
@@ -720,13 +973,23 @@ async fn sample(monitor: Option<Monitor>, window: Window) -> Sampled {
     }
 }
 
-/// Drives `config.connections` clients against `addr` on the client runtime.
+/// One window's results: every connection's run and what was sampled.
+struct Phase {
+    window: Window,
+    runs: Vec<ClientRun>,
+    sampled: Sampled,
+}
+
+/// Drives `config.connections` clients against `addr` on the client runtime:
+/// the saturated window, then, given a rate (requests/s) and a lead-in, the
+/// paced window on the same connections.
 async fn drive(
     addr: SocketAddr,
     config: &Config,
     warm_up: Duration,
     monitor: Option<Monitor>,
-) -> (Window, Vec<ClientRun>, Sampled) {
+    paced: Option<(f64, Duration)>,
+) -> (Phase, Option<Phase>) {
     let start = Instant::now() + warm_up;
     let end = start + config.measure;
     let window = Window {
@@ -734,16 +997,53 @@ async fn drive(
         end,
         drain_until: end + config.drain,
     };
+    // The paced schedule starts as the saturated window ends; its lead-in is
+    // not measured.
+    let paced = paced.zip(config.paced).map(|((rate, lead_in), paced)| {
+        let start = end + lead_in;
+        let window = Window {
+            start,
+            end: start + paced,
+            drain_until: start + paced + config.drain,
+        };
+        (rate, window)
+    });
+    let pacing = |connection: usize| {
+        paced.map(|(rate, window)| Pacing {
+            first: end + Duration::from_secs_f64(connection as f64 / rate),
+            period: Duration::from_secs_f64(config.connections as f64 / rate),
+            window,
+        })
+    };
     let clients: Vec<_> = (0..config.connections)
-        .map(|_| tokio::spawn(client(addr, window)))
+        .map(|connection| tokio::spawn(client(addr, window, pacing(connection))))
         .collect();
-    let sampler = tokio::spawn(sample(monitor, window));
+    let sampler = tokio::spawn(sample(monitor.clone(), window));
+    let paced_sampler = paced.map(|(_, window)| (window, tokio::spawn(sample(monitor, window))));
     let mut runs = Vec::with_capacity(clients.len());
+    let mut paced_runs = Vec::new();
     for client in clients {
-        runs.push(client.await.expect("a client task panicked"));
+        let (run, paced_run) = client.await.expect("a client task panicked");
+        runs.push(run);
+        paced_runs.extend(paced_run);
     }
     let sampled = sampler.await.expect("the sampler panicked");
-    (window, runs, sampled)
+    let paced = match paced_sampler {
+        Some((window, sampler)) => Some(Phase {
+            window,
+            runs: paced_runs,
+            sampled: sampler.await.expect("the sampler panicked"),
+        }),
+        None => None,
+    };
+    (
+        Phase {
+            window,
+            runs,
+            sampled,
+        },
+        paced,
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -773,8 +1073,69 @@ struct Measured {
     client_cpu_per_request: Option<f64>,
     /// Server threads' CPU time ÷ the window: cores kept busy.
     server_cores: Option<f64>,
+    /// Trivial tasks run over the variant's life: its paced window's
+    /// included.
     trivial_ran: u64,
     teardown: Teardown,
+    /// The paced window, for the variants in [`PACED_VARIANTS`].
+    paced: Option<Paced>,
+}
+
+/// One variant's paced window in one round.
+#[derive(Debug)]
+struct Paced {
+    /// Responses completed inside the window ÷ its length: the paced rate,
+    /// unless the server (or the client) fell behind.
+    rps: f64,
+    requests: u64,
+    /// Responses over the paced part, lead-in and drain included.
+    requests_total: u64,
+    /// Latency as [`open_loop`] counts it, ns.
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    /// From when a request was due to its body's end, the client's lateness
+    /// included, ns.
+    from_schedule_p50: u64,
+    from_schedule_p99: u64,
+    /// The client's lateness in sending, ns.
+    send_lag_p50: u64,
+    send_lag_p99: u64,
+    errors: u64,
+    unanswered: u64,
+    first_error: Option<String>,
+    /// The running-task count over the window (layer variants): for
+    /// variant 6, about the paced rate × 1 s of sleeping tasks.
+    least_running: Option<u64>,
+    peak_running: Option<u64>,
+    server_cpu_per_request: Option<f64>,
+    client_cpu_per_request: Option<f64>,
+    server_cores: Option<f64>,
+}
+
+/// The rate of every paced window in a run.
+#[derive(Clone, Copy, Debug)]
+struct PacedRate {
+    /// Requests/s, over all connections.
+    per_second: f64,
+    /// Variant 3's throughput in the run before round 1.
+    variant3_rps: f64,
+    /// Set by `--rate` rather than from `variant3_rps`.
+    from_flag: bool,
+}
+
+impl PacedRate {
+    fn source(&self) -> String {
+        if self.from_flag {
+            "set by `--rate`".to_owned()
+        } else {
+            format!(
+                "{PACED_SHARE} × variant 3's {:.0} req/s, measured before round 1",
+                self.variant3_rps
+            )
+        }
+    }
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -785,55 +1146,94 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn run_variant(variant: Variant, config: &Config, client_runtime: &Runtime) -> Measured {
+/// Runs `variant` on a fresh server: its saturated window, then, if it is
+/// one of [`PACED_VARIANTS`], its paced window at `paced_rate` requests/s.
+fn run_variant(
+    variant: Variant,
+    config: &Config,
+    client_runtime: &Runtime,
+    paced_rate: Option<f64>,
+) -> Measured {
     TRIVIAL_RAN.store(0, Ordering::Relaxed);
     let server = Server::start(variant, config);
     let warm_up = variant.warm_up(config);
-    let (window, runs, sampled) =
-        client_runtime.block_on(drive(server.addr, config, warm_up, server.monitor()));
+    let paced = paced_rate
+        .filter(|_| PACED_VARIANTS.contains(&variant))
+        .map(|rate| (rate, variant.paced_lead_in(config)));
+    let (saturated, paced) =
+        client_runtime.block_on(drive(server.addr, config, warm_up, server.monitor(), paced));
     let teardown = server.stop();
     std::thread::sleep(SETTLE);
 
-    let mut latencies: Vec<u64> = Vec::new();
-    let (mut requests, mut requests_total, mut errors, mut unanswered) = (0, 0, 0, 0);
-    let mut first_error = None;
-    for run in runs {
-        requests += run.completed;
-        requests_total += run.total;
-        errors += run.errors;
-        unanswered += run.unanswered;
-        latencies.extend(run.latencies);
-        if first_error.is_none() {
-            first_error = run.first_error;
-        }
-    }
-    latencies.sort_unstable();
+    let Phase {
+        window,
+        runs,
+        sampled,
+    } = saturated;
+    let run = ClientRun::merge(runs);
+    let (requests, latencies) = (run.completed, &run.latencies);
     let seconds = (window.end - window.start).as_secs_f64();
     Measured {
         variant,
         rps: requests as f64 / seconds,
         requests,
-        requests_total,
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        p999: percentile(&latencies, 0.999),
+        requests_total: run.total,
+        p50: percentile(latencies, 0.50),
+        p99: percentile(latencies, 0.99),
+        p999: percentile(latencies, 0.999),
         max: latencies.last().copied().unwrap_or(0),
-        errors,
-        unanswered,
-        first_error,
+        errors: run.errors,
+        unanswered: run.unanswered,
+        first_error: run.first_error,
         peak_running: sampled.peak_running,
         peak_queued: sampled.peak_queued,
         submitted: sampled.submitted,
-        server_cpu_per_request: sampled
-            .server_cpu
-            .map(|cpu| cpu.as_nanos() as f64 / requests.max(1) as f64),
-        client_cpu_per_request: sampled
-            .client_cpu
-            .map(|cpu| cpu.as_nanos() as f64 / requests.max(1) as f64),
+        server_cpu_per_request: per_request(sampled.server_cpu, requests),
+        client_cpu_per_request: per_request(sampled.client_cpu, requests),
         server_cores: sampled.server_cpu.map(|cpu| cpu.as_secs_f64() / seconds),
         trivial_ran: TRIVIAL_RAN.load(Ordering::Relaxed),
         teardown,
+        paced: paced.map(Paced::from),
     }
+}
+
+impl From<Phase> for Paced {
+    fn from(phase: Phase) -> Self {
+        let Phase {
+            window,
+            runs,
+            sampled,
+        } = phase;
+        let run = ClientRun::merge(runs);
+        let (requests, latencies) = (run.completed, &run.latencies);
+        let seconds = (window.end - window.start).as_secs_f64();
+        Self {
+            rps: requests as f64 / seconds,
+            requests,
+            requests_total: run.total,
+            p50: percentile(latencies, 0.50),
+            p99: percentile(latencies, 0.99),
+            p999: percentile(latencies, 0.999),
+            max: latencies.last().copied().unwrap_or(0),
+            from_schedule_p50: percentile(&run.from_schedule, 0.50),
+            from_schedule_p99: percentile(&run.from_schedule, 0.99),
+            send_lag_p50: percentile(&run.send_lags, 0.50),
+            send_lag_p99: percentile(&run.send_lags, 0.99),
+            errors: run.errors,
+            unanswered: run.unanswered,
+            first_error: run.first_error,
+            least_running: sampled.least_running,
+            peak_running: sampled.peak_running,
+            server_cpu_per_request: per_request(sampled.server_cpu, requests),
+            client_cpu_per_request: per_request(sampled.client_cpu, requests),
+            server_cores: sampled.server_cpu.map(|cpu| cpu.as_secs_f64() / seconds),
+        }
+    }
+}
+
+/// CPU time per completed request, ns.
+fn per_request(cpu: Option<Duration>, requests: u64) -> Option<f64> {
+    cpu.map(|cpu| cpu.as_nanos() as f64 / requests.max(1) as f64)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -964,6 +1364,64 @@ fn ratios() -> Vec<Ratio> {
     ]
 }
 
+/// The ratios of the paced windows: the same offered rate for every
+/// variant, below saturation.
+fn paced_ratios() -> Vec<Ratio> {
+    let p99: fn(&Measured) -> f64 = |m| m.paced.as_ref().map_or(f64::NAN, |p| p.p99 as f64);
+    let cpu: fn(&Measured) -> f64 = |m| {
+        m.paced
+            .as_ref()
+            .and_then(|p| p.server_cpu_per_request)
+            .unwrap_or(f64::NAN)
+    };
+    vec![
+        Ratio {
+            name: "paced_v6_over_v3_p99",
+            what: "paced p99, sleeping tasks alive ÷ trivial task",
+            numerator: Variant::LayerSleep,
+            denominator: Variant::LayerTask,
+            metric: p99,
+            target: Some((1.05, false)),
+        },
+        Ratio {
+            name: "paced_v6b_over_v4_p99",
+            what: "paced p99, `tokio::spawn` of a 1 s sleep ÷ of a trivial task (reported: tokio's share)",
+            numerator: Variant::SpawnSleep,
+            denominator: Variant::TokioSpawn,
+            metric: p99,
+            target: None,
+        },
+        Ratio {
+            name: "paced_v6_over_v6b_p99",
+            what: "paced p99, sleeping tasks through the layer ÷ through `tokio::spawn` (reported: our share)",
+            numerator: Variant::LayerSleep,
+            denominator: Variant::SpawnSleep,
+            metric: p99,
+            target: None,
+        },
+        Ratio {
+            name: "paced_v6_over_v3_p99_from_due_time",
+            what: "paced p99 from the due time (the client's lateness included), sleeping tasks alive ÷ trivial task (reported)",
+            numerator: Variant::LayerSleep,
+            denominator: Variant::LayerTask,
+            metric: |m| {
+                m.paced
+                    .as_ref()
+                    .map_or(f64::NAN, |p| p.from_schedule_p99 as f64)
+            },
+            target: None,
+        },
+        Ratio {
+            name: "paced_v6_over_v3_server_cpu",
+            what: "paced server CPU per request, sleeping task ÷ trivial task (reported)",
+            numerator: Variant::LayerSleep,
+            denominator: Variant::LayerTask,
+            metric: cpu,
+            target: None,
+        },
+    ]
+}
+
 fn micros(ns: f64) -> String {
     let us = ns / 1000.0;
     if us >= 100.0 {
@@ -1001,22 +1459,34 @@ fn main() {
         .build()
         .expect("the client runtime");
 
-    // Warm-up before the first round: the allocator, page tables, caches.
-    if config.mode != "test" {
-        let warm_up = Config {
-            measure: config.warm_up,
-            ..config.clone()
-        };
-        let measured = run_variant(Variant::Bare, &warm_up, &client_runtime);
-        eprintln!("warm-up: {:.0} req/s (not recorded)", measured.rps);
-    }
+    // Before the first round, variant 3 runs once, unrecorded: it warms the
+    // process up (the allocator, page tables, caches) and, unless `--rate`
+    // sets it, fixes the paced rate at a share of its throughput. A run of
+    // its own rather than round 1's variant 3, so that the rounds keep their
+    // order and every paced window of the run has the same rate.
+    let warm_up = Config {
+        measure: config.warm_up,
+        ..config.clone()
+    };
+    let measured = run_variant(Variant::LayerTask, &warm_up, &client_runtime, None);
+    let rate = PacedRate {
+        per_second: config
+            .rate
+            .unwrap_or_else(|| (measured.rps * PACED_SHARE).clamp(RATE_BOUNDS.0, RATE_BOUNDS.1)),
+        variant3_rps: measured.rps,
+        from_flag: config.rate.is_some(),
+    };
+    eprintln!(
+        "warm-up (variant 3): {:.0} req/s (not recorded); paced rate {:.0} req/s",
+        measured.rps, rate.per_second,
+    );
 
     let started = Instant::now();
     let mut rounds: Vec<Vec<Measured>> = Vec::new();
     for round in 1..=config.rounds {
         let mut this_round = Vec::new();
         for &variant in &config.variants {
-            let m = run_variant(variant, &config, &client_runtime);
+            let m = run_variant(variant, &config, &client_runtime, Some(rate.per_second));
             eprintln!(
                 "round {round} v{} {:<20} {:>9.0} req/s  p50 {:>7} µs  p99 {:>7} µs  \
                  p99.9 {:>7} µs  server CPU {} µs/req ({:.2} cores)  errors {} unanswered {}{}",
@@ -1035,6 +1505,32 @@ fn main() {
             if let Some(error) = &m.first_error {
                 eprintln!("    first error: {error}");
             }
+            if let Some(paced) = &m.paced {
+                eprintln!(
+                    "    paced at {:.0} req/s: {:>9.0} req/s  p50 {:>7} µs  p99 {:>7} µs  \
+                     p99.9 {:>7} µs  (from the due time: p99 {} µs; client lateness p50 {} \
+                     p99 {} µs)  server CPU {} µs/req ({:.2} cores)  errors {} unanswered {}{}",
+                    rate.per_second,
+                    paced.rps,
+                    micros(paced.p50 as f64),
+                    micros(paced.p99 as f64),
+                    micros(paced.p999 as f64),
+                    micros(paced.from_schedule_p99 as f64),
+                    micros(paced.send_lag_p50 as f64),
+                    micros(paced.send_lag_p99 as f64),
+                    micros(paced.server_cpu_per_request.unwrap_or(f64::NAN)),
+                    paced.server_cores.unwrap_or(f64::NAN),
+                    paced.errors,
+                    paced.unanswered,
+                    match (paced.least_running, paced.peak_running) {
+                        (Some(least), Some(peak)) => format!("  running {least}–{peak}"),
+                        _ => String::new(),
+                    },
+                );
+                if let Some(error) = &paced.first_error {
+                    eprintln!("    first error (paced): {error}");
+                }
+            }
             this_round.push(m);
         }
         rounds.push(this_round);
@@ -1044,10 +1540,17 @@ fn main() {
 
     let summary = summarise(&config, &rounds);
     print_markdown(&config, &rounds, &summary, cores, elapsed);
+    print_paced_markdown(&config, &rate, &rounds, &summary);
     let failures: u64 = rounds
         .iter()
         .flatten()
-        .map(|m| m.errors + m.unanswered)
+        .map(|m| {
+            m.errors
+                + m.unanswered
+                + m.paced
+                    .as_ref()
+                    .map_or(0, |paced| paced.errors + paced.unanswered)
+        })
         .sum();
 
     if let Some(path) = &config.json {
@@ -1073,6 +1576,7 @@ fn main() {
             "medians": summary.medians,
             "ratios": summary.ratios,
             "rounds": rounds.iter().map(|round| round.iter().map(measured_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "paced": paced_json(&config, &rate, &rounds, &summary),
         });
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -1154,9 +1658,63 @@ fn measured_json(m: &Measured) -> Value {
     })
 }
 
+/// The `paced` object of the JSON: the rate, medians, ratios and every
+/// round's paced windows; `null` when no variant had one.
+fn paced_json(
+    config: &Config,
+    rate: &PacedRate,
+    rounds: &[Vec<Measured>],
+    summary: &Summary,
+) -> Value {
+    if summary.paced_medians.is_empty() {
+        return Value::Null;
+    }
+    let window = |m: &Measured| {
+        let p = m.paced.as_ref()?;
+        Some(json!({
+            "variant": m.variant.number(),
+            "key": m.variant.key(),
+            "rps": p.rps,
+            "requests": p.requests,
+            "requests_total": p.requests_total,
+            "latency_ns": { "p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max },
+            "from_schedule_ns": { "p50": p.from_schedule_p50, "p99": p.from_schedule_p99 },
+            "send_lag_ns": { "p50": p.send_lag_p50, "p99": p.send_lag_p99 },
+            "errors": p.errors,
+            "unanswered": p.unanswered,
+            "server_cpu_ns_per_request": p.server_cpu_per_request,
+            "client_cpu_ns_per_request": p.client_cpu_per_request,
+            "server_cores_busy": p.server_cores,
+            "least_running_tasks": p.least_running,
+            "peak_running_tasks": p.peak_running,
+        }))
+    };
+    json!({
+        "rate_rps": rate.per_second,
+        "rate_source": if rate.from_flag { "--rate" } else { "variant 3 before round 1" },
+        "variant3_rps_before_round_1": rate.variant3_rps,
+        "share_of_variant3": (!rate.from_flag).then_some(PACED_SHARE),
+        "connections": config.connections,
+        "lead_in_s": PACED_LEAD_IN.as_secs_f64(),
+        "lead_in_s_v6_v6b": Variant::LayerSleep.paced_lead_in(config).as_secs_f64(),
+        "window_s": config.paced.map(|paced| paced.as_secs_f64()),
+        "latency": "from the due time, less the client's lateness on an idle connection",
+        "missed_tick_behavior": "Burst",
+        "medians": summary.paced_medians,
+        "ratios": summary.paced_ratios,
+        "rounds": rounds
+            .iter()
+            .map(|round| round.iter().filter_map(window).collect::<Vec<_>>())
+            .collect::<Vec<_>>(),
+    })
+}
+
 struct Summary {
     medians: Vec<Value>,
     ratios: Vec<Value>,
+    /// The paced windows' medians, for the variants that have one.
+    paced_medians: Vec<Value>,
+    paced_ratios: Vec<Value>,
 }
 
 fn summarise(config: &Config, rounds: &[Vec<Measured>]) -> Summary {
@@ -1188,7 +1746,47 @@ fn summarise(config: &Config, rounds: &[Vec<Measured>]) -> Summary {
             })
         })
         .collect();
-    let ratios = ratios()
+    let paced_medians = config
+        .variants
+        .iter()
+        .filter_map(|&variant| {
+            let runs: Vec<&Paced> = of(variant)
+                .iter()
+                .filter_map(|m| m.paced.as_ref())
+                .collect();
+            if runs.is_empty() {
+                return None;
+            }
+            let med = |f: fn(&Paced) -> f64| median(runs.iter().map(|p| f(p)).collect());
+            Some(json!({
+                "variant": variant.number(),
+                "key": variant.key(),
+                "label": variant.label(),
+                "rps": med(|p| p.rps),
+                "p50_ns": med(|p| p.p50 as f64),
+                "p99_ns": med(|p| p.p99 as f64),
+                "p999_ns": med(|p| p.p999 as f64),
+                "from_schedule_p99_ns": med(|p| p.from_schedule_p99 as f64),
+                "send_lag_p99_ns": med(|p| p.send_lag_p99 as f64),
+                "server_cpu_ns_per_request": med(|p| p.server_cpu_per_request.unwrap_or(f64::NAN)),
+                "client_cpu_ns_per_request": med(|p| p.client_cpu_per_request.unwrap_or(f64::NAN)),
+                "server_cores_busy": med(|p| p.server_cores.unwrap_or(f64::NAN)),
+                "p99_ns_per_round": runs.iter().map(|p| p.p99).collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    Summary {
+        medians,
+        ratios: summarise_ratios(rounds, ratios()),
+        paced_medians,
+        paced_ratios: summarise_ratios(rounds, paced_ratios()),
+    }
+}
+
+/// Each ratio within each round that has both variants, and its median;
+/// none for a ratio no round has.
+fn summarise_ratios(rounds: &[Vec<Measured>], ratios: Vec<Ratio>) -> Vec<Value> {
+    ratios
         .into_iter()
         .filter_map(|ratio| {
             let per_round: Vec<f64> = rounds
@@ -1221,8 +1819,7 @@ fn summarise(config: &Config, rounds: &[Vec<Measured>]) -> Summary {
                 "met": met,
             }))
         })
-        .collect();
-    Summary { medians, ratios }
+        .collect()
 }
 
 fn print_markdown(
@@ -1281,29 +1878,7 @@ fn print_markdown(
             per_round.join(" / "),
         );
     }
-    println!();
-    println!("| ratio | target | median | per round | met |");
-    println!("|---|---|---|---|---|");
-    for ratio in &summary.ratios {
-        let per_round: Vec<String> = ratio["per_round"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| format!("{:.3}", v.as_f64().unwrap_or(f64::NAN)))
-            .collect();
-        println!(
-            "| {} | {} | **{:.3}** | {} | {} |",
-            ratio["what"].as_str().unwrap_or(""),
-            ratio["target"].as_str().unwrap_or("—"),
-            ratio["median"].as_f64().unwrap_or(f64::NAN),
-            per_round.join(" / "),
-            match ratio["met"].as_bool() {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "—",
-            },
-        );
-    }
+    print_ratios(&summary.ratios);
 
     // What the sleeping and blocking variants left behind at shutdown.
     for variant in [Variant::LayerSleep, Variant::LayerBlocking] {
@@ -1338,5 +1913,107 @@ fn print_markdown(
                 report.map_or(0, |r| r.stats.running),
             );
         }
+    }
+}
+
+/// A ratio table: each ratio's target, median, per-round values and whether
+/// it is met.
+fn print_ratios(ratios: &[Value]) {
+    println!();
+    println!("| ratio | target | median | per round | met |");
+    println!("|---|---|---|---|---|");
+    for ratio in ratios {
+        let per_round: Vec<String> = ratio["per_round"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{:.3}", v.as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        println!(
+            "| {} | {} | **{:.3}** | {} | {} |",
+            ratio["what"].as_str().unwrap_or(""),
+            ratio["target"].as_str().unwrap_or("—"),
+            ratio["median"].as_f64().unwrap_or(f64::NAN),
+            per_round.join(" / "),
+            match ratio["met"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            },
+        );
+    }
+}
+
+/// The paced windows' table and ratios, after the saturated ones.
+fn print_paced_markdown(
+    config: &Config,
+    rate: &PacedRate,
+    rounds: &[Vec<Measured>],
+    summary: &Summary,
+) {
+    if summary.paced_medians.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "Paced (open loop), the same offered rate for every variant: {:.0} req/s ({}), one \
+         request due every {:.2} ms on each of the {} connections, on the same server right \
+         after its saturated window; {:.2} s lead-in ({:.2} s for 6 and 6b, until the tasks \
+         started at the saturated rate have ended), then {:.1} s measured. Latency from \
+         when a request was due, less the client's own lateness on an idle connection \
+         (tokio's 1 ms timer); medians over rounds.",
+        rate.per_second,
+        rate.source(),
+        config.connections as f64 / rate.per_second * 1e3,
+        config.connections,
+        PACED_LEAD_IN.as_secs_f64(),
+        Variant::LayerSleep.paced_lead_in(config).as_secs_f64(),
+        config.paced.map_or(0.0, |paced| paced.as_secs_f64()),
+    );
+    println!();
+    println!(
+        "| # | variant | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | \
+         p99 µs from the due time | client lateness p99 µs | p99 µs per round |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in &summary.paced_medians {
+        let per_round: Vec<String> = row["p99_ns_per_round"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| micros(v.as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        let ns = |key: &str| micros(row[key].as_f64().unwrap_or(f64::NAN));
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            row["variant"].as_str().unwrap_or(""),
+            row["label"].as_str().unwrap_or(""),
+            row["rps"].as_f64().unwrap_or(f64::NAN),
+            ns("p50_ns"),
+            ns("p99_ns"),
+            ns("p999_ns"),
+            ns("server_cpu_ns_per_request"),
+            ns("from_schedule_p99_ns"),
+            ns("send_lag_p99_ns"),
+            per_round.join(" / "),
+        );
+    }
+    print_ratios(&summary.paced_ratios);
+
+    // How many of variant 6's tasks were alive while it was paced.
+    let populations: Vec<String> = rounds
+        .iter()
+        .filter_map(|round| round.iter().find(|m| m.variant == Variant::LayerSleep))
+        .filter_map(|m| {
+            let paced = m.paced.as_ref()?;
+            Some(format!("{}–{}", paced.least_running?, paced.peak_running?))
+        })
+        .collect();
+    if !populations.is_empty() {
+        println!();
+        println!(
+            "v6 tasks running during the paced window (least–peak), per round: {}",
+            populations.join(", ")
+        );
     }
 }
