@@ -780,6 +780,47 @@ async fn exchange(
     Ok((status, body))
 }
 
+/// How one request of a loop ended.
+enum Exchanged {
+    /// Answered `200 ok`, its body ended at this instant (counted in `run`).
+    Answered(Instant),
+    /// An error or an unexpected answer (counted in `run`): the connection
+    /// is no longer usable.
+    Failed,
+    /// Not answered by the deadline (for the caller to count).
+    TimedOut,
+}
+
+/// Sends one request on `sender` and waits for its answer until `deadline`,
+/// counting in `run` an answer (and whether it ended inside `window`) or
+/// what went wrong.
+async fn exchange_until(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    deadline: Instant,
+    window: Window,
+    run: &mut ClientRun,
+) -> Exchanged {
+    match timeout_at(deadline.into(), exchange(sender)).await {
+        Ok(Ok((status, body))) if status == StatusCode::OK && body == BODY => {
+            let done = Instant::now();
+            run.total += 1;
+            if done >= window.start && done < window.end {
+                run.completed += 1;
+            }
+            Exchanged::Answered(done)
+        }
+        Ok(Ok((status, body))) => {
+            run.error(format_args!("unexpected response: {status} {body:?}"));
+            Exchanged::Failed
+        }
+        Ok(Err(error)) => {
+            run.error(format_args!("request: {error}"));
+            Exchanged::Failed
+        }
+        Err(_) => Exchanged::TimedOut,
+    }
+}
+
 /// Sends requests one after the other until the window ends: a closed
 /// loop. Returns whether the connection is still usable.
 async fn closed_loop(
@@ -799,26 +840,14 @@ async fn closed_loop(
         } else {
             window.end
         };
-        match timeout_at(deadline.into(), exchange(sender)).await {
-            Ok(Ok((status, body))) if status == StatusCode::OK && body == BODY => {
-                let done = Instant::now();
-                run.total += 1;
-                if done >= window.start && done < window.end {
-                    run.completed += 1;
-                }
+        match exchange_until(sender, deadline, window, run).await {
+            Exchanged::Answered(done) => {
                 if measured {
                     run.latencies.push((done - sent).as_nanos() as u64);
                 }
             }
-            Ok(Ok((status, body))) => {
-                run.error(format_args!("unexpected response: {status} {body:?}"));
-                return false;
-            }
-            Ok(Err(error)) => {
-                run.error(format_args!("request: {error}"));
-                return false;
-            }
-            Err(_) => {
+            Exchanged::Failed => return false,
+            Exchanged::TimedOut => {
                 if measured {
                     run.unanswered += 1;
                 }
@@ -865,13 +894,8 @@ async fn open_loop(sender: &mut SendRequest<Empty<Bytes>>, pacing: Pacing, run: 
         } else {
             window.end
         };
-        match timeout_at(deadline.into(), exchange(sender)).await {
-            Ok(Ok((status, body))) if status == StatusCode::OK && body == BODY => {
-                let done = Instant::now();
-                run.total += 1;
-                if done >= window.start && done < window.end {
-                    run.completed += 1;
-                }
+        match exchange_until(sender, deadline, window, run).await {
+            Exchanged::Answered(done) => {
                 if measured {
                     let held_back = free_since.saturating_duration_since(scheduled);
                     run.latencies
@@ -884,15 +908,8 @@ async fn open_loop(sender: &mut SendRequest<Empty<Bytes>>, pacing: Pacing, run: 
                 }
                 free_since = done;
             }
-            Ok(Ok((status, body))) => {
-                run.error(format_args!("unexpected response: {status} {body:?}"));
-                return;
-            }
-            Ok(Err(error)) => {
-                run.error(format_args!("request: {error}"));
-                return;
-            }
-            Err(_) => {
+            Exchanged::Failed => return,
+            Exchanged::TimedOut => {
                 // This request and every later one due inside the window.
                 run.unanswered += u64::from(measured) + pacing.due_after(scheduled);
                 return;
