@@ -281,9 +281,6 @@ impl BackgroundTasks {
         &self.request.set
     }
 
-    /// Offers `task` to the request's queue. With `counted`, a task that is
-    /// not accepted is counted (refused, rejected or discarded) as the plain
-    /// `add` methods promise; without, only the error says so.
     /// `future` as a task of the default lane, without options.
     fn plain<F>(future: F) -> Task
     where
@@ -293,6 +290,9 @@ impl BackgroundTasks {
         Task::new(Work::Async(task::boxed(future)), DEFAULT_LANE)
     }
 
+    /// Offers `task` to the request's queue. With `counted`, a task that is
+    /// not accepted is counted (refused, rejected or discarded) as the plain
+    /// `add` methods promise; without, only the error says so.
     fn offer(&self, task: Task, counted: bool) -> Result<(), AddError> {
         let request = &self.request;
         let set = &request.set;
