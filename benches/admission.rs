@@ -107,6 +107,9 @@ use tokio::sync::{Notify, Semaphore};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_background::{BackgroundTasks, Monitor, Supervisor};
 
+mod support;
+use support::{median, Mode};
+
 /// The limit of the `limited` variant.
 const LIMIT: usize = 1000;
 /// `max_queued` of both variants: above the million tasks, so none is refused.
@@ -163,12 +166,12 @@ fn main() {
         probe(name, n);
         return;
     }
-    let benching = args.iter().any(|arg| arg == "--bench");
-    let quick = args.iter().any(|arg| arg == "--quick");
+    let mode = Mode::from_args(&args);
+    let quick = mode == Mode::Quick;
     let filters: Vec<&String> = args.iter().filter(|arg| !arg.starts_with('-')).collect();
     let wanted =
         |part: &str| filters.is_empty() || filters.iter().any(|f| part.contains(f.as_str()));
-    let settings = if benching {
+    let settings = if mode.measures() {
         Settings {
             rounds: if quick { 3 } else { 9 },
             probe_runs: if quick { 1 } else { 3 },
@@ -415,10 +418,10 @@ fn throughput_on(settings: &Settings, runtime_name: &str, runtime: &Runtime, sce
     let mut wall = [0.0; 2];
     let mut cpu = [0.0; 2];
     for (variant, (name, _, _)) in variants.iter().enumerate() {
-        let mut elapsed = ms(variant, |run| run.elapsed);
+        let elapsed = ms(variant, |run| run.elapsed);
         let listed: Vec<String> = elapsed.iter().map(|ms| format!("{ms:.0}")).collect();
-        wall[variant] = median(&mut elapsed);
-        cpu[variant] = median(&mut ms(variant, |run| run.cpu));
+        wall[variant] = median(elapsed);
+        cpu[variant] = median(ms(variant, |run| run.cpu));
         let queued = runs[variant].iter().map(|run| run.queued_after_handoffs);
         println!(
             "  {name:<9} median {:>6.0} ms = {:>5.2} M tasks/s ({:>4.0} ns/task), \
@@ -434,7 +437,7 @@ fn throughput_on(settings: &Settings, runtime_name: &str, runtime: &Runtime, sce
             queued.max().unwrap_or(0),
         );
     }
-    let mut round_ratios: Vec<f64> = runs[0]
+    let round_ratios: Vec<f64> = runs[0]
         .iter()
         .zip(&runs[1])
         .map(|(limited, unlimited)| unlimited.elapsed.as_secs_f64() / limited.elapsed.as_secs_f64())
@@ -449,34 +452,15 @@ fn throughput_on(settings: &Settings, runtime_name: &str, runtime: &Runtime, sce
          {low:.2}x..{high:.2}x); by CPU time {:.2}x; default lane high-water mark {high_water} \
          (limit {LIMIT})",
         wall[1] / wall[0],
-        median(&mut round_ratios),
+        median(round_ratios),
         cpu[1] / cpu[0],
     );
 }
 
-/// The on-CPU time of all this process's threads so far (the first field of
-/// each thread's `/proc/self/task/*/schedstat`): less disturbed than the
-/// wall clock by other processes on a busy machine.
+/// The on-CPU time of all this process's threads so far: less disturbed
+/// than the wall clock by other processes on a busy machine.
 fn process_cpu() -> Duration {
-    let threads = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
-    let nanos = threads
-        .filter_map(|thread| {
-            let path = thread.ok()?.path().join("schedstat");
-            let schedstat = std::fs::read_to_string(path).ok()?;
-            schedstat.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum();
-    Duration::from_nanos(nanos)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    }
+    Duration::from_nanos(support::threads_cpu_ns("").expect("/proc/self/task/*/schedstat"))
 }
 
 // ---------------------------------------------------------------------------
@@ -511,14 +495,14 @@ fn memory(settings: &Settings) {
     );
     let mut per_task = Vec::new();
     for (name, what) in PROBES {
-        let mut bytes: Vec<f64> = (0..settings.probe_runs)
+        let bytes: Vec<f64> = (0..settings.probe_runs)
             .map(|_| {
                 let measured = run_probe(name, n);
                 (measured.after - measured.before) as f64 * 1024.0 / n as f64
             })
             .collect();
         let listed: Vec<String> = bytes.iter().map(|b| format!("{b:.1}")).collect();
-        let median = median(&mut bytes);
+        let median = median(bytes);
         per_task.push(median);
         println!(
             "  {name:<21} {median:>6.1} B per task  ({what}; runs: {})",

@@ -119,6 +119,9 @@ use tower_background::durable::{
 };
 use tower_background::{BackgroundTasks, Supervisor};
 
+mod support;
+use support::{parse, Mode};
+
 /// Jobs each worker runs at once (`Workers`' default).
 const CONCURRENCY: usize = 4;
 /// The window over which the fast latency modes enqueue their jobs.
@@ -229,7 +232,7 @@ fn all_started(seqs: &[u64]) -> bool {
 
 #[derive(Clone, Debug)]
 struct Config {
-    mode: &'static str,
+    mode: Mode,
     rounds: usize,
     jobs: usize,
     latency_jobs: usize,
@@ -241,17 +244,14 @@ struct Config {
 impl Config {
     fn from_args() -> Self {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let benching = args.iter().any(|a| a == "--bench");
-        let quick = args.iter().any(|a| a == "--quick");
-        let mut config = if !benching {
-            Self::preset("test", 1, 64, 8, false, 0)
-        } else if quick {
-            Self::preset("quick", 1, 400, 30, true, 10)
-        } else {
-            Self::preset("full", 5, 2000, 60, true, 30)
+        let mode = Mode::from_args(&args);
+        let mut config = match mode {
+            Mode::Smoke => Self::preset(mode, 1, 64, 8, false, 0),
+            Mode::Quick => Self::preset(mode, 1, 400, 30, true, 10),
+            Mode::Full => Self::preset(mode, 5, 2000, 60, true, 30),
         };
-        if benching {
-            config.json = Some(default_json_path());
+        if mode.measures() {
+            config.json = Some(support::default_json_path("durable-bench.json"));
         }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -277,7 +277,7 @@ impl Config {
     }
 
     fn preset(
-        mode: &'static str,
+        mode: Mode,
         rounds: usize,
         jobs: usize,
         latency_jobs: usize,
@@ -294,20 +294,6 @@ impl Config {
             json: None,
         }
     }
-}
-
-fn parse<T: std::str::FromStr>(value: &str) -> T {
-    value
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("not a number: {value:?}"))
-}
-
-fn default_json_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("durable-bench.json")
 }
 
 // ---------------------------------------------------------------------------
@@ -1007,14 +993,16 @@ async fn push_direct<J: Probe>(pool: &sqlx::SqlitePool, seq: u64) {
 // ---------------------------------------------------------------------------
 // Statistics and output.
 
+/// The `q`-quantile of sorted values by nearest rank; NaN when there are
+/// none, which the tables show as "—".
 fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    support::percentile(sorted, q).unwrap_or(f64::NAN)
 }
 
+/// The median of the finite values, the lower of the middle two for an
+/// even count. Not `support::median`, which keeps NaN and averages the
+/// middle two: this one leaves out a round with no figure (NaN), and
+/// either change would move the durable tables' figures.
 fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| v.is_finite());
     values.sort_by(f64::total_cmp);
@@ -1189,10 +1177,8 @@ fn main() {
     if let Some(path) = &config.json {
         let document = json!({
             "benchmark": "durable",
-            "mode": config.mode,
-            "unix_time": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            "mode": config.mode.name(),
+            "unix_time": support::unix_time(),
             "cores": cores,
             "config": {
                 "rounds": config.rounds,
@@ -1210,15 +1196,9 @@ fn main() {
             "latency": summary.latency,
             "ratios": summary.ratios,
         });
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        match std::fs::write(path, serde_json::to_string_pretty(&document).expect("JSON")) {
-            Ok(()) => eprintln!("wrote {}", path.display()),
-            Err(error) => eprintln!("could not write {}: {error}", path.display()),
-        }
+        support::write_json(path, &document);
     }
-    if config.mode == "test" {
+    if config.mode == Mode::Smoke {
         assert_eq!(missing, 0, "jobs never started in the smoke pass");
         eprintln!("durable: smoke pass ok (run with `cargo bench --bench durable` to measure)");
     } else if missing > 0 {
@@ -1350,12 +1330,8 @@ fn print_markdown(
     println!("| mode (engine/path/producers) | accepted/s | stored/s (`enqueue`), done/s (`add`) | push retries | accepted/s per round |");
     println!("|---|---|---|---|---|");
     for row in &summary.throughput {
-        let per_round: Vec<String> = row["accepted_per_s_per_round"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| format!("{:.0}", f(v)))
-            .collect();
+        let per_round =
+            support::per_round_cell(&row["accepted_per_s_per_round"], |x| format!("{x:.0}"));
         let settled = f(&row["settled_per_s"]);
         println!(
             "| {} | {:.0} | {} | {} | {} |",
@@ -1367,36 +1343,26 @@ fn print_markdown(
                 "—".to_owned()
             },
             row["push_retries"],
-            per_round.join(" / "),
+            per_round,
         );
     }
     println!();
     println!("| ratio (median of per-round ratios) | median | per round |");
     println!("|---|---|---|");
     for ratio in &summary.ratios {
-        let per_round: Vec<String> = ratio["per_round"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| format!("{:.4}", f(v)))
-            .collect();
+        let per_round = support::per_round_cell(&ratio["per_round"], |x| format!("{x:.4}"));
         println!(
             "| {} | **{:.4}** | {} |",
             ratio["what"].as_str().unwrap_or(""),
             f(&ratio["median"]),
-            per_round.join(" / "),
+            per_round,
         );
     }
     println!();
     println!("| latency mode (engine/path/wake-up) | p50 | p99 | max | jobs (never started) | window | p50 per round |");
     println!("|---|---|---|---|---|---|---|");
     for row in &summary.latency {
-        let per_round: Vec<String> = row["p50_us_per_round"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| time(f(v)))
-            .collect();
+        let per_round = support::per_round_cell(&row["p50_us_per_round"], time);
         println!(
             "| {} | {} | {} | {} | {} ({}) | {:.0} s | {} |",
             row["key"].as_str().unwrap_or(""),
@@ -1406,7 +1372,7 @@ fn print_markdown(
             row["jobs"],
             row["never_started"],
             f(&row["window_s"]),
-            per_round.join(" / "),
+            per_round,
         );
     }
 }

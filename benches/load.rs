@@ -118,7 +118,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
@@ -126,6 +126,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{interval_at, sleep, timeout, timeout_at, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 use tower_background::{BackgroundTasks, Monitor, ShutdownReport, Supervisor};
+
+mod support;
+use support::{median, parse, percentile, threads_cpu_ns, Mode};
 
 /// Every variant's response body.
 const BODY: &str = "ok";
@@ -252,7 +255,7 @@ impl Variant {
     /// 200 ms.
     fn warm_up(self, config: &Config) -> Duration {
         match self {
-            Self::LayerSleep | Self::SpawnSleep if config.mode != "test" => {
+            Self::LayerSleep | Self::SpawnSleep if config.mode.measures() => {
                 config.warm_up.max(SLEEP_TASK + Duration::from_millis(200))
             }
             _ => config.warm_up,
@@ -265,7 +268,7 @@ impl Variant {
     /// sleeping tasks, and the work of ending them, is the paced rate's.
     fn paced_lead_in(self, config: &Config) -> Duration {
         match self {
-            Self::LayerSleep | Self::SpawnSleep if config.mode != "test" => {
+            Self::LayerSleep | Self::SpawnSleep if config.mode.measures() => {
                 SLEEP_TASK + PACED_LEAD_IN
             }
             _ => PACED_LEAD_IN,
@@ -282,7 +285,7 @@ impl Variant {
 
 #[derive(Clone, Debug)]
 struct Config {
-    mode: &'static str,
+    mode: Mode,
     rounds: usize,
     warm_up: Duration,
     measure: Duration,
@@ -305,17 +308,14 @@ struct Config {
 impl Config {
     fn from_args() -> Self {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let benching = args.iter().any(|a| a == "--bench");
-        let quick = args.iter().any(|a| a == "--quick");
-        let mut config = if !benching {
-            Self::preset("test", 1, 0.1, 0.2, 0.1, 4)
-        } else if quick {
-            Self::preset("quick", 3, 0.2, 0.7, 0.3, 64)
-        } else {
-            Self::preset("full", 6, 0.5, 2.0, 2.0, 64)
+        let mode = Mode::from_args(&args);
+        let mut config = match mode {
+            Mode::Smoke => Self::preset(mode, 1, 0.1, 0.2, 0.1, 4),
+            Mode::Quick => Self::preset(mode, 3, 0.2, 0.7, 0.3, 64),
+            Mode::Full => Self::preset(mode, 6, 0.5, 2.0, 2.0, 64),
         };
-        if benching {
-            config.json = Some(default_json_path());
+        if mode.measures() {
+            config.json = Some(support::default_json_path("load-bench.json"));
         }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -377,7 +377,7 @@ impl Config {
     }
 
     fn preset(
-        mode: &'static str,
+        mode: Mode,
         rounds: usize,
         warm_up: f64,
         measure: f64,
@@ -402,22 +402,8 @@ impl Config {
     }
 }
 
-fn parse<T: std::str::FromStr>(value: &str) -> T {
-    value
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("not a number: {value:?}"))
-}
-
 fn seconds(value: &str) -> Duration {
     Duration::from_secs_f64(parse::<f64>(value).clamp(0.01, 600.0))
-}
-
-fn default_json_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("load-bench.json")
 }
 
 // ---------------------------------------------------------------------------
@@ -639,6 +625,19 @@ struct Window {
     drain_until: Instant,
 }
 
+impl Window {
+    /// Until when a request is waited for: one measured (sent, or for a
+    /// paced window due, inside the window) until `drain_until`; one of the
+    /// warm-up or lead-in no later than the window's end.
+    fn deadline(&self, measured: bool) -> Instant {
+        if measured {
+            self.drain_until
+        } else {
+            self.end
+        }
+    }
+}
+
 /// When a connection's paced requests are due: the first at `first`, then
 /// one every `period`, whatever the responses take (an open loop).
 #[derive(Clone, Copy, Debug)]
@@ -833,14 +832,8 @@ async fn closed_loop(
         if sent >= window.end {
             return true;
         }
-        // A request sent during warm-up is not waited for past the window.
         let measured = sent >= window.start;
-        let deadline = if measured {
-            window.drain_until
-        } else {
-            window.end
-        };
-        match exchange_until(sender, deadline, window, run).await {
+        match exchange_until(sender, window.deadline(measured), window, run).await {
             Exchanged::Answered(done) => {
                 if measured {
                     run.latencies.push((done - sent).as_nanos() as u64);
@@ -887,14 +880,8 @@ async fn open_loop(sender: &mut SendRequest<Empty<Bytes>>, pacing: Pacing, run: 
             return;
         }
         let sent = Instant::now();
-        // A request due during the lead-in is not waited for past the window.
         let measured = scheduled >= window.start;
-        let deadline = if measured {
-            window.drain_until
-        } else {
-            window.end
-        };
-        match exchange_until(sender, deadline, window, run).await {
+        match exchange_until(sender, window.deadline(measured), window, run).await {
             Exchanged::Answered(done) => {
                 if measured {
                     let held_back = free_since.saturating_duration_since(scheduled);
@@ -916,26 +903,6 @@ async fn open_loop(sender: &mut SendRequest<Empty<Bytes>>, pacing: Pacing, run: 
             }
         }
     }
-}
-
-/// CPU time (ns) used so far by this process's threads whose name starts
-/// with `prefix`, from `/proc/self/task/*/schedstat` (Linux); `None` where
-/// that cannot be read.
-fn threads_cpu_ns(prefix: &str) -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let path = task.path();
-        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
-            continue; // the thread has just exited
-        };
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        if let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat")) {
-            total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
-        }
-    }
-    Some(total)
 }
 
 /// What was sampled during the window.
@@ -1066,14 +1033,19 @@ async fn drive(
 // ---------------------------------------------------------------------------
 // Measuring and summarising.
 
-/// One variant in one round.
+/// What any window measured, the saturated one ([`Measured`]) or the
+/// paced one ([`Paced`]): throughput, latency, failures and CPU.
 #[derive(Debug)]
-struct Measured {
-    variant: Variant,
+struct WindowStats {
+    /// Responses completed inside the window ÷ its length (for a paced
+    /// window: the paced rate, unless the server or the client fell
+    /// behind).
     rps: f64,
     requests: u64,
-    /// Responses over the variant's whole life, warm-up and drain included.
+    /// Responses over the whole loop that held the window, its warm-up (or
+    /// lead-in) and drain included.
     requests_total: u64,
+    /// Latency, ns (for a paced window, as [`open_loop`] counts it).
     p50: u64,
     p99: u64,
     p999: u64,
@@ -1081,15 +1053,52 @@ struct Measured {
     errors: u64,
     unanswered: u64,
     first_error: Option<String>,
-    peak_running: Option<u64>,
-    peak_queued: Option<u64>,
-    submitted: Option<u64>,
     /// Server threads' CPU time per completed request, ns.
     server_cpu_per_request: Option<f64>,
     /// Client threads' CPU time per completed request, ns.
     client_cpu_per_request: Option<f64>,
     /// Server threads' CPU time ÷ the window: cores kept busy.
     server_cores: Option<f64>,
+}
+
+impl WindowStats {
+    /// The figures of `run` (every connection's, merged) and of what was
+    /// `sampled` over `window`.
+    fn new(window: Window, run: &ClientRun, sampled: &Sampled) -> Self {
+        let requests = run.completed;
+        let seconds = (window.end - window.start).as_secs_f64();
+        Self {
+            rps: requests as f64 / seconds,
+            requests,
+            requests_total: run.total,
+            p50: latency_at(&run.latencies, 0.50),
+            p99: latency_at(&run.latencies, 0.99),
+            p999: latency_at(&run.latencies, 0.999),
+            max: run.latencies.last().copied().unwrap_or(0),
+            errors: run.errors,
+            unanswered: run.unanswered,
+            first_error: run.first_error.clone(),
+            server_cpu_per_request: per_request(sampled.server_cpu, requests),
+            client_cpu_per_request: per_request(sampled.client_cpu, requests),
+            server_cores: sampled.server_cpu.map(|cpu| cpu.as_secs_f64() / seconds),
+        }
+    }
+
+    /// Requests that failed or went unanswered.
+    fn failures(&self) -> u64 {
+        self.errors + self.unanswered
+    }
+}
+
+/// One variant in one round.
+#[derive(Debug)]
+struct Measured {
+    variant: Variant,
+    /// The saturated window.
+    stats: WindowStats,
+    peak_running: Option<u64>,
+    peak_queued: Option<u64>,
+    submitted: Option<u64>,
     /// Trivial tasks run over the variant's life: its paced window's
     /// included.
     trivial_ran: u64,
@@ -1101,17 +1110,7 @@ struct Measured {
 /// One variant's paced window in one round.
 #[derive(Debug)]
 struct Paced {
-    /// Responses completed inside the window ÷ its length: the paced rate,
-    /// unless the server (or the client) fell behind.
-    rps: f64,
-    requests: u64,
-    /// Responses over the paced part, lead-in and drain included.
-    requests_total: u64,
-    /// Latency as [`open_loop`] counts it, ns.
-    p50: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
+    stats: WindowStats,
     /// From when a request was due to its body's end, the client's lateness
     /// included, ns.
     from_schedule_p50: u64,
@@ -1119,16 +1118,10 @@ struct Paced {
     /// The client's lateness in sending, ns.
     send_lag_p50: u64,
     send_lag_p99: u64,
-    errors: u64,
-    unanswered: u64,
-    first_error: Option<String>,
     /// The running-task count over the window (layer variants): for
     /// variant 6, about the paced rate × 1 s of sleeping tasks.
     least_running: Option<u64>,
     peak_running: Option<u64>,
-    server_cpu_per_request: Option<f64>,
-    client_cpu_per_request: Option<f64>,
-    server_cores: Option<f64>,
 }
 
 /// The rate of every paced window in a run.
@@ -1155,14 +1148,6 @@ impl PacedRate {
     }
 }
 
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// Runs `variant` on a fresh server: its saturated window, then, if it is
 /// one of [`PACED_VARIANTS`], its paced window at `paced_rate` requests/s.
 fn run_variant(
@@ -1187,27 +1172,12 @@ fn run_variant(
         runs,
         sampled,
     } = saturated;
-    let run = ClientRun::merge(runs);
-    let (requests, latencies) = (run.completed, &run.latencies);
-    let seconds = (window.end - window.start).as_secs_f64();
     Measured {
         variant,
-        rps: requests as f64 / seconds,
-        requests,
-        requests_total: run.total,
-        p50: percentile(latencies, 0.50),
-        p99: percentile(latencies, 0.99),
-        p999: percentile(latencies, 0.999),
-        max: latencies.last().copied().unwrap_or(0),
-        errors: run.errors,
-        unanswered: run.unanswered,
-        first_error: run.first_error,
+        stats: WindowStats::new(window, &ClientRun::merge(runs), &sampled),
         peak_running: sampled.peak_running,
         peak_queued: sampled.peak_queued,
         submitted: sampled.submitted,
-        server_cpu_per_request: per_request(sampled.server_cpu, requests),
-        client_cpu_per_request: per_request(sampled.client_cpu, requests),
-        server_cores: sampled.server_cpu.map(|cpu| cpu.as_secs_f64() / seconds),
         trivial_ran: TRIVIAL_RAN.load(Ordering::Relaxed),
         teardown,
         paced: paced.map(Paced::from),
@@ -1222,48 +1192,26 @@ impl From<Phase> for Paced {
             sampled,
         } = phase;
         let run = ClientRun::merge(runs);
-        let (requests, latencies) = (run.completed, &run.latencies);
-        let seconds = (window.end - window.start).as_secs_f64();
         Self {
-            rps: requests as f64 / seconds,
-            requests,
-            requests_total: run.total,
-            p50: percentile(latencies, 0.50),
-            p99: percentile(latencies, 0.99),
-            p999: percentile(latencies, 0.999),
-            max: latencies.last().copied().unwrap_or(0),
-            from_schedule_p50: percentile(&run.from_schedule, 0.50),
-            from_schedule_p99: percentile(&run.from_schedule, 0.99),
-            send_lag_p50: percentile(&run.send_lags, 0.50),
-            send_lag_p99: percentile(&run.send_lags, 0.99),
-            errors: run.errors,
-            unanswered: run.unanswered,
-            first_error: run.first_error,
+            stats: WindowStats::new(window, &run, &sampled),
+            from_schedule_p50: latency_at(&run.from_schedule, 0.50),
+            from_schedule_p99: latency_at(&run.from_schedule, 0.99),
+            send_lag_p50: latency_at(&run.send_lags, 0.50),
+            send_lag_p99: latency_at(&run.send_lags, 0.99),
             least_running: sampled.least_running,
             peak_running: sampled.peak_running,
-            server_cpu_per_request: per_request(sampled.server_cpu, requests),
-            client_cpu_per_request: per_request(sampled.client_cpu, requests),
-            server_cores: sampled.server_cpu.map(|cpu| cpu.as_secs_f64() / seconds),
         }
     }
+}
+
+/// The `q`-quantile of sorted latencies (ns); 0 when there are none.
+fn latency_at(sorted: &[u64], q: f64) -> u64 {
+    percentile(sorted, q).unwrap_or(0)
 }
 
 /// CPU time per completed request, ns.
 fn per_request(cpu: Option<Duration>, requests: u64) -> Option<f64> {
     cpu.map(|cpu| cpu.as_nanos() as f64 / requests.max(1) as f64)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// A ratio the issue sets a target for (or asks to report).
@@ -1278,9 +1226,9 @@ struct Ratio {
 }
 
 fn ratios() -> Vec<Ratio> {
-    let rps: fn(&Measured) -> f64 = |m| m.rps;
-    let p99: fn(&Measured) -> f64 = |m| m.p99 as f64;
-    let cpu: fn(&Measured) -> f64 = |m| m.server_cpu_per_request.unwrap_or(f64::NAN);
+    let rps: fn(&Measured) -> f64 = |m| m.stats.rps;
+    let p99: fn(&Measured) -> f64 = |m| m.stats.p99 as f64;
+    let cpu: fn(&Measured) -> f64 = |m| m.stats.server_cpu_per_request.unwrap_or(f64::NAN);
     vec![
         Ratio {
             name: "v2_over_v1_rps",
@@ -1384,11 +1332,11 @@ fn ratios() -> Vec<Ratio> {
 /// The ratios of the paced windows: the same offered rate for every
 /// variant, below saturation.
 fn paced_ratios() -> Vec<Ratio> {
-    let p99: fn(&Measured) -> f64 = |m| m.paced.as_ref().map_or(f64::NAN, |p| p.p99 as f64);
+    let p99: fn(&Measured) -> f64 = |m| m.paced.as_ref().map_or(f64::NAN, |p| p.stats.p99 as f64);
     let cpu: fn(&Measured) -> f64 = |m| {
         m.paced
             .as_ref()
-            .and_then(|p| p.server_cpu_per_request)
+            .and_then(|p| p.stats.server_cpu_per_request)
             .unwrap_or(f64::NAN)
     };
     vec![
@@ -1485,17 +1433,19 @@ fn main() {
         measure: config.warm_up,
         ..config.clone()
     };
-    let measured = run_variant(Variant::LayerTask, &warm_up, &client_runtime, None);
+    let variant3_rps = run_variant(Variant::LayerTask, &warm_up, &client_runtime, None)
+        .stats
+        .rps;
     let rate = PacedRate {
         per_second: config
             .rate
-            .unwrap_or_else(|| (measured.rps * PACED_SHARE).clamp(RATE_BOUNDS.0, RATE_BOUNDS.1)),
-        variant3_rps: measured.rps,
+            .unwrap_or_else(|| (variant3_rps * PACED_SHARE).clamp(RATE_BOUNDS.0, RATE_BOUNDS.1)),
+        variant3_rps,
         from_flag: config.rate.is_some(),
     };
     eprintln!(
         "warm-up (variant 3): {:.0} req/s (not recorded); paced rate {:.0} req/s",
-        measured.rps, rate.per_second,
+        variant3_rps, rate.per_second,
     );
 
     let started = Instant::now();
@@ -1509,17 +1459,17 @@ fn main() {
                  p99.9 {:>7} µs  server CPU {} µs/req ({:.2} cores)  errors {} unanswered {}{}",
                 variant.number(),
                 variant.key(),
-                m.rps,
-                micros(m.p50 as f64),
-                micros(m.p99 as f64),
-                micros(m.p999 as f64),
-                micros(m.server_cpu_per_request.unwrap_or(f64::NAN)),
-                m.server_cores.unwrap_or(f64::NAN),
-                m.errors,
-                m.unanswered,
+                m.stats.rps,
+                micros(m.stats.p50 as f64),
+                micros(m.stats.p99 as f64),
+                micros(m.stats.p999 as f64),
+                micros(m.stats.server_cpu_per_request.unwrap_or(f64::NAN)),
+                m.stats.server_cores.unwrap_or(f64::NAN),
+                m.stats.errors,
+                m.stats.unanswered,
                 extra(&m),
             );
-            if let Some(error) = &m.first_error {
+            if let Some(error) = &m.stats.first_error {
                 eprintln!("    first error: {error}");
             }
             if let Some(paced) = &m.paced {
@@ -1528,23 +1478,23 @@ fn main() {
                      p99.9 {:>7} µs  (from the due time: p99 {} µs; client lateness p50 {} \
                      p99 {} µs)  server CPU {} µs/req ({:.2} cores)  errors {} unanswered {}{}",
                     rate.per_second,
-                    paced.rps,
-                    micros(paced.p50 as f64),
-                    micros(paced.p99 as f64),
-                    micros(paced.p999 as f64),
+                    paced.stats.rps,
+                    micros(paced.stats.p50 as f64),
+                    micros(paced.stats.p99 as f64),
+                    micros(paced.stats.p999 as f64),
                     micros(paced.from_schedule_p99 as f64),
                     micros(paced.send_lag_p50 as f64),
                     micros(paced.send_lag_p99 as f64),
-                    micros(paced.server_cpu_per_request.unwrap_or(f64::NAN)),
-                    paced.server_cores.unwrap_or(f64::NAN),
-                    paced.errors,
-                    paced.unanswered,
+                    micros(paced.stats.server_cpu_per_request.unwrap_or(f64::NAN)),
+                    paced.stats.server_cores.unwrap_or(f64::NAN),
+                    paced.stats.errors,
+                    paced.stats.unanswered,
                     match (paced.least_running, paced.peak_running) {
                         (Some(least), Some(peak)) => format!("  running {least}–{peak}"),
                         _ => String::new(),
                     },
                 );
-                if let Some(error) = &paced.first_error {
+                if let Some(error) = &paced.stats.first_error {
                     eprintln!("    first error (paced): {error}");
                 }
             }
@@ -1561,22 +1511,14 @@ fn main() {
     let failures: u64 = rounds
         .iter()
         .flatten()
-        .map(|m| {
-            m.errors
-                + m.unanswered
-                + m.paced
-                    .as_ref()
-                    .map_or(0, |paced| paced.errors + paced.unanswered)
-        })
+        .map(|m| m.stats.failures() + m.paced.as_ref().map_or(0, |paced| paced.stats.failures()))
         .sum();
 
     if let Some(path) = &config.json {
         let document = json!({
             "benchmark": "load",
-            "mode": config.mode,
-            "unix_time": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            "mode": config.mode.name(),
+            "unix_time": support::unix_time(),
             "cores": cores,
             "config": {
                 "rounds": config.rounds,
@@ -1595,16 +1537,10 @@ fn main() {
             "rounds": rounds.iter().map(|round| round.iter().map(measured_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
             "paced": paced_json(&config, &rate, &rounds, &summary),
         });
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        match std::fs::write(path, serde_json::to_string_pretty(&document).expect("JSON")) {
-            Ok(()) => eprintln!("wrote {}", path.display()),
-            Err(error) => eprintln!("could not write {}: {error}", path.display()),
-        }
+        support::write_json(path, &document);
     }
 
-    if config.mode == "test" {
+    if config.mode == Mode::Smoke {
         assert_eq!(failures, 0, "requests failed in the smoke pass");
         eprintln!("load: smoke pass ok (run with `cargo bench --bench load` to measure)");
     } else if failures > 0 {
@@ -1641,38 +1577,82 @@ fn extra(m: &Measured) -> String {
     notes
 }
 
+/// A JSON object: `fields` (another, from `json!`) added to `object`.
+fn extended(mut object: Map<String, Value>, fields: Value) -> Value {
+    if let Value::Object(fields) = fields {
+        object.extend(fields);
+    }
+    Value::Object(object)
+}
+
+/// The fields of a round's JSON object that any window has; the saturated
+/// and the paced window each add their own.
+fn window_json(variant: Variant, w: &WindowStats) -> Map<String, Value> {
+    let Value::Object(object) = json!({
+        "variant": variant.number(),
+        "key": variant.key(),
+        "rps": w.rps,
+        "requests": w.requests,
+        "requests_total": w.requests_total,
+        "latency_ns": { "p50": w.p50, "p99": w.p99, "p999": w.p999, "max": w.max },
+        "errors": w.errors,
+        "unanswered": w.unanswered,
+        "server_cpu_ns_per_request": w.server_cpu_per_request,
+        "client_cpu_ns_per_request": w.client_cpu_per_request,
+        "server_cores_busy": w.server_cores,
+    }) else {
+        unreachable!("json! of braces is an object")
+    };
+    object
+}
+
+/// The medians over rounds of one variant's windows (one a round), with
+/// the fields every window has, and `p99_ns_per_round`; the saturated and
+/// the paced medians each add their own.
+fn medians_json(variant: Variant, windows: &[&WindowStats]) -> Map<String, Value> {
+    let med = |f: fn(&WindowStats) -> f64| median(windows.iter().map(|w| f(w)).collect());
+    let Value::Object(object) = json!({
+        "variant": variant.number(),
+        "key": variant.key(),
+        "label": variant.label(),
+        "rps": med(|w| w.rps),
+        "p50_ns": med(|w| w.p50 as f64),
+        "p99_ns": med(|w| w.p99 as f64),
+        "p999_ns": med(|w| w.p999 as f64),
+        "server_cpu_ns_per_request": med(|w| w.server_cpu_per_request.unwrap_or(f64::NAN)),
+        "client_cpu_ns_per_request": med(|w| w.client_cpu_per_request.unwrap_or(f64::NAN)),
+        "server_cores_busy": med(|w| w.server_cores.unwrap_or(f64::NAN)),
+        "p99_ns_per_round": windows.iter().map(|w| w.p99).collect::<Vec<_>>(),
+    }) else {
+        unreachable!("json! of braces is an object")
+    };
+    object
+}
+
 fn measured_json(m: &Measured) -> Value {
-    json!({
-        "variant": m.variant.number(),
-        "key": m.variant.key(),
-        "rps": m.rps,
-        "requests": m.requests,
-        "requests_total": m.requests_total,
-        "latency_ns": { "p50": m.p50, "p99": m.p99, "p999": m.p999, "max": m.max },
-        "errors": m.errors,
-        "unanswered": m.unanswered,
-        "server_cpu_ns_per_request": m.server_cpu_per_request,
-        "client_cpu_ns_per_request": m.client_cpu_per_request,
-        "server_cores_busy": m.server_cores,
-        "peak_running_tasks": m.peak_running,
-        "peak_queued_tasks": m.peak_queued,
-        "submitted_tasks": m.submitted,
-        "trivial_tasks_ran": m.trivial_ran,
-        "server_stopped": m.teardown.server_stopped,
-        "running_at_shutdown": m.teardown.running_at_shutdown,
-        "queued_at_shutdown": m.teardown.queued_at_shutdown,
-        "shutdown": m.teardown.shutdown.as_ref().map(|r| json!({
-            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
-            "aborted": r.aborted,
-            "completed": r.stats.completed,
-            "cancelled": r.stats.cancelled,
-            "refused": r.stats.refused,
-            "rejected": r.stats.rejected,
-            "discarded": r.stats.discarded,
-            "still_running": r.stats.running,
-        })),
-        "tracker_wait_ms": m.teardown.tracker_wait.map(|d| d.as_secs_f64() * 1e3),
-    })
+    extended(
+        window_json(m.variant, &m.stats),
+        json!({
+            "peak_running_tasks": m.peak_running,
+            "peak_queued_tasks": m.peak_queued,
+            "submitted_tasks": m.submitted,
+            "trivial_tasks_ran": m.trivial_ran,
+            "server_stopped": m.teardown.server_stopped,
+            "running_at_shutdown": m.teardown.running_at_shutdown,
+            "queued_at_shutdown": m.teardown.queued_at_shutdown,
+            "shutdown": m.teardown.shutdown.as_ref().map(|r| json!({
+                "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+                "aborted": r.aborted,
+                "completed": r.stats.completed,
+                "cancelled": r.stats.cancelled,
+                "refused": r.stats.refused,
+                "rejected": r.stats.rejected,
+                "discarded": r.stats.discarded,
+                "still_running": r.stats.running,
+            })),
+            "tracker_wait_ms": m.teardown.tracker_wait.map(|d| d.as_secs_f64() * 1e3),
+        }),
+    )
 }
 
 /// The `paced` object of the JSON: the rate, medians, ratios and every
@@ -1688,23 +1668,15 @@ fn paced_json(
     }
     let window = |m: &Measured| {
         let p = m.paced.as_ref()?;
-        Some(json!({
-            "variant": m.variant.number(),
-            "key": m.variant.key(),
-            "rps": p.rps,
-            "requests": p.requests,
-            "requests_total": p.requests_total,
-            "latency_ns": { "p50": p.p50, "p99": p.p99, "p999": p.p999, "max": p.max },
-            "from_schedule_ns": { "p50": p.from_schedule_p50, "p99": p.from_schedule_p99 },
-            "send_lag_ns": { "p50": p.send_lag_p50, "p99": p.send_lag_p99 },
-            "errors": p.errors,
-            "unanswered": p.unanswered,
-            "server_cpu_ns_per_request": p.server_cpu_per_request,
-            "client_cpu_ns_per_request": p.client_cpu_per_request,
-            "server_cores_busy": p.server_cores,
-            "least_running_tasks": p.least_running,
-            "peak_running_tasks": p.peak_running,
-        }))
+        Some(extended(
+            window_json(m.variant, &p.stats),
+            json!({
+                "from_schedule_ns": { "p50": p.from_schedule_p50, "p99": p.from_schedule_p99 },
+                "send_lag_ns": { "p50": p.send_lag_p50, "p99": p.send_lag_p99 },
+                "least_running_tasks": p.least_running,
+                "peak_running_tasks": p.peak_running,
+            }),
+        ))
     };
     json!({
         "rate_rps": rate.per_second,
@@ -1745,22 +1717,12 @@ fn summarise(config: &Config, rounds: &[Vec<Measured>]) -> Summary {
         .variants
         .iter()
         .map(|&variant| {
-            let runs = of(variant);
-            let med = |f: fn(&Measured) -> f64| median(runs.iter().map(|m| f(m)).collect());
-            json!({
-                "variant": variant.number(),
-                "key": variant.key(),
-                "label": variant.label(),
-                "rps": med(|m| m.rps),
-                "p50_ns": med(|m| m.p50 as f64),
-                "p99_ns": med(|m| m.p99 as f64),
-                "p999_ns": med(|m| m.p999 as f64),
-                "server_cpu_ns_per_request": med(|m| m.server_cpu_per_request.unwrap_or(f64::NAN)),
-                "client_cpu_ns_per_request": med(|m| m.client_cpu_per_request.unwrap_or(f64::NAN)),
-                "server_cores_busy": med(|m| m.server_cores.unwrap_or(f64::NAN)),
-                "rps_per_round": runs.iter().map(|m| m.rps).collect::<Vec<_>>(),
-                "p99_ns_per_round": runs.iter().map(|m| m.p99).collect::<Vec<_>>(),
-            })
+            let windows: Vec<&WindowStats> = of(variant).into_iter().map(|m| &m.stats).collect();
+            let rps_per_round: Vec<f64> = windows.iter().map(|w| w.rps).collect();
+            extended(
+                medians_json(variant, &windows),
+                json!({ "rps_per_round": rps_per_round }),
+            )
         })
         .collect();
     let paced_medians = config
@@ -1774,22 +1736,15 @@ fn summarise(config: &Config, rounds: &[Vec<Measured>]) -> Summary {
             if runs.is_empty() {
                 return None;
             }
+            let windows: Vec<&WindowStats> = runs.iter().map(|p| &p.stats).collect();
             let med = |f: fn(&Paced) -> f64| median(runs.iter().map(|p| f(p)).collect());
-            Some(json!({
-                "variant": variant.number(),
-                "key": variant.key(),
-                "label": variant.label(),
-                "rps": med(|p| p.rps),
-                "p50_ns": med(|p| p.p50 as f64),
-                "p99_ns": med(|p| p.p99 as f64),
-                "p999_ns": med(|p| p.p999 as f64),
-                "from_schedule_p99_ns": med(|p| p.from_schedule_p99 as f64),
-                "send_lag_p99_ns": med(|p| p.send_lag_p99 as f64),
-                "server_cpu_ns_per_request": med(|p| p.server_cpu_per_request.unwrap_or(f64::NAN)),
-                "client_cpu_ns_per_request": med(|p| p.client_cpu_per_request.unwrap_or(f64::NAN)),
-                "server_cores_busy": med(|p| p.server_cores.unwrap_or(f64::NAN)),
-                "p99_ns_per_round": runs.iter().map(|p| p.p99).collect::<Vec<_>>(),
-            }))
+            Some(extended(
+                medians_json(variant, &windows),
+                json!({
+                    "from_schedule_p99_ns": med(|p| p.from_schedule_p99 as f64),
+                    "send_lag_p99_ns": med(|p| p.send_lag_p99 as f64),
+                }),
+            ))
         })
         .collect();
     Summary {
@@ -1868,12 +1823,7 @@ fn print_markdown(
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for row in &summary.medians {
-        let per_round: Vec<String> = row["rps_per_round"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| format!("{:.0}", v.as_f64().unwrap_or(f64::NAN)))
-            .collect();
+        let per_round = support::per_round_cell(&row["rps_per_round"], |x| format!("{x:.0}"));
         println!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
             row["variant"].as_str().unwrap_or(""),
@@ -1892,7 +1842,7 @@ fn print_markdown(
                     .as_f64()
                     .unwrap_or(f64::NAN)
             ),
-            per_round.join(" / "),
+            per_round,
         );
     }
     print_ratios(&summary.ratios);
@@ -1940,18 +1890,13 @@ fn print_ratios(ratios: &[Value]) {
     println!("| ratio | target | median | per round | met |");
     println!("|---|---|---|---|---|");
     for ratio in ratios {
-        let per_round: Vec<String> = ratio["per_round"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| format!("{:.3}", v.as_f64().unwrap_or(f64::NAN)))
-            .collect();
+        let per_round = support::per_round_cell(&ratio["per_round"], |x| format!("{x:.3}"));
         println!(
             "| {} | {} | **{:.3}** | {} | {} |",
             ratio["what"].as_str().unwrap_or(""),
             ratio["target"].as_str().unwrap_or("—"),
             ratio["median"].as_f64().unwrap_or(f64::NAN),
-            per_round.join(" / "),
+            per_round,
             match ratio["met"].as_bool() {
                 Some(true) => "yes",
                 Some(false) => "**no**",
@@ -1994,12 +1939,7 @@ fn print_paced_markdown(
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in &summary.paced_medians {
-        let per_round: Vec<String> = row["p99_ns_per_round"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| micros(v.as_f64().unwrap_or(f64::NAN)))
-            .collect();
+        let per_round = support::per_round_cell(&row["p99_ns_per_round"], micros);
         let ns = |key: &str| micros(row[key].as_f64().unwrap_or(f64::NAN));
         println!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
@@ -2012,7 +1952,7 @@ fn print_paced_markdown(
             ns("server_cpu_ns_per_request"),
             ns("from_schedule_p99_ns"),
             ns("send_lag_p99_ns"),
-            per_round.join(" / "),
+            per_round,
         );
     }
     print_ratios(&summary.paced_ratios);

@@ -1,0 +1,172 @@
+//! What the `harness = false` benches share: how they tell a measurement
+//! from the smoke pass, the statistics their tables are made of, and where
+//! and how they write their JSON.
+//!
+//! Each bench is a crate of its own and takes this file in with
+//! `mod support;`. Cargo does not make a bench target of it: it looks for
+//! benches in `benches/*.rs` and `benches/*/main.rs` only.
+//!
+//! Only what means the same in every bench lives here. What merely looks
+//! alike stays in its bench: durable's `median` (finite values only, the
+//! lower middle of an even count), each bench's way of printing a time.
+
+#![allow(dead_code, reason = "each bench uses only a part of this module")]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// How the bench binary was started.
+///
+/// `cargo bench` passes `--bench` to a `harness = false` target and
+/// `cargo test --benches` (so `cargo test --all-features`) does not: that
+/// is the one sign a bench has of whether it is to measure or only to
+/// check, quickly, that it still works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Run without `--bench`: one short pass, no figures worth keeping and
+    /// no JSON written.
+    Smoke,
+    /// `--bench --quick`: fewer, shorter rounds.
+    Quick,
+    /// `--bench`: the full measurement.
+    Full,
+}
+
+impl Mode {
+    /// The mode that `args` (the program's arguments, without its name)
+    /// ask for.
+    pub(crate) fn from_args(args: &[String]) -> Self {
+        let flag = |name: &str| args.iter().any(|arg| arg == name);
+        if !flag("--bench") {
+            Self::Smoke
+        } else if flag("--quick") {
+            Self::Quick
+        } else {
+            Self::Full
+        }
+    }
+
+    /// Whether this run measures: not the smoke pass.
+    pub(crate) fn measures(self) -> bool {
+        self != Self::Smoke
+    }
+
+    /// The mode's name in the progress lines, the tables and the JSON
+    /// (`"test"` for the smoke pass, as they have always said).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Smoke => "test",
+            Self::Quick => "quick",
+            Self::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A command-line value as a number, or a panic that names the value: a
+/// mistyped flag should stop a bench before it runs for minutes.
+pub(crate) fn parse<T: std::str::FromStr>(value: &str) -> T {
+    value
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {value:?}"))
+}
+
+/// The `q`-quantile of `sorted` (ascending) by nearest rank: the smallest
+/// value with at least `q` of all values at or below it, so always one of
+/// the values measured, never an interpolation. `None` when there are
+/// none; each bench says what an empty set reads as in its tables.
+pub(crate) fn percentile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
+/// The median of per-round figures, the middle two averaged for an even
+/// count, NaN for none: what the tables show, so that one noisy round does
+/// not move a figure.
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// A Markdown table's "per round" cell: each number of the JSON array
+/// `values` (a summary row's per-round figures) shown by `show`, joined by
+/// ` / `; what is not a number shows as NaN. The tables print from the same
+/// summary the JSON holds.
+pub(crate) fn per_round_cell(values: &Value, show: impl Fn(f64) -> String) -> String {
+    let shown: Vec<String> = values
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| show(v.as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    shown.join(" / ")
+}
+
+/// Where a bench writes its JSON unless `--json` says otherwise:
+/// `file_name` in `$CARGO_TARGET_DIR`, or in the crate's `target/`, where
+/// cargo's own output goes and git does not look.
+pub(crate) fn default_json_path(file_name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join(file_name)
+}
+
+/// Seconds since the Unix epoch, for the JSON's `unix_time`: which run a
+/// file holds, once several have been kept.
+pub(crate) fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes `document` to `path`, pretty-printed, creating its folder. A
+/// failure is said on stderr rather than panicking: the tables are printed
+/// by then, and a run of minutes should not end in a panic over a path.
+pub(crate) fn write_json(path: &Path, document: &Value) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(path, serde_json::to_string_pretty(document).expect("JSON")) {
+        Ok(()) => eprintln!("wrote {}", path.display()),
+        Err(error) => eprintln!("could not write {}: {error}", path.display()),
+    }
+}
+
+/// CPU time (ns) used so far by this process's threads whose name starts
+/// with `prefix` (`""`: all of them), from the first field of each
+/// thread's `/proc/self/task/*/schedstat` (Linux); `None` where that cannot
+/// be read. Unlike the wall clock, it hardly moves when other processes
+/// take the cores.
+pub(crate) fn threads_cpu_ns(prefix: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue; // the thread has just exited
+        };
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        if let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat")) {
+            total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
+}
