@@ -151,7 +151,7 @@ mod tests {
     /// checks the counters after every step against the definition of "ended".
     fn check(set: &Arc<TaskSet>, script: &[Step], polls: usize, policy: Policy) {
         let before = set.stats();
-        let tasks = BackgroundTasks::new(Arc::clone(set), Method::GET, Uri::from_static("/"));
+        let tasks = BackgroundTasks::new(Arc::clone(set), Method::GET, &Uri::from_static("/"));
         tasks.add(async {});
         let handoff = Handoff::new(tasks.clone().into_request());
         let body = Scripted(script.iter().copied().collect());

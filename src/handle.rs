@@ -5,6 +5,7 @@ use std::mem;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
+use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +66,9 @@ pub struct BackgroundTasks {
 pub(crate) struct RequestTasks {
     set: Arc<TaskSet>,
     method: Method,
-    uri: Uri,
+    /// Only the path and query of the request's URI: a scheme and authority
+    /// would be cloned for nothing.
+    path_and_query: Option<PathAndQuery>,
     /// Whether `queue` is in use, or how the request was closed without it;
     /// see [`Phase`].
     phase: AtomicU8,
@@ -130,12 +133,12 @@ impl Phase {
 }
 
 impl BackgroundTasks {
-    pub(crate) fn new(set: Arc<TaskSet>, method: Method, uri: Uri) -> Self {
+    pub(crate) fn new(set: Arc<TaskSet>, method: Method, uri: &Uri) -> Self {
         Self {
             request: Arc::new(RequestTasks {
                 set,
                 method,
-                uri,
+                path_and_query: uri.path_and_query().cloned(),
                 phase: AtomicU8::new(Phase::UNTOUCHED),
                 queue: Mutex::new(Queue::Open(SmallVec::new())),
                 origin: OnceLock::new(),
@@ -458,13 +461,13 @@ impl RequestTasks {
     }
 
     pub(crate) fn path(&self) -> &str {
-        self.uri.path()
+        self.path_and_query.as_ref().map_or("", PathAndQuery::path)
     }
 
     /// What the request's handed-off tasks keep of it.
     pub(crate) fn origin(&self) -> &Origin {
         self.origin
-            .get_or_init(|| Origin::new(&self.method, self.uri.path()))
+            .get_or_init(|| Origin::new(&self.method, self.path()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {

@@ -63,7 +63,7 @@ where
         let tasks = BackgroundTasks::new(
             Arc::clone(&self.set),
             request.method().clone(),
-            request.uri().clone(),
+            request.uri(),
         );
         let head_request = request.method() == Method::HEAD;
         request.extensions_mut().insert(tasks.clone());
