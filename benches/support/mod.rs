@@ -3,7 +3,8 @@
 //! and how they write their JSON.
 //!
 //! Each bench is a crate of its own and takes this file in with
-//! `mod support;`. Cargo does not make a bench target of it: it looks for
+//! `mod support;` (`load`, a directory, with
+//! `#[path = "../support/mod.rs"] mod support;`). Cargo does not make a bench target of it: it looks for
 //! benches in `benches/*.rs` and `benches/*/main.rs` only.
 //!
 //! Only what means the same in every bench lives here. What merely looks

@@ -1,0 +1,278 @@
+//! What a run measures: the variants, the options and their presets for
+//! each mode, and the paced rate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::support::{self, parse, Mode};
+
+/// How long variant 6's task sleeps.
+pub(crate) const SLEEP_TASK: Duration = Duration::from_secs(1);
+
+/// The variants measured again at a paced rate after their saturated
+/// window: those whose latencies the issue compares (6 against 3, and their
+/// `tokio::spawn` baselines 6b and 4).
+pub(crate) const PACED_VARIANTS: [Variant; 4] = [
+    Variant::LayerTask,
+    Variant::TokioSpawn,
+    Variant::LayerSleep,
+    Variant::SpawnSleep,
+];
+/// The start of the paced schedule, left out of the measurement: the
+/// saturated window's last requests end and its queue drains (variants 6
+/// and 6b wait longer: [`Variant::paced_lead_in`]).
+pub(crate) const PACED_LEAD_IN: Duration = Duration::from_millis(50);
+/// The paced rate, unless `--rate` sets it, as a share of variant 3's
+/// saturated throughput: well below saturation for every paced variant.
+/// Half was tried first: measured at a quiet moment, half of variant 3's
+/// rate came within a third of variant 6's saturation once the machine got
+/// busy, and variant 6 fell behind its schedule (p50 8–11 ms).
+pub(crate) const PACED_SHARE: f64 = 0.25;
+/// Bounds on the paced rate (requests/s), so that a connection's period is
+/// never zero.
+pub(crate) const RATE_BOUNDS: (f64, f64) = (1.0, 10_000_000.0);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Variant {
+    Bare,
+    LayerNoTask,
+    LayerTask,
+    TokioSpawn,
+    TaskTracker,
+    LayerSleep,
+    SpawnSleep,
+    LayerBlocking,
+}
+
+impl Variant {
+    const ALL: [Self; 8] = [
+        Self::Bare,
+        Self::LayerNoTask,
+        Self::LayerTask,
+        Self::TokioSpawn,
+        Self::TaskTracker,
+        Self::LayerSleep,
+        Self::SpawnSleep,
+        Self::LayerBlocking,
+    ];
+
+    /// `"1"` to `"7"`, and `"6b"` for the baseline of variant 6 (added after
+    /// the others were numbered).
+    pub(crate) fn number(self) -> &'static str {
+        match self {
+            Self::Bare => "1",
+            Self::LayerNoTask => "2",
+            Self::LayerTask => "3",
+            Self::TokioSpawn => "4",
+            Self::TaskTracker => "5",
+            Self::LayerSleep => "6",
+            Self::SpawnSleep => "6b",
+            Self::LayerBlocking => "7",
+        }
+    }
+
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::LayerNoTask => "layer_no_task",
+            Self::LayerTask => "layer_task",
+            Self::TokioSpawn => "tokio_spawn",
+            Self::TaskTracker => "task_tracker",
+            Self::LayerSleep => "layer_sleep_1s",
+            Self::SpawnSleep => "tokio_spawn_sleep_1s",
+            Self::LayerBlocking => "layer_blocking_2ms",
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Bare => "bare handler, no layer",
+            Self::LayerNoTask => "layer, no task",
+            Self::LayerTask => "layer, 1 trivial task (`add`)",
+            Self::TokioSpawn => "no layer, `tokio::spawn`",
+            Self::TaskTracker => "no layer, `TaskTracker::spawn`",
+            Self::LayerSleep => "layer, 1 task sleeping 1 s",
+            Self::SpawnSleep => "no layer, `tokio::spawn` of a 1 s sleep",
+            Self::LayerBlocking => "layer, 1 blocking task, 2 ms CPU",
+        }
+    }
+
+    /// Variant 6's (and 6b's) population of sleeping tasks is steady only
+    /// once its first tasks end: it warms up for at least [`SLEEP_TASK`] +
+    /// 200 ms.
+    pub(crate) fn warm_up(self, config: &Config) -> Duration {
+        match self {
+            Self::LayerSleep | Self::SpawnSleep if config.mode.measures() => {
+                config.warm_up.max(SLEEP_TASK + Duration::from_millis(200))
+            }
+            _ => config.warm_up,
+        }
+    }
+
+    /// The paced schedule's unmeasured start: [`PACED_LEAD_IN`], and for
+    /// variants 6 and 6b [`SLEEP_TASK`] more, so that the tasks started at
+    /// the saturated window's higher rate have ended: the population of
+    /// sleeping tasks, and the work of ending them, is the paced rate's.
+    pub(crate) fn paced_lead_in(self, config: &Config) -> Duration {
+        match self {
+            Self::LayerSleep | Self::SpawnSleep if config.mode.measures() => {
+                SLEEP_TASK + PACED_LEAD_IN
+            }
+            _ => PACED_LEAD_IN,
+        }
+    }
+
+    pub(crate) fn uses_layer(self) -> bool {
+        matches!(
+            self,
+            Self::LayerNoTask | Self::LayerTask | Self::LayerSleep | Self::LayerBlocking
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) mode: Mode,
+    pub(crate) rounds: usize,
+    pub(crate) warm_up: Duration,
+    pub(crate) measure: Duration,
+    /// How long to wait, after the window, for requests sent inside it.
+    pub(crate) drain: Duration,
+    /// The paced window of the variants in [`PACED_VARIANTS`] (after
+    /// [`PACED_LEAD_IN`]); `None` with `--paced-secs 0`.
+    pub(crate) paced: Option<Duration>,
+    /// The paced rate, requests/s (`--rate`); `None`: [`PACED_SHARE`] of
+    /// variant 3's throughput before round 1.
+    pub(crate) rate: Option<f64>,
+    pub(crate) connections: usize,
+    pub(crate) server_threads: usize,
+    pub(crate) client_threads: usize,
+    pub(crate) blocking_limit: Option<usize>,
+    pub(crate) variants: Vec<Variant>,
+    pub(crate) json: Option<PathBuf>,
+}
+
+impl Config {
+    pub(crate) fn from_args() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mode = Mode::from_args(&args);
+        let mut config = match mode {
+            Mode::Smoke => Self::preset(mode, 1, 0.1, 0.2, 0.1, 4),
+            Mode::Quick => Self::preset(mode, 3, 0.2, 0.7, 0.3, 64),
+            Mode::Full => Self::preset(mode, 6, 0.5, 2.0, 2.0, 64),
+        };
+        if mode.measures() {
+            config.json = Some(support::default_json_path("load-bench.json"));
+        }
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| {
+                args.next()
+                    .unwrap_or_else(|| panic!("{name} needs a value"))
+            };
+            match arg.as_str() {
+                "--bench" | "--quick" => {}
+                "--rounds" => config.rounds = parse::<usize>(&value("--rounds")).max(1),
+                "--secs" => config.measure = seconds(&value("--secs")),
+                "--warm-up" => config.warm_up = seconds(&value("--warm-up")),
+                "--paced-secs" => {
+                    let secs = value("--paced-secs");
+                    config.paced = (parse::<f64>(&secs) > 0.0).then(|| seconds(&secs));
+                }
+                "--rate" => {
+                    let rate = parse::<f64>(&value("--rate"));
+                    assert!(rate.is_finite(), "not a rate: {rate}");
+                    config.rate = Some(rate.clamp(RATE_BOUNDS.0, RATE_BOUNDS.1));
+                }
+                "--connections" => {
+                    config.connections = parse::<usize>(&value("--connections")).max(1)
+                }
+                "--server-threads" => {
+                    config.server_threads = parse::<usize>(&value("--server-threads")).max(1);
+                }
+                "--client-threads" => {
+                    config.client_threads = parse::<usize>(&value("--client-threads")).max(1);
+                }
+                "--blocking-limit" => {
+                    config.blocking_limit = Some(parse::<usize>(&value("--blocking-limit")).max(1));
+                }
+                "--variants" => {
+                    config.variants = value("--variants")
+                        .split(',')
+                        .map(|n| {
+                            let n = n.trim();
+                            *Variant::ALL
+                                .iter()
+                                .find(|variant| variant.number() == n)
+                                .unwrap_or_else(|| panic!("no variant {n} (1–7 or 6b)"))
+                        })
+                        .collect();
+                }
+                "--json" => config.json = Some(PathBuf::from(value("--json"))),
+                // Flags cargo or criterion-minded habits may pass; nothing to do.
+                other if other.starts_with("--") => eprintln!("load: ignoring {other}"),
+                _ => {}
+            }
+        }
+        // Keep every run bounded, whatever the flags say.
+        config.measure = config.measure.min(Duration::from_secs(60));
+        config.paced = config.paced.map(|paced| paced.min(Duration::from_secs(60)));
+        config.warm_up = config.warm_up.min(Duration::from_secs(30));
+        config.rounds = config.rounds.min(50);
+        config.connections = config.connections.min(1024);
+        config
+    }
+
+    fn preset(
+        mode: Mode,
+        rounds: usize,
+        warm_up: f64,
+        measure: f64,
+        paced: f64,
+        connections: usize,
+    ) -> Self {
+        Self {
+            mode,
+            rounds,
+            warm_up: Duration::from_secs_f64(warm_up),
+            measure: Duration::from_secs_f64(measure),
+            drain: Duration::from_secs(2),
+            paced: Some(Duration::from_secs_f64(paced)),
+            rate: None,
+            connections,
+            server_threads: 1,
+            client_threads: 1,
+            blocking_limit: None,
+            variants: Variant::ALL.to_vec(),
+            json: None,
+        }
+    }
+}
+
+fn seconds(value: &str) -> Duration {
+    Duration::from_secs_f64(parse::<f64>(value).clamp(0.01, 600.0))
+}
+
+/// The rate of every paced window in a run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PacedRate {
+    /// Requests/s, over all connections.
+    pub(crate) per_second: f64,
+    /// Variant 3's throughput in the run before round 1.
+    pub(crate) variant3_rps: f64,
+    /// Set by `--rate` rather than from `variant3_rps`.
+    pub(crate) from_flag: bool,
+}
+
+impl PacedRate {
+    pub(crate) fn source(&self) -> String {
+        if self.from_flag {
+            "set by `--rate`".to_owned()
+        } else {
+            format!(
+                "{PACED_SHARE} × variant 3's {:.0} req/s, measured before round 1",
+                self.variant3_rps
+            )
+        }
+    }
+}

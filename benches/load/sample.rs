@@ -1,0 +1,70 @@
+//! What is sampled while a window runs: the supervisor's running and
+//! queued task counts, and the CPU time of the server's threads and of the
+//! client's, which the threads' names tell apart.
+
+use std::time::{Duration, Instant};
+
+use tower_background::Monitor;
+
+use crate::client::Window;
+use crate::support::threads_cpu_ns;
+
+/// How often the running-task count is sampled during a variant.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// Thread names (a thread's `comm` keeps 15 bytes): the server runtime's
+/// workers and blocking pool, and the client runtime's.
+pub(crate) const SERVER_THREADS: &str = "load-server";
+pub(crate) const CLIENT_THREADS: &str = "load-client";
+
+/// What was sampled during the window.
+#[derive(Debug, Default)]
+pub(crate) struct Sampled {
+    /// The largest running-task count seen (layer variants).
+    pub(crate) peak_running: Option<u64>,
+    /// The smallest.
+    pub(crate) least_running: Option<u64>,
+    /// The largest count of tasks waiting for a slot in their lane.
+    pub(crate) peak_queued: Option<u64>,
+    /// Tasks submitted by the end of the window (layer variants).
+    pub(crate) submitted: Option<u64>,
+    /// CPU time of the server's threads (workers and blocking pool) and of
+    /// the client's, inside the window.
+    pub(crate) server_cpu: Option<Duration>,
+    pub(crate) client_cpu: Option<Duration>,
+}
+
+/// Samples the running-task count every [`SAMPLE_EVERY`] and the threads'
+/// CPU time at the window's start and end.
+pub(crate) async fn sample(monitor: Option<Monitor>, window: Window) -> Sampled {
+    tokio::time::sleep_until(window.start.into()).await;
+    let server_start = threads_cpu_ns(SERVER_THREADS);
+    let client_start = threads_cpu_ns(CLIENT_THREADS);
+    let (mut peak_running, mut least_running, mut peak_queued) = (0, u64::MAX, 0);
+    loop {
+        if let Some(monitor) = &monitor {
+            let stats = monitor.stats();
+            peak_running = peak_running.max(stats.running);
+            least_running = least_running.min(stats.running);
+            peak_queued = peak_queued.max(stats.queued);
+        }
+        let now = Instant::now();
+        if now >= window.end {
+            break;
+        }
+        tokio::time::sleep_until((now + SAMPLE_EVERY).min(window.end).into()).await;
+    }
+    let used = |start: Option<u64>, prefix| {
+        Some(Duration::from_nanos(
+            threads_cpu_ns(prefix)?.saturating_sub(start?),
+        ))
+    };
+    Sampled {
+        peak_running: monitor.as_ref().map(|_| peak_running),
+        least_running: monitor.as_ref().map(|_| least_running),
+        peak_queued: monitor.as_ref().map(|_| peak_queued),
+        submitted: monitor.as_ref().map(|monitor| monitor.stats().submitted),
+        server_cpu: used(server_start, SERVER_THREADS),
+        client_cpu: used(client_start, CLIENT_THREADS),
+    }
+}

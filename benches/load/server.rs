@@ -1,0 +1,251 @@
+//! The server side: the axum app of each variant and its handlers, and a
+//! variant's server (its runtime, listener and supervisor) started and
+//! stopped, the supervisor shut down.
+
+use std::future::IntoFuture;
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::time::{sleep, timeout};
+use tokio_util::task::TaskTracker;
+use tower_background::{BackgroundTasks, Monitor, ShutdownReport, Supervisor};
+
+use crate::config::{Config, Variant, SLEEP_TASK};
+use crate::sample::SERVER_THREADS;
+
+/// Every variant's response body.
+pub(crate) const BODY: &str = "ok";
+/// About how much CPU variant 7's closure burns.
+const BURN: Duration = Duration::from_millis(2);
+/// The supervisor's grace period: short, so that shutting down after
+/// variant 6 aborts its sleeping tasks instead of waiting for them.
+const GRACE: Duration = Duration::from_millis(200);
+/// The last part of the grace period, when the cancellation token fires
+/// (variant 7's queued closures then return at once).
+const CLEANUP: Duration = Duration::from_millis(150);
+/// Every supervisor's limit on tasks running at once, far above the
+/// default (1024), so that variant 6's sleeping tasks all run, as the issue
+/// asks (with the default they would queue behind the first 1024, and the
+/// queue, 65 536 by default, would fill in about two seconds).
+pub(crate) const MAX_RUNNING: usize = 1 << 18;
+/// Bounds on the steps of stopping a server.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Trivial tasks run (variants 3–5); checked after each variant.
+pub(crate) static TRIVIAL_RAN: AtomicU64 = AtomicU64::new(0);
+/// Loop iterations that take about [`BURN`] on one core (calibrated).
+pub(crate) static BURN_ITERATIONS: AtomicU64 = AtomicU64::new(0);
+
+async fn trivial() {
+    TRIVIAL_RAN.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn bare() -> &'static str {
+    BODY
+}
+
+async fn add_trivial(tasks: BackgroundTasks) -> &'static str {
+    tasks.add(trivial());
+    BODY
+}
+
+async fn spawn_trivial() -> &'static str {
+    drop(tokio::spawn(trivial()));
+    BODY
+}
+
+async fn track_trivial(State(tracker): State<TaskTracker>) -> &'static str {
+    drop(tracker.spawn(trivial()));
+    BODY
+}
+
+async fn add_sleep(tasks: BackgroundTasks) -> &'static str {
+    tasks.add(sleep(SLEEP_TASK));
+    BODY
+}
+
+async fn spawn_sleep() -> &'static str {
+    drop(tokio::spawn(sleep(SLEEP_TASK)));
+    BODY
+}
+
+async fn add_burn(tasks: BackgroundTasks) -> &'static str {
+    let token = tasks.cancellation_token();
+    tasks.add_blocking(move || {
+        if !token.is_cancelled() {
+            burn(BURN_ITERATIONS.load(Ordering::Relaxed));
+        }
+    });
+    BODY
+}
+
+/// A loop the optimiser cannot shorten: `iterations` steps of an LCG.
+fn burn(iterations: u64) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+    for _ in 0..iterations {
+        x = black_box(
+            x.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
+    }
+    x
+}
+
+/// Iterations of [`burn`] that take about [`BURN`]: the fastest of a few
+/// timed runs, so a busy moment during calibration does not shorten it.
+pub(crate) fn calibrate_burn() -> u64 {
+    const PROBE: u64 = 1 << 20;
+    let fastest = (0..7)
+        .map(|_| {
+            let started = Instant::now();
+            black_box(burn(PROBE));
+            started.elapsed()
+        })
+        .min()
+        .expect("seven runs");
+    let per_iteration = fastest.as_secs_f64() / PROBE as f64;
+    (BURN.as_secs_f64() / per_iteration).round() as u64
+}
+
+fn router(
+    variant: Variant,
+    supervisor: Option<&Supervisor>,
+    tracker: Option<TaskTracker>,
+) -> Router {
+    let layer = || {
+        supervisor
+            .expect("a supervisor for a layer variant")
+            .layer()
+    };
+    match variant {
+        Variant::Bare => Router::new().route("/", get(bare)),
+        Variant::LayerNoTask => Router::new().route("/", get(bare)).layer(layer()),
+        Variant::LayerTask => Router::new().route("/", get(add_trivial)).layer(layer()),
+        Variant::TokioSpawn => Router::new().route("/", get(spawn_trivial)),
+        Variant::TaskTracker => Router::new()
+            .route("/", get(track_trivial))
+            .with_state(tracker.expect("a tracker")),
+        Variant::LayerSleep => Router::new().route("/", get(add_sleep)).layer(layer()),
+        Variant::SpawnSleep => Router::new().route("/", get(spawn_sleep)),
+        Variant::LayerBlocking => Router::new().route("/", get(add_burn)).layer(layer()),
+    }
+}
+
+/// One variant's server: its own runtime, listener and supervisor.
+pub(crate) struct Server {
+    runtime: Runtime,
+    pub(crate) addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    supervisor: Option<Supervisor>,
+    tracker: Option<TaskTracker>,
+}
+
+/// What stopping a server saw.
+#[derive(Debug, Default)]
+pub(crate) struct Teardown {
+    pub(crate) server_stopped: bool,
+    /// Tasks running when `shutdown` was called.
+    pub(crate) running_at_shutdown: u64,
+    /// Tasks handed off and waiting for a slot when `shutdown` was called.
+    pub(crate) queued_at_shutdown: u64,
+    pub(crate) shutdown: Option<ShutdownReport>,
+    /// `TaskTracker::close` + `wait`: `None` if it did not end in time.
+    pub(crate) tracker_wait: Option<Duration>,
+}
+
+impl Server {
+    pub(crate) fn start(variant: Variant, config: &Config) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.server_threads)
+            .thread_name(SERVER_THREADS)
+            .enable_all()
+            .build()
+            .expect("the server runtime");
+        let (supervisor, tracker, listener) = {
+            let _entered = runtime.enter();
+            let supervisor = variant.uses_layer().then(|| {
+                let builder = Supervisor::builder()
+                    .grace_period(GRACE)
+                    .cleanup_period(CLEANUP)
+                    .max_running(MAX_RUNNING);
+                match config.blocking_limit {
+                    Some(limit) => builder.blocking_limit(limit).build(),
+                    None => builder.build(),
+                }
+            });
+            let tracker = (variant == Variant::TaskTracker).then(TaskTracker::new);
+            let listener = runtime
+                .block_on(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+                .expect("a loopback port");
+            (supervisor, tracker, listener)
+        };
+        let addr = listener.local_addr().expect("the bound address");
+        let app = router(variant, supervisor.as_ref(), tracker.clone());
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future();
+        let serving = runtime.spawn(serving);
+        Self {
+            runtime,
+            addr,
+            stop,
+            serving,
+            supervisor,
+            tracker,
+        }
+    }
+
+    pub(crate) fn monitor(&self) -> Option<Monitor> {
+        self.supervisor.as_ref().map(Supervisor::monitor)
+    }
+
+    /// Stops serving, shuts the supervisor down (or closes and waits for the
+    /// tracker), then the runtime; every step bounded.
+    pub(crate) fn stop(self) -> Teardown {
+        let Self {
+            runtime,
+            stop,
+            serving,
+            supervisor,
+            tracker,
+            ..
+        } = self;
+        let mut teardown = Teardown::default();
+        let _ = stop.send(());
+        teardown.server_stopped = runtime
+            .block_on(async { timeout(STOP_TIMEOUT, serving).await })
+            .is_ok_and(|served| matches!(served, Ok(Ok(()))));
+        if let Some(supervisor) = supervisor {
+            let stats = supervisor.stats();
+            teardown.running_at_shutdown = stats.running;
+            teardown.queued_at_shutdown = stats.queued;
+            teardown.shutdown = Some(runtime.block_on(supervisor.shutdown()));
+        }
+        if let Some(tracker) = tracker {
+            tracker.close();
+            let started = Instant::now();
+            teardown.tracker_wait = runtime
+                .block_on(async { timeout(STOP_TIMEOUT, tracker.wait()).await })
+                .ok()
+                .map(|()| started.elapsed());
+        }
+        runtime.shutdown_timeout(STOP_TIMEOUT);
+        teardown
+    }
+}
