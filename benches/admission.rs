@@ -98,16 +98,15 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tokio::sync::{Notify, Semaphore};
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_background::{BackgroundTasks, Monitor, Supervisor};
+use tower_background::{Monitor, Supervisor};
 
 mod support;
+use support::requests::{multi_thread_runtime, ok, request, serve_one, tasks_of, URI};
 use support::{median, Mode};
 
 /// The limit of the `limited` variant.
@@ -123,8 +122,6 @@ const BURST: usize = 10;
 const PROBE_N: usize = 100_000;
 /// Tokio tasks spawned before letting them park, in `tokio_semaphore`.
 const BATCH: usize = 1024;
-/// The URI every request carries (parsed once, cloned into each request).
-const URI: &str = "/signup?plan=free";
 
 /// Ticked by every tiny task.
 static RAN: AtomicUsize = AtomicUsize::new(0);
@@ -205,59 +202,11 @@ fn main() {
 // ---------------------------------------------------------------------------
 // Throughput
 
-fn multi_thread_runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
 fn current_thread_runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime")
-}
-
-fn request(uri: &Uri) -> Request<()> {
-    let mut request = Request::new(());
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = uri.clone();
-    request
-}
-
-fn ok() -> Response<Full<Bytes>> {
-    Response::new(Full::new(Bytes::from_static(b"ok")))
-}
-
-fn tasks_of(request: &Request<()>) -> &BackgroundTasks {
-    request
-        .extensions()
-        .get::<BackgroundTasks>()
-        .expect("the layer inserts the handle")
-}
-
-/// Calls `service` once and reads the response body the way hyper does:
-/// frame by frame, stopping at `None` or as soon as `is_end_stream()` is true.
-async fn serve_one<S, B>(service: &mut S, uri: &Uri)
-where
-    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
-    B: Body + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    let ready = service.ready().await.expect("infallible");
-    let mut body = ready
-        .call(request(uri))
-        .await
-        .expect("infallible")
-        .into_body();
-    while !body.is_end_stream() {
-        match body.frame().await {
-            Some(frame) => drop(black_box(frame.expect("a frame"))),
-            None => break,
-        }
-    }
 }
 
 /// One timed run.

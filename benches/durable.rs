@@ -104,10 +104,9 @@ use std::time::{Duration, Instant};
 use apalis::prelude::{WorkerBuilder, WorkerBuilderExt, WorkerError};
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
-use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
@@ -117,9 +116,10 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_background::durable::{
     Job, JobFailure, JobQueue, Workers, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL,
 };
-use tower_background::{BackgroundTasks, Supervisor};
+use tower_background::Supervisor;
 
 mod support;
+use support::requests::{ok, tasks_of};
 use support::{parse, Mode};
 
 /// Jobs each worker runs at once (`Workers`' default).
@@ -595,17 +595,6 @@ fn find_pg_bin() -> Option<PathBuf> {
 
 // ---------------------------------------------------------------------------
 // Requests through the layer.
-
-fn ok() -> Response<Full<Bytes>> {
-    Response::new(Full::new(Bytes::from_static(b"ok")))
-}
-
-fn tasks_of(request: &Request<()>) -> &BackgroundTasks {
-    request
-        .extensions()
-        .get::<BackgroundTasks>()
-        .expect("the layer inserts the handle")
-}
 
 /// What a handler does with its request's `seq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -79,30 +79,20 @@ use bytes::Bytes;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use http::{Extensions, Method, Request, Response, Uri};
+use http::{Extensions, Method, Request, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_background::{BackgroundTasks, ResponseBody, Supervisor, TaskOutput};
+use tower::{service_fn, Layer, ServiceExt};
+use tower_background::{ResponseBody, Supervisor, TaskOutput};
+
+mod support;
+use support::requests::{multi_thread_runtime, ok, request, serve_one, tasks_of, URI};
 
 /// Tasks per timed iteration in the `per_task` group.
 const N: usize = 1000;
-
-/// The URI every request carries: parsed once, cloned into each request (the
-/// same on both sides of every comparison).
-const URI: &str = "/signup?plan=free";
-
-/// Two workers, as on the two-core machine the figures come from.
-fn multi_thread_runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
 
 /// Runs `timed` as a task on `runtime` (on one of its workers, for a
 /// multi-thread runtime) and returns what it measured.
@@ -153,47 +143,6 @@ impl Drop for TickOnDrop {
     fn drop(&mut self) {
         self.0.tick();
     }
-}
-
-fn request(uri: &Uri) -> Request<()> {
-    let mut request = Request::new(());
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = uri.clone();
-    request
-}
-
-fn ok() -> Response<Full<Bytes>> {
-    Response::new(Full::new(Bytes::from_static(b"ok")))
-}
-
-/// Calls `service` once and reads the response body the way hyper does:
-/// frame by frame, stopping at `None` or as soon as `is_end_stream()` is true.
-async fn serve_one<S, B>(service: &mut S, uri: &Uri)
-where
-    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
-    B: Body + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    let ready = service.ready().await.expect("infallible");
-    let mut body = ready
-        .call(request(uri))
-        .await
-        .expect("infallible")
-        .into_body();
-    while !body.is_end_stream() {
-        match body.frame().await {
-            Some(frame) => drop(black_box(frame.expect("a frame"))),
-            None => break,
-        }
-    }
-    drop(body);
-}
-
-fn tasks_of(request: &Request<()>) -> &BackgroundTasks {
-    request
-        .extensions()
-        .get::<BackgroundTasks>()
-        .expect("the layer inserts the handle")
 }
 
 fn per_task(c: &mut Criterion) {

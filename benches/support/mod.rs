@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+pub(crate) mod requests;
+
 /// How the bench binary was started.
 ///
 /// `cargo bench` passes `--bench` to a `harness = false` target and
