@@ -1,11 +1,13 @@
-//! What the `harness = false` benches share: how they tell a measurement
-//! from the smoke pass, the statistics their tables are made of, and where
-//! and how they write their JSON.
+//! What the benches share: how they tell a measurement from the smoke
+//! pass, the statistics their tables are made of, where and how they write
+//! their JSON, and ([`requests`]) how the in-process benches drive a layered
+//! service.
 //!
 //! Each bench is a crate of its own and takes this file in with
 //! `mod support;` (`load`, a directory, with
-//! `#[path = "../support/mod.rs"] mod support;`). Cargo does not make a bench target of it: it looks for
-//! benches in `benches/*.rs` and `benches/*/main.rs` only.
+//! `#[path = "../support/mod.rs"] mod support;`). Cargo does not make a
+//! bench target of it: it looks for benches in `benches/*.rs` and
+//! `benches/*/main.rs` only.
 //!
 //! Only what means the same in every bench lives here. What merely looks
 //! alike stays in its bench: durable's `median` (finite values only, the
