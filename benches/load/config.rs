@@ -11,16 +11,18 @@ pub(crate) const SLEEP_TASK: Duration = Duration::from_secs(1);
 
 /// The variants measured again at a paced rate after their saturated
 /// window: those whose latencies the issue compares (6 against 3, and their
-/// `tokio::spawn` baselines 6b and 4).
-pub(crate) const PACED_VARIANTS: [Variant; 4] = [
+/// `tokio::spawn` baselines 6b and 4), and 6c, which asks whether moving
+/// 6's sleeping tasks off the serving runtime brings its p99 to 3's.
+pub(crate) const PACED_VARIANTS: [Variant; 5] = [
     Variant::LayerTask,
     Variant::TokioSpawn,
     Variant::LayerSleep,
     Variant::SpawnSleep,
+    Variant::LayerSleepOwnRuntime,
 ];
 /// The start of the paced schedule, left out of the measurement: the
-/// saturated window's last requests end and its queue drains (variants 6
-/// and 6b wait longer: [`Variant::paced_lead_in`]).
+/// saturated window's last requests end and its queue drains (variants 6,
+/// 6b and 6c wait longer: [`Variant::paced_lead_in`]).
 pub(crate) const PACED_LEAD_IN: Duration = Duration::from_millis(50);
 /// The paced rate, unless `--rate` sets it, as a share of variant 3's
 /// saturated throughput: well below saturation for every paced variant.
@@ -36,37 +38,47 @@ pub(crate) const RATE_BOUNDS: (f64, f64) = (1.0, 10_000_000.0);
 pub(crate) enum Variant {
     Bare,
     LayerNoTask,
+    ExtensionOnly,
     LayerTask,
     TokioSpawn,
     TaskTracker,
     LayerSleep,
     SpawnSleep,
+    LayerSleepOwnRuntime,
     LayerBlocking,
 }
 
 impl Variant {
-    const ALL: [Self; 8] = [
+    /// Every variant, in the order a round runs them: each lettered one
+    /// right after the variant it is read against.
+    const ALL: [Self; 10] = [
         Self::Bare,
         Self::LayerNoTask,
+        Self::ExtensionOnly,
         Self::LayerTask,
         Self::TokioSpawn,
         Self::TaskTracker,
         Self::LayerSleep,
         Self::SpawnSleep,
+        Self::LayerSleepOwnRuntime,
         Self::LayerBlocking,
     ];
 
-    /// `"1"` to `"7"`, and `"6b"` for the baseline of variant 6 (added after
-    /// the others were numbered).
+    /// `"1"` to `"7"`, and a letter for the variants added after the others
+    /// were numbered: `"2b"`, the floor under variant 2, and `"6b"` and
+    /// `"6c"`, variant 6 without the layer and with its tasks on a runtime
+    /// of their own.
     pub(crate) fn number(self) -> &'static str {
         match self {
             Self::Bare => "1",
             Self::LayerNoTask => "2",
+            Self::ExtensionOnly => "2b",
             Self::LayerTask => "3",
             Self::TokioSpawn => "4",
             Self::TaskTracker => "5",
             Self::LayerSleep => "6",
             Self::SpawnSleep => "6b",
+            Self::LayerSleepOwnRuntime => "6c",
             Self::LayerBlocking => "7",
         }
     }
@@ -75,11 +87,13 @@ impl Variant {
         match self {
             Self::Bare => "bare",
             Self::LayerNoTask => "layer_no_task",
+            Self::ExtensionOnly => "extension_only",
             Self::LayerTask => "layer_task",
             Self::TokioSpawn => "tokio_spawn",
             Self::TaskTracker => "task_tracker",
             Self::LayerSleep => "layer_sleep_1s",
             Self::SpawnSleep => "tokio_spawn_sleep_1s",
+            Self::LayerSleepOwnRuntime => "layer_sleep_1s_own_runtime",
             Self::LayerBlocking => "layer_blocking_2ms",
         }
     }
@@ -88,44 +102,59 @@ impl Variant {
         match self {
             Self::Bare => "bare handler, no layer",
             Self::LayerNoTask => "layer, no task",
+            Self::ExtensionOnly => "extension-only layer, no task",
             Self::LayerTask => "layer, 1 trivial task (`add`)",
             Self::TokioSpawn => "no layer, `tokio::spawn`",
             Self::TaskTracker => "no layer, `TaskTracker::spawn`",
             Self::LayerSleep => "layer, 1 task sleeping 1 s",
             Self::SpawnSleep => "no layer, `tokio::spawn` of a 1 s sleep",
+            Self::LayerSleepOwnRuntime => "layer, 1 task sleeping 1 s, tasks on their own runtime",
             Self::LayerBlocking => "layer, 1 blocking task, 2 ms CPU",
         }
     }
 
-    /// Variant 6's (and 6b's) population of sleeping tasks is steady only
-    /// once its first tasks end: it warms up for at least [`SLEEP_TASK`] +
-    /// 200 ms.
+    /// Whether the handler's task sleeps [`SLEEP_TASK`] (variants 6, 6b and
+    /// 6c): such a variant is steady only once its first tasks have ended.
+    fn sleeps(self) -> bool {
+        matches!(
+            self,
+            Self::LayerSleep | Self::SpawnSleep | Self::LayerSleepOwnRuntime
+        )
+    }
+
+    /// Variant 6's (and 6b's and 6c's) population of sleeping tasks is
+    /// steady only once its first tasks end: it warms up for at least
+    /// [`SLEEP_TASK`] + 200 ms.
     pub(crate) fn warm_up(self, config: &Config) -> Duration {
-        match self {
-            Self::LayerSleep | Self::SpawnSleep if config.mode.measures() => {
-                config.warm_up.max(SLEEP_TASK + Duration::from_millis(200))
-            }
-            _ => config.warm_up,
+        if self.sleeps() && config.mode.measures() {
+            config.warm_up.max(SLEEP_TASK + Duration::from_millis(200))
+        } else {
+            config.warm_up
         }
     }
 
     /// The paced schedule's unmeasured start: [`PACED_LEAD_IN`], and for
-    /// variants 6 and 6b [`SLEEP_TASK`] more, so that the tasks started at
-    /// the saturated window's higher rate have ended: the population of
+    /// variants 6, 6b and 6c [`SLEEP_TASK`] more, so that the tasks started
+    /// at the saturated window's higher rate have ended: the population of
     /// sleeping tasks, and the work of ending them, is the paced rate's.
     pub(crate) fn paced_lead_in(self, config: &Config) -> Duration {
-        match self {
-            Self::LayerSleep | Self::SpawnSleep if config.mode.measures() => {
-                SLEEP_TASK + PACED_LEAD_IN
-            }
-            _ => PACED_LEAD_IN,
+        if self.sleeps() && config.mode.measures() {
+            SLEEP_TASK + PACED_LEAD_IN
+        } else {
+            PACED_LEAD_IN
         }
     }
 
+    /// Whether the variant has our layer, and so a supervisor (variant 2b's
+    /// layer is not ours: it only puts a marker into the extensions).
     pub(crate) fn uses_layer(self) -> bool {
         matches!(
             self,
-            Self::LayerNoTask | Self::LayerTask | Self::LayerSleep | Self::LayerBlocking
+            Self::LayerNoTask
+                | Self::LayerTask
+                | Self::LayerSleep
+                | Self::LayerSleepOwnRuntime
+                | Self::LayerBlocking
         )
     }
 }
@@ -156,9 +185,11 @@ impl Config {
     pub(crate) fn from_args() -> Self {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mode = Mode::from_args(&args);
+        // `--quick` is to end within a minute: its windows went from 0.7 s
+        // to 0.5 s when variants 2b and 6c made ten.
         let mut config = match mode {
             Mode::Smoke => Self::preset(mode, 1, 0.1, 0.2, 0.1, 4),
-            Mode::Quick => Self::preset(mode, 3, 0.2, 0.7, 0.3, 64),
+            Mode::Quick => Self::preset(mode, 3, 0.2, 0.5, 0.3, 64),
             Mode::Full => Self::preset(mode, 6, 0.5, 2.0, 2.0, 64),
         };
         if mode.measures() {
@@ -204,7 +235,7 @@ impl Config {
                             *Variant::ALL
                                 .iter()
                                 .find(|variant| variant.number() == n)
-                                .unwrap_or_else(|| panic!("no variant {n} (1–7 or 6b)"))
+                                .unwrap_or_else(|| panic!("no variant {n} (1–7, 2b, 6b or 6c)"))
                         })
                         .collect();
                 }

@@ -124,6 +124,7 @@ fn paced_json(
         "share_of_variant3": (!rate.from_flag).then_some(PACED_SHARE),
         "connections": config.connections,
         "lead_in_s": PACED_LEAD_IN.as_secs_f64(),
+        // Variant 6c's too: the key is older than 6c.
         "lead_in_s_v6_v6b": Variant::LayerSleep.paced_lead_in(config).as_secs_f64(),
         "window_s": config.paced.map(|paced| paced.as_secs_f64()),
         "latency": "from the due time, less the client's lateness on an idle connection",

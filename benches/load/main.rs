@@ -1,10 +1,16 @@
 //! Load benchmark: a real axum server on `127.0.0.1:0`, driven by a real
 //! HTTP/1.1 keep-alive client, comparing the layer with what users do today.
 //!
-//! Eight variants, all answering `GET /` with the same two-byte body `ok`:
+//! Ten variants, all answering `GET /` with the same two-byte body `ok`:
 //!
 //! 1. `bare`: the handler alone, no layer;
 //! 2. `layer_no_task`: the layer installed, nothing queued;
+//!
+//!    2b. `extension_only`: instead of ours, a layer that only inserts a
+//!    clone of one shared `Arc` into each request's extensions (tower's
+//!    `MapRequestLayer`), installed the same way, same handler: the least
+//!    any layer that hands the request a handle costs, so the floor under
+//!    variant 2's target; v2b ÷ v1 is that cost, v2 ÷ v2b our layer's own;
 //! 3. `layer_task`: the layer, one trivial async task per request
 //!    (`tasks.add`);
 //! 4. `tokio_spawn`: no layer, the handler calls `tokio::spawn` with the same
@@ -19,6 +25,12 @@
 //!    with the same 1 s sleep: what that many sleeping tasks cost without
 //!    us (tokio's timer, a second poll), so that variant 6's excess over
 //!    variant 3 can be split between tokio and the layer;
+//!
+//!    6c. `layer_sleep_1s_own_runtime`: variant 6 with the supervisor's
+//!    tasks on a second runtime of one worker (`SupervisorBuilder::runtime`),
+//!    their sleep made in the task so that its timer is that runtime's too:
+//!    does keeping the sleeping tasks off the serving runtime bring variant
+//!    6's p99 to variant 3's? That runtime's threads count as the server's;
 //! 7. `layer_blocking_2ms`: the layer, one `tasks.add_blocking` closure per
 //!    request that burns about 2 ms of CPU (a loop calibrated at start-up).
 //!    It runs in the supervisor's blocking lane (16 at a time by default,
@@ -39,27 +51,29 @@
 //! core on a two-core machine, and the server's cost per request is not
 //! blurred by work stealing.
 //!
-//! A variant warms up (`--warm-up`; variants 6 and 6b at least 1.2 s, until their
-//! population of sleeping tasks is steady), then is measured (`--secs`):
-//! throughput is the responses completed inside the window, latency the time
-//! from sending a request started inside the window to its body's end. The
-//! CPU time of the server's threads (workers and blocking pool) and of the
-//! client's is read from `/proc/self/task/*/schedstat` at the window's start
-//! and end (Linux only), and reported per request: unlike throughput, it
-//! hardly moves when other processes take the cores.
+//! A variant warms up (`--warm-up`; variants 6, 6b and 6c at least 1.2 s,
+//! until their population of sleeping tasks is steady), then is measured
+//! (`--secs`): throughput is the responses completed inside the window,
+//! latency the time from sending a request started inside the window to its
+//! body's end. The CPU time of the server's threads (workers and blocking
+//! pool, and 6c's tasks' runtime) and of the client's is read from
+//! `/proc/self/task/*/schedstat` at the window's start and end (Linux only),
+//! and reported per request: unlike throughput, it hardly moves when other
+//! processes take the cores.
 //!
-//! Variants are interleaved over rounds (round 1: 1..7 with 6b after 6,
-//! round 2: the same, ...) so drift on the machine hits all of them alike; the tables show medians
-//! over rounds, and each ratio is taken within a round, then its median.
-//! After each variant the server stops, `Supervisor::shutdown` runs (and the
-//! tracker is closed and waited for) and the runtime is shut down.
+//! Variants are interleaved over rounds (round 1: 1..7 with 2b after 2, 6b
+//! and 6c after 6, round 2: the same, ...) so drift on the machine hits all
+//! of them alike; the tables show medians over rounds, and each ratio is
+//! taken within a round, then its median. After each variant the server
+//! stops, `Supervisor::shutdown` runs (and the tracker is closed and waited
+//! for) and the runtime (6c: both runtimes) is shut down.
 //!
 //! **The paced window.** A saturated closed loop keeps about 64 requests
 //! queued, so its latency is about connections ÷ throughput (Little's law):
 //! its p99 mostly measures the server's CPU per request, and a variant that
 //! costs more per request (6 against 3, 6b against 4: a task that sleeps
 //! costs a timer and a second poll) has the higher p99 whether or not a
-//! response ever waits on a task. So variants 3, 4, 6 and 6b
+//! response ever waits on a task. So variants 3, 4, 6, 6b and 6c
 //! (`PACED_VARIANTS`) are measured a second time at the same offered rate R
 //! for all of them, below saturation: right after the saturated window, on
 //! the same server and the same 64 connections, an open loop. Connection i
@@ -74,18 +88,19 @@
 //! from the due time alone, and that lateness, are reported too. The same
 //! resolution means the requests due within one millisecond leave together,
 //! about R/1000 at a time.) The schedule's first 50 ms are not measured
-//! (1.05 s for 6 and 6b, until the tasks started at the saturated rate have
+//! (1.05 s for 6, 6b and 6c, until the tasks started at the saturated rate have
 //! ended and the population of sleeping tasks is the paced rate's, R × 1 s),
 //! then `--paced-secs` are. R is `--rate` if given; otherwise a quarter of the
 //! throughput of variant 3 in a run of its own before round 1, which also
 //! warms the process up, so that every round keeps its order and every
 //! paced window of a run has the same R. The paced table reports the rate
 //! achieved, p50 / p99 / p99.9, server CPU per request, and the ratios v6 ÷
-//! v3 (the issue's target), v6b ÷ v4 and v6 ÷ v6b of the paced p99.
+//! v3 (the issue's target), v6c ÷ v3, v6c ÷ v6, v6b ÷ v4 and v6 ÷ v6b of
+//! the paced p99.
 //!
 //! ```text
-//! cargo bench --bench load               # 6 rounds × ((0.5 s + 2 s) × 8 + paced 2 s × 4), about 3.5 minutes
-//! cargo bench --bench load -- --quick    # 3 rounds × ((0.2 s + 0.7 s) × 8 + paced 0.3 s × 4), about 45 s
+//! cargo bench --bench load               # 6 rounds × ((0.5 s + 2 s) × 10 + paced 2 s × 5), about 4.5 minutes
+//! cargo bench --bench load -- --quick    # 3 rounds × ((0.2 s + 0.5 s) × 10 + paced 0.3 s × 5), about 55 s
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--secs S`, `--warm-up S`,

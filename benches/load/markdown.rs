@@ -75,7 +75,11 @@ pub(crate) fn print_markdown(
     print_ratios(&summary.ratios);
 
     // What the sleeping and blocking variants left behind at shutdown.
-    for variant in [Variant::LayerSleep, Variant::LayerBlocking] {
+    for variant in [
+        Variant::LayerSleep,
+        Variant::LayerSleepOwnRuntime,
+        Variant::LayerBlocking,
+    ] {
         let runs: Vec<&Measured> = rounds
             .iter()
             .filter_map(|round| round.iter().find(|m| m.variant == variant))
@@ -147,7 +151,7 @@ pub(crate) fn print_paced_markdown(
     println!(
         "Paced (open loop), the same offered rate for every variant: {:.0} req/s ({}), one \
          request due every {:.2} ms on each of the {} connections, on the same server right \
-         after its saturated window; {:.2} s lead-in ({:.2} s for 6 and 6b, until the tasks \
+         after its saturated window; {:.2} s lead-in ({:.2} s for 6, 6b and 6c, until the tasks \
          started at the saturated rate have ended), then {:.1} s measured. Latency from \
          when a request was due, less the client's own lateness on an idle connection \
          (tokio's 1 ms timer); medians over rounds.",
@@ -184,20 +188,23 @@ pub(crate) fn print_paced_markdown(
     }
     print_ratios(&summary.paced_ratios);
 
-    // How many of variant 6's tasks were alive while it was paced.
-    let populations: Vec<String> = rounds
-        .iter()
-        .filter_map(|round| round.iter().find(|m| m.variant == Variant::LayerSleep))
-        .filter_map(|m| {
-            let paced = m.paced.as_ref()?;
-            Some(format!("{}–{}", paced.least_running?, paced.peak_running?))
-        })
-        .collect();
-    if !populations.is_empty() {
-        println!();
-        println!(
-            "v6 tasks running during the paced window (least–peak), per round: {}",
-            populations.join(", ")
-        );
+    // How many of variant 6's (and 6c's) tasks were alive while it was paced.
+    for variant in [Variant::LayerSleep, Variant::LayerSleepOwnRuntime] {
+        let populations: Vec<String> = rounds
+            .iter()
+            .filter_map(|round| round.iter().find(|m| m.variant == variant))
+            .filter_map(|m| {
+                let paced = m.paced.as_ref()?;
+                Some(format!("{}–{}", paced.least_running?, paced.peak_running?))
+            })
+            .collect();
+        if !populations.is_empty() {
+            println!();
+            println!(
+                "v{} tasks running during the paced window (least–peak), per round: {}",
+                variant.number(),
+                populations.join(", ")
+            );
+        }
     }
 }

@@ -16,6 +16,11 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 /// workers and blocking pool, and the client runtime's.
 pub(crate) const SERVER_THREADS: &str = "load-server";
 pub(crate) const CLIENT_THREADS: &str = "load-client";
+/// The threads of variant 6c's tasks' runtime. [`threads_cpu_ns`] matches
+/// names by prefix: starting with [`SERVER_THREADS`], they count in the
+/// server's CPU, as the serving runtime's threads that ran those tasks in
+/// variant 6 do.
+pub(crate) const SERVER_TASK_THREADS: &str = "load-server-bg";
 
 /// What was sampled during the window.
 #[derive(Debug, Default)]
@@ -28,8 +33,8 @@ pub(crate) struct Sampled {
     pub(crate) peak_queued: Option<u64>,
     /// Tasks submitted by the end of the window (layer variants).
     pub(crate) submitted: Option<u64>,
-    /// CPU time of the server's threads (workers and blocking pool) and of
-    /// the client's, inside the window.
+    /// CPU time of the server's threads (workers and blocking pool, and
+    /// variant 6c's tasks' runtime) and of the client's, inside the window.
     pub(crate) server_cpu: Option<Duration>,
     pub(crate) client_cpu: Option<Duration>,
 }

@@ -1,14 +1,16 @@
 //! The server side: the axum app of each variant and its handlers, and a
-//! variant's server (its runtime, listener and supervisor) started and
-//! stopped, the supervisor shut down.
+//! variant's server (its runtime, listener and supervisor, and for
+//! variant 6c the tasks' runtime) started and stopped, the supervisor shut
+//! down.
 
 use std::future::IntoFuture;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -17,10 +19,11 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout};
 use tokio_util::task::TaskTracker;
+use tower::util::MapRequestLayer;
 use tower_background::{BackgroundTasks, Monitor, ShutdownReport, Supervisor};
 
 use crate::config::{Config, Variant, SLEEP_TASK};
-use crate::sample::SERVER_THREADS;
+use crate::sample::{SERVER_TASK_THREADS, SERVER_THREADS};
 
 /// Every variant's response body.
 pub(crate) const BODY: &str = "ok";
@@ -73,6 +76,16 @@ async fn add_sleep(tasks: BackgroundTasks) -> &'static str {
     BODY
 }
 
+/// Variant 6c's handler: variant 6's task, but its sleep is made when the
+/// task is first polled, on the tasks' runtime. `tokio::time::sleep` takes
+/// the timer of the runtime it is called on, so [`add_sleep`]'s sleep,
+/// made in the handler, would put every task's timer entry in the serving
+/// runtime's wheel, to be fired by its thread, wherever the task runs.
+async fn add_sleep_in_task(tasks: BackgroundTasks) -> &'static str {
+    tasks.add(async { sleep(SLEEP_TASK).await });
+    BODY
+}
+
 async fn spawn_sleep() -> &'static str {
     drop(tokio::spawn(sleep(SLEEP_TASK)));
     BODY
@@ -116,6 +129,26 @@ pub(crate) fn calibrate_burn() -> u64 {
     (BURN.as_secs_f64() / per_iteration).round() as u64
 }
 
+/// What variant 2b's layer puts into every request's extensions: a clone of
+/// one shared `Arc`, as any per-request handle into app-lifespan state must
+/// hold at least (ours clones the supervisor's, and allocates the request's
+/// own state besides).
+#[derive(Clone, Debug, Default)]
+struct Marker(
+    #[allow(dead_code, reason = "never read: cloning and dropping it is the cost")] Arc<()>,
+);
+
+/// Variant 2b's layer, the least a layer that puts a handle into the
+/// request's extensions can do: insert a [`Marker`] and call the inner
+/// service, its future unwrapped (`MapRequest` returns the inner future).
+fn extension_only_layer() -> MapRequestLayer<impl Fn(Request) -> Request + Clone + Send + Sync> {
+    let marker = Marker::default();
+    MapRequestLayer::new(move |mut request: Request| {
+        request.extensions_mut().insert(marker.clone());
+        request
+    })
+}
+
 fn router(
     variant: Variant,
     supervisor: Option<&Supervisor>,
@@ -129,6 +162,9 @@ fn router(
     match variant {
         Variant::Bare => Router::new().route("/", get(bare)),
         Variant::LayerNoTask => Router::new().route("/", get(bare)).layer(layer()),
+        Variant::ExtensionOnly => Router::new()
+            .route("/", get(bare))
+            .layer(extension_only_layer()),
         Variant::LayerTask => Router::new().route("/", get(add_trivial)).layer(layer()),
         Variant::TokioSpawn => Router::new().route("/", get(spawn_trivial)),
         Variant::TaskTracker => Router::new()
@@ -136,6 +172,9 @@ fn router(
             .with_state(tracker.expect("a tracker")),
         Variant::LayerSleep => Router::new().route("/", get(add_sleep)).layer(layer()),
         Variant::SpawnSleep => Router::new().route("/", get(spawn_sleep)),
+        Variant::LayerSleepOwnRuntime => Router::new()
+            .route("/", get(add_sleep_in_task))
+            .layer(layer()),
         Variant::LayerBlocking => Router::new().route("/", get(add_burn)).layer(layer()),
     }
 }
@@ -143,6 +182,9 @@ fn router(
 /// One variant's server: its own runtime, listener and supervisor.
 pub(crate) struct Server {
     runtime: Runtime,
+    /// Variant 6c's: the runtime its supervisor spawns tasks on, one worker,
+    /// so that the serving runtime only answers and hands tasks off.
+    tasks_runtime: Option<Runtime>,
     pub(crate) addr: SocketAddr,
     stop: oneshot::Sender<()>,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -171,6 +213,16 @@ impl Server {
             .enable_all()
             .build()
             .expect("the server runtime");
+        // Its threads' names start with the serving runtime's, so that the
+        // server's CPU per request counts them too.
+        let tasks_runtime = (variant == Variant::LayerSleepOwnRuntime).then(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(SERVER_TASK_THREADS)
+                .enable_all()
+                .build()
+                .expect("the tasks' runtime")
+        });
         let (supervisor, tracker, listener) = {
             let _entered = runtime.enter();
             let supervisor = variant.uses_layer().then(|| {
@@ -178,6 +230,10 @@ impl Server {
                     .grace_period(GRACE)
                     .cleanup_period(CLEANUP)
                     .max_running(MAX_RUNNING);
+                let builder = match &tasks_runtime {
+                    Some(tasks_runtime) => builder.runtime(tasks_runtime.handle().clone()),
+                    None => builder,
+                };
                 match config.blocking_limit {
                     Some(limit) => builder.blocking_limit(limit).build(),
                     None => builder.build(),
@@ -203,6 +259,7 @@ impl Server {
         let serving = runtime.spawn(serving);
         Self {
             runtime,
+            tasks_runtime,
             addr,
             stop,
             serving,
@@ -216,10 +273,13 @@ impl Server {
     }
 
     /// Stops serving, shuts the supervisor down (or closes and waits for the
-    /// tracker), then the runtime; every step bounded.
+    /// tracker), then the tasks' runtime if the variant has one, then the
+    /// serving runtime; every step bounded. Called outside any runtime, so
+    /// dropping one here does not panic.
     pub(crate) fn stop(self) -> Teardown {
         let Self {
             runtime,
+            tasks_runtime,
             stop,
             serving,
             supervisor,
@@ -244,6 +304,11 @@ impl Server {
                 .block_on(async { timeout(STOP_TIMEOUT, tracker.wait()).await })
                 .ok()
                 .map(|()| started.elapsed());
+        }
+        // After the supervisor's shutdown, which has waited for its tasks or
+        // aborted them: what is left on this runtime is dropped unrun.
+        if let Some(tasks_runtime) = tasks_runtime {
+            tasks_runtime.shutdown_timeout(STOP_TIMEOUT);
         }
         runtime.shutdown_timeout(STOP_TIMEOUT);
         teardown

@@ -97,7 +97,7 @@ pub(crate) struct Paced {
     pub(crate) send_lag_p50: u64,
     pub(crate) send_lag_p99: u64,
     /// The running-task count over the window (layer variants): for
-    /// variant 6, about the paced rate × 1 s of sleeping tasks.
+    /// variants 6 and 6c, about the paced rate × 1 s of sleeping tasks.
     pub(crate) least_running: Option<u64>,
     pub(crate) peak_running: Option<u64>,
 }
