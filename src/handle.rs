@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::mem;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
@@ -73,9 +73,6 @@ pub(crate) struct RequestTasks {
     /// see [`Phase`].
     phase: AtomicU8,
     queue: Mutex<Queue>,
-    /// Made at the first hand-off of a task, so a request that queues
-    /// nothing never pays for it.
-    origin: OnceLock<Origin>,
 }
 
 /// A request's queued tasks: the first is stored inline, since most
@@ -141,7 +138,6 @@ impl BackgroundTasks {
                 path_and_query: uri.path_and_query().cloned(),
                 phase: AtomicU8::new(Phase::UNTOUCHED),
                 queue: Mutex::new(Queue::Open(SmallVec::new())),
-                origin: OnceLock::new(),
             }),
         }
     }
@@ -464,10 +460,13 @@ impl RequestTasks {
         self.path_and_query.as_ref().map_or("", PathAndQuery::path)
     }
 
-    /// What the request's handed-off tasks keep of it.
-    pub(crate) fn origin(&self) -> &Origin {
-        self.origin
-            .get_or_init(|| Origin::new(&self.method, self.path()))
+    /// What the request's handed-off tasks keep of it. Made at each
+    /// hand-off rather than kept: a request hands off once, but for the
+    /// rare task added through a kept handle afterwards, so a cache would
+    /// cost every request with tasks (a `OnceLock`'s check and its space)
+    /// to save a label now and then.
+    pub(crate) fn origin(&self) -> Origin {
+        Origin::new(&self.method, self.path())
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
