@@ -201,6 +201,23 @@ impl SupervisorBuilder {
 
     /// The runtime tasks are spawned on (default: the runtime `build` is
     /// called in). Needed only to build the supervisor outside a runtime.
+    ///
+    /// A runtime of their own does not shield the server from its
+    /// background tasks; it costs it more. Every hand-off then crosses
+    /// runtimes: the task goes into the other runtime's shared queue and
+    /// its worker is woken, which costs the serving thread more than
+    /// running the task would. In the load benchmark (variant 6c: one task
+    /// sleeping 1 s per request, a one-worker runtime for the tasks, two
+    /// cores) server CPU per request was 1.9× and p99 2.2–2.4× what the
+    /// same tasks cost on the serving runtime (`BENCHMARKS.md`). To bound
+    /// what tasks take from requests, use the lane limits instead
+    /// ([`max_running`](Self::max_running), [`blocking_limit`](Self::blocking_limit),
+    /// [`lane`](Self::lane)).
+    ///
+    /// Timers belong to the runtime where they are made: a
+    /// `tokio::time::sleep` created in the handler and queued as the task
+    /// stays in the serving runtime's timer wheel. Create it inside the
+    /// task's `async` block to put it on this runtime.
     pub fn runtime(mut self, runtime: Handle) -> Self {
         self.runtime = Some(runtime);
         self
