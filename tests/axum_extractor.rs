@@ -160,3 +160,50 @@ async fn the_signup_handler_from_the_issue_works() {
     assert_eq!(report.stats.completed, 2);
     assert!(report.is_complete());
 }
+
+/// The layer can also wrap the whole router, served as is by `axum::serve`
+/// (what the `BackgroundTaskLayer` docs suggest on a hot path): handlers
+/// extract the handle the same way, their tasks run after the response, and
+/// a request that matches no route (`404`) queues nothing.
+#[tokio::test]
+async fn the_layer_around_the_whole_router_serves_over_tcp() {
+    use axum::ServiceExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower::ServiceBuilder;
+
+    let supervisor = Supervisor::new();
+    // As in the `BackgroundTaskLayer` docs.
+    let app = ServiceBuilder::new()
+        .map_response(|response: axum::http::Response<_>| response.map(Body::new))
+        .layer(supervisor.layer())
+        .service(routes());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            ServiceExt::<Request<Body>>::into_make_service(app),
+        )
+        .await
+    });
+
+    let exchange = |request: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let visit =
+        "POST /visit HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let response = within("the visit", exchange(visit)).await;
+    assert!(response.starts_with("HTTP/1.1 204"), "{response}");
+    let missing = "GET /nowhere HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    let response = within("the 404", exchange(missing)).await;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+
+    within("the task to finish", supervisor.wait_idle()).await;
+    let stats = supervisor.stats();
+    assert_eq!((stats.submitted, stats.completed), (1, 1), "{stats:?}");
+    server.abort();
+}
