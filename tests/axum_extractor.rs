@@ -1,6 +1,7 @@
 //! The axum extractor (feature `axum`): `BackgroundTasks` and
 //! `Option<BackgroundTasks>` as handler arguments on a `Router` with
-//! `.layer(supervisor.layer())`, and the `500` that names the missing layer.
+//! `.layer(supervisor.layer())` or with the layer around it, and the `500`
+//! that names the missing layer.
 #![cfg(feature = "axum")]
 
 mod support;
