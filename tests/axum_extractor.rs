@@ -177,7 +177,7 @@ async fn the_layer_around_the_whole_router_serves_over_tcp() {
     let app = ServiceBuilder::new()
         .map_response(|response: axum::http::Response<_>| response.map(Body::new))
         .layer(supervisor.layer())
-        .service(routes());
+        .service(routes().with_state(()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
