@@ -120,7 +120,7 @@ use tower_background::Supervisor;
 
 mod support;
 use support::requests::{ok, tasks_of};
-use support::{parse, Mode};
+use support::{parse, Flags, Mode};
 
 /// Jobs each worker runs at once (`Workers`' default).
 const CONCURRENCY: usize = 4;
@@ -253,21 +253,15 @@ impl Config {
         if mode.measures() {
             config.json = Some(support::default_json_path("durable-bench.json"));
         }
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .unwrap_or_else(|| panic!("{name} needs a value"))
-            };
-            match arg.as_str() {
-                "--bench" | "--quick" => {}
-                "--rounds" => config.rounds = parse(&value("--rounds")),
-                "--jobs" => config.jobs = parse(&value("--jobs")),
-                "--latency-jobs" => config.latency_jobs = parse(&value("--latency-jobs")),
+        let mut flags = Flags::new("durable", args);
+        while let Some(flag) = flags.next() {
+            match flag.as_str() {
+                "--rounds" => config.rounds = parse(&flags.value("--rounds")),
+                "--jobs" => config.jobs = parse(&flags.value("--jobs")),
+                "--latency-jobs" => config.latency_jobs = parse(&flags.value("--latency-jobs")),
                 "--no-slow" => config.slow = false,
-                "--json" => config.json = Some(PathBuf::from(value("--json"))),
-                other if other.starts_with("--") => eprintln!("durable: ignoring {other}"),
-                _ => {}
+                "--json" => config.json = Some(PathBuf::from(flags.value("--json"))),
+                other => flags.ignore(other),
             }
         }
         config.rounds = config.rounds.clamp(1, 50);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::support::{self, parse, Mode};
+use crate::support::{self, parse, Flags, Mode};
 
 /// How long variant 6's task sleeps.
 pub(crate) const SLEEP_TASK: Duration = Duration::from_secs(1);
@@ -195,40 +195,37 @@ impl Config {
         if mode.measures() {
             config.json = Some(support::default_json_path("load-bench.json"));
         }
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .unwrap_or_else(|| panic!("{name} needs a value"))
-            };
-            match arg.as_str() {
-                "--bench" | "--quick" => {}
-                "--rounds" => config.rounds = parse::<usize>(&value("--rounds")).max(1),
-                "--secs" => config.measure = seconds(&value("--secs")),
-                "--warm-up" => config.warm_up = seconds(&value("--warm-up")),
+        let mut flags = Flags::new("load", args);
+        while let Some(flag) = flags.next() {
+            match flag.as_str() {
+                "--rounds" => config.rounds = parse::<usize>(&flags.value("--rounds")).max(1),
+                "--secs" => config.measure = seconds(&flags.value("--secs")),
+                "--warm-up" => config.warm_up = seconds(&flags.value("--warm-up")),
                 "--paced-secs" => {
-                    let secs = value("--paced-secs");
+                    let secs = flags.value("--paced-secs");
                     config.paced = (parse::<f64>(&secs) > 0.0).then(|| seconds(&secs));
                 }
                 "--rate" => {
-                    let rate = parse::<f64>(&value("--rate"));
+                    let rate = parse::<f64>(&flags.value("--rate"));
                     assert!(rate.is_finite(), "not a rate: {rate}");
                     config.rate = Some(rate.clamp(RATE_BOUNDS.0, RATE_BOUNDS.1));
                 }
                 "--connections" => {
-                    config.connections = parse::<usize>(&value("--connections")).max(1)
+                    config.connections = parse::<usize>(&flags.value("--connections")).max(1)
                 }
                 "--server-threads" => {
-                    config.server_threads = parse::<usize>(&value("--server-threads")).max(1);
+                    config.server_threads = parse::<usize>(&flags.value("--server-threads")).max(1);
                 }
                 "--client-threads" => {
-                    config.client_threads = parse::<usize>(&value("--client-threads")).max(1);
+                    config.client_threads = parse::<usize>(&flags.value("--client-threads")).max(1);
                 }
                 "--blocking-limit" => {
-                    config.blocking_limit = Some(parse::<usize>(&value("--blocking-limit")).max(1));
+                    config.blocking_limit =
+                        Some(parse::<usize>(&flags.value("--blocking-limit")).max(1));
                 }
                 "--variants" => {
-                    config.variants = value("--variants")
+                    config.variants = flags
+                        .value("--variants")
                         .split(',')
                         .map(|n| {
                             let n = n.trim();
@@ -239,10 +236,8 @@ impl Config {
                         })
                         .collect();
                 }
-                "--json" => config.json = Some(PathBuf::from(value("--json"))),
-                // Flags cargo or criterion-minded habits may pass; nothing to do.
-                other if other.starts_with("--") => eprintln!("load: ignoring {other}"),
-                _ => {}
+                "--json" => config.json = Some(PathBuf::from(flags.value("--json"))),
+                other => flags.ignore(other),
             }
         }
         // Keep every run bounded, whatever the flags say.

@@ -75,6 +75,49 @@ impl fmt::Display for Mode {
     }
 }
 
+/// A bench's own flags, one at a time, for its `match`: what cargo and
+/// criterion habits pass besides (`--bench`, `--quick`, which
+/// [`Mode::from_args`] has read, and words that are not flags, which cargo
+/// passes as filters) is skipped.
+pub(crate) struct Flags {
+    bench: &'static str,
+    args: std::vec::IntoIter<String>,
+}
+
+impl Flags {
+    /// The flags in `args` (the program's arguments, without its name) of
+    /// the bench named `bench`, the name its messages start with.
+    pub(crate) fn new(bench: &'static str, args: Vec<String>) -> Self {
+        Self {
+            bench,
+            args: args.into_iter(),
+        }
+    }
+
+    /// The argument after `flag`, or a panic that says it is missing: a
+    /// mistyped flag should stop a bench before it runs for minutes.
+    pub(crate) fn value(&mut self, flag: &str) -> String {
+        self.args
+            .next()
+            .unwrap_or_else(|| panic!("{}: {flag} needs a value", self.bench))
+    }
+
+    /// A flag the bench does not know: said, and otherwise ignored, as
+    /// cargo may pass flags meant for other harnesses.
+    pub(crate) fn ignore(&self, flag: &str) {
+        eprintln!("{}: ignoring {flag}", self.bench);
+    }
+}
+
+impl Iterator for Flags {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        self.args
+            .find(|arg| arg.starts_with("--") && arg != "--bench" && arg != "--quick")
+    }
+}
+
 /// A command-line value as a number, or a panic that names the value: a
 /// mistyped flag should stop a bench before it runs for minutes.
 pub(crate) fn parse<T: std::str::FromStr>(value: &str) -> T {
