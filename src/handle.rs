@@ -461,10 +461,10 @@ impl RequestTasks {
     }
 
     /// What the request's handed-off tasks keep of it. Made at each
-    /// hand-off rather than kept: a request hands off once, but for the
-    /// rare task added through a kept handle afterwards, so a cache would
-    /// cost every request with tasks (a `OnceLock`'s check and its space)
-    /// to save a label now and then.
+    /// hand-off rather than kept: a request hands off once, and again only
+    /// for a task added through a kept handle afterwards, which is rare; a
+    /// cache would cost every request with tasks (a `OnceLock`'s check and
+    /// its space) to save a label now and then.
     pub(crate) fn origin(&self) -> Origin {
         Origin::new(&self.method, self.path())
     }
