@@ -80,8 +80,7 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use http::{Extensions, Method, Request, Uri};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -89,7 +88,7 @@ use tower::{service_fn, Layer, ServiceExt};
 use tower_background::{ResponseBody, Supervisor, TaskOutput};
 
 mod support;
-use support::requests::{multi_thread_runtime, ok, request, serve_one, tasks_of, URI};
+use support::requests::{multi_thread_runtime, ok, read_to_end, request, serve_one, tasks_of, URI};
 
 /// Tasks per timed iteration in the `per_task` group.
 const N: usize = 1000;
@@ -429,21 +428,6 @@ where
         .await
         .expect("infallible")
         .into_body()
-}
-
-/// Reads `body` the way hyper does (see `serve_one`); its end hands the
-/// request's tasks off.
-async fn read_to_end<B>(mut body: B)
-where
-    B: Body + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    while !body.is_end_stream() {
-        match body.frame().await {
-            Some(frame) => drop(black_box(frame.expect("a frame"))),
-            None => break,
-        }
-    }
 }
 
 /// A supervisor that accepts all [`DRAIN_TASKS`] at once (the default

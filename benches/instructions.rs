@@ -98,7 +98,6 @@
 //! per request, and 600–700 with `Router::layer`).
 
 use std::convert::Infallible;
-use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -110,15 +109,13 @@ use axum::response::Response as AxumResponse;
 use axum::routing::get;
 use axum::Router;
 use http::{Request, Uri};
-use http_body::Body as _;
-use http_body_util::BodyExt;
 use tokio_util::task::TaskTracker;
 use tower::util::MapRequestLayer;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_background::{BackgroundTasks, Supervisor};
 
 mod support;
-use support::requests::{ok, serve_one, tasks_of, URI};
+use support::requests::{ok, read_to_end, serve_one, tasks_of, URI};
 
 /// Tasks per request in `batch`, and per batch in `spawn_batch`.
 const BATCH: usize = 1000;
@@ -358,18 +355,13 @@ where
     for _ in 0..n {
         let mut request = AxumRequest::new(Body::empty());
         *request.uri_mut() = uri.clone();
-        let mut body = app
+        let body = app
             .clone()
             .oneshot(request)
             .await
             .expect("infallible")
             .into_body();
-        while !body.is_end_stream() {
-            match body.frame().await {
-                Some(frame) => drop(black_box(frame.expect("a frame"))),
-                None => break,
-            }
-        }
+        read_to_end(body).await;
     }
 }
 

@@ -104,8 +104,8 @@ use crate::task_set::TaskSet;
 ///
 /// | the request | `Router::layer` | around the router |
 /// |---|---|---|
-/// | queues nothing | + 2 479 | + 1 731 |
-/// | queues one task | + 6 227 | + 5 418 |
+/// | queues nothing | + 2 482 | + 1 732 |
+/// | queues one task | + 6 230 | + 5 419 |
 ///
 /// A real server does much more per request (hyper, the socket); the load
 /// benchmark (`BENCHMARKS.md`) measures the layer installed with

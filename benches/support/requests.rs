@@ -57,11 +57,22 @@ where
     B::Error: std::fmt::Debug,
 {
     let ready = service.ready().await.expect("infallible");
-    let mut body = ready
+    let body = ready
         .call(request(uri))
         .await
         .expect("infallible")
         .into_body();
+    read_to_end(body).await;
+}
+
+/// Reads `body` the way hyper does: frame by frame, stopping at `None` or
+/// as soon as `is_end_stream()` is true. Through the layer, its end hands
+/// the request's tasks off.
+pub(crate) async fn read_to_end<B>(mut body: B)
+where
+    B: Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
     while !body.is_end_stream() {
         match body.frame().await {
             Some(frame) => drop(black_box(frame.expect("a frame"))),
