@@ -19,15 +19,15 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
-use tower_background::{BackgroundTasks, Group, Stats, Supervisor, TaskOptions};
+use tower_background::{Group, Stats, Supervisor, TaskOptions};
 
 use crate::harness::{
-    accounted, id_of, mix, scaled, settled, summary, within, Client, Ledger, Server,
+    accounted, background_tasks, fetch_on_keep_alive_connections, id_of, mix, scaled, settled,
+    shut_down_as_settled, summary, Ledger, Server,
 };
-use crate::support::{counts, stats, Peak};
+use crate::support::{stats, Peak};
 
 const MAX_RUNNING: usize = 16;
 const BLOCKING_LIMIT: usize = 4;
@@ -140,10 +140,7 @@ async fn handle(
     inside: Inside,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let id = id_of(&request);
-    let tasks = request
-        .extensions()
-        .get::<BackgroundTasks>()
-        .expect("the layer is installed");
+    let tasks = background_tasks(&request);
     for k in 0..tasks_of(id) {
         let (ledger, inside) = (ledger.clone(), inside.clone());
         let task = slot(id, k, 0);
@@ -241,34 +238,22 @@ async fn groups_lanes_and_timeouts_under_load_add_up() {
     let server = Server::start(service).await;
 
     let started = Instant::now();
-    let mut load = JoinSet::new();
-    for client in 0..clients {
-        let addr = server.addr();
-        load.spawn(async move {
-            let mut connection = Client::connect(addr).await.expect("connect");
-            for i in 0..requests {
-                let id = client * requests + i;
-                let (status, body) = connection
-                    .fetch(&format!("/mixed/{id}"))
-                    .await
-                    .unwrap_or_else(|error| panic!("request {id}: {error}"));
-                assert_eq!(status, StatusCode::OK, "request {id}");
-                assert_eq!(body, id.to_string(), "request {id} got another's answer");
-            }
-        });
-    }
-    while let Some(client) = within("the clients", load.join_next()).await {
-        client.expect("a client failed");
-    }
+    fetch_on_keep_alive_connections(
+        server.addr(),
+        clients,
+        requests,
+        "/mixed",
+        |id, status, body| {
+            assert_eq!(status, StatusCode::OK, "request {id}");
+            assert_eq!(body, id.to_string(), "request {id} got another's answer");
+        },
+    )
+    .await;
     let load_time = started.elapsed();
     let settled_stats = settled(&monitor).await;
     let drain_time = started.elapsed();
-    let connections = server.connections() as u64;
-    let drained = server.shutdown(Duration::from_secs(5)).await;
-    assert!(
-        drained.complete,
-        "idle keep-alive connections close at once"
-    );
+    server.assert_one_connection_per_client(clients);
+    server.shut_down_idle().await;
 
     // What the plan says each counter must be.
     let (mut submitted, mut completed, mut failed, mut timed_out, mut skipped) = (0, 0, 0, 0, 0);
@@ -306,7 +291,9 @@ async fn groups_lanes_and_timeouts_under_load_add_up() {
         s.timed_out = timed_out;
         s.skipped = skipped;
     });
-    assert_eq!(counts(settled_stats.clone()), expected);
+    let report =
+        shut_down_as_settled(supervisor, &settled_stats, &expected, "admission load").await;
+    assert!(report.is_complete() && !report.aborted);
 
     // The lanes' limits held, in the stats and as the tasks saw them.
     let limits = [
@@ -328,17 +315,12 @@ async fn groups_lanes_and_timeouts_under_load_add_up() {
         .map(|(name, limit)| format!("{name} {}/{limit}", lane(&settled_stats, name).high_water))
         .collect();
 
-    let report = within("shutdown", supervisor.shutdown()).await;
-    assert_eq!(counts(report.stats.clone()), expected, "nothing moved");
-    assert!(report.is_complete() && !report.aborted);
-
     // Every task and step that ran did its work exactly once; nothing that
     // was skipped ran.
     let once = ledger.assert_each(|slot| {
         let (task, step) = (slot / STEPS, slot % STEPS);
         expected_runs(task / MAX_TASKS, task % MAX_TASKS, step)
     });
-    assert_eq!(connections, clients, "every client kept its one connection");
 
     let [asynchronous, blocking, email, timeout, sequential, concurrent] = by_kind;
     summary(

@@ -15,12 +15,14 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower_background::{BackgroundTasks, Supervisor};
 
-use crate::harness::{accounted, scaled, settled, summary, within, Client, Ledger, Server};
-use crate::support::{counts, stats};
+use crate::harness::{
+    accounted, scaled, settled, shut_down_as_settled, summary, within, Client, Clients, Ledger,
+    Server,
+};
+use crate::support::stats;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_missing_the_layer_answers_500_json_and_the_server_keeps_serving() {
@@ -47,10 +49,9 @@ async fn a_route_missing_the_layer_answers_500_json_and_the_server_keeps_serving
     let server = Server::start(router).await;
 
     let started = Instant::now();
-    let mut load = JoinSet::new();
-    for client in 0..clients {
+    let load = Clients::spawn(clients, |client| {
         let addr = server.addr();
-        load.spawn(async move {
+        async move {
             let mut connection = Client::connect(addr).await.expect("connect");
             let (mut with, mut without) = (0, 0);
             for i in 0..requests {
@@ -84,21 +85,16 @@ async fn a_route_missing_the_layer_answers_500_json_and_the_server_keeps_serving
                 }
             }
             (with, without)
-        });
-    }
+        }
+    });
     let (mut with, mut without) = (0, 0);
-    while let Some(client) = within("the clients", load.join_next()).await {
-        let (w, wo) = client.expect("a client failed");
+    for (w, wo) in load.finish("the clients").await {
         with += w;
         without += wo;
     }
     let settled_stats = settled(&monitor).await;
     let elapsed = started.elapsed();
-    assert_eq!(
-        server.connections() as u64,
-        clients,
-        "no connection was lost"
-    );
+    server.assert_one_connection_per_client(clients);
     drop(server);
 
     // Only the layered route's handler ran to the end: the other one was
@@ -107,9 +103,7 @@ async fn a_route_missing_the_layer_answers_500_json_and_the_server_keeps_serving
         s.submitted = with;
         s.completed = with;
     });
-    assert_eq!(counts(settled_stats.clone()), expected);
-    let report = within("shutdown", supervisor.shutdown()).await;
-    assert_eq!(counts(report.stats.clone()), expected);
+    let report = shut_down_as_settled(supervisor, &settled_stats, &expected, "bad input").await;
     let ran = ledger.assert_each(|id| u32::from(id < with));
     assert_eq!(ran, with);
 

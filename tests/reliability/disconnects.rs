@@ -14,15 +14,15 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
-use tower_background::{BackgroundTasks, OnDisconnect, Supervisor};
+use tower_background::{OnDisconnect, Supervisor};
 
 use crate::harness::{
-    accounted, id_of, mix, scaled, settled, summary, within, Chunks, Client, Ledger, Server, Then,
+    accounted, add_recording_tasks, background_tasks, id_of, mix, scaled, settled,
+    shut_down_and_check_outcomes, summary, within, Chunks, Client, Clients, Ledger, Outcome,
+    Server, Then,
 };
-use crate::support::{counts, stats};
 
 /// Tasks per request: one or two, task `k` of request `id` being
 /// `id * MAX_TASKS + k` in the ledger.
@@ -59,12 +59,15 @@ fn tasks_of(id: u64) -> u64 {
     1 + mix(id, 2) % MAX_TASKS
 }
 
-/// Whether request `id`'s tasks run under `policy`.
-fn runs(id: u64, policy: OnDisconnect) -> bool {
+/// What becomes of request `id`'s tasks under `policy`.
+fn outcome(id: u64, policy: OnDisconnect) -> Outcome {
     match plan(id) {
-        Plan::ReadsAll => true,
-        Plan::LeavesMidBody | Plan::LeavesAfterHead => policy == OnDisconnect::Run,
-        Plan::LeavesBeforeResponse => false,
+        Plan::ReadsAll => Outcome::Completed,
+        Plan::LeavesMidBody | Plan::LeavesAfterHead if policy == OnDisconnect::Run => {
+            Outcome::Completed
+        }
+        Plan::LeavesMidBody | Plan::LeavesAfterHead => Outcome::ClientDisconnected,
+        Plan::LeavesBeforeResponse => Outcome::NoResponse,
     }
 }
 
@@ -78,18 +81,13 @@ async fn handle(
     requests: u64,
 ) -> Result<Response<Chunks>, Infallible> {
     let id = id_of(&request);
-    let tasks = request
-        .extensions()
-        .get::<BackgroundTasks>()
-        .expect("the layer is installed");
-    for k in 0..tasks_of(id) {
-        let (ledger, task) = (ledger.clone(), id * MAX_TASKS + k);
-        if mix(id, 10 + k) % 2 == 0 {
-            tasks.add(async move { ledger.record(task) });
-        } else {
-            tasks.add_blocking(move || ledger.record(task));
-        }
-    }
+    add_recording_tasks(
+        background_tasks(&request),
+        &ledger,
+        id,
+        tasks_of(id),
+        MAX_TASKS,
+    );
     let chunk = Bytes::from_static(TICK);
     let body = match plan(id) {
         Plan::ReadsAll => Chunks::new(chunk, 3, Then::End).0,
@@ -121,10 +119,9 @@ async fn scenario(policy: OnDisconnect) {
     let server = Server::start(service).await;
 
     let started = Instant::now();
-    let mut load = JoinSet::new();
-    for client in 0..clients {
+    let load = Clients::spawn(clients, |client| {
         let (addr, queued) = (server.addr(), Arc::clone(&queued));
-        load.spawn(async move {
+        async move {
             let mut connection = None;
             for i in 0..requests {
                 let id = client * requests + i;
@@ -163,43 +160,27 @@ async fn scenario(policy: OnDisconnect) {
                     }
                 }
             }
-        });
-    }
-    while let Some(client) = within("the clients", load.join_next()).await {
-        client.expect("a client failed");
-    }
+        }
+    });
+    load.finish("the clients").await;
     let settled_stats = settled(&monitor).await;
     let elapsed = started.elapsed();
     let connections = server.connections();
     drop(server);
 
-    let mut expected = stats(|_| {});
     let mut per_plan = [0_u64; 4];
     for id in 0..total {
-        let n = tasks_of(id);
-        expected.submitted += n;
         per_plan[plan(id) as usize] += 1;
-        match (runs(id, policy), plan(id)) {
-            (true, _) => expected.completed += n,
-            (false, Plan::LeavesBeforeResponse) => expected.discard_reasons.no_response += n,
-            (false, _) => expected.discard_reasons.client_disconnected += n,
-        }
     }
-    expected.discarded =
-        expected.discard_reasons.no_response + expected.discard_reasons.client_disconnected;
-    assert_eq!(counts(settled_stats.clone()), expected, "policy {policy:?}");
-    let report = within("shutdown", supervisor.shutdown()).await;
-    assert_eq!(
-        counts(report.stats.clone()),
-        expected,
-        "nothing moved after the clients left"
-    );
-
-    let ran = ledger.assert_each(|task| {
-        let (id, k) = (task / MAX_TASKS, task % MAX_TASKS);
-        u32::from(k < tasks_of(id) && runs(id, policy))
-    });
-    assert_eq!(ran, expected.completed);
+    let (report, ran) = shut_down_and_check_outcomes(
+        supervisor,
+        &settled_stats,
+        &ledger,
+        (total, MAX_TASKS),
+        |id| (tasks_of(id), outcome(id, policy)),
+        &format!("policy {policy:?}"),
+    )
+    .await;
 
     summary(
         &format!("client disconnects, {policy:?}"),

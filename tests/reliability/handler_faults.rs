@@ -14,19 +14,18 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::timeout::error::Elapsed;
 use tower::timeout::TimeoutLayer;
 use tower::ServiceBuilder;
-use tower_background::{BackgroundTasks, OnServerError, ResponseBody, Supervisor};
+use tower_background::{OnServerError, ResponseBody, Supervisor};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::harness::{
-    accounted, id_of, inject_panic, mix, quiet_injected_panics, scaled, settled, summary, within,
-    BoxError, Client, Ledger, Server,
+    accounted, add_recording_tasks, background_tasks, fetch_on_keep_alive_connections, id_of,
+    inject_panic, mix, quiet_injected_panics, scaled, settled, shut_down_and_check_outcomes,
+    summary, BoxError, Ledger, Outcome, Server,
 };
-use crate::support::{counts, stats};
 
 /// Tasks per request: one to three.
 const MAX_TASKS: u64 = 3;
@@ -71,11 +70,13 @@ fn tasks_of(id: u64) -> u64 {
     1 + mix(id, 2) % MAX_TASKS
 }
 
-fn runs(id: u64, policy: OnServerError) -> bool {
+/// What becomes of request `id`'s tasks under `policy`.
+fn outcome(id: u64, policy: OnServerError) -> Outcome {
     match plan(id) {
-        Plan::Answers => true,
-        Plan::AnswersServerError => policy == OnServerError::Run,
-        _ => false,
+        Plan::Answers => Outcome::Completed,
+        Plan::AnswersServerError if policy == OnServerError::Run => Outcome::Completed,
+        Plan::AnswersServerError => Outcome::ServerError,
+        _ => Outcome::NoResponse,
     }
 }
 
@@ -100,18 +101,13 @@ fn call(
     ledger: &Ledger,
 ) -> impl std::future::Future<Output = Result<Inner, BoxError>> + Send {
     let id = id_of(&request);
-    let tasks = request
-        .extensions()
-        .get::<BackgroundTasks>()
-        .expect("the layer is installed");
-    for k in 0..tasks_of(id) {
-        let (ledger, task) = (ledger.clone(), id * MAX_TASKS + k);
-        if mix(id, 10 + k) % 2 == 0 {
-            tasks.add(async move { ledger.record(task) });
-        } else {
-            tasks.add_blocking(move || ledger.record(task));
-        }
-    }
+    add_recording_tasks(
+        background_tasks(&request),
+        ledger,
+        id,
+        tasks_of(id),
+        MAX_TASKS,
+    );
     if plan(id) == Plan::PanicsInCall {
         inject_panic("handler panicked in call");
     }
@@ -177,62 +173,37 @@ async fn scenario(policy: OnServerError) {
     let server = Server::start(service).await;
 
     let started = Instant::now();
-    let mut load = JoinSet::new();
-    for client in 0..clients {
-        let addr = server.addr();
-        load.spawn(async move {
-            let mut connection = Client::connect(addr).await.expect("connect");
-            for i in 0..requests {
-                let id = client * requests + i;
-                let (got, body) = connection
-                    .fetch(&format!("/faults/{id}"))
-                    .await
-                    .unwrap_or_else(|error| panic!("request {id} ({:?}): {error}", plan(id)));
-                assert_eq!(got, status(id), "request {id} ({:?})", plan(id));
-                if matches!(plan(id), Plan::Answers | Plan::AnswersServerError) {
-                    assert_eq!(body, id.to_string());
-                }
+    fetch_on_keep_alive_connections(
+        server.addr(),
+        clients,
+        requests,
+        "/faults",
+        |id, got, body| {
+            assert_eq!(got, status(id), "request {id} ({:?})", plan(id));
+            if matches!(plan(id), Plan::Answers | Plan::AnswersServerError) {
+                assert_eq!(body, id.to_string());
             }
-        });
-    }
-    while let Some(client) = within("the clients", load.join_next()).await {
-        client.expect("a client failed");
-    }
+        },
+    )
+    .await;
     let settled_stats = settled(&monitor).await;
     let elapsed = started.elapsed();
-    assert_eq!(
-        server.connections() as u64,
-        clients,
-        "every client kept its connection through the faults"
-    );
+    server.assert_one_connection_per_client(clients);
     drop(server);
 
-    let mut expected = stats(|_| {});
     let mut per_plan = [0_u64; 6];
     for id in 0..total {
-        let n = tasks_of(id);
         per_plan[plan(id) as usize] += 1;
-        expected.submitted += n;
-        match (runs(id, policy), plan(id)) {
-            (true, _) => expected.completed += n,
-            (false, Plan::AnswersServerError) => expected.discard_reasons.server_error += n,
-            (false, _) => expected.discard_reasons.no_response += n,
-        }
     }
-    let reasons = expected.discard_reasons;
-    expected.discarded = reasons.no_response + reasons.server_error;
-    assert_eq!(counts(settled_stats.clone()), expected, "policy {policy:?}");
-    let report = within("shutdown", supervisor.shutdown()).await;
-    assert_eq!(
-        counts(report.stats.clone()),
-        expected,
-        "nothing moved after the faults"
-    );
-    let ran = ledger.assert_each(|task| {
-        let (id, k) = (task / MAX_TASKS, task % MAX_TASKS);
-        u32::from(k < tasks_of(id) && runs(id, policy))
-    });
-    assert_eq!(ran, expected.completed);
+    let (report, ran) = shut_down_and_check_outcomes(
+        supervisor,
+        &settled_stats,
+        &ledger,
+        (total, MAX_TASKS),
+        |id| (tasks_of(id), outcome(id, policy)),
+        &format!("policy {policy:?}"),
+    )
+    .await;
 
     let count = |plan: Plan| per_plan[plan as usize];
     summary(

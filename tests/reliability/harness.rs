@@ -1,9 +1,11 @@
 //! What every scenario of the reliability suite runs on: a real hyper
 //! HTTP/1.1 server on `127.0.0.1:0` with a graceful stop and an optional idle
-//! timeout, a real hyper client per connection, a ledger of task side
-//! effects, the scale knob, and the summary line each scenario prints.
+//! timeout, a real hyper client per connection and many of them at once, a
+//! ledger of task side effects, the counts a plan predicts, the scale knob,
+//! and the summary line each scenario prints.
 
 use std::env;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,10 +27,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tower::Service;
-use tower_background::{Monitor, Stats};
+use tower_background::{BackgroundTasks, Monitor, ShutdownReport, Stats, Supervisor};
+
+use crate::support::{counts, stats};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -73,6 +77,34 @@ pub(crate) fn id_of<B>(request: &Request<B>) -> u64 {
         .next()
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("no request id in {path}"))
+}
+
+/// The `BackgroundTasks` handle the layer put in `request`'s extensions.
+pub(crate) fn background_tasks<B>(request: &Request<B>) -> &BackgroundTasks {
+    request
+        .extensions()
+        .get::<BackgroundTasks>()
+        .expect("the layer is installed")
+}
+
+/// Queues `count` tasks for request `id` that do nothing but record their
+/// run, task `k` in ledger slot `id * per_request + k`; each is async or
+/// blocking as `mix(id, 10 + k)` picks, so that both kinds meet every fault.
+pub(crate) fn add_recording_tasks(
+    tasks: &BackgroundTasks,
+    ledger: &Ledger,
+    id: u64,
+    count: u64,
+    per_request: u64,
+) {
+    for k in 0..count {
+        let (ledger, task) = (ledger.clone(), id * per_request + k);
+        if mix(id, 10 + k) % 2 == 0 {
+            tasks.add(async move { ledger.record(task) });
+        } else {
+            tasks.add_blocking(move || ledger.record(task));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -189,6 +221,97 @@ impl Ledger {
         );
         ones
     }
+
+    /// [`Self::assert_each`] for a ledger of up to `per_request` tasks a
+    /// request, task `k` of request `id` in slot `id * per_request + k`:
+    /// `runs(id, k)` says whether that task did its work once, or never.
+    pub(crate) fn assert_each_task(
+        &self,
+        per_request: u64,
+        runs: impl Fn(u64, u64) -> bool,
+    ) -> u64 {
+        self.assert_each(|slot| u32::from(runs(slot / per_request, slot % per_request)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Predicted counts
+// ---------------------------------------------------------------------------
+
+/// What became of every task of one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Completed,
+    /// Discarded as `no_response`.
+    NoResponse,
+    /// Discarded as `client_disconnected`.
+    ClientDisconnected,
+    /// Discarded as `server_error`.
+    ServerError,
+}
+
+/// The counts that requests `0..requests` must settle at when all the tasks
+/// of a request share one fate: `plan(id)` says how many tasks request `id`
+/// queued, and what became of them.
+fn expected_counts(requests: u64, plan: impl Fn(u64) -> (u64, Outcome)) -> Stats {
+    stats(|s| {
+        for id in 0..requests {
+            let (n, outcome) = plan(id);
+            s.submitted += n;
+            match outcome {
+                Outcome::Completed => s.completed += n,
+                Outcome::NoResponse => s.discard_reasons.no_response += n,
+                Outcome::ClientDisconnected => s.discard_reasons.client_disconnected += n,
+                Outcome::ServerError => s.discard_reasons.server_error += n,
+            }
+            if outcome != Outcome::Completed {
+                s.discarded += n;
+            }
+        }
+    })
+}
+
+/// Asserts that a settled scenario counted what its plan says, then shuts
+/// the supervisor down and asserts that the report counts the same: nothing
+/// moved once the scenario had settled.
+pub(crate) async fn shut_down_as_settled(
+    supervisor: Supervisor,
+    settled: &Stats,
+    expected: &Stats,
+    context: &str,
+) -> ShutdownReport {
+    assert_eq!(counts(settled.clone()), *expected, "{context}");
+    let report = within("shutdown", supervisor.shutdown()).await;
+    assert_eq!(
+        counts(report.stats.clone()),
+        *expected,
+        "{context}: nothing moved after the scenario settled"
+    );
+    report
+}
+
+/// The end of a scenario whose request `id` queued `plan(id).0` tasks with
+/// [`add_recording_tasks`] (`per_request` slots a request), all of which met
+/// `plan(id).1`: asserts the settled counts and shuts the supervisor down
+/// ([`shut_down_as_settled`]), then asserts that each completed task did its
+/// work exactly once and no other task did. Returns the report and how many
+/// tasks did their work.
+pub(crate) async fn shut_down_and_check_outcomes(
+    supervisor: Supervisor,
+    settled: &Stats,
+    ledger: &Ledger,
+    (requests, per_request): (u64, u64),
+    plan: impl Fn(u64) -> (u64, Outcome),
+    context: &str,
+) -> (ShutdownReport, u64) {
+    let expected = expected_counts(requests, &plan);
+    let report = shut_down_as_settled(supervisor, settled, &expected, context).await;
+    let ran = ledger.assert_each_task(per_request, |id, k| {
+        let (tasks, outcome) = plan(id);
+        k < tasks && outcome == Outcome::Completed
+    });
+    assert_eq!(ran, expected.completed, "{context}");
+    (report, ran)
 }
 
 // ---------------------------------------------------------------------------
@@ -409,9 +532,29 @@ impl Server {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// Asserts that each of `clients` clients kept the one keep-alive
+    /// connection it opened: the server never closed one on them.
+    pub(crate) fn assert_one_connection_per_client(&self, clients: u64) {
+        assert_eq!(
+            self.connections() as u64,
+            clients,
+            "every client kept its one keep-alive connection"
+        );
+    }
+
     /// Connections the idle timeout closed.
     pub(crate) fn closed_idle(&self) -> usize {
         self.closed_idle.load(Ordering::SeqCst)
+    }
+
+    /// Shuts down a server whose clients are all done: their keep-alive
+    /// connections are idle and close at once, so the drain must complete.
+    pub(crate) async fn shut_down_idle(self) {
+        let drained = self.shutdown(Duration::from_secs(5)).await;
+        assert!(
+            drained.complete,
+            "idle keep-alive connections close at once"
+        );
     }
 
     /// The SIGTERM-equivalent: stops accepting, lets every connection finish
@@ -548,10 +691,10 @@ impl AsyncWrite for Watched {
 // ---------------------------------------------------------------------------
 
 /// One keep-alive HTTP/1.1 client connection (hyper's low-level client, so
-/// the test decides exactly when a connection is opened and dropped).
-/// Dropping it closes the socket.
-pub(crate) struct Client {
-    sender: SendRequest<Empty<Bytes>>,
+/// the test decides exactly when a connection is opened and dropped) whose
+/// requests carry bodies of type `B`. Dropping it closes the socket.
+pub(crate) struct Client<B = Empty<Bytes>> {
+    sender: SendRequest<B>,
     connection: JoinHandle<()>,
 }
 
@@ -570,6 +713,40 @@ impl Client {
         if let Some(size) = receive_buffer {
             socket.set_recv_buffer_size(size)?;
         }
+        Self::handshake(socket, addr).await
+    }
+
+    /// Sends `GET path` on this connection and returns the response head;
+    /// the body is the caller's to read or drop.
+    pub(crate) async fn get(&mut self, path: &str) -> Result<Response<Incoming>, BoxError> {
+        let request = Request::get(path)
+            .header(HOST, "localhost")
+            .body(Empty::new())
+            .expect("a valid request");
+        self.send(request).await
+    }
+
+    /// Sends `GET path` and reads the whole response.
+    pub(crate) async fn fetch(&mut self, path: &str) -> Result<(StatusCode, Bytes), BoxError> {
+        let response = self.get(path).await?;
+        let status = response.status();
+        let body = within("the whole body", response.into_body().collect()).await?;
+        Ok((status, body.to_bytes()))
+    }
+}
+
+impl<B> Client<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// A connection whose requests carry bodies of type `B`.
+    pub(crate) async fn connect_sending(addr: SocketAddr) -> Result<Self, BoxError> {
+        Self::handshake(TcpSocket::new_v4()?, addr).await
+    }
+
+    async fn handshake(socket: TcpSocket, addr: SocketAddr) -> Result<Self, BoxError> {
         let stream = within("connect", socket.connect(addr)).await?;
         let (sender, connection) = within(
             "the handshake",
@@ -583,38 +760,81 @@ impl Client {
         Ok(Self { sender, connection })
     }
 
-    /// Sends `GET path` on this connection and returns the response head;
-    /// the body is the caller's to read or drop.
-    pub(crate) async fn get(&mut self, path: &str) -> Result<Response<Incoming>, BoxError> {
-        let request = Request::get(path)
-            .header(HOST, "localhost")
-            .body(Empty::new())
-            .expect("a valid request");
-        self.send(request).await
-    }
-
     /// Sends `request` on this connection and returns the response head.
     pub(crate) async fn send(
         &mut self,
-        request: Request<Empty<Bytes>>,
+        request: Request<B>,
     ) -> Result<Response<Incoming>, BoxError> {
         within("the connection to be ready", self.sender.ready()).await?;
         Ok(within("the response head", self.sender.send_request(request)).await?)
     }
-
-    /// Sends `GET path` and reads the whole response.
-    pub(crate) async fn fetch(&mut self, path: &str) -> Result<(StatusCode, Bytes), BoxError> {
-        let response = self.get(path).await?;
-        let status = response.status();
-        let body = within("the whole body", response.into_body().collect()).await?;
-        Ok((status, body.to_bytes()))
-    }
 }
 
-impl Drop for Client {
+impl<B> Drop for Client<B> {
     fn drop(&mut self) {
         self.connection.abort();
     }
+}
+
+/// Clients running at once, one tokio task each.
+pub(crate) struct Clients<T>(JoinSet<T>);
+
+impl<T: Send + 'static> Clients<T> {
+    /// Starts `count` clients, `client(n)` being the `n`th.
+    pub(crate) fn spawn<F>(count: u64, mut client: impl FnMut(u64) -> F) -> Self
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let mut running = JoinSet::new();
+        for n in 0..count {
+            running.spawn(client(n));
+        }
+        Self(running)
+    }
+
+    /// Waits for every client, each wait bounded (a hang names `what`); a
+    /// client that panicked fails the test. Returns what each one returned,
+    /// in the order they finished.
+    pub(crate) async fn finish(mut self, what: &str) -> Vec<T> {
+        let mut returned = Vec::new();
+        while let Some(client) = within(what, self.0.join_next()).await {
+            returned.push(client.expect("a client failed"));
+        }
+        returned
+    }
+}
+
+/// The load most scenarios put on the server: `clients` keep-alive
+/// connections to `addr`, opened at once, each sending `requests` `GET`s in
+/// turn. Request `id = client * requests + i` asks for `{route}/{id}`, and
+/// `check(id, status, body)` looks at its whole answer. Returns once every
+/// client is done; a failed request or check fails the test.
+pub(crate) async fn fetch_on_keep_alive_connections<C>(
+    addr: SocketAddr,
+    clients: u64,
+    requests: u64,
+    route: &'static str,
+    check: C,
+) where
+    C: Fn(u64, StatusCode, Bytes) + Clone + Send + 'static,
+{
+    Clients::spawn(clients, |client| {
+        let check = check.clone();
+        async move {
+            let mut connection = Client::connect(addr).await.expect("connect");
+            for i in 0..requests {
+                let id = client * requests + i;
+                let path = format!("{route}/{id}");
+                let (status, body) = connection
+                    .fetch(&path)
+                    .await
+                    .unwrap_or_else(|error| panic!("request {id} ({path}): {error}"));
+                check(id, status, body);
+            }
+        }
+    })
+    .finish("the clients")
+    .await;
 }
 
 // ---------------------------------------------------------------------------

@@ -7,21 +7,20 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
-use tower_background::{BackgroundTasks, Supervisor};
+use tower_background::Supervisor;
 
 use crate::harness::{
-    accounted, id_of, mix, scaled, settled, summary, within, Client, Ledger, Peaks, Server,
+    accounted, background_tasks, fetch_on_keep_alive_connections, id_of, mix, scaled, settled,
+    shut_down_as_settled, summary, Ledger, Peaks, Server,
 };
-use crate::support::{counts, stats};
+use crate::support::stats;
 
 /// At most this many tasks per request; task `k` of request `id` is task id
 /// `id * MAX_TASKS + k` in the ledger.
@@ -66,10 +65,7 @@ async fn handle(
     ledger: Ledger,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let id = id_of(&request);
-    let tasks = request
-        .extensions()
-        .get::<BackgroundTasks>()
-        .expect("the layer is installed");
+    let tasks = background_tasks(&request);
     for k in 0..tasks_of(id) {
         let ledger = ledger.clone();
         let task = id * MAX_TASKS + k;
@@ -115,35 +111,20 @@ async fn every_accepted_task_is_accounted_for_and_runs_exactly_once() {
 
     let started = Instant::now();
     let answered = Arc::new(AtomicU64::new(0));
-    let mut load = JoinSet::new();
-    for client in 0..clients {
-        let (addr, answered) = (server.addr(), Arc::clone(&answered));
-        load.spawn(async move {
-            let mut connection = Client::connect(addr).await.expect("connect");
-            for i in 0..requests {
-                let id = client * requests + i;
-                let (status, body) = connection
-                    .fetch(&format!("/load/{id}"))
-                    .await
-                    .unwrap_or_else(|error| panic!("request {id}: {error}"));
-                assert_eq!(status, StatusCode::OK, "request {id}");
-                assert_eq!(body, id.to_string(), "request {id} got another's answer");
-                answered.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    while let Some(client) = within("the clients", load.join_next()).await {
-        client.expect("a client failed");
-    }
+    fetch_on_keep_alive_connections(server.addr(), clients, requests, "/load", {
+        let answered = Arc::clone(&answered);
+        move |id, status, body| {
+            assert_eq!(status, StatusCode::OK, "request {id}");
+            assert_eq!(body, id.to_string(), "request {id} got another's answer");
+            answered.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await;
     let load_time = started.elapsed();
     let settled_stats = settled(&monitor).await;
     let (max_waiting, max_running) = peaks.stop().await;
-    let connections = server.connections() as u64;
-    let drained = server.shutdown(Duration::from_secs(5)).await;
-    assert!(
-        drained.complete,
-        "idle keep-alive connections close at once"
-    );
+    server.assert_one_connection_per_client(clients);
+    server.shut_down_idle().await;
 
     // What the plan says each counter must be.
     let (mut submitted, mut failed, mut blocking) = (0, 0, 0);
@@ -160,26 +141,13 @@ async fn every_accepted_task_is_accounted_for_and_runs_exactly_once() {
         s.failed = failed;
     });
     assert_eq!(answered.load(Ordering::SeqCst), total);
-    assert_eq!(counts(settled_stats.clone()), expected);
-    let report = within("shutdown", supervisor.shutdown()).await;
-    assert_eq!(
-        counts(report.stats.clone()),
-        expected,
-        "nothing moved after the load"
-    );
+    let report = shut_down_as_settled(supervisor, &settled_stats, &expected, "load").await;
     assert!(report.is_complete() && !report.aborted);
 
     // Every task of every request did its work exactly once; no other slot
     // was touched.
-    let once = ledger.assert_each(|task| {
-        let (id, k) = (task / MAX_TASKS, task % MAX_TASKS);
-        u32::from(k < tasks_of(id))
-    });
+    let once = ledger.assert_each_task(MAX_TASKS, |id, k| k < tasks_of(id));
     assert_eq!(once, submitted);
-    assert_eq!(
-        connections, clients,
-        "every client kept its one connection alive"
-    );
 
     summary(
         "load",

@@ -22,13 +22,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower_background::{BackgroundTasks, Supervisor};
 
 use crate::harness::{
-    accounted, eventually, id_of, mix, scaled, summary, within, Client, Ledger, Server,
+    accounted, background_tasks, eventually, id_of, mix, scaled, summary, within, Client, Clients,
+    Ledger, Server,
 };
 
 const MAX_TASKS: u64 = 3;
@@ -102,8 +102,7 @@ async fn sigterm_mid_load_drains_requests_then_tasks_and_counts_everything() {
         let (ledger, handled) = (ledger.clone(), Arc::clone(&handled));
         move |request: Request<Incoming>| {
             let id = id_of(&request);
-            let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
-            queue(tasks, id, &ledger);
+            queue(background_tasks(&request), id, &ledger);
             handled.fetch_add(1, Ordering::SeqCst);
             async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(id.to_string())))) }
         }
@@ -126,14 +125,13 @@ async fn sigterm_mid_load_drains_requests_then_tasks_and_counts_everything() {
     let answered: Arc<[AtomicBool]> = (0..ids).map(|_| AtomicBool::new(false)).collect();
     let answers = Arc::new(AtomicU64::new(0));
     let signalled = Arc::new(AtomicBool::new(false));
-    let mut load = JoinSet::new();
-    for client in 0..clients {
+    let load = Clients::spawn(clients, |client| {
         let (answered, answers, signalled) = (
             Arc::clone(&answered),
             Arc::clone(&answers),
             Arc::clone(&signalled),
         );
-        load.spawn(async move {
+        async move {
             let mut connection = Client::connect(addr).await.expect("connect");
             for i in 0..PER_CLIENT {
                 let id = client * PER_CLIENT + i;
@@ -149,8 +147,8 @@ async fn sigterm_mid_load_drains_requests_then_tasks_and_counts_everything() {
                 answered[id as usize].store(true, Ordering::SeqCst);
                 answers.fetch_add(1, Ordering::SeqCst);
             }
-        });
-    }
+        }
+    });
 
     // SIGTERM, mid-load.
     eventually("the load to reach the signal point", || {
@@ -164,9 +162,7 @@ async fn sigterm_mid_load_drains_requests_then_tasks_and_counts_everything() {
         .await
         .expect("the app does not panic");
 
-    while let Some(client) = within("the clients to stop", load.join_next()).await {
-        client.expect("a client failed");
-    }
+    load.finish("the clients to stop").await;
     assert!(drained.complete, "every connection closed within {DRAIN:?}");
     assert!(
         took <= GRACE + Duration::from_secs(2),

@@ -24,16 +24,15 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Barrier;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
-use tower_background::{BackgroundTasks, CancellationToken, OnDisconnect, Supervisor};
+use tower_background::{CancellationToken, OnDisconnect, Supervisor};
 
 use crate::harness::{
-    accounted, eventually, id_of, scaled, settled, summary, within, Chunks, Client, Ledger, Peaks,
-    Progress, Server, ServerConfig, Then,
+    accounted, background_tasks, eventually, id_of, scaled, settled, shut_down_as_settled, summary,
+    within, Chunks, Client, Clients, Ledger, Peaks, Progress, Server, ServerConfig, Then,
 };
-use crate::support::{counts, stats};
+use crate::support::stats;
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 256;
@@ -68,7 +67,7 @@ async fn scenario(policy: OnDisconnect) {
                 let id = id_of(&request);
                 let (body, progress) =
                     Chunks::new(Bytes::from(vec![b'x'; CHUNK]), CHUNKS, Then::End);
-                let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
+                let tasks = background_tasks(&request);
                 // A slow reader's task may start only once its body has ended.
                 let check = {
                     let (progress, early, slow) =
@@ -108,12 +107,11 @@ async fn scenario(policy: OnDisconnect) {
     let checked = Arc::new(Barrier::new(total as usize + 1));
     let cut_off = CancellationToken::new();
     let ahead = Arc::new(AtomicU64::new(0));
-    let mut readers = JoinSet::new();
-    for id in 0..total {
+    let readers = Clients::spawn(total, |id| {
         let (addr, bodies, ahead) = (server.addr(), Arc::clone(&bodies), Arc::clone(&ahead));
         let (mid_body, checked, cut_off) =
             (Arc::clone(&mid_body), Arc::clone(&checked), cut_off.clone());
-        readers.spawn(async move {
+        async move {
             let mut client = Client::connect_with(addr, Some(SOCKET_BUFFER))
                 .await
                 .expect("connect");
@@ -145,8 +143,8 @@ async fn scenario(policy: OnDisconnect) {
             }
             assert_eq!(read, BODY, "request {id}");
             drop(client);
-        });
-    }
+        }
+    });
 
     // Every reader is mid-body: nothing has been handed off or run, and no
     // body has been produced to its end.
@@ -171,9 +169,7 @@ async fn scenario(policy: OnDisconnect) {
     })
     .await;
     cut_off.cancel();
-    while let Some(reader) = within("the readers", readers.join_next()).await {
-        reader.expect("a reader failed");
-    }
+    readers.finish("the readers").await;
     let settled_stats = settled(&monitor).await;
     let elapsed = started.elapsed();
     let (max_waiting, _) = peaks.stop().await;
@@ -193,7 +189,6 @@ async fn scenario(policy: OnDisconnect) {
             s.discard_reasons.client_disconnected = stalled * TASKS;
         }
     });
-    assert_eq!(counts(settled_stats.clone()), expected, "policy {policy:?}");
     assert_eq!(
         early.load(Ordering::SeqCst),
         0,
@@ -208,8 +203,13 @@ async fn scenario(policy: OnDisconnect) {
         max_ahead <= BODY / 2,
         "the server ran {max_ahead} bytes ahead of a slow reader"
     );
-    let report = within("shutdown", supervisor.shutdown()).await;
-    assert_eq!(counts(report.stats.clone()), expected);
+    let report = shut_down_as_settled(
+        supervisor,
+        &settled_stats,
+        &expected,
+        &format!("policy {policy:?}"),
+    )
+    .await;
     let ran = ledger.assert_each(|task| u32::from(is_slow(task / TASKS) || stalled_run));
 
     summary(

@@ -17,14 +17,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower_background::{BackgroundTasks, Supervisor};
 
 use crate::harness::{
-    accounted, eventually, id_of, inject_panic, mix, quiet_injected_panics, scaled, summary,
-    within, Client, Ledger, Server,
+    accounted, background_tasks, eventually, fetch_on_keep_alive_connections, id_of, inject_panic,
+    mix, quiet_injected_panics, scaled, summary, within, Ledger, Server,
 };
 use crate::support::{counts, stats, Gate};
 
@@ -205,7 +204,7 @@ async fn every_task_fault_is_counted_exactly_and_shutdown_is_bounded() {
         let (ledger, gate) = (ledger.clone(), gate.clone());
         move |request: Request<Incoming>| {
             let id = id_of(&request);
-            let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
+            let tasks = background_tasks(&request);
             for k in 0..tasks_of(id) {
                 queue(
                     tasks,
@@ -220,21 +219,16 @@ async fn every_task_fault_is_counted_exactly_and_shutdown_is_bounded() {
     });
     let server = Server::start(service).await;
 
-    let mut load = JoinSet::new();
-    for client in 0..clients {
-        let addr = server.addr();
-        load.spawn(async move {
-            let mut connection = Client::connect(addr).await.expect("connect");
-            for i in 0..requests {
-                let id = client * requests + i;
-                let (status, _) = connection.fetch(&format!("/tasks/{id}")).await.unwrap();
-                assert_eq!(status, StatusCode::OK, "the server keeps serving");
-            }
-        });
-    }
-    while let Some(client) = within("the clients", load.join_next()).await {
-        client.expect("a client failed");
-    }
+    fetch_on_keep_alive_connections(
+        server.addr(),
+        clients,
+        requests,
+        "/tasks",
+        |_, status, _| {
+            assert_eq!(status, StatusCode::OK, "the server keeps serving");
+        },
+    )
+    .await;
 
     let mut per_kind = [0_u64; KINDS.len()];
     for id in 0..total {
@@ -265,7 +259,7 @@ async fn every_task_fault_is_counted_exactly_and_shutdown_is_bounded() {
     .await;
     let lanes_running: u64 = monitor.stats().lanes.iter().map(|lane| lane.running).sum();
     assert_eq!(lanes_running, long, "{:?}", monitor.stats());
-    assert!(server.shutdown(Duration::from_secs(5)).await.complete);
+    server.shut_down_idle().await;
 
     let began = Instant::now();
     let report = within("shutdown", supervisor.shutdown()).await;
@@ -313,10 +307,8 @@ async fn every_task_fault_is_counted_exactly_and_shutdown_is_bounded() {
         counts(report.stats.clone()),
         "counted once, as cancelled"
     );
-    let recorded = ledger.assert_each(|task| {
-        let (id, k) = (task / MAX_TASKS, task % MAX_TASKS);
-        u32::from(k < tasks_of(id) && kind(id, k).records())
-    });
+    let recorded =
+        ledger.assert_each_task(MAX_TASKS, |id, k| k < tasks_of(id) && kind(id, k).records());
 
     summary(
         "task faults",

@@ -32,18 +32,18 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_background::tracking::{Lock, MemoryStore, TaskId, TaskRegistry};
 use tower_background::Supervisor;
 
-use crate::harness::{accounted, mix, scaled, settled, summary, within, BoxError, Ledger, Server};
-use crate::support::{counts, stats};
+use crate::harness::{
+    accounted, mix, scaled, settled, shut_down_as_settled, summary, within, BoxError, Client,
+    Clients, Ledger, Server,
+};
+use crate::support::{stats, AsyncGate};
 
 /// The store's capacity: at most this many records, running or ended.
 const CAPACITY: usize = 64;
@@ -56,25 +56,6 @@ struct Flood {
     /// The request id, so the task can record its side effect and the
     /// test can check its result.
     id: u64,
-}
-
-/// Holds tasks until the test opens it (closing the semaphore wakes every
-/// waiter).
-#[derive(Clone)]
-struct Gate(Arc<Semaphore>);
-
-impl Gate {
-    fn new() -> Self {
-        Self(Arc::new(Semaphore::new(0)))
-    }
-
-    fn open(&self) {
-        self.0.close();
-    }
-
-    async fn wait(&self) {
-        let _ = self.0.acquire().await;
-    }
 }
 
 /// What request `id` is.
@@ -105,24 +86,12 @@ fn kind(id: u64) -> Kind {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection that sends bodies.
-struct JsonClient {
-    sender: SendRequest<Full<Bytes>>,
-    connection: JoinHandle<()>,
-}
+/// One keep-alive HTTP/1.1 connection whose requests may carry JSON.
+struct JsonClient(Client<Full<Bytes>>);
 
 impl JsonClient {
     async fn connect(addr: SocketAddr) -> Result<Self, BoxError> {
-        let stream = within("connect", TcpStream::connect(addr)).await?;
-        let (sender, connection) = within(
-            "the handshake",
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)),
-        )
-        .await?;
-        let connection = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Self { sender, connection })
+        Ok(Self(Client::connect_sending(addr).await?))
     }
 
     /// Sends the request and reads the whole answer.
@@ -142,8 +111,7 @@ impl JsonClient {
         let request = request
             .body(Full::new(Bytes::from(json.unwrap_or_default())))
             .expect("a valid request");
-        within("the connection to be ready", self.sender.ready()).await?;
-        let response = within("the response head", self.sender.send_request(request)).await?;
+        let response = self.0.send(request).await?;
         let (parts, body) = response.into_parts();
         let body = within("the whole body", body.collect()).await?.to_bytes();
         let is_json = parts
@@ -160,12 +128,6 @@ impl JsonClient {
             retry_after,
             body,
         })
-    }
-}
-
-impl Drop for JsonClient {
-    fn drop(&mut self) {
-        self.connection.abort();
     }
 }
 
@@ -200,82 +162,76 @@ struct Tally {
 /// `clients` keep-alive connections × `requests` each, request ids from
 /// `first`. Checks every answer as it comes.
 async fn flood(addr: SocketAddr, first: u64, clients: u64, requests: u64) -> Tally {
-    let mut load = JoinSet::new();
-    for client in 0..clients {
-        load.spawn(async move {
-            let mut connection = JsonClient::connect(addr).await.expect("connect");
-            let mut tally = Tally::default();
-            for i in 0..requests {
-                let id = first + client * requests + i;
-                let kind = kind(id);
-                let (method, path, json) = match kind {
-                    Kind::StartQuery => (Method::POST, format!("/flood?id={id}"), None),
-                    Kind::StartJson => (
-                        Method::POST,
-                        "/flood".to_owned(),
-                        Some(format!(r#"{{"id":{id}}}"#)),
-                    ),
-                    Kind::BadId => (Method::GET, "/flood?task_id=nope".to_owned(), None),
-                    Kind::UnknownId => (
-                        Method::GET,
-                        format!("/flood?task_id={}", TaskId::new()),
-                        None,
-                    ),
-                    Kind::BrokenJson => {
-                        (Method::POST, "/flood".to_owned(), Some("{\"id\":".into()))
+    let load = Clients::spawn(clients, |client| async move {
+        let mut connection = JsonClient::connect(addr).await.expect("connect");
+        let mut tally = Tally::default();
+        for i in 0..requests {
+            let id = first + client * requests + i;
+            let kind = kind(id);
+            let (method, path, json) = match kind {
+                Kind::StartQuery => (Method::POST, format!("/flood?id={id}"), None),
+                Kind::StartJson => (
+                    Method::POST,
+                    "/flood".to_owned(),
+                    Some(format!(r#"{{"id":{id}}}"#)),
+                ),
+                Kind::BadId => (Method::GET, "/flood?task_id=nope".to_owned(), None),
+                Kind::UnknownId => (
+                    Method::GET,
+                    format!("/flood?task_id={}", TaskId::new()),
+                    None,
+                ),
+                Kind::BrokenJson => (Method::POST, "/flood".to_owned(), Some("{\"id\":".into())),
+                Kind::Oversized => (
+                    Method::POST,
+                    "/flood".to_owned(),
+                    Some(format!(
+                        r#"{{"id":{id},"pad":"{}"}}"#,
+                        "x".repeat(4 * BODY_LIMIT)
+                    )),
+                ),
+            };
+            let answer = connection
+                .send(method, &path, json)
+                .await
+                .unwrap_or_else(|error| panic!("request {id} ({kind:?}): {error}"));
+            let expected = match kind {
+                Kind::StartQuery | Kind::StartJson => {
+                    if answer.status == StatusCode::ACCEPTED {
+                        let json = answer.json();
+                        assert_eq!(json["status"], "running", "request {id}");
+                        let task_id = json["task_id"].as_str().unwrap().parse().unwrap();
+                        tally.accepted.push((id, task_id));
+                    } else {
+                        assert_eq!(
+                            answer.status,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "request {id}: {:?}",
+                            answer.body
+                        );
+                        assert_eq!(answer.error(), "registry-full", "request {id}");
+                        assert!(answer.retry_after.is_some(), "request {id}: Retry-After");
+                        tally.full += 1;
                     }
-                    Kind::Oversized => (
-                        Method::POST,
-                        "/flood".to_owned(),
-                        Some(format!(
-                            r#"{{"id":{id},"pad":"{}"}}"#,
-                            "x".repeat(4 * BODY_LIMIT)
-                        )),
-                    ),
-                };
-                let answer = connection
-                    .send(method, &path, json)
-                    .await
-                    .unwrap_or_else(|error| panic!("request {id} ({kind:?}): {error}"));
-                let expected = match kind {
-                    Kind::StartQuery | Kind::StartJson => {
-                        if answer.status == StatusCode::ACCEPTED {
-                            let json = answer.json();
-                            assert_eq!(json["status"], "running", "request {id}");
-                            let task_id = json["task_id"].as_str().unwrap().parse().unwrap();
-                            tally.accepted.push((id, task_id));
-                        } else {
-                            assert_eq!(
-                                answer.status,
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "request {id}: {:?}",
-                                answer.body
-                            );
-                            assert_eq!(answer.error(), "registry-full", "request {id}");
-                            assert!(answer.retry_after.is_some(), "request {id}: Retry-After");
-                            tally.full += 1;
-                        }
-                        continue;
-                    }
-                    Kind::BadId => (StatusCode::BAD_REQUEST, "invalid-task-id"),
-                    Kind::UnknownId => (StatusCode::NOT_FOUND, "task-not-found"),
-                    Kind::BrokenJson => (StatusCode::BAD_REQUEST, "invalid-arguments"),
-                    Kind::Oversized => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
-                };
-                assert_eq!(
-                    (answer.status, answer.error().as_str()),
-                    expected,
-                    "request {id} ({kind:?}): {:?}",
-                    answer.body
-                );
-                tally.malformed += 1;
-            }
-            tally
-        });
-    }
+                    continue;
+                }
+                Kind::BadId => (StatusCode::BAD_REQUEST, "invalid-task-id"),
+                Kind::UnknownId => (StatusCode::NOT_FOUND, "task-not-found"),
+                Kind::BrokenJson => (StatusCode::BAD_REQUEST, "invalid-arguments"),
+                Kind::Oversized => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            };
+            assert_eq!(
+                (answer.status, answer.error().as_str()),
+                expected,
+                "request {id} ({kind:?}): {:?}",
+                answer.body
+            );
+            tally.malformed += 1;
+        }
+        tally
+    });
     let mut total = Tally::default();
-    while let Some(client) = within("the clients", load.join_next()).await {
-        let tally = client.expect("a client failed");
+    for tally in load.finish("the clients").await {
         total.accepted.extend(tally.accepted);
         total.full += tally.full;
         total.malformed += tally.malformed;
@@ -318,7 +274,7 @@ async fn a_flooded_tracked_route_answers_202_or_503_and_memory_stays_flat() {
         )
         .build();
     let ledger = Ledger::new((2 * per_phase) as usize);
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let running_now = Arc::new(AtomicUsize::new(0));
     let route = {
         let (ledger, gate, running_now) = (ledger.clone(), gate.clone(), Arc::clone(&running_now));
@@ -326,7 +282,7 @@ async fn a_flooded_tracked_route_answers_202_or_503_and_memory_stays_flat() {
             let (ledger, gate, running_now) = (ledger.clone(), gate.clone(), running_now.clone());
             async move {
                 running_now.fetch_add(1, Ordering::SeqCst);
-                gate.wait().await;
+                gate.pass().await;
                 ledger.record(args.id);
                 running_now.fetch_sub(1, Ordering::SeqCst);
                 format!("done {}", args.id)
@@ -408,9 +364,7 @@ async fn a_flooded_tracked_route_answers_202_or_503_and_memory_stays_flat() {
         s.submitted = accepted;
         s.completed = accepted;
     });
-    assert_eq!(counts(settled_stats), expected);
-    let report = within("shutdown", supervisor.shutdown()).await;
-    assert_eq!(counts(report.stats.clone()), expected, "nothing moved");
+    let report = shut_down_as_settled(supervisor, &settled_stats, &expected, "tracked flood").await;
     assert!(report.is_complete() && !report.aborted);
 
     // Each accepted start ran exactly once; nothing else ran.
