@@ -204,18 +204,58 @@ async fn send(chunks: &mpsc::Sender<common::Chunk>, text: &'static str) {
         .expect("the body is still alive");
 }
 
+/// A response streamed over a real connection, part-way through: the client
+/// has read its first chunk, "one", and the server is waiting for more.
+struct MidStream {
+    /// Kept alive for as long as the test runs.
+    _server: Server,
+    client: Client,
+    chunks: mpsc::Sender<common::Chunk>,
+    body: Incoming,
+}
+
+impl MidStream {
+    /// Starts a [`streaming_server`], requests its stream on a new connection
+    /// and reads the first chunk.
+    async fn start(
+        supervisor: &Supervisor,
+        on_disconnect: OnDisconnect,
+        runs: &Arc<AtomicUsize>,
+    ) -> Self {
+        let (server, chunks) = streaming_server(supervisor, on_disconnect, runs).await;
+        let mut client = Client::connect(&server).await;
+
+        let mut body = client.get("/stream").await.into_body();
+        send(&chunks, "one").await;
+        assert_eq!(next_data(&mut body).await.unwrap(), "one");
+        Self {
+            _server: server,
+            client,
+            chunks,
+            body,
+        }
+    }
+
+    /// Closes the connection mid-stream and waits until the server has
+    /// dropped the body.
+    async fn disconnect(self) {
+        drop((self.body, self.client));
+        within("the server to drop the body", self.chunks.closed()).await;
+    }
+}
+
 /// A streamed response's task waits while the client reads the chunks, and
 /// runs once the client has read the last one.
 #[tokio::test]
 async fn streamed_response_task_starts_after_the_last_chunk() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let (server, chunks) = streaming_server(&supervisor, OnDisconnect::Run, &runs).await;
-    let mut client = Client::connect(&server).await;
-
-    let mut body = client.get("/stream").await.into_body();
-    send(&chunks, "one").await;
-    assert_eq!(next_data(&mut body).await.unwrap(), "one");
+    let MidStream {
+        _server,
+        client: _client,
+        chunks,
+        mut body,
+    } = MidStream::start(&supervisor, OnDisconnect::Run, &runs).await;
     assert_still_queued(&supervisor, &runs, 1).await;
 
     send(&chunks, "two").await;
@@ -233,16 +273,10 @@ async fn streamed_response_task_starts_after_the_last_chunk() {
 async fn client_disconnecting_mid_stream_still_runs_the_task() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let (server, chunks) = streaming_server(&supervisor, OnDisconnect::Run, &runs).await;
-    let mut client = Client::connect(&server).await;
-
-    let mut body = client.get("/stream").await.into_body();
-    send(&chunks, "one").await;
-    assert_eq!(next_data(&mut body).await.unwrap(), "one");
+    let stream = MidStream::start(&supervisor, OnDisconnect::Run, &runs).await;
     assert_still_queued(&supervisor, &runs, 1).await;
 
-    drop((body, client));
-    within("the server to drop the body", chunks.closed()).await;
+    stream.disconnect().await;
     within("wait_idle", supervisor.wait_idle()).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert_eq!(supervisor.stats().discarded, 0);
@@ -254,15 +288,9 @@ async fn client_disconnecting_mid_stream_still_runs_the_task() {
 async fn client_disconnecting_mid_stream_discards_the_task_under_skip() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let (server, chunks) = streaming_server(&supervisor, OnDisconnect::Skip, &runs).await;
-    let mut client = Client::connect(&server).await;
+    let stream = MidStream::start(&supervisor, OnDisconnect::Skip, &runs).await;
 
-    let mut body = client.get("/stream").await.into_body();
-    send(&chunks, "one").await;
-    assert_eq!(next_data(&mut body).await.unwrap(), "one");
-
-    drop((body, client));
-    within("the server to drop the body", chunks.closed()).await;
+    stream.disconnect().await;
     within("wait_idle", supervisor.wait_idle()).await;
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     let stats = supervisor.stats();

@@ -10,11 +10,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::{Method, StatusCode};
-use tower_background::{FailureKind, Supervisor};
+use tower_background::{BackgroundTasks, FailureKind, Stats, Supervisor};
 use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
 
 use support::{app, assert_counts, counts, explode, finish, request, send, serve, stats, within};
+
+/// What a request to `/explode` queues besides its sibling task: one task
+/// that fails and one that panics.
+fn add_a_failing_and_a_panicking_task(tasks: &BackgroundTasks) {
+    tasks.add(async { Err::<(), _>("smtp down") });
+    tasks.add(async { explode("template missing") });
+}
+
+/// The counts once the three tasks of an `/explode` request have ended.
+fn counts_after_an_explode_request() -> Stats {
+    stats(|s| {
+        s.submitted = 3;
+        s.completed = 1;
+        s.failed = 1;
+        s.panicked = 1;
+    })
+}
 
 /// A failing and a panicking task leave their sibling task and the server
 /// unharmed: the sibling completes, and the next request through the same
@@ -28,8 +45,7 @@ async fn failing_and_panicking_tasks_harm_neither_other_tasks_nor_the_server() {
         let done = done.clone();
         move |request, tasks| {
             if request.uri().path() == "/explode" {
-                tasks.add(async { Err::<(), _>("smtp down") });
-                tasks.add(async { explode("template missing") });
+                add_a_failing_and_a_panicking_task(tasks);
             }
             let done = done.clone();
             tasks.add(async move {
@@ -43,12 +59,7 @@ async fn failing_and_panicking_tasks_harm_neither_other_tasks_nor_the_server() {
     assert_eq!(done.load(Ordering::SeqCst), 1, "the sibling task ran");
     assert_eq!(
         counts(supervisor.stats()),
-        stats(|s| {
-            s.submitted = 3;
-            s.completed = 1;
-            s.failed = 1;
-            s.panicked = 1;
-        })
+        counts_after_an_explode_request()
     );
 
     let response = send(&mut app, request(Method::GET, "/next")).await;
@@ -186,8 +197,7 @@ async fn a_panicking_failure_hook_does_not_break_counting() {
         .build();
     let mut app = app(&supervisor, |request, tasks| {
         if request.uri().path() == "/explode" {
-            tasks.add(async { Err::<(), _>("smtp down") });
-            tasks.add(async { explode("template missing") });
+            add_a_failing_and_a_panicking_task(tasks);
         }
         tasks.add(async {});
     });
@@ -197,12 +207,7 @@ async fn a_panicking_failure_hook_does_not_break_counting() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(
         counts(supervisor.stats()),
-        stats(|s| {
-            s.submitted = 3;
-            s.completed = 1;
-            s.failed = 1;
-            s.panicked = 1;
-        })
+        counts_after_an_explode_request()
     );
 
     let line = logs

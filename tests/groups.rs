@@ -15,12 +15,38 @@ use std::sync::Arc;
 use http::Method;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
-use tower_background::{Group, Supervisor};
+use tower_background::{BackgroundTasks, Group, Supervisor};
 
 use support::{
     app, assert_counts, counts, explode, finish, request, secs, send, serve, stats, until, within,
-    AsyncGate, Events, Gate,
+    App, AsyncGate, Events, Gate,
 };
+
+/// An app whose handler calls `add` with the events its tasks record into
+/// and the request's handle.
+fn app_recording<A>(supervisor: &Supervisor, events: &Events, add: A) -> App
+where
+    A: Fn(&Events, &BackgroundTasks) + Clone + Send + 'static,
+{
+    let events = events.clone();
+    app(supervisor, move |_, tasks| add(&events, tasks))
+}
+
+/// `N` clones of `events`, one for each step that records into it.
+fn clones<const N: usize>(events: &Events) -> [Events; N] {
+    std::array::from_fn(|_| events.clone())
+}
+
+/// Serves one `POST /signup` through [`app_recording`], reading the whole
+/// response, then waits until every task it queued has finished.
+async fn sign_up_and_wait_idle<A>(supervisor: &Supervisor, events: &Events, add: A)
+where
+    A: Fn(&Events, &BackgroundTasks) + Clone + Send + 'static,
+{
+    let mut app = app_recording(supervisor, events, add);
+    serve(&mut app, request(Method::POST, "/signup")).await;
+    within("the tasks to finish", supervisor.wait_idle()).await;
+}
 
 /// Steps of a sequential group run one at a time in the order they were
 /// added, async and blocking mixed, even when an earlier step takes longer.
@@ -28,33 +54,23 @@ use support::{
 async fn sequential_steps_run_one_after_another_in_the_order_added() {
     let supervisor = Supervisor::new();
     let events = Events::default();
-    let mut app = app(&supervisor, {
-        let events = events.clone();
-        move |_, tasks| {
-            let (a, b, c, d) = (
-                events.clone(),
-                events.clone(),
-                events.clone(),
-                events.clone(),
-            );
-            tasks.add_group(
-                Group::sequential()
-                    .step(async move {
-                        tokio::time::sleep(secs(1)).await;
-                        a.record("1: async, after a second");
-                    })
-                    .blocking_step(move || b.record("2: blocking"))
-                    .step(async move {
-                        tokio::task::yield_now().await;
-                        c.record("3: async");
-                    })
-                    .blocking_step(move || d.record("4: blocking")),
-            );
-        }
-    });
-
-    serve(&mut app, request(Method::POST, "/signup")).await;
-    within("the group to finish", supervisor.wait_idle()).await;
+    sign_up_and_wait_idle(&supervisor, &events, |events, tasks| {
+        let [a, b, c, d] = clones(events);
+        tasks.add_group(
+            Group::sequential()
+                .step(async move {
+                    tokio::time::sleep(secs(1)).await;
+                    a.record("1: async, after a second");
+                })
+                .blocking_step(move || b.record("2: blocking"))
+                .step(async move {
+                    tokio::task::yield_now().await;
+                    c.record("3: async");
+                })
+                .blocking_step(move || d.record("4: blocking")),
+        );
+    })
+    .await;
 
     assert_eq!(
         events.names(),
@@ -77,16 +93,13 @@ async fn sequential_steps_run_one_after_another_in_the_order_added() {
 async fn a_group_starts_only_after_the_response_body_ended() {
     let supervisor = Supervisor::new();
     let events = Events::default();
-    let mut app = app(&supervisor, {
-        let events = events.clone();
-        move |_, tasks| {
-            let (a, b) = (events.clone(), events.clone());
-            tasks.add_group(
-                Group::concurrent()
-                    .step(async move { a.record("async step") })
-                    .blocking_step(move || b.record("blocking step")),
-            );
-        }
+    let mut app = app_recording(&supervisor, &events, |events, tasks| {
+        let [a, b] = clones(events);
+        tasks.add_group(
+            Group::concurrent()
+                .step(async move { a.record("async step") })
+                .blocking_step(move || b.record("blocking step")),
+        );
     });
 
     let response = send(&mut app, request(Method::POST, "/signup")).await;
@@ -111,34 +124,23 @@ async fn a_group_starts_only_after_the_response_body_ended() {
 async fn a_failing_step_stops_a_sequential_group_and_the_rest_are_skipped() {
     let supervisor = Supervisor::new();
     let events = Events::default();
-    let mut app = app(&supervisor, {
-        let events = events.clone();
-        move |_, tasks| {
-            let (a, b, c, d) = (
-                events.clone(),
-                events.clone(),
-                events.clone(),
-                events.clone(),
-            );
-            tasks.add_group(
-                Group::sequential()
-                    .step(async move { a.record("1") })
-                    .step(async move {
-                        b.record("2: fails");
-                        Err::<(), _>("smtp down")
-                    })
-                    .step(async move { c.record("3") })
-                    .blocking_step(move || d.record("4")),
-            );
-        }
-    });
-
-    serve(&mut app, request(Method::POST, "/signup")).await;
-    within("the group to finish", supervisor.wait_idle()).await;
+    sign_up_and_wait_idle(&supervisor, &events, |events, tasks| {
+        let [a, b, c, d] = clones(events);
+        tasks.add_group(
+            Group::sequential()
+                .step(async move { a.record("1") })
+                .step(async move {
+                    b.record("2: fails");
+                    Err::<(), _>("smtp down")
+                })
+                .step(async move { c.record("3") })
+                .blocking_step(move || d.record("4")),
+        );
+    })
+    .await;
 
     assert_eq!(events.names(), ["1", "2: fails"]);
-    let after = supervisor.stats();
-    assert_counts(after.clone(), "", |s| {
+    assert_counts(supervisor.stats(), "", |s| {
         s.submitted = 1;
         s.failed = 1;
         s.skipped = 2;
@@ -152,33 +154,28 @@ async fn a_failing_step_stops_a_sequential_group_and_the_rest_are_skipped() {
 async fn a_panicking_step_stops_a_sequential_group_and_the_rest_are_skipped() {
     let supervisor = Supervisor::new();
     let events = Events::default();
-    let mut app = app(&supervisor, {
-        let events = events.clone();
-        move |_, tasks| {
-            let (a, b, c) = (events.clone(), events.clone(), events.clone());
-            tasks.add_group(
-                Group::sequential()
-                    .step(async move { a.record("blocking group: 1") })
-                    .blocking_step(move || {
-                        b.record("blocking group: 2 panics");
-                        explode("disk full");
-                    })
-                    .blocking_step(move || c.record("blocking group: 3")),
-            );
-            let (d, e) = (events.clone(), events.clone());
-            tasks.add_group(
-                Group::sequential()
-                    .step(async move {
-                        d.record("async group: 1 panics");
-                        explode("template missing");
-                    })
-                    .step(async move { e.record("async group: 2") }),
-            );
-        }
-    });
-
-    serve(&mut app, request(Method::POST, "/signup")).await;
-    within("the groups to finish", supervisor.wait_idle()).await;
+    sign_up_and_wait_idle(&supervisor, &events, |events, tasks| {
+        let [a, b, c] = clones(events);
+        tasks.add_group(
+            Group::sequential()
+                .step(async move { a.record("blocking group: 1") })
+                .blocking_step(move || {
+                    b.record("blocking group: 2 panics");
+                    explode("disk full");
+                })
+                .blocking_step(move || c.record("blocking group: 3")),
+        );
+        let [d, e] = clones(events);
+        tasks.add_group(
+            Group::sequential()
+                .step(async move {
+                    d.record("async group: 1 panics");
+                    explode("template missing");
+                })
+                .step(async move { e.record("async group: 2") }),
+        );
+    })
+    .await;
 
     let mut ran = events.names();
     ran.sort_unstable();
@@ -190,8 +187,7 @@ async fn a_panicking_step_stops_a_sequential_group_and_the_rest_are_skipped() {
             "blocking group: 2 panics"
         ]
     );
-    let after = supervisor.stats();
-    assert_counts(after.clone(), "", |s| {
+    assert_counts(supervisor.stats(), "", |s| {
         s.submitted = 2;
         s.panicked = 2;
         s.skipped = 2;
@@ -209,9 +205,9 @@ async fn the_steps_of_a_concurrent_group_all_run_at_once() {
     let events = Events::default();
     let barrier = Arc::new(Barrier::new(STEPS));
     let last = AsyncGate::default();
-    let mut app = app(&supervisor, {
-        let (events, barrier, last) = (events.clone(), barrier.clone(), last.clone());
-        move |_, tasks| {
+    let mut app = app_recording(&supervisor, &events, {
+        let (barrier, last) = (barrier.clone(), last.clone());
+        move |events, tasks| {
             let mut group = Group::concurrent();
             for _ in 0..STEPS {
                 let (events, barrier) = (events.clone(), barrier.clone());
@@ -220,7 +216,7 @@ async fn the_steps_of_a_concurrent_group_all_run_at_once() {
                     events.record("through the barrier");
                 });
             }
-            let (events, blocking) = (events.clone(), events.clone());
+            let [events, blocking] = clones(events);
             let last = last.clone();
             group = group
                 .blocking_step(move || blocking.record("blocking step"))
@@ -252,8 +248,7 @@ async fn the_steps_of_a_concurrent_group_all_run_at_once() {
     last.open();
     within("the group to finish", supervisor.wait_idle()).await;
     assert_eq!(events.count("last step"), 1);
-    let after = supervisor.stats();
-    assert_counts(after.clone(), "", |s| {
+    assert_counts(supervisor.stats(), "", |s| {
         s.submitted = 1;
         s.completed = 1;
     });
@@ -266,27 +261,22 @@ async fn the_steps_of_a_concurrent_group_all_run_at_once() {
 async fn without_fail_fast_a_failing_step_does_not_stop_the_others() {
     let supervisor = Supervisor::new();
     let events = Events::default();
-    let mut app = app(&supervisor, {
-        let events = events.clone();
-        move |_, tasks| {
-            let (a, b, c) = (events.clone(), events.clone(), events.clone());
-            tasks.add_group(
-                Group::concurrent()
-                    .step(async move {
-                        a.record("fails at once");
-                        Err::<(), _>("smtp down")
-                    })
-                    .step(async move {
-                        tokio::time::sleep(secs(1)).await;
-                        b.record("async step done");
-                    })
-                    .blocking_step(move || c.record("blocking step done")),
-            );
-        }
-    });
-
-    serve(&mut app, request(Method::POST, "/signup")).await;
-    within("the group to finish", supervisor.wait_idle()).await;
+    sign_up_and_wait_idle(&supervisor, &events, |events, tasks| {
+        let [a, b, c] = clones(events);
+        tasks.add_group(
+            Group::concurrent()
+                .step(async move {
+                    a.record("fails at once");
+                    Err::<(), _>("smtp down")
+                })
+                .step(async move {
+                    tokio::time::sleep(secs(1)).await;
+                    b.record("async step done");
+                })
+                .blocking_step(move || c.record("blocking step done")),
+        );
+    })
+    .await;
 
     let failed = events.when("fails at once").expect("the failing step ran");
     let done = events
@@ -306,26 +296,23 @@ async fn without_fail_fast_a_failing_step_does_not_stop_the_others() {
 async fn with_fail_fast_the_other_steps_are_dropped_and_counted_as_skipped() {
     let supervisor = Supervisor::new();
     let events = Events::default();
-    let mut app = app(&supervisor, {
-        let events = events.clone();
-        move |_, tasks| {
-            let mut group = Group::concurrent().fail_fast();
-            let failing = events.clone();
+    let mut app = app_recording(&supervisor, &events, |events, tasks| {
+        let mut group = Group::concurrent().fail_fast();
+        let failing = events.clone();
+        group = group.step(async move {
+            tokio::time::sleep(secs(1)).await;
+            failing.record("failed");
+            Err::<(), _>("smtp down")
+        });
+        for (dropped, done) in [("b dropped", "b done"), ("c dropped", "c done")] {
+            let (events, guard) = (events.clone(), events.on_drop(dropped));
             group = group.step(async move {
-                tokio::time::sleep(secs(1)).await;
-                failing.record("failed");
-                Err::<(), _>("smtp down")
+                let _guard = guard;
+                tokio::time::sleep(secs(10)).await;
+                events.record(done);
             });
-            for (dropped, done) in [("b dropped", "b done"), ("c dropped", "c done")] {
-                let (events, guard) = (events.clone(), events.on_drop(dropped));
-                group = group.step(async move {
-                    let _guard = guard;
-                    tokio::time::sleep(secs(10)).await;
-                    events.record(done);
-                });
-            }
-            tasks.add_group(group);
         }
+        tasks.add_group(group);
     });
 
     serve(&mut app, request(Method::POST, "/signup")).await;
@@ -342,8 +329,7 @@ async fn with_fail_fast_the_other_steps_are_dropped_and_counted_as_skipped() {
             at - began
         );
     }
-    let after = supervisor.stats();
-    assert_counts(after.clone(), "", |s| {
+    assert_counts(supervisor.stats(), "", |s| {
         s.submitted = 1;
         s.failed = 1;
         s.skipped = 2;
@@ -371,7 +357,7 @@ async fn a_group_waiting_for_a_blocking_slot_is_counted_as_running() {
                 });
             }
             "/group" => {
-                let (a, b) = (events.clone(), events.clone());
+                let [a, b] = clones(&events);
                 tasks.add_group(
                     Group::sequential()
                         .step(async move { a.record("async step") })

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 use tower_background::{
     Background, BackgroundTaskLayer, BackgroundTasks, OnDisconnect, OnServerError, ResponseBody,
-    ResponseFuture, Supervisor, TaskOptions,
+    ResponseFuture, Stats, Supervisor, TaskOptions,
 };
 
 /// Sends `request` through `layer` to a handler that gets the request's
@@ -85,6 +85,76 @@ async fn send(chunks: &tokio::sync::mpsc::Sender<common::Chunk>, text: &'static 
         .expect("the body is still alive");
 }
 
+/// Reads `body` to its end, which hands the request's tasks off.
+async fn read_to_end<B>(body: B)
+where
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    within("the body", body.collect()).await.unwrap();
+}
+
+/// Sends `request` through `layer` to a handler that queues one task adding
+/// to `runs` and answers with `response`; returns the body, unread.
+async fn serve_one_counting_task<B: Body>(
+    layer: &BackgroundTaskLayer,
+    request: Request<()>,
+    runs: &Arc<AtomicUsize>,
+    response: Response<B>,
+) -> ResponseBody<B> {
+    let task = counting(runs);
+    let response = serve(layer, request, move |tasks| {
+        tasks.add(task);
+        response
+    })
+    .await;
+    response.into_body()
+}
+
+/// Streams a response whose handler queued one task adding to `runs`, and
+/// reads its first chunk, "one": the response is mid-stream. Returns the
+/// sender that feeds the body, and the body.
+async fn stream_first_chunk(
+    layer: &BackgroundTaskLayer,
+    runs: &Arc<AtomicUsize>,
+) -> (
+    tokio::sync::mpsc::Sender<common::Chunk>,
+    ResponseBody<ChannelBody>,
+) {
+    let (chunks, body) = ChannelBody::new();
+    let mut body = serve_one_counting_task(layer, get(), runs, Response::new(body)).await;
+    send(&chunks, "one").await;
+    assert_eq!(next_data(&mut body).await.unwrap(), "one");
+    (chunks, body)
+}
+
+/// Waits until no handed-off task is running, then asserts that no task
+/// adding to `runs` has run and that none is left waiting; returns the stats
+/// for the test's own checks.
+async fn assert_none_ran_or_waits(supervisor: &Supervisor, runs: &AtomicUsize) -> Stats {
+    within("wait_idle", supervisor.wait_idle()).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "a discarded task ran");
+    let stats = supervisor.stats();
+    assert_eq!(stats.waiting, 0, "{stats:?}");
+    stats
+}
+
+/// Serves a `GET` through `layer` like [`serve`], reads the body to its end,
+/// and returns a clone of the request's handle, kept past that end.
+async fn serve_keeping_the_handle<H>(layer: &BackgroundTaskLayer, handler: H) -> BackgroundTasks
+where
+    H: FnOnce(&BackgroundTasks) -> Response<Full<Bytes>>,
+{
+    let kept = OnceLock::new();
+    let response = serve(layer, get(), |tasks| {
+        kept.set(tasks.clone()).unwrap();
+        handler(tasks)
+    })
+    .await;
+    read_to_end(response.into_body()).await;
+    kept.into_inner().expect("the handler ran")
+}
+
 // --- 1. The handle ---------------------------------------------------------
 
 /// The handle, and the layer's service, future and body, have the auto traits
@@ -129,9 +199,7 @@ async fn inner_service_finds_the_handle_in_the_extensions() {
     let response = within("the response", service.oneshot(get()))
         .await
         .unwrap();
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
+    read_to_end(response.into_body()).await;
     within("wait_idle", supervisor.wait_idle()).await;
 
     assert!(found.load(Ordering::SeqCst), "no handle in the extensions");
@@ -151,9 +219,7 @@ async fn add_accepts_unit_and_result_outputs_and_counts_errors_as_failed() {
         Response::new(full("ok"))
     })
     .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
+    read_to_end(response.into_body()).await;
     within("wait_idle", supervisor.wait_idle()).await;
 
     let stats = supervisor.stats();
@@ -176,9 +242,7 @@ async fn add_blocking_runs_on_another_thread_than_the_runtime() {
         Response::new(full("ok"))
     })
     .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
+    read_to_end(response.into_body()).await;
     within("wait_idle", supervisor.wait_idle()).await;
 
     let ran_on = ran_on.lock().unwrap().expect("the closure ran");
@@ -207,9 +271,7 @@ async fn add_blocking_does_not_stall_the_runtime() {
         Response::new(full("ok"))
     })
     .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
+    read_to_end(response.into_body()).await;
     within("wait_idle", supervisor.wait_idle()).await;
 
     let stats = supervisor.stats();
@@ -227,13 +289,8 @@ async fn streaming_body_hands_off_after_its_last_chunk() {
     let runs = Arc::new(AtomicUsize::new(0));
     let (chunks, body) = ChannelBody::new();
 
-    let task = counting(&runs);
-    let response = serve(&supervisor.layer(), get(), move |tasks| {
-        tasks.add(task);
-        Response::new(body)
-    })
-    .await;
-    let mut body = response.into_body();
+    let mut body =
+        serve_one_counting_task(&supervisor.layer(), get(), &runs, Response::new(body)).await;
     assert_still_queued(&supervisor, &runs, 1).await;
 
     send(&chunks, "one").await;
@@ -256,13 +313,8 @@ async fn body_ending_with_its_frame_hands_off_without_another_poll() {
     let supervisor = &Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
 
-    let task = counting(&runs);
-    let response = serve(&supervisor.layer(), get(), move |tasks| {
-        tasks.add(task);
-        Response::new(full("the whole body"))
-    })
-    .await;
-    let mut body = response.into_body();
+    let response = Response::new(full("the whole body"));
+    let mut body = serve_one_counting_task(&supervisor.layer(), get(), &runs, response).await;
     assert_still_queued(supervisor, &runs, 1).await;
 
     assert_eq!(next_data(&mut body).await.unwrap(), "the whole body");
@@ -297,13 +349,7 @@ async fn bodiless_responses_hand_off_when_dropped_even_under_skip() {
         ("HEAD", head, Response::new(full("ignored for HEAD"))),
     ];
     for (n, (case, request, response)) in (1..).zip(cases) {
-        let task = counting(&runs);
-        let response = serve(&layer, request, move |tasks| {
-            tasks.add(task);
-            response
-        })
-        .await;
-        let body = response.into_body();
+        let body = serve_one_counting_task(&layer, request, &runs, response).await;
         within("wait_idle", supervisor.wait_idle()).await;
         assert_eq!(runs.load(Ordering::SeqCst), n - 1, "{case}: ran while held");
         assert_eq!(supervisor.stats().waiting, 1, "{case}");
@@ -327,18 +373,9 @@ async fn bodiless_responses_hand_off_when_dropped_even_under_skip() {
 async fn body_error_hands_off() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let (chunks, body) = ChannelBody::new();
-
-    let task = counting(&runs);
     let layer = supervisor.layer().on_disconnect(OnDisconnect::Skip);
-    let response = serve(&layer, get(), move |tasks| {
-        tasks.add(task);
-        Response::new(body)
-    })
-    .await;
-    let mut body = response.into_body();
-    send(&chunks, "one").await;
-    assert_eq!(next_data(&mut body).await.unwrap(), "one");
+
+    let (chunks, mut body) = stream_first_chunk(&layer, &runs).await;
     assert_still_queued(&supervisor, &runs, 1).await;
 
     chunks
@@ -362,13 +399,8 @@ async fn tasks_are_handed_off_exactly_once() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
 
-    let task = counting(&runs);
-    let response = serve(&supervisor.layer(), get(), move |tasks| {
-        tasks.add(task);
-        Response::new(full("body"))
-    })
-    .await;
-    let mut body = response.into_body();
+    let response = Response::new(full("body"));
+    let mut body = serve_one_counting_task(&supervisor.layer(), get(), &runs, response).await;
     assert_eq!(next_data(&mut body).await.unwrap(), "body");
     assert_eq!(next_data(&mut body).await, None);
     assert_eq!(next_data(&mut body).await, None);
@@ -421,17 +453,8 @@ async fn oneshot_returns_before_any_task_starts() {
 async fn body_dropped_mid_stream_runs_tasks_by_default() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let (chunks, body) = ChannelBody::new();
 
-    let task = counting(&runs);
-    let response = serve(&supervisor.layer(), get(), move |tasks| {
-        tasks.add(task);
-        Response::new(body)
-    })
-    .await;
-    let mut body = response.into_body();
-    send(&chunks, "one").await;
-    assert_eq!(next_data(&mut body).await.unwrap(), "one");
+    let (_chunks, body) = stream_first_chunk(&supervisor.layer(), &runs).await;
     assert_still_queued(&supervisor, &runs, 1).await;
 
     drop(body);
@@ -446,26 +469,15 @@ async fn body_dropped_mid_stream_runs_tasks_by_default() {
 async fn body_dropped_mid_stream_discards_tasks_under_skip() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let (chunks, body) = ChannelBody::new();
-
-    let task = counting(&runs);
     let layer = supervisor.layer().on_disconnect(OnDisconnect::Skip);
-    let response = serve(&layer, get(), move |tasks| {
-        tasks.add(task);
-        Response::new(body)
-    })
-    .await;
-    let mut body = response.into_body();
-    send(&chunks, "one").await;
-    assert_eq!(next_data(&mut body).await.unwrap(), "one");
+
+    let (_chunks, body) = stream_first_chunk(&layer, &runs).await;
 
     drop(body);
-    within("wait_idle", supervisor.wait_idle()).await;
-    assert_eq!(runs.load(Ordering::SeqCst), 0);
-    let stats = supervisor.stats();
+    let stats = assert_none_ran_or_waits(&supervisor, &runs).await;
     assert_eq!(stats.discarded, 1, "{stats:?}");
     assert_eq!(stats.discard_reasons.client_disconnected, 1, "{stats:?}");
-    assert_eq!((stats.waiting, stats.completed), (0, 0), "{stats:?}");
+    assert_eq!(stats.completed, 0, "{stats:?}");
 }
 
 /// Under `OnServerError::Skip`, a `500`'s tasks are discarded as
@@ -477,25 +489,11 @@ async fn server_error_discards_tasks_under_skip() {
     let failed_runs = Arc::new(AtomicUsize::new(0));
     let ok_runs = Arc::new(AtomicUsize::new(0));
 
-    let task = counting(&failed_runs);
-    let response = serve(&layer, get(), move |tasks| {
-        tasks.add(task);
-        with_status(StatusCode::INTERNAL_SERVER_ERROR, full("oops"))
-    })
-    .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
+    let response = with_status(StatusCode::INTERNAL_SERVER_ERROR, full("oops"));
+    read_to_end(serve_one_counting_task(&layer, get(), &failed_runs, response).await).await;
 
-    let task = counting(&ok_runs);
-    let response = serve(&layer, get(), move |tasks| {
-        tasks.add(task);
-        Response::new(full("fine"))
-    })
-    .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
+    let response = Response::new(full("fine"));
+    read_to_end(serve_one_counting_task(&layer, get(), &ok_runs, response).await).await;
     within("wait_idle", supervisor.wait_idle()).await;
 
     assert_eq!(failed_runs.load(Ordering::SeqCst), 0);
@@ -525,13 +523,10 @@ async fn inner_service_error_discards_tasks() {
         }));
     let result = within("the response", service.oneshot(get())).await;
     assert!(result.is_err());
-    within("wait_idle", supervisor.wait_idle()).await;
 
-    assert_eq!(runs.load(Ordering::SeqCst), 0);
-    let stats = supervisor.stats();
+    let stats = assert_none_ran_or_waits(&supervisor, &runs).await;
     assert_eq!(stats.discarded, 1, "{stats:?}");
     assert_eq!(stats.discard_reasons.no_response, 1, "{stats:?}");
-    assert_eq!(stats.waiting, 0, "{stats:?}");
 }
 
 /// When the response future is dropped unfinished (a timeout above the
@@ -559,13 +554,10 @@ async fn dropped_response_future_discards_tasks() {
         }));
     let result = within("the timeout", service.oneshot(get())).await;
     assert!(result.is_err(), "the handler never answers");
-    within("wait_idle", supervisor.wait_idle()).await;
 
-    assert_eq!(runs.load(Ordering::SeqCst), 0);
-    let stats = supervisor.stats();
+    let stats = assert_none_ran_or_waits(&supervisor, &runs).await;
     assert_eq!(stats.submitted, 1, "{stats:?}");
     assert_eq!(stats.discard_reasons.no_response, 1, "{stats:?}");
-    assert_eq!(stats.waiting, 0, "{stats:?}");
 }
 
 // --- 5. Adding through a kept handle later -------------------------------------
@@ -576,18 +568,9 @@ async fn dropped_response_future_discards_tasks() {
 async fn late_add_after_the_end_starts_at_once() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let kept = OnceLock::new();
 
-    let response = serve(&supervisor.layer(), get(), |tasks| {
-        kept.set(tasks.clone()).unwrap();
-        Response::new(full("ok"))
-    })
-    .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
-
-    kept.get().unwrap().add(counting(&runs));
+    let kept = serve_keeping_the_handle(&supervisor.layer(), |_| Response::new(full("ok"))).await;
+    kept.add(counting(&runs));
     assert_eq!(supervisor.stats().waiting, 0, "queued instead of started");
     within("wait_idle", supervisor.wait_idle()).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -601,18 +584,9 @@ async fn late_add_after_the_end_starts_at_once() {
 async fn late_add_from_a_thread_outside_the_runtime_starts_on_the_runtime() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let kept = OnceLock::new();
 
-    let response = serve(&supervisor.layer(), get(), |tasks| {
-        kept.set(tasks.clone()).unwrap();
-        Response::new(full("ok"))
-    })
-    .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
-
-    let tasks = kept.get().unwrap().clone();
+    let kept = serve_keeping_the_handle(&supervisor.layer(), |_| Response::new(full("ok"))).await;
+    let tasks = kept.clone();
     let ran = Arc::clone(&runs);
     thread::spawn(move || {
         tasks.add(counting(&ran));
@@ -634,25 +608,16 @@ async fn late_add_from_a_thread_outside_the_runtime_starts_on_the_runtime() {
 async fn late_add_after_a_discard_is_discarded() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let kept = OnceLock::new();
 
     let layer = supervisor.layer().on_server_error(OnServerError::Skip);
-    let response = serve(&layer, get(), |tasks| {
-        kept.set(tasks.clone()).unwrap();
+    let kept = serve_keeping_the_handle(&layer, |tasks| {
         tasks.add(counting(&runs));
         with_status(StatusCode::SERVICE_UNAVAILABLE, full("later"))
     })
     .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
-
-    kept.get().unwrap().add(counting(&runs));
-    within("wait_idle", supervisor.wait_idle()).await;
-    assert_eq!(runs.load(Ordering::SeqCst), 0);
-    let stats = supervisor.stats();
+    kept.add(counting(&runs));
+    let stats = assert_none_ran_or_waits(&supervisor, &runs).await;
     assert_eq!(stats.discard_reasons.server_error, 2, "{stats:?}");
-    assert_eq!(stats.waiting, 0, "{stats:?}");
 }
 
 /// The same when nothing was queued before the discard (the request is
@@ -661,22 +626,13 @@ async fn late_add_after_a_discard_is_discarded() {
 async fn late_add_after_discarding_an_empty_queue_is_discarded_for_its_reason() {
     let supervisor = Supervisor::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let kept = OnceLock::new();
 
     let layer = supervisor.layer().on_server_error(OnServerError::Skip);
-    let response = serve(&layer, get(), |tasks| {
-        kept.set(tasks.clone()).unwrap();
+    let kept = serve_keeping_the_handle(&layer, |_| {
         with_status(StatusCode::SERVICE_UNAVAILABLE, full("later"))
     })
     .await;
-    within("the body", response.into_body().collect())
-        .await
-        .unwrap();
-
-    kept.get().unwrap().add(counting(&runs));
-    within("wait_idle", supervisor.wait_idle()).await;
-    assert_eq!(runs.load(Ordering::SeqCst), 0);
-    let stats = supervisor.stats();
+    kept.add(counting(&runs));
+    let stats = assert_none_ran_or_waits(&supervisor, &runs).await;
     assert_eq!(stats.discard_reasons.server_error, 1, "{stats:?}");
-    assert_eq!(stats.waiting, 0, "{stats:?}");
 }

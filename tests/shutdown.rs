@@ -11,15 +11,16 @@ mod support;
 use std::future::{pending, Future};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::Method;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tower_background::{BackgroundTasks, Supervisor};
+use tower_background::{BackgroundTasks, ShutdownReport, Supervisor};
 
 use support::{
     abandon, app, assert_counts, counts, explode, finish, millis, request, secs, send, serve,
-    stats, until, within, Events, Gate,
+    stats, until, within, App, Events, Gate,
 };
 
 /// A shared slot for a handle a handler keeps, as code that outlives the
@@ -42,6 +43,46 @@ async fn is_pending<F: Future + Unpin>(future: &mut F) -> bool {
     }
 }
 
+/// A supervisor whose `shutdown` waits up to `grace`, firing the
+/// cancellation token `cleanup` before the end.
+fn supervisor_with_grace(grace: Duration, cleanup: Duration) -> Supervisor {
+    Supervisor::builder()
+        .grace_period(grace)
+        .cleanup_period(cleanup)
+        .build()
+}
+
+/// An app whose every request queues one task that runs until `release` is
+/// notified.
+fn app_with_tasks_held_until(supervisor: &Supervisor, release: &Arc<Notify>) -> App {
+    let release = Arc::clone(release);
+    app(supervisor, move |_, tasks| {
+        let release = release.clone();
+        tasks.add(async move { release.notified().await });
+    })
+}
+
+/// A task that never ends on its own and ignores the cancellation token; it
+/// records `dropped` in `events` when its future is dropped (aborted).
+fn never_ending_task(events: &Events, dropped: &'static str) -> impl Future<Output = ()> {
+    let guard = events.on_drop(dropped);
+    async move {
+        let _guard = guard;
+        pending::<()>().await;
+    }
+}
+
+/// Asserts that `shutdown` returned when the grace period ended: not before,
+/// and within a second after (virtual time).
+#[track_caller]
+fn assert_returned_at_the_end_of_the_grace_period(report: &ShutdownReport, grace: Duration) {
+    assert!(
+        report.elapsed >= grace && report.elapsed < grace + secs(1),
+        "elapsed {:?} (virtual time)",
+        report.elapsed
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Stats and wait_idle
 // ---------------------------------------------------------------------------
@@ -53,13 +94,7 @@ async fn stats_follow_a_task_from_waiting_to_running_to_completed() {
     let supervisor = Supervisor::new();
     let monitor = supervisor.monitor();
     let release = Arc::new(Notify::new());
-    let mut app = app(&supervisor, {
-        let release = release.clone();
-        move |_, tasks| {
-            let release = release.clone();
-            tasks.add(async move { release.notified().await });
-        }
-    });
+    let mut app = app_with_tasks_held_until(&supervisor, &release);
 
     let response = send(&mut app, request(Method::POST, "/orders")).await;
     assert_counts(supervisor.stats(), "", |s| {
@@ -121,13 +156,7 @@ async fn wait_idle_resolves_after_handed_off_tasks_finish() {
 async fn wait_idle_does_not_resolve_while_a_task_is_running() {
     let supervisor = Supervisor::new();
     let release = Arc::new(Notify::new());
-    let mut app = app(&supervisor, {
-        let release = release.clone();
-        move |_, tasks| {
-            let release = release.clone();
-            tasks.add(async move { release.notified().await });
-        }
-    });
+    let mut app = app_with_tasks_held_until(&supervisor, &release);
     serve(&mut app, request(Method::POST, "/orders")).await;
 
     let an_hour = tokio::time::timeout(secs(3600), supervisor.wait_idle()).await;
@@ -165,13 +194,7 @@ async fn wait_idle_is_cancel_safe() {
     let supervisor = Supervisor::new();
     let monitor = supervisor.monitor();
     let release = Arc::new(Notify::new());
-    let mut app = app(&supervisor, {
-        let release = release.clone();
-        move |_, tasks| {
-            let release = release.clone();
-            tasks.add(async move { release.notified().await });
-        }
-    });
+    let mut app = app_with_tasks_held_until(&supervisor, &release);
     serve(&mut app, request(Method::POST, "/orders")).await;
 
     // Two waiters, each polled once: registered, and pending.
@@ -206,10 +229,7 @@ async fn wait_idle_is_cancel_safe() {
 /// aborted.
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_tasks_that_finish_within_the_grace_period() {
-    let supervisor = Supervisor::builder()
-        .grace_period(secs(10))
-        .cleanup_period(secs(1))
-        .build();
+    let supervisor = supervisor_with_grace(secs(10), secs(1));
     let events = Events::default();
     let mut app = app(&supervisor, {
         let events = events.clone();
@@ -251,10 +271,7 @@ async fn shutdown_waits_for_tasks_that_finish_within_the_grace_period() {
 /// flight. None of them runs.
 #[tokio::test(start_paused = true)]
 async fn shutdown_refuses_tasks_offered_after_it_began() {
-    let supervisor = Supervisor::builder()
-        .grace_period(secs(10))
-        .cleanup_period(secs(1))
-        .build();
+    let supervisor = supervisor_with_grace(secs(10), secs(1));
     let monitor = supervisor.monitor();
     let events = Events::default();
     let release = Arc::new(Notify::new());
@@ -318,10 +335,7 @@ async fn shutdown_refuses_tasks_offered_after_it_began() {
 async fn tasks_outliving_the_grace_period_are_asked_to_stop_then_aborted() {
     let grace = secs(5);
     let cleanup = secs(1);
-    let supervisor = Supervisor::builder()
-        .grace_period(grace)
-        .cleanup_period(cleanup)
-        .build();
+    let supervisor = supervisor_with_grace(grace, cleanup);
     let events = Events::default();
     let mut app = app(&supervisor, {
         let events = events.clone();
@@ -334,11 +348,7 @@ async fn tasks_outliving_the_grace_period_are_asked_to_stop_then_aborted() {
                 tokio::time::sleep(millis(200)).await; // flush what it has
                 cooperative.record("cleaned up");
             });
-            let guard = events.on_drop("stubborn task dropped");
-            tasks.add(async move {
-                let _guard = guard;
-                pending::<()>().await;
-            });
+            tasks.add(never_ending_task(&events, "stubborn task dropped"));
         }
     });
     serve(&mut app, request(Method::POST, "/import")).await;
@@ -377,11 +387,7 @@ async fn tasks_outliving_the_grace_period_are_asked_to_stop_then_aborted() {
     );
     assert!(report.aborted);
     assert!(!report.is_complete());
-    assert!(
-        report.elapsed >= grace && report.elapsed < grace + secs(1),
-        "elapsed {:?} (virtual time)",
-        report.elapsed
-    );
+    assert_returned_at_the_end_of_the_grace_period(&report, grace);
 }
 
 /// A blocking closure still running when the grace period ends is counted
@@ -390,10 +396,7 @@ async fn tasks_outliving_the_grace_period_are_asked_to_stop_then_aborted() {
 #[tokio::test(start_paused = true)]
 async fn a_blocking_task_outliving_the_grace_period_is_cancelled_and_shutdown_returns() {
     let grace = secs(2);
-    let supervisor = Supervisor::builder()
-        .grace_period(grace)
-        .cleanup_period(millis(500))
-        .build();
+    let supervisor = supervisor_with_grace(grace, millis(500));
     let monitor = supervisor.monitor();
     let started = Arc::new(Notify::new());
     let finished = Arc::new(Notify::new());
@@ -435,11 +438,7 @@ async fn a_blocking_task_outliving_the_grace_period_is_cancelled_and_shutdown_re
         })
     );
     assert!(report.aborted);
-    assert!(
-        report.elapsed >= grace && report.elapsed < grace + secs(1),
-        "elapsed {:?} (virtual time)",
-        report.elapsed
-    );
+    assert_returned_at_the_end_of_the_grace_period(&report, grace);
 
     // The closure still runs, so it still holds its blocking slot.
     assert_eq!(report.stats.lanes[1].running, 1, "{:?}", report.stats);
@@ -464,10 +463,7 @@ async fn a_blocking_task_outliving_the_grace_period_is_cancelled_and_shutdown_re
 /// refused), and `submitted == accounted()`.
 #[tokio::test(start_paused = true)]
 async fn the_shutdown_report_counts_every_task_exactly() {
-    let supervisor = Supervisor::builder()
-        .grace_period(secs(5))
-        .cleanup_period(secs(1))
-        .build();
+    let supervisor = supervisor_with_grace(secs(5), secs(1));
     let monitor = supervisor.monitor();
     let slot = Kept::default();
     let mut app = app(&supervisor, {
@@ -525,11 +521,7 @@ async fn dropping_the_supervisor_aborts_running_tasks_and_refuses_new_ones() {
     let mut app = app(&supervisor, {
         let (events, slot) = (events.clone(), slot.clone());
         move |_, tasks| {
-            let guard = events.on_drop("task dropped");
-            tasks.add(async move {
-                let _guard = guard;
-                pending::<()>().await;
-            });
+            tasks.add(never_ending_task(&events, "task dropped"));
             *slot.lock().unwrap() = Some(tasks.clone());
         }
     });
@@ -566,13 +558,7 @@ async fn dropping_the_shutdown_future_aborts_what_is_left() {
     let events = Events::default();
     let mut app = app(&supervisor, {
         let events = events.clone();
-        move |_, tasks| {
-            let guard = events.on_drop("task dropped");
-            tasks.add(async move {
-                let _guard = guard;
-                pending::<()>().await;
-            });
-        }
+        move |_, tasks| tasks.add(never_ending_task(&events, "task dropped"))
     });
     serve(&mut app, request(Method::POST, "/jobs")).await;
 
