@@ -45,6 +45,7 @@ pub(crate) enum Variant {
     LayerSleep,
     SpawnSleep,
     LayerSleepOwnRuntime,
+    SpawnBoxedSleep,
     LayerBlocking,
 }
 
@@ -64,10 +65,15 @@ impl Variant {
         Self::LayerBlocking,
     ];
 
+    /// Variants measured only when `--variants` names them: experiments
+    /// that answer one question, kept out of the default run so that
+    /// `--quick` stays under a minute.
+    const OPT_IN: [Self; 1] = [Self::SpawnBoxedSleep];
+
     /// `"1"` to `"7"`, and a letter for the variants added after the others
     /// were numbered: `"2b"`, the floor under variant 2, and `"6b"` and
     /// `"6c"`, variant 6 without the layer and with its tasks on a runtime
-    /// of their own.
+    /// of their own, and `"6d"` (opt-in), 6b with its future boxed.
     pub(crate) fn number(self) -> &'static str {
         match self {
             Self::Bare => "1",
@@ -79,6 +85,7 @@ impl Variant {
             Self::LayerSleep => "6",
             Self::SpawnSleep => "6b",
             Self::LayerSleepOwnRuntime => "6c",
+            Self::SpawnBoxedSleep => "6d",
             Self::LayerBlocking => "7",
         }
     }
@@ -94,6 +101,7 @@ impl Variant {
             Self::LayerSleep => "layer_sleep_1s",
             Self::SpawnSleep => "tokio_spawn_sleep_1s",
             Self::LayerSleepOwnRuntime => "layer_sleep_1s_own_runtime",
+            Self::SpawnBoxedSleep => "tokio_spawn_boxed_sleep_1s",
             Self::LayerBlocking => "layer_blocking_2ms",
         }
     }
@@ -109,16 +117,21 @@ impl Variant {
             Self::LayerSleep => "layer, 1 task sleeping 1 s",
             Self::SpawnSleep => "no layer, `tokio::spawn` of a 1 s sleep",
             Self::LayerSleepOwnRuntime => "layer, 1 task sleeping 1 s, tasks on their own runtime",
+            Self::SpawnBoxedSleep => "no layer, `tokio::spawn` of a boxed 1 s sleep",
             Self::LayerBlocking => "layer, 1 blocking task, 2 ms CPU",
         }
     }
 
-    /// Whether the handler's task sleeps [`SLEEP_TASK`] (variants 6, 6b and
-    /// 6c): such a variant is steady only once its first tasks have ended.
+    /// Whether the handler's task sleeps [`SLEEP_TASK`] (variants 6, 6b, 6c
+    /// and 6d): such a variant is steady only once its first tasks have
+    /// ended.
     fn sleeps(self) -> bool {
         matches!(
             self,
-            Self::LayerSleep | Self::SpawnSleep | Self::LayerSleepOwnRuntime
+            Self::LayerSleep
+                | Self::SpawnSleep
+                | Self::LayerSleepOwnRuntime
+                | Self::SpawnBoxedSleep
         )
     }
 
@@ -231,8 +244,9 @@ impl Config {
                             let n = n.trim();
                             *Variant::ALL
                                 .iter()
+                                .chain(&Variant::OPT_IN)
                                 .find(|variant| variant.number() == n)
-                                .unwrap_or_else(|| panic!("no variant {n} (1–7, 2b, 6b or 6c)"))
+                                .unwrap_or_else(|| panic!("no variant {n} (1–7, 2b, 6b, 6c or 6d)"))
                         })
                         .collect();
                 }
@@ -269,7 +283,17 @@ impl Config {
             server_threads: 1,
             client_threads: 1,
             blocking_limit: None,
-            variants: Variant::ALL.to_vec(),
+            // The smoke run (`cargo test`) also checks that the opt-in
+            // variants still serve.
+            variants: if mode == Mode::Smoke {
+                Variant::ALL
+                    .iter()
+                    .chain(&Variant::OPT_IN)
+                    .copied()
+                    .collect()
+            } else {
+                Variant::ALL.to_vec()
+            },
             json: None,
         }
     }

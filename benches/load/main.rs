@@ -1,7 +1,8 @@
 //! Load benchmark: a real axum server on `127.0.0.1:0`, driven by a real
 //! HTTP/1.1 keep-alive client, comparing the layer with what users do today.
 //!
-//! Ten variants, all answering `GET /` with the same two-byte body `ok`:
+//! Ten variants by default (an eleventh on request), all answering `GET /`
+//! with the same two-byte body `ok`:
 //!
 //! 1. `bare`: the handler alone, no layer;
 //! 2. `layer_no_task`: the layer installed, nothing queued;
@@ -31,6 +32,11 @@
 //!    their sleep made in the task so that its timer is that runtime's too:
 //!    does keeping the sleeping tasks off the serving runtime bring variant
 //!    6's p99 to variant 3's? That runtime's threads count as the server's;
+//!
+//!    6d. `tokio_spawn_boxed_sleep_1s`, only when `--variants` names it:
+//!    6b with the sleep boxed and type-erased, as a handed-off task's future
+//!    is. v6d ÷ v6b is what that box costs tokio alone, v6 ÷ v6d the rest
+//!    of our share (CPU per request); it is not paced;
 //! 7. `layer_blocking_2ms`: the layer, one `tasks.add_blocking` closure per
 //!    request that burns about 2 ms of CPU (a loop calibrated at start-up).
 //!    It runs in the supervisor's blocking lane (16 at a time by default,

@@ -3,9 +3,10 @@
 //! variant 6c the tasks' runtime) started and stopped, the supervisor shut
 //! down.
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +92,15 @@ async fn spawn_sleep() -> &'static str {
     BODY
 }
 
+/// Variant 6d's handler: 6b's sleep, boxed and type-erased as a handed-off
+/// task's future is, so that 6d ÷ 6b is what that box costs tokio alone,
+/// and 6 ÷ 6d the rest of our share.
+async fn spawn_boxed_sleep() -> &'static str {
+    let boxed: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(sleep(SLEEP_TASK));
+    drop(tokio::spawn(boxed));
+    BODY
+}
+
 async fn add_burn(tasks: BackgroundTasks) -> &'static str {
     let token = tasks.cancellation_token();
     tasks.add_blocking(move || {
@@ -172,6 +182,7 @@ fn router(
             .with_state(tracker.expect("a tracker")),
         Variant::LayerSleep => Router::new().route("/", get(add_sleep)).layer(layer()),
         Variant::SpawnSleep => Router::new().route("/", get(spawn_sleep)),
+        Variant::SpawnBoxedSleep => Router::new().route("/", get(spawn_boxed_sleep)),
         Variant::LayerSleepOwnRuntime => Router::new()
             .route("/", get(add_sleep_in_task))
             .layer(layer()),

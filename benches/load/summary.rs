@@ -201,6 +201,22 @@ fn ratios() -> Vec<Ratio> {
             target: None,
         },
         Ratio {
+            name: "v6d_over_v6b_server_cpu",
+            what: "server CPU per request, `tokio::spawn` of a boxed sleep ÷ of the sleep itself (reported, opt-in 6d: what the box costs tokio alone)",
+            numerator: Variant::SpawnBoxedSleep,
+            denominator: Variant::SpawnSleep,
+            metric: cpu,
+            target: None,
+        },
+        Ratio {
+            name: "v6_over_v6d_server_cpu",
+            what: "server CPU per request, sleeping task through the layer ÷ `tokio::spawn` of it boxed (reported, opt-in 6d: our share without the box)",
+            numerator: Variant::LayerSleep,
+            denominator: Variant::SpawnBoxedSleep,
+            metric: cpu,
+            target: None,
+        },
+        Ratio {
             name: "v6c_over_v6_server_cpu",
             what: "server CPU per request, sleeping task on its own runtime ÷ on the serving runtime (reported; both runtimes' threads counted)",
             numerator: Variant::LayerSleepOwnRuntime,
