@@ -174,6 +174,8 @@
 //! With `default-features = false` the crate works with any `tower` HTTP
 //! service: hyper 1, tonic, or your own.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod abort;
 mod attempt;
 mod body;
