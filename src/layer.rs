@@ -97,19 +97,12 @@ use crate::task_set::TaskSet;
 /// # }
 /// ```
 ///
-/// That runs fewer instructions. Callgrind, counting requests served through
-/// axum in process (no sockets), against the same router without the layer
-/// (`bash benches/instructions.sh ax_bare ax_layer ax_layer_around ax_add
-/// ax_add_around`):
-///
-/// | the request | `Router::layer` | around the router |
-/// |---|---|---|
-/// | queues nothing | + 2 482 | + 1 732 |
-/// | queues one task | + 6 230 | + 5 419 |
-///
-/// A real server does much more per request (hyper, the socket); the load
-/// benchmark (`BENCHMARKS.md`) measures the layer installed with
-/// `Router::layer`.
+/// Around the router, a request gets the same handle and the same hand-off
+/// for less work: with `Router::layer`, axum clones a boxed route wrapping
+/// this layer's service (and the route inside it) for every request; around
+/// the router, the layer's service is called in place and never cloned per
+/// request. `BENCHMARKS.md` has the figures for both ways; its load benchmark
+/// installs the layer with `Router::layer`.
 #[derive(Clone, Debug)]
 pub struct BackgroundTaskLayer {
     set: Arc<TaskSet>,
