@@ -54,8 +54,8 @@
 //!   request's tasks waited for before the next (as `handoff`'s
 //!   `one_request_n_tasks` does); per task. `n` is a multiple of 1 000.
 //! - `one`: one request through the layer that adds all `n` tasks; per task.
-//! - `lane`: the same through the default lane of a supervisor with the
-//!   default `max_running` (1 024 run, the rest queue); per task.
+//! - `lane`: the same through the default lane limited to
+//!   `max_running(1024)` (1 024 run, the rest queue); per task.
 //!   `BENCHMARKS.md` quotes it at n = 10 000 and 110 000.
 //! - `nreq`: `n` requests through the layer, each adding one trivial task;
 //!   per request.
@@ -419,7 +419,14 @@ fn run(scenario: Scenario, n: usize, sleep: Duration) {
             Scenario::Batch => batch(n).await,
             Scenario::One => one_request(supervisor(), n).await,
             Scenario::Lane => {
-                one_request(Supervisor::builder().max_queued(1 << 20).build(), n).await;
+                one_request(
+                    Supervisor::builder()
+                        .max_running(1024)
+                        .max_queued(1 << 20)
+                        .build(),
+                    n,
+                )
+                .await;
             }
             Scenario::Nreq => one_task_requests(n, || async { tick() }).await,
             Scenario::NreqYield => one_task_requests(n, yield_then_tick).await,

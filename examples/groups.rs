@@ -50,7 +50,7 @@
 //!  8  +0.502s  group finished
 //!
 //! /tmp/log.txt holds: "Notification sent @ 2026-11-21 05:59:13 UTC"
-//! background tasks after 17.676µs: 2 completed, 0 failed, 0 panicked, 0 cancelled, 0 discarded, 0 refused
+//! background tasks after 17.676µs: 2 completed
 //! ```
 //!
 //! The blocking step sleeps 300 ms after writing the file so that the

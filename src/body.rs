@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -17,21 +18,54 @@ pin_project! {
     /// frame. Dropped earlier, it applies the layer's
     /// [`OnDisconnect`](crate::OnDisconnect) policy (unless the body had
     /// nothing to send to begin with, in which case dropping it is its end).
+    ///
+    /// When the layer answers with an error of its own instead of the
+    /// handler's response (see [`ResponseFuture`](crate::ResponseFuture)),
+    /// this body is that error's JSON, and the handler's body is dropped
+    /// unread; this is why the data type must be buildable from [`Bytes`]
+    /// (true of axum's, hyper's and tonic's bodies).
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
         handoff: Option<Handoff>,
+        replacement: Replacement,
     }
+}
+
+/// Whether the body is the handler's or the layer's own error.
+#[derive(Debug)]
+enum Replacement {
+    /// The handler's body is sent.
+    None,
+    /// The layer's error body, until its one frame has been sent.
+    Error(Option<Bytes>),
 }
 
 impl<B> ResponseBody<B> {
     pub(crate) fn new(inner: B, handoff: Option<Handoff>) -> Self {
-        Self { inner, handoff }
+        Self {
+            inner,
+            handoff,
+            replacement: Replacement::None,
+        }
+    }
+
+    /// A body that sends `error` instead of `inner`.
+    pub(crate) fn replaced(inner: B, error: Bytes) -> Self {
+        Self {
+            inner,
+            handoff: None,
+            replacement: Replacement::Error(Some(error)),
+        }
     }
 }
 
-impl<B: Body> Body for ResponseBody<B> {
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Data: From<Bytes>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -40,6 +74,9 @@ impl<B: Body> Body for ResponseBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        if let Replacement::Error(error) = this.replacement {
+            return Poll::Ready(error.take().map(|error| Ok(Frame::data(error.into()))));
+        }
         let frame = this.inner.as_mut().poll_frame(cx);
         let ended = match &frame {
             Poll::Pending => false,
@@ -55,11 +92,19 @@ impl<B: Body> Body for ResponseBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.replacement {
+            Replacement::None => self.inner.is_end_stream(),
+            Replacement::Error(error) => error.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.replacement {
+            Replacement::None => self.inner.size_hint(),
+            Replacement::Error(error) => {
+                SizeHint::with_exact(error.as_ref().map_or(0, |error| error.len() as u64))
+            }
+        }
     }
 }
 

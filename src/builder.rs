@@ -18,14 +18,22 @@ use crate::task_set::{FailureHook, TaskSet};
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(15);
 
 /// How many tasks of the default lane run at once, unless set with
-/// [`SupervisorBuilder::max_running`]: 1024. Enough that cheap tasks never
-/// wait on one another, few enough that a burst cannot open thousands of
-/// connections to the services the tasks call.
-pub const DEFAULT_MAX_RUNNING: usize = 1024;
+/// [`SupervisorBuilder::max_running`]: no limit (`usize::MAX`), like
+/// `tokio::spawn`. An async task waiting on I/O costs its future and a few
+/// hundred bytes of bookkeeping, so a burst of them is what the runtime is
+/// for; a limit here would only make them wait in the queue, and once the
+/// queue is full, refuse them. Set a limit (or a [named
+/// lane](SupervisorBuilder::lane)) to protect a downstream service, not the
+/// server.
+pub const DEFAULT_MAX_RUNNING: usize = usize::MAX;
 
 /// How many tasks may wait at once, for their response or for a slot, unless
-/// set with [`SupervisorBuilder::max_queued`]: 65 536 (about 6 MB of queue
-/// beyond the tasks' own futures).
+/// set with [`SupervisorBuilder::max_queued`]: 65 536. A waiting task holds
+/// its boxed future and at most 40 bytes in its request's queue (64 in a
+/// lane's queue), so the bound holds the crate's own share of that memory to a few
+/// megabytes. With the default lane unlimited, only tasks whose response has
+/// not ended yet, blocking tasks beyond
+/// [`DEFAULT_BLOCKING_LIMIT`] and tasks of limited lanes wait.
 pub const DEFAULT_MAX_QUEUED: usize = 65_536;
 
 /// How many blocking tasks run at once, unless set with
@@ -143,8 +151,15 @@ impl SupervisorBuilder {
     }
 
     /// How many tasks of the default lane (those added without a named lane)
-    /// run at once; more wait in the queue (default [`DEFAULT_MAX_RUNNING`];
-    /// at least 1).
+    /// run at once; more wait in the queue (default [`DEFAULT_MAX_RUNNING`]:
+    /// no limit; at least 1).
+    ///
+    /// A limit makes tasks wait for a slot, and a burst longer than
+    /// [`max_queued`](Self::max_queued) tasks then has some refused (each
+    /// request that added one is answered `503`, see
+    /// [`BackgroundTasks::add`](crate::BackgroundTasks::add)). Prefer a
+    /// [named lane](Self::lane) for the tasks that call a service with a
+    /// connection limit, and leave the rest unlimited.
     pub fn max_running(mut self, limit: usize) -> Self {
         self.max_running = limit;
         self
@@ -166,8 +181,10 @@ impl SupervisorBuilder {
     /// How many tasks may wait at once, for their response or for a slot in
     /// their lane (default [`DEFAULT_MAX_QUEUED`]). Past it, `try_add`
     /// returns [`AddError::QueueFull`](crate::AddError::QueueFull) and `add`
-    /// rejects the task (counted, logged at `WARN`). This is what bounds the
-    /// memory the crate can hold.
+    /// rejects the task: counted in [`Stats::rejected`](crate::Stats::rejected),
+    /// logged at `WARN`, and the request is answered `503` with
+    /// `Retry-After` if its response has not been produced yet. This is
+    /// what bounds the memory the crate holds for tasks not yet running.
     pub fn max_queued(mut self, limit: usize) -> Self {
         self.max_queued = limit;
         self
@@ -204,13 +221,10 @@ impl SupervisorBuilder {
     ///
     /// A runtime of their own does not shield the server from its
     /// background tasks; it costs it more. Every hand-off then crosses
-    /// runtimes: the task goes into the other runtime's shared queue and
-    /// its worker is woken, which costs the serving thread more than
-    /// running the task would. In the load benchmark (variant 6c: one task
-    /// sleeping 1 s per request, a one-worker runtime for the tasks, two
-    /// cores) server CPU per request was 1.9× and p99 2.2–2.4× what the
-    /// same tasks cost on the serving runtime (`BENCHMARKS.md`). To bound
-    /// what tasks take from requests, use the lane limits instead
+    /// runtimes: the task goes into the other runtime's shared queue and its
+    /// worker is woken, which costs the serving thread more than running the
+    /// task would (`BENCHMARKS.md` has today's figures). To bound what tasks
+    /// take from requests, use the lane limits instead
     /// ([`max_running`](Self::max_running), [`blocking_limit`](Self::blocking_limit),
     /// [`lane`](Self::lane)).
     ///

@@ -72,22 +72,40 @@ impl fmt::Display for AddError {
 
 impl std::error::Error for AddError {}
 
+impl AddError {
+    /// The status a client is answered with for this error: `503 Service
+    /// Unavailable` when trying again later may help (it has a
+    /// [`retry_after`](Self::retry_after)), `500` otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self.retry_after() {
+            Some(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            None => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The error as the crate answers it over HTTP: [`status`](Self::status),
+    /// `Content-Type: application/json`, `Retry-After` when there is one, and
+    /// the body `{"error": code, "message": message}`.
+    pub(crate) fn to_http(&self) -> http::Response<bytes::Bytes> {
+        error_response(self.code(), &self.to_string(), self.retry_after())
+    }
+}
+
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for AddError {
     fn into_response(self) -> axum_core::response::Response {
-        error_response(self.code(), &self.to_string(), self.retry_after())
+        self.to_http().map(axum_core::body::Body::from)
     }
 }
 
 /// The crate's error responses: `{"error": code, "message": message}`,
 /// `503` with `Retry-After` when trying again later may help, `500`
 /// otherwise.
-#[cfg(feature = "axum")]
 pub(crate) fn error_response(
     code: &str,
     message: &str,
     retry_after: Option<Duration>,
-) -> axum_core::response::Response {
+) -> http::Response<bytes::Bytes> {
     use http::{header, HeaderValue, StatusCode};
 
     let status = match retry_after {
@@ -99,7 +117,7 @@ pub(crate) fn error_response(
         json_string(code),
         json_string(message)
     );
-    let mut response = axum_core::response::Response::new(axum_core::body::Body::from(body));
+    let mut response = http::Response::new(bytes::Bytes::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -107,13 +125,15 @@ pub(crate) fn error_response(
         HeaderValue::from_static("application/json"),
     );
     if let Some(after) = retry_after {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(after.as_secs().max(1)),
+        );
     }
     response
 }
 
 /// `text` as a JSON string literal (the crate's core has no JSON encoder).
-#[cfg(feature = "axum")]
 fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');

@@ -10,6 +10,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
+use crate::error::AddError;
 use crate::handoff::{Handoff, IfDropped};
 use crate::policy::{OnDisconnect, OnServerError, Policy};
 use crate::stats::DiscardReason;
@@ -20,6 +21,14 @@ pin_project! {
     /// Dropped before it completes, or completing with the inner service's
     /// error, it discards the request's tasks (counted as
     /// `no_response`, logged at `DEBUG`).
+    ///
+    /// If a plain [`add`](crate::BackgroundTasks::add) on the request could
+    /// not accept a task before the response was produced (the queue was
+    /// full, the supervisor was shutting down, an unknown lane), a response
+    /// that is not already a `4xx` or `5xx` is replaced by that
+    /// [`AddError`]'s: `503` with `Retry-After` (or `500` for an unknown
+    /// lane) and a JSON body, and the tasks the request did queue are
+    /// discarded (counted as `server_error`), so a retry is their only copy.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -55,7 +64,30 @@ where
         let mut handoff = this.handoff.take();
         let response = response?;
 
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        // A plain `add` that could not accept a task turns a response that
+        // would have said "done" into the error, so that the client learns
+        // its work was not taken and can retry; the tasks the request did
+        // queue are discarded, so that the retry is their only copy.
+        let replacement = handoff
+            .as_ref()
+            .and_then(Handoff::refusal)
+            .filter(|_| !parts.status.is_client_error() && !parts.status.is_server_error())
+            .map(AddError::to_http);
+        if let Some(error) = replacement {
+            let (error_parts, error_body) = error.into_parts();
+            // The handler's headers described the response it meant to
+            // send (a `Location`, a `Content-Length`): none of them applies.
+            parts.status = error_parts.status;
+            parts.headers = error_parts.headers;
+            if let Some(guard) = handoff.take() {
+                guard.discard(DiscardReason::ServerError);
+            }
+            return Poll::Ready(Ok(Response::from_parts(
+                parts,
+                ResponseBody::replaced(body, error_body),
+            )));
+        }
         if let Some(guard) = handoff.as_mut() {
             let has_no_body =
                 *this.head_request || has_no_body(parts.status) || body.is_end_stream();

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::mem;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
@@ -37,8 +37,8 @@ use crate::task_set::{Refusal, TaskSet};
 /// | before the response body has ended | queued; started when it ends |
 /// | after the response body ended (a clone kept by other code) | started at once |
 /// | after the request's tasks were discarded (no response, or a policy) | discarded and counted |
-/// | after [`Supervisor::shutdown`](crate::Supervisor::shutdown) began | refused, counted and logged at `WARN` |
-/// | while [`max_queued`](crate::SupervisorBuilder::max_queued) tasks are waiting | rejected, counted and logged at `WARN` (`try_add` returns [`AddError::QueueFull`] instead) |
+/// | after [`Supervisor::shutdown`](crate::Supervisor::shutdown) began | refused, counted and logged at `WARN`, and the request answered `503` |
+/// | while [`max_queued`](crate::SupervisorBuilder::max_queued) tasks are waiting | rejected, counted and logged at `WARN`, and the request answered `503` (`try_add` returns [`AddError::QueueFull`] instead) |
 ///
 /// # Example
 ///
@@ -73,6 +73,9 @@ pub(crate) struct RequestTasks {
     /// see [`Phase`].
     phase: AtomicU8,
     queue: Mutex<Queue>,
+    /// The first error a plain `add` could not return to its caller: the
+    /// response, if it does not exist yet, becomes this error instead.
+    refusal: OnceLock<AddError>,
 }
 
 /// A request's queued tasks: the first is stored inline, since most
@@ -138,6 +141,7 @@ impl BackgroundTasks {
                 path_and_query: uri.path_and_query().cloned(),
                 phase: AtomicU8::new(Phase::UNTOUCHED),
                 queue: Mutex::new(Queue::Open(SmallVec::new())),
+                refusal: OnceLock::new(),
             }),
         }
     }
@@ -153,10 +157,30 @@ impl BackgroundTasks {
     /// panic is caught, counted and logged the same way.
     ///
     /// Never blocks and never fails: a task that cannot be accepted is
-    /// counted (see the table on [`BackgroundTasks`]). When the queue is full
-    /// it is *rejected*: counted in [`Stats::rejected`](crate::Stats::rejected)
-    /// and logged at `WARN`; use [`try_add`](Self::try_add) to find out and
-    /// answer `503`.
+    /// counted (see the table on [`BackgroundTasks`]), and the client is told.
+    ///
+    /// # When the task cannot be accepted
+    ///
+    /// If the queue is full ([`max_queued`](crate::SupervisorBuilder::max_queued)
+    /// tasks waiting), the supervisor is shutting down, or the options name a
+    /// lane that does not exist, the task is counted
+    /// ([`Stats::rejected`](crate::Stats::rejected) or
+    /// [`Stats::refused`](crate::Stats::refused)), logged at `WARN` (`ERROR`
+    /// for an unknown lane), and the request's response is replaced by the
+    /// [`AddError`]: `503 Service Unavailable` with `Retry-After` and a JSON
+    /// body `{"error": code, "message": ...}` (`500` for an unknown lane).
+    /// The tasks the request did queue are discarded with it, so that the
+    /// client's retry is their only copy. A handler's own `4xx` or `5xx`
+    /// response is left as it is.
+    ///
+    /// The answer is the layer's because it is the only one the client acts
+    /// on: a `200` with the work silently dropped loses it, while a `503`
+    /// with `Retry-After` is what load balancers and HTTP clients already
+    /// retry. Only a response that does not exist yet can be replaced: a task
+    /// added from the response body or through a handle kept past the
+    /// response is only counted and logged. To choose the answer yourself
+    /// (another status, or doing the work inline), use
+    /// [`try_add`](Self::try_add), which never touches the response.
     pub fn add<F>(&self, future: F)
     where
         F: Future + Send + 'static,
@@ -167,8 +191,9 @@ impl BackgroundTasks {
     }
 
     /// Like [`add`](Self::add), but returns an error instead of counting a
-    /// task it cannot accept, so the handler can answer `503` with
-    /// `Retry-After` (with the `axum` feature, [`AddError`] is that response).
+    /// task it cannot accept, and leaves the response to the handler, which
+    /// can answer `503` with `Retry-After` (with the `axum` feature,
+    /// [`AddError`] is that response) or do something else.
     ///
     /// ```
     /// # #[cfg(feature = "axum")]
@@ -301,6 +326,7 @@ impl BackgroundTasks {
                 if counted {
                     set.counters.submitted();
                     set.refuse(1, request);
+                    request.answer_with(AddError::ShuttingDown);
                 }
                 return Err(AddError::ShuttingDown);
             }
@@ -310,6 +336,7 @@ impl BackgroundTasks {
                 };
                 if counted {
                     set.reject(&error, request);
+                    request.answer_with(error.clone());
                 }
                 return Err(error);
             }
@@ -442,6 +469,7 @@ impl WithOptions<'_> {
                     let error = AddError::UnknownLane(name.to_string());
                     if counted {
                         set.reject(&error, &self.tasks.request);
+                        self.tasks.request.answer_with(error.clone());
                     }
                     return Err(error);
                 }
@@ -467,6 +495,19 @@ impl RequestTasks {
     /// its space) to save a label now and then.
     pub(crate) fn origin(&self) -> Origin {
         Origin::new(&self.method, self.path())
+    }
+
+    /// Remembers that a plain `add` could not accept a task, so that the
+    /// response (if the handler has not returned yet) says so; the first
+    /// error wins.
+    fn answer_with(&self, error: AddError) {
+        let _ = self.refusal.set(error);
+    }
+
+    /// Why a plain `add` on this request could not accept a task, if one
+    /// could not.
+    pub(crate) fn refusal(&self) -> Option<&AddError> {
+        self.refusal.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::error::AddError;
 use crate::handle::RequestTasks;
 use crate::stats::DiscardReason;
 
@@ -33,6 +34,12 @@ impl Handoff {
             request,
             if_dropped: IfDropped::Discard(DiscardReason::NoResponse),
         }
+    }
+
+    /// Why a plain `add` on the request could not accept a task, if one
+    /// could not.
+    pub(crate) fn refusal(&self) -> Option<&AddError> {
+        self.request.refusal()
     }
 
     pub(crate) fn if_dropped(&mut self, if_dropped: IfDropped) {

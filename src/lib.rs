@@ -103,25 +103,28 @@
 //! | **no response** | an error from the inner service or a dropped response future discards the tasks |
 //! | **failures contained** | an `Err` or a panic is caught, logged at `ERROR` with the request's method and path, counted, and passed to an optional hook |
 //! | **bounded shutdown** | [`Supervisor::shutdown`] waits at most the grace period, then cancels and aborts what is left |
-//! | **no hidden limits** | at most [`max_running`](SupervisorBuilder::max_running) tasks run at once (1024), blocking work has its own lane ([`blocking_limit`](SupervisorBuilder::blocking_limit), 16), named lanes have theirs, and at most [`max_queued`](SupervisorBuilder::max_queued) wait (65 536): past it [`try_add`](BackgroundTasks::try_add) says so and [`add`](BackgroundTasks::add) rejects and counts |
+//! | **nothing dropped quietly** | async tasks run without a concurrency limit by default, like `tokio::spawn`; every limit is in the [table below](#limits-lanes-and-groups), and a task refused at one is counted, logged, and its request answered `503` |
 //! | **counted** | every task ends in exactly one [`Stats`] counter |
 //!
 //! # Limits, lanes and groups
 //!
 //! Every task runs in one lane, each with its own limit on how many run at
-//! once; tasks beyond it wait in the lane's queue, in order:
+//! once; tasks beyond it wait in the lane's queue, in order, and start as
+//! slots free up. How many tasks may wait at all, for their response or for
+//! a slot, is bounded too:
 //!
-//! - the default lane, for [`add`](BackgroundTasks::add):
-//!   [`max_running`](SupervisorBuilder::max_running);
-//! - the blocking lane, for [`add_blocking`](BackgroundTasks::add_blocking),
-//!   so CPU-heavy work can neither stall the runtime nor exhaust tokio's
-//!   blocking pool: [`blocking_limit`](SupervisorBuilder::blocking_limit);
-//! - named lanes, for work that calls a rate-limited service:
-//!   [`lane`](SupervisorBuilder::lane), used with [`TaskOptions::lane`].
+//! | limit | default | what it bounds | past it |
+//! |---|---|---|---|
+//! | [`max_running`](SupervisorBuilder::max_running): the default lane, for [`add`](BackgroundTasks::add) | none | tasks running at once | tasks wait in the lane's queue |
+//! | [`blocking_limit`](SupervisorBuilder::blocking_limit): the blocking lane, for [`add_blocking`](BackgroundTasks::add_blocking) | 16 | threads of tokio's blocking pool (512) taken at once, so CPU-heavy work cannot starve file I/O | closures wait in the lane's queue |
+//! | [`lane`](SupervisorBuilder::lane): a named lane, with [`TaskOptions::lane`] | set per lane | calls to a rate-limited service | tasks wait in the lane's queue |
+//! | [`max_queued`](SupervisorBuilder::max_queued) | 65 536 tasks | memory: tasks waiting for their response or for a slot (each is its boxed future and at most 64 bytes) | [`add`](BackgroundTasks::add) rejects the task: counted in [`Stats::rejected`], logged at `WARN`, and the request answered `503` with `Retry-After` ([`try_add`](BackgroundTasks::try_add) returns [`AddError::QueueFull`] instead) |
+//! | shutdown | [`grace_period`](SupervisorBuilder::grace_period) 15 s | how long [`Supervisor::shutdown`] waits | tasks are cancelled, then aborted, counted in [`Stats::cancelled`]; [`add`](BackgroundTasks::add) after shutdown began is refused ([`Stats::refused`], `503`) |
 //!
-//! How many tasks may wait at all is bounded by
-//! [`max_queued`](SupervisorBuilder::max_queued), which bounds the memory
-//! the crate holds. [`TaskOptions`] also give a task a timeout and a
+//! Running async tasks are not limited by default: a task waiting on I/O
+//! costs tokio little, and a limit would turn a burst the server can absorb
+//! into refused work. Set one to protect a downstream service, preferably on
+//! a named lane. [`TaskOptions`] also give a task a timeout and a
 //! [`Retry`] policy; a [`Group`] runs steps one after another or together as
 //! one task; [`LoadShedLayer`] answers `503` before the handler runs while
 //! the backlog is too deep.

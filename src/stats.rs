@@ -38,8 +38,7 @@ pub struct Stats {
     /// returned is still counted here for that moment. Its lane slot is
     /// free already, and a blocking closure gives its slot back the instant
     /// it returns, so on a busy runtime `running` can exceed the lanes'
-    /// limits for a while (the load benchmark saw 43–82 with a blocking
-    /// limit of 16). Each lane's [`running`](LaneStats::running) counts its
+    /// limits for a while. Each lane's [`running`](LaneStats::running) counts its
     /// slots and never exceeds its limit.
     pub running: u64,
     /// Returned `()` or `Ok`.
@@ -62,8 +61,10 @@ pub struct Stats {
     pub discard_reasons: DiscardReasons,
     /// Offered after shutdown had begun, and not accepted.
     pub refused: u64,
-    /// Offered with a plain `add` while the queue was full, and not accepted
-    /// (logged at `WARN`). Not part of [`submitted`](Stats::submitted).
+    /// Offered with a plain `add` while the queue was full (or to a lane
+    /// that does not exist), and not accepted: logged at `WARN`, and the
+    /// request answered `503` if its response had not been produced yet.
+    /// Not part of [`submitted`](Stats::submitted).
     pub rejected: u64,
     /// Steps of groups that did not run because an earlier step failed
     /// (sequential groups) or a step failed first (fail-fast groups).
@@ -84,8 +85,9 @@ pub struct Stats {
 pub struct LaneStats {
     /// `"default"`, `"blocking"`, or the name it was configured with.
     pub name: String,
-    /// The most slots taken at once.
-    pub limit: u64,
+    /// The most slots taken at once; `None`: no limit (the default lane's
+    /// default).
+    pub limit: Option<u64>,
     /// Slots taken now (a group's blocking step takes a slot in the blocking
     /// lane while its group holds one in its own lane).
     pub running: u64,
@@ -108,7 +110,9 @@ pub struct DiscardReasons {
     /// [`OnDisconnect::Skip`](crate::OnDisconnect::Skip).
     pub client_disconnected: u64,
     /// The response had a `5xx` status, under
-    /// [`OnServerError::Skip`](crate::OnServerError::Skip).
+    /// [`OnServerError::Skip`](crate::OnServerError::Skip); or the layer
+    /// answered `503` instead of the response because a plain
+    /// [`add`](crate::BackgroundTasks::add) on the request was rejected.
     pub server_error: u64,
 }
 

@@ -33,8 +33,8 @@ const ABORT_SETTLE: Duration = Duration::from_millis(100);
 ///
 /// 1. New tasks are refused from the moment `shutdown` is called (counted in
 ///    [`Stats::refused`], logged at `WARN`).
-/// 2. It waits for the running tasks, for at most the grace period less the
-///    cleanup period.
+/// 2. It waits for the running tasks, and for the queued ones, which start
+///    as slots free up, for at most the grace period less the cleanup period.
 /// 3. Then it cancels the
 ///    [cancellation token](crate::BackgroundTasks::cancellation_token) and
 ///    waits out the cleanup period, for tasks to stop cleanly.
@@ -48,11 +48,9 @@ const ABORT_SETTLE: Duration = Duration::from_millis(100);
 ///
 /// An aborted task's future has been dropped, and so its drop guards (a
 /// pooled connection, a temporary file) have run, by the time `shutdown`
-/// returns. Dropping takes tokio's own time per task: on the two-vCPU machine
-/// of `BENCHMARKS.md`, 2 ms for 1 000 tasks that ignore the token, 7 ms for
-/// 10 000 and 48–56 ms for 100 000, where tokio alone, calling
-/// `AbortHandle::abort` on each, needs 0.8, 4–6 and 33–36 ms. Leave that
-/// margin in the grace period if that many tasks may outlast it.
+/// returns. Dropping them takes tokio's own time per task, which grows with
+/// their number (`BENCHMARKS.md` has today's figures): leave that margin in
+/// the grace period if many tasks may outlast it.
 ///
 /// Each task is counted by what it did: a task that returns during the
 /// cleanup period, having noticed the token or not, counts as completed or
@@ -245,6 +243,7 @@ impl Supervisor {
         let deadline = started.checked_add(self.grace_period);
         let cleanup_starts = deadline.map(|deadline| deadline - self.cleanup_period);
         let mut aborted = false;
+        let mut cancelled_while_queued = 0;
         if !wait_idle_until(&set, residents, cleanup_starts).await {
             tracing::info!(
                 running = set.running(),
@@ -253,8 +252,10 @@ impl Supervisor {
             set.cancel.cancel();
             if !wait_idle_until(&set, residents, deadline).await {
                 aborted = true;
+                cancelled_while_queued = set.stats().queued;
                 tracing::warn!(
                     running = set.running(),
+                    queued = cancelled_while_queued,
                     "background tasks: grace period over, aborting",
                 );
                 set.abort_all();
@@ -268,6 +269,7 @@ impl Supervisor {
             stats: set.stats(),
             elapsed: started.elapsed(),
             aborted,
+            cancelled_while_queued,
         };
         if report.is_complete() {
             tracing::info!(%report, "background tasks: shut down");

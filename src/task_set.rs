@@ -127,7 +127,7 @@ impl TaskSet {
             .iter()
             .map(|lane| LaneStats {
                 name: lane.name.to_string(),
-                limit: lane.limit as u64,
+                limit: (lane.limit != usize::MAX).then_some(lane.limit as u64),
                 running: lane.running() as u64,
                 queued: lane.queued() as u64,
                 high_water: lane.high_water() as u64,

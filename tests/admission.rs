@@ -122,8 +122,9 @@ async fn the_global_limit_is_never_exceeded_by_ten_thousand_tasks() {
 
 /// With `max_queued(3)` and three tasks waiting for their response,
 /// `try_add` returns `QueueFull { limit: 3 }` and is not counted, a plain
-/// `add` is counted as rejected (not submitted) and never runs, and once the
-/// waiting tasks have run, adding works again.
+/// `add` is counted as rejected (not submitted), never runs, and turns the
+/// request's response into a `503` with `Retry-After` and a JSON error; once
+/// the waiting tasks have run, adding works again.
 #[tokio::test]
 async fn a_full_queue_is_reported_by_try_add_and_counted_for_add() {
     let supervisor = Supervisor::builder().max_queued(3).build();
@@ -155,7 +156,17 @@ async fn a_full_queue_is_reported_by_try_add_and_counted_for_add() {
     });
 
     let held = send(&mut app, request(Method::POST, "/hold")).await;
-    serve(&mut app, request(Method::POST, "/more")).await;
+    let more = send(&mut app, request(Method::POST, "/more")).await;
+    assert_eq!(more.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(more.headers()[http::header::RETRY_AFTER], "1");
+    assert_eq!(
+        more.headers()[http::header::CONTENT_TYPE],
+        "application/json"
+    );
+    assert_eq!(
+        finish(more).await,
+        r#"{"error":"background-queue-full","message":"the background task queue is full (3 tasks waiting)"}"#
+    );
 
     let refused = taken(&results);
     assert_eq!(refused, [Err(AddError::QueueFull { limit: 3 })]);
@@ -355,7 +366,7 @@ async fn the_blocking_lane_limit_holds_while_async_tasks_keep_running() {
     let blocking = lane(&held, "blocking");
     assert_eq!(
         (blocking.limit, blocking.running, blocking.queued),
-        (2, 2, 8)
+        (Some(2), 2, 8)
     );
     assert_eq!((held.running, held.queued), (2, 8));
     for _ in 0..2 {
@@ -546,7 +557,7 @@ async fn a_named_lane_limits_its_tasks_and_leaves_the_default_lane_alone() {
     .await;
     let held = supervisor.stats();
     let email = lane(&held, "email");
-    assert_eq!((email.limit, email.running, email.queued), (2, 2, 4));
+    assert_eq!((email.limit, email.running, email.queued), (Some(2), 2, 4));
     assert_eq!(lane(&held, "default").running, OTHERS as u64);
     assert_eq!(held.submitted, held.accounted());
 
@@ -567,7 +578,8 @@ async fn a_named_lane_limits_its_tasks_and_leaves_the_default_lane_alone() {
 }
 
 /// A lane name that was not configured is an error: `try_add` returns
-/// `UnknownLane("nope")`, a plain `add` is counted as rejected; neither is
+/// `UnknownLane("nope")`, a plain `add` is counted as rejected and makes the
+/// response a `500` with a JSON error (retrying will not help); neither is
 /// submitted or runs.
 #[tokio::test]
 async fn an_unknown_lane_is_an_error_for_try_add_and_a_rejection_for_add() {
@@ -588,7 +600,13 @@ async fn an_unknown_lane_is_an_error_for_try_add_and_a_rejection_for_add() {
         }
     });
 
-    serve(&mut app, request(Method::POST, "/newsletter")).await;
+    let response = send(&mut app, request(Method::POST, "/newsletter")).await;
+    assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!response.headers().contains_key(http::header::RETRY_AFTER));
+    assert_eq!(
+        finish(response).await,
+        r#"{"error":"unknown-lane","message":"no background lane is named \"nope\""}"#
+    );
     within("nothing to run", supervisor.wait_idle()).await;
 
     assert_eq!(

@@ -32,6 +32,7 @@
 //! | [`race`] | threads adding while the body ends, or while shutdown begins |
 //! | `bad_input` | the extractor without the layer (feature `axum`) |
 //! | [`admission_load`] | groups, lanes and timeouts under load with small limits |
+//! | [`burst`] | a burst of 1 s tasks with the default settings; `503`s past a configured limit |
 //! | `tracked_flood` | a tracked route flooded past its store's capacity, with malformed requests (feature `tracking`) |
 
 // Shared with the other behaviour tests: `stats` and `Gate`.
@@ -77,3 +78,6 @@ mod tracked_flood;
 
 #[path = "reliability/admission_load.rs"]
 mod admission_load;
+
+#[path = "reliability/burst.rs"]
+mod burst;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Config, PacedRate, Variant, PACED_LEAD_IN, PACED_SHARE};
-use crate::server::{BURN_ITERATIONS, MAX_RUNNING};
+use crate::server::BURN_ITERATIONS;
 use crate::stats::{Measured, WindowStats};
 use crate::summary::{extended, Summary};
 use crate::support;
@@ -36,7 +36,6 @@ pub(crate) fn document(
             "server_worker_threads": config.server_threads,
             "client_worker_threads": config.client_threads,
             "blocking_limit": config.blocking_limit,
-            "max_running": MAX_RUNNING,
             "burn_iterations": BURN_ITERATIONS.load(Ordering::Relaxed),
         },
         "elapsed_s": elapsed.as_secs_f64(),

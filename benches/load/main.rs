@@ -46,9 +46,8 @@
 //!
 //! Each variant runs on a fresh server: its own tokio runtime
 //! (`--server-threads` workers, 1 by default), its own listener and, for the
-//! layer variants, its own supervisor (grace 200 ms, cleanup 150 ms, and
-//! `max_running` raised to 262 144 so that variant 6's tasks all run instead
-//! of queueing behind the default 1024). The client is another tokio runtime
+//! layer variants, its own supervisor (the default limits, grace 200 ms,
+//! cleanup 150 ms; the rejected count is printed after each variant). The client is another tokio runtime
 //! (`--client-threads` workers, 1 by default) in the same process: 64
 //! connections (`--connections`), one task each, sending requests one after
 //! the other on its keep-alive connection with `hyper::client::conn::http1`.

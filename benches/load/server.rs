@@ -36,11 +36,6 @@ const GRACE: Duration = Duration::from_millis(200);
 /// The last part of the grace period, when the cancellation token fires
 /// (variant 7's queued closures then return at once).
 const CLEANUP: Duration = Duration::from_millis(150);
-/// Every supervisor's limit on tasks running at once, far above the
-/// default (1024), so that variant 6's sleeping tasks all run, as the issue
-/// asks (with the default they would queue behind the first 1024, and the
-/// queue, 65 536 by default, would fill in about two seconds).
-pub(crate) const MAX_RUNNING: usize = 1 << 18;
 /// Bounds on the steps of stopping a server.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -239,8 +234,7 @@ impl Server {
             let supervisor = variant.uses_layer().then(|| {
                 let builder = Supervisor::builder()
                     .grace_period(GRACE)
-                    .cleanup_period(CLEANUP)
-                    .max_running(MAX_RUNNING);
+                    .cleanup_period(CLEANUP);
                 let builder = match &tasks_runtime {
                     Some(tasks_runtime) => builder.runtime(tasks_runtime.handle().clone()),
                     None => builder,

@@ -90,5 +90,6 @@ impl std::error::Error for JobError {
 impl axum_core::response::IntoResponse for JobError {
     fn into_response(self) -> axum_core::response::Response {
         crate::error::error_response(self.code(), &self.to_string(), self.retry_after())
+            .map(axum_core::body::Body::from)
     }
 }
