@@ -13,7 +13,9 @@
 //!   fit in an `i64`, `n` above 35), is a `400` with a JSON error instead.
 //! - `?wait=true` on those `POST`s pushes the job before answering
 //!   (`enqueue_now`) and waits for its result, as the reference does:
-//!   `201 Created` with the result as the body, or `504` after 10 s.
+//!   `201 Created` with the result as the body, or `504` after 10 s —
+//!   unless the request says `Prefer: respond-async` (RFC 7240): then it
+//!   gets the `202` form, with `Preference-Applied: respond-async`.
 //! - `GET /jobs/{job}/{id}`: `pending` (waiting, running or to be retried;
 //!   an id the queue has never seen is `pending` too), then `done` with its
 //!   `result`, or `failed` with its `error`.
@@ -57,6 +59,8 @@
 //! curl -s http://127.0.0.1:3000/jobs/add/<id>
 //! # 201 with the result: 10946
 //! curl -s -X POST 'http://127.0.0.1:3000/fibonacci?wait=true' -H 'content-type: application/json' -d '{"n": 21}'
+//! # 202 and a Location, with preference-applied: respond-async
+//! curl -i -X POST 'http://127.0.0.1:3000/fibonacci?wait=true' -H 'prefer: respond-async' -H 'content-type: application/json' -d '{"n": 21}'
 //! # 400: {"error":"invalid-job","message":"2^64 does not fit in an i64"}
 //! curl -s -X POST http://127.0.0.1:3000/power -H 'content-type: application/json' -d '{"a": 2, "b": 64}'
 //! curl -s http://127.0.0.1:3000/stats
@@ -77,6 +81,7 @@ use serde_json::json;
 use tower_background::durable::{
     Job, JobError, JobId, JobOutcome, JobQueue, JobStats, Workers, DEFAULT_CONCURRENCY,
 };
+use tower_background::tracking::RespondAsync;
 use tower_background::{BackgroundTasks, Monitor, Stats, Supervisor};
 
 mod jobs;
@@ -186,10 +191,12 @@ fn pending<J: Job>(id: JobId) -> JobReport<J::Output> {
 }
 
 /// `POST /{job}`: checks the job, then enqueues it (`202`), or with
-/// `?wait=true` pushes it and waits for its result (`201`).
+/// `?wait=true` pushes it and waits for its result (`201`) — unless the
+/// client prefers `respond-async`.
 async fn submit<J: Job + Check>(
     State(state): State<AppState>,
     tasks: BackgroundTasks,
+    RespondAsync(respond_async): RespondAsync,
     // Taking the `Result`s lets us answer bad input with JSON rather than
     // axum's plain-text rejections.
     query: Result<Query<Submit>, QueryRejection>,
@@ -228,15 +235,22 @@ async fn submit<J: Job + Check>(
         return Ok(error(StatusCode::BAD_REQUEST, "invalid-job", message));
     }
 
-    if !wait {
+    if !wait || respond_async {
         // Pushed to the queue after the 202 has been sent.
         let id = tasks.enqueue(job)?;
-        return Ok((
+        let mut response = (
             StatusCode::ACCEPTED,
             [(header::LOCATION, location::<J>(id))],
             Json(pending::<J>(id)),
         )
-            .into_response());
+            .into_response();
+        if respond_async {
+            // Said whether or not it changed the answer (it does with
+            // `?wait=true`), as the tracked routes say it.
+            let (name, value) = RespondAsync::applied();
+            response.headers_mut().insert(name, value);
+        }
+        return Ok(response);
     }
 
     // In the database before we wait, and before any response.

@@ -2,7 +2,8 @@
 //! HTTP, atomic locks under 100 concurrent starts, per-argument locks,
 //! retention (TTL, capacity, a store full of running tasks), every way a
 //! task ends (finished, failed, panicked, aborted at shutdown, discarded,
-//! refused), the JSON errors, and fixed signatures.
+//! refused), the JSON errors, fixed signatures, and HTTP's own words:
+//! `Idempotency-Key` and `Prefer: respond-async`.
 #![cfg(feature = "tracking")]
 
 mod support;
@@ -10,13 +11,15 @@ mod support;
 use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, Method, Request, Response, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -29,8 +32,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_background::tracking::{
-    Lock, MemoryStore, Signature, TaskId, TaskRecord, TaskRegistry, TaskSpec, TaskStatus,
-    LOCK_HEADER,
+    Lock, MemoryStore, RespondAsync, Signature, TaskId, TaskRecord, TaskRegistry, TaskSpec,
+    TaskStatus, LOCK_HEADER,
 };
 use tower_background::{BackgroundTasks, Supervisor};
 
@@ -815,4 +818,333 @@ async fn unit_arguments_and_structured_results() {
         record.result,
         Some(json!({ "users": 3, "names": ["a", "b"] }))
     );
+}
+
+// ---------------------------------------------------------------------------
+// HTTP's own words: Idempotency-Key and Prefer: respond-async.
+
+/// A `POST` of `uri` (and of `json_body`, if any) with `headers`, each
+/// value as raw bytes.
+fn post_with(
+    uri: &str,
+    json_body: Option<&str>,
+    headers: &[(&str, &[u8])],
+) -> Request<Full<Bytes>> {
+    let mut request = request(Method::POST, uri, json_body);
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+    }
+    request
+}
+
+const KEY: &[u8] = b"\"8e03978e-40d5-43e8-bc93-6894a57f9324\"";
+
+/// `hello_task` at `/hello-single`, counting how many times it ran.
+fn counted_app(
+    supervisor: &Supervisor,
+    registry: &TaskRegistry,
+    lock: Lock,
+    gate: &Gate,
+) -> (Router, Arc<AtomicUsize>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (gate, counter) = (gate.clone(), Arc::clone(&runs));
+    let route = registry.route("hello_task", lock, move |args: Hello| {
+        let (gate, counter) = (gate.clone(), Arc::clone(&counter));
+        // Counted when it runs: a start that is refused drops it unpolled.
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            gate.wait().await;
+            format!("Hello {}!", args.name)
+        }
+    });
+    let app = Router::new()
+        .route("/hello-single", route)
+        .layer(supervisor.layer());
+    (app, runs)
+}
+
+/// A repeated `Idempotency-Key` is sent (`303`) to the task it started,
+/// while the task runs and after it ended; the same key quoted or bare,
+/// and the same arguments as a query or as JSON, are the same request.
+/// The task runs once. (Without a lock, so the key alone does this.)
+#[tokio::test]
+async fn a_repeated_idempotency_key_answers_303_to_the_same_task_which_runs_once() {
+    let supervisor = Supervisor::new();
+    let registry = TaskRegistry::new();
+    let gate = Gate::new();
+    let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
+
+    let key = [("idempotency-key", KEY)];
+    let first = call_with(&app, post_with("/hello-single?name=Me", None, &key)).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let status_url = format!("/hello-single?task_id={}", first.task_id());
+    assert_eq!(first.header("location"), status_url);
+
+    let bare = [(
+        "idempotency-key",
+        &b"8e03978e-40d5-43e8-bc93-6894a57f9324"[..],
+    )];
+    let json = Some(r#"{"name":"Me"}"#);
+    for repeat in [
+        post_with("/hello-single?name=Me", None, &key),
+        post_with("/hello-single?name=Me", None, &bare),
+        post_with("/hello-single", json, &key),
+    ] {
+        let reply = call_with(&app, repeat).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER);
+        assert_eq!(reply.header("location"), status_url);
+        assert!(reply.headers.get(LOCK_HEADER).is_none(), "not a lock's 303");
+        assert!(reply.body.is_empty());
+    }
+
+    gate.open();
+    let record = ended(&registry, first.task_id()).await;
+    assert_eq!(record.result, Some(json!("Hello Me!")));
+    let after = call_with(&app, post_with("/hello-single?name=Me", None, &key)).await;
+    assert_eq!(
+        after.status,
+        StatusCode::SEE_OTHER,
+        "an ended task keeps its key"
+    );
+    assert_eq!(after.header("location"), status_url);
+
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(registry.store().len(), 1);
+    assert_eq!(supervisor.shutdown().await.stats.completed, 1);
+}
+
+/// The same key with other arguments is a `422` with a JSON error, and
+/// starts nothing.
+#[tokio::test]
+async fn an_idempotency_key_reused_with_other_arguments_is_422() {
+    let supervisor = Supervisor::new();
+    let registry = TaskRegistry::new();
+    let gate = Gate::new();
+    let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
+
+    let key = [("idempotency-key", KEY)];
+    let first = call_with(&app, post_with("/hello-single?name=Me", None, &key)).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let other = call_with(&app, post_with("/hello-single?name=You", None, &key)).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.header("content-type"), "application/json");
+    assert_eq!(other.json()["error"], "idempotency-key-reused");
+    assert!(other.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
+
+    gate.open();
+    ended(&registry, first.task_id()).await;
+    let still = call_with(&app, post_with("/hello-single?name=You", None, &key)).await;
+    assert_eq!(
+        still.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "after it ended too"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(registry.store().len(), 1);
+}
+
+/// An empty key, one too long, one with a space, a control or non-ASCII
+/// byte, a broken quoted string, or the header twice: `400` with a JSON
+/// error, and nothing starts. 255 characters is a key.
+#[tokio::test]
+async fn malformed_idempotency_keys_are_400() {
+    let supervisor = Supervisor::new();
+    let registry = TaskRegistry::new();
+    let gate = Gate::new();
+    let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
+
+    let too_long = "k".repeat(256);
+    let bad: [&[&[u8]]; 8] = [
+        &[b""],
+        &[b"\"\""],
+        &[too_long.as_bytes()],
+        &[b"two words"],
+        &[b"tab\tkey"],
+        &[b"caf\xc3\xa9"],
+        &[b"\"open"],
+        &[b"k1", b"k1"],
+    ];
+    for values in bad {
+        let headers: Vec<_> = values
+            .iter()
+            .map(|value| ("idempotency-key", *value))
+            .collect();
+        let reply = call_with(&app, post_with("/hello-single?name=Me", None, &headers)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{values:?}");
+        assert_eq!(reply.header("content-type"), "application/json");
+        assert_eq!(
+            reply.json()["error"],
+            "invalid-idempotency-key",
+            "{values:?}"
+        );
+        assert!(reply.json()["message"].is_string());
+    }
+    assert!(registry.store().is_empty());
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+
+    let longest = "k".repeat(255);
+    let key = [("idempotency-key", longest.as_bytes())];
+    let reply = call_with(&app, post_with("/hello-single?name=Me", None, &key)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+}
+
+/// A key belongs to its route's task: the same key on two routes starts
+/// one task on each, and each repeat is sent to its own route's task.
+#[tokio::test]
+async fn the_same_key_on_two_routes_is_two_keys() {
+    let supervisor = Supervisor::new();
+    let registry = TaskRegistry::new();
+    let gate = Gate::new();
+    let other = registry.route("other_task", Lock::None, |args: Hello| async move {
+        format!("Other {}!", args.name)
+    });
+    let app = Router::new()
+        .route("/hello-single", hello_route(&registry, Lock::None, &gate))
+        .route("/other", other)
+        .layer(supervisor.layer());
+
+    let key = [("idempotency-key", KEY)];
+    let hello = call_with(&app, post_with("/hello-single?name=Me", None, &key)).await;
+    let other = call_with(&app, post_with("/other?name=Me", None, &key)).await;
+    assert_eq!(hello.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        other.status,
+        StatusCode::ACCEPTED,
+        "not the other route's key"
+    );
+    assert_ne!(hello.task_id(), other.task_id());
+
+    for (path, first) in [("/hello-single", &hello), ("/other", &other)] {
+        let again = call_with(&app, post_with(&format!("{path}?name=Me"), None, &key)).await;
+        assert_eq!(again.status, StatusCode::SEE_OTHER);
+        assert_eq!(
+            again.header("location"),
+            format!("{path}?task_id={}", first.task_id())
+        );
+    }
+    assert_eq!(registry.store().len(), 2);
+}
+
+/// Keys are bounded by the records: a key is forgotten with the record of
+/// its task (evicted past the capacity, or expired after the TTL), so a
+/// flood of distinct keys never holds more than the capacity.
+#[tokio::test(start_paused = true)]
+async fn idempotency_keys_go_with_their_records() {
+    let supervisor = Supervisor::new();
+    let store = MemoryStore::builder()
+        .capacity(2)
+        .ttl(Duration::from_secs(60))
+        .build();
+    let registry = TaskRegistry::builder().store(store).build();
+    let gate = Gate::new();
+    gate.open();
+    let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
+
+    let post = |key: String| {
+        post_with(
+            "/hello-single?name=Me",
+            None,
+            &[("idempotency-key", key.as_bytes())],
+        )
+    };
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let reply = call_with(&app, post(format!("key-{i}"))).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        ids.push(reply.task_id());
+        ended(&registry, reply.task_id()).await;
+        assert!(registry.store().len() <= 2);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 10);
+
+    // key-9's record is kept: sent to it. key-0's was evicted: a new task.
+    let kept = call_with(&app, post("key-9".to_owned())).await;
+    assert_eq!(kept.status, StatusCode::SEE_OTHER);
+    let evicted = call_with(&app, post("key-0".to_owned())).await;
+    assert_eq!(evicted.status, StatusCode::ACCEPTED);
+    assert!(!ids.contains(&evicted.task_id()));
+    ended(&registry, evicted.task_id()).await;
+
+    // Past the TTL every record is gone, and every key with it.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert!(registry.store().is_empty());
+    let expired = call_with(&app, post("key-0".to_owned())).await;
+    assert_eq!(expired.status, StatusCode::ACCEPTED);
+    ended(&registry, expired.task_id()).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 12);
+}
+
+#[derive(Deserialize)]
+struct Wait {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// `Prefer: respond-async`: a route that can wait for its result (as the
+/// `?wait=true` routes of `examples/distributed.rs`) answers in its `202`
+/// form instead, with `Preference-Applied`; a tracked route, which never
+/// waits, says the preference was applied on its `202`.
+#[tokio::test]
+async fn prefer_respond_async_gets_the_202_form() {
+    let supervisor = Supervisor::new();
+    let registry = TaskRegistry::new();
+    let gate = Gate::new();
+
+    // The distributed example's shape: `?wait=true` waits for the result
+    // (here: until the test opens the gate), unless asked not to.
+    let waited = gate.clone();
+    let submit =
+        move |RespondAsync(respond_async): RespondAsync,
+              axum::extract::Query(Wait { wait }): axum::extract::Query<Wait>| {
+            let gate = waited.clone();
+            async move {
+                if wait && !respond_async {
+                    gate.wait().await;
+                    return (StatusCode::CREATED, "the result").into_response();
+                }
+                let mut response = StatusCode::ACCEPTED.into_response();
+                if respond_async {
+                    let (name, value) = RespondAsync::applied();
+                    response.headers_mut().insert(name, value);
+                }
+                response
+            }
+        };
+    let app = Router::new()
+        .route("/job", axum::routing::post(submit))
+        .route(
+            "/hello-single",
+            hello_route(&registry, Lock::Signature, &gate),
+        )
+        .layer(supervisor.layer());
+    let prefer = [("prefer", &b"wait=10, respond-async"[..])];
+
+    // The gate is closed: only an answer that does not wait comes back.
+    let preferred = call_with(&app, post_with("/job?wait=true", None, &prefer)).await;
+    assert_eq!(preferred.status, StatusCode::ACCEPTED);
+    assert_eq!(preferred.header("preference-applied"), "respond-async");
+
+    let tracked = call_with(&app, post_with("/hello-single?name=Me", None, &prefer)).await;
+    assert_eq!(tracked.status, StatusCode::ACCEPTED);
+    assert_eq!(tracked.header("preference-applied"), "respond-async");
+    let plain = call_with(&app, post_with("/hello-single?name=Me", None, &[])).await;
+    assert_eq!(plain.status, StatusCode::SEE_OTHER, "locked by the first");
+    assert!(plain.headers.get("preference-applied").is_none());
+
+    // Without the preference, `?wait=true` waits for its result.
+    let waiting = tokio::spawn({
+        let app = app.clone();
+        async move { call_with(&app, post_with("/job?wait=true", None, &[])).await }
+    });
+    gate.open();
+    let waited = within("the waiting route", waiting).await.unwrap();
+    assert_eq!(waited.status, StatusCode::CREATED);
+    assert!(waited.headers.get("preference-applied").is_none());
+    ended(&registry, tracked.task_id()).await;
 }

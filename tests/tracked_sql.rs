@@ -3,7 +3,8 @@
 //! would be — a task started on one is reported by the other, a lock holds
 //! across both under 100 concurrent starts, a crashed holder's lock lapses
 //! with its lease while a live one's is renewed, the first outcome wins,
-//! and rows stay bounded by the TTL and the capacity.
+//! rows stay bounded by the TTL and the capacity, and an `Idempotency-Key`
+//! holds across both servers, living and going with its row.
 //!
 //! Every scenario runs on SQLite (a file in a temporary directory) and on
 //! PostgreSQL when `DATABASE_URL` names a server (each test in a database
@@ -75,6 +76,9 @@ on_each_engine!(
     ended_records_expire_after_the_ttl,
     past_the_capacity_the_first_ended_goes_and_running_tasks_stay,
     concurrent_starts_never_exceed_the_capacity,
+    an_idempotency_key_holds_across_servers,
+    idempotency_keys_go_with_their_rows,
+    a_table_of_an_earlier_version_gets_the_idempotency_columns,
 );
 
 // ---------------------------------------------------------------------------
@@ -171,9 +175,9 @@ async fn a_crashed_holder_loses_its_lock_when_its_lease_lapses(db: Db) {
     let gate = Gate::new();
     let b = Server::start(&db, &gate, |store| store.lease(lease)).await;
 
-    let (record, lock) = running_record("hello_task", Lock::Signature, &Hello::me());
+    let (record, spec) = running_record("hello_task", Lock::Signature, &Hello::me());
     let crashed = record.task_id;
-    let admitted = crashed_store.try_start(record, lock).await.unwrap();
+    let admitted = crashed_store.try_start(record, &spec).await.unwrap();
     assert_eq!(admitted, Admission::Started);
     let refused = b.post("/hello-single?name=Me").await;
     assert_eq!(
@@ -258,15 +262,15 @@ async fn the_first_outcome_wins_and_releases_the_lock_once(db: Db) {
     let a = db.store(|store| store).await;
     let b = db.store(|store| store).await;
 
-    let (record, lock) = running_record("t", Lock::Signature, &());
+    let (record, spec) = running_record("t", Lock::Signature, &());
     let first = record.task_id;
     assert_eq!(
-        a.try_start(record, lock.clone()).await.unwrap(),
+        a.try_start(record, &spec).await.unwrap(),
         Admission::Started
     );
     let (again, _) = running_record("t", Lock::Signature, &());
     assert_eq!(
-        b.try_start(again, lock.clone()).await.unwrap(),
+        b.try_start(again, &spec).await.unwrap(),
         Admission::Locked(first)
     );
     let now = SystemTime::now();
@@ -283,7 +287,7 @@ async fn the_first_outcome_wins_and_releases_the_lock_once(db: Db) {
     let (record, _) = running_record("t", Lock::Signature, &());
     let second = record.task_id;
     assert_eq!(
-        a.try_start(record, lock.clone()).await.unwrap(),
+        a.try_start(record, &spec).await.unwrap(),
         Admission::Started
     );
     b.complete(first, TaskOutcome::Failed("late".into()), now)
@@ -291,7 +295,7 @@ async fn the_first_outcome_wins_and_releases_the_lock_once(db: Db) {
         .unwrap();
     let (third, _) = running_record("t", Lock::Signature, &());
     assert_eq!(
-        b.try_start(third, lock).await.unwrap(),
+        b.try_start(third, &spec).await.unwrap(),
         Admission::Locked(second),
         "a late outcome of the first task must not free the second's lock"
     );
@@ -314,10 +318,10 @@ async fn records_round_trip_with_every_outcome(db: Db) {
     ];
     for (i, outcome) in outcomes.into_iter().enumerate() {
         let lock = if i % 2 == 0 { Lock::Args } else { Lock::None };
-        let (mut record, key) = running_record("round_trip", lock, &json!({ "i": i }));
+        let (mut record, spec) = running_record("round_trip", lock, &json!({ "i": i }));
         record.start_time = UNIX_EPOCH + Duration::from_millis(1_777_000_000_123);
         assert_eq!(
-            a.try_start(record.clone(), key).await.unwrap(),
+            a.try_start(record.clone(), &spec).await.unwrap(),
             Admission::Started
         );
         assert_eq!(b.get(record.task_id).await.unwrap(), Some(record.clone()));
@@ -342,12 +346,12 @@ async fn ended_records_expire_after_the_ttl(db: Db) {
     let ttl = Duration::from_secs(1);
     let a = db.store(|store| store.ttl(ttl)).await;
     let b = db.store(|store| store.ttl(ttl)).await;
-    let (record, _) = running_record("t", Lock::None, &());
+    let (record, spec) = running_record("t", Lock::None, &());
     let id = record.task_id;
-    a.try_start(record, None).await.unwrap();
-    let (record, _) = running_record("t", Lock::None, &());
+    a.try_start(record, &spec).await.unwrap();
+    let (record, spec) = running_record("t", Lock::None, &());
     let running = record.task_id;
-    a.try_start(record, None).await.unwrap();
+    a.try_start(record, &spec).await.unwrap();
 
     a.complete(id, TaskOutcome::Finished(json!(1)), SystemTime::now())
         .await
@@ -411,9 +415,9 @@ async fn past_the_capacity_the_first_ended_goes_and_running_tasks_stay(db: Db) {
 
 /// Starts a task of no lock on `store`.
 async fn start(store: &SqlStore) -> (TaskId, Admission) {
-    let (record, _) = running_record("t", Lock::None, &());
+    let (record, spec) = running_record("t", Lock::None, &());
     let id = record.task_id;
-    (id, store.try_start(record, None).await.unwrap())
+    (id, store.try_start(record, &spec).await.unwrap())
 }
 
 /// Ends the task `id` as finished.
@@ -435,9 +439,9 @@ async fn concurrent_starts_never_exceed_the_capacity(db: Db) {
         let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
         let ready = Arc::clone(&ready);
         tokio::spawn(async move {
-            let (record, _) = running_record("t", Lock::None, &i);
+            let (record, spec) = running_record("t", Lock::None, &i);
             ready.wait().await;
-            store.try_start(record, None).await.unwrap()
+            store.try_start(record, &spec).await.unwrap()
         })
     });
     let starts: Vec<_> = starts.collect();
@@ -446,11 +450,154 @@ async fn concurrent_starts_never_exceed_the_capacity(db: Db) {
         match start.await.unwrap() {
             Admission::Started => started += 1,
             Admission::Full => {}
-            Admission::Locked(_) => panic!("no lock was asked for"),
+            other => panic!("no lock or key was asked for: {other:?}"),
         }
     }
     assert_eq!(started, 10);
     assert_eq!(db.rows().await, 10);
+}
+
+/// A key used on server A is known to server B: the same start is sent
+/// to A's task (running, then ended), other arguments are a `422`, and
+/// the task ran once.
+async fn an_idempotency_key_holds_across_servers(db: Db) {
+    let gate = Gate::new();
+    let a = Server::start(&db, &gate, |store| store).await;
+    let b = Server::start(&db, &gate, |store| store).await;
+    const KEY: &str = "8e03978e-40d5-43e8-bc93-6894a57f9324";
+
+    let started = a.post_keyed("/hello-single?name=Me", KEY).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED);
+    let location = started.location();
+    let repeated = b.post_keyed("/hello-single?name=Me", KEY).await;
+    assert_eq!(repeated.status, StatusCode::SEE_OTHER);
+    assert_eq!(repeated.location(), location);
+    assert!(
+        repeated.headers.get("x-task-lock").is_none(),
+        "the key's 303"
+    );
+    let reused = b.post_keyed("/hello-single?name=You", KEY).await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.json["error"], "idempotency-key-reused");
+    let bad = b.post_keyed("/hello-single?name=Me", "two words").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json["error"], "invalid-idempotency-key");
+
+    gate.open();
+    b.ended(&location).await;
+    let after = b.post_keyed("/hello-single?name=Me", KEY).await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER, "kept with its row");
+    assert_eq!(after.location(), location);
+    let unkeyed = a.post("/hello-single?name=Me").await;
+    assert_eq!(
+        unkeyed.status,
+        StatusCode::ACCEPTED,
+        "the lock was released"
+    );
+    a.ended(&unkeyed.location()).await;
+    let (a, b) = (a.stop().await, b.stop().await);
+    assert_eq!(a.completed + b.completed, 2, "the keyed task ran once");
+}
+
+/// At the store: a key is scoped to its task's signature, and is kept
+/// exactly as long as its row: past the capacity it goes with it.
+async fn idempotency_keys_go_with_their_rows(db: Db) {
+    let a = db.store(|store| store.capacity(2)).await;
+    let b = db.store(|store| store.capacity(2)).await;
+    let mut first = None;
+    for i in 0..5 {
+        let (record, spec) = keyed_record("t", &format!("key-{i}"), 1);
+        let id = record.task_id;
+        assert_eq!(
+            a.try_start(record, &spec).await.unwrap(),
+            Admission::Started
+        );
+        finish(&a, id).await;
+        first.get_or_insert(id);
+        assert!(db.rows().await <= 2);
+    }
+    let (record, spec) = keyed_record("t", "key-4", 1);
+    let Admission::Repeated(kept) = b.try_start(record, &spec).await.unwrap() else {
+        panic!("key-4's row is kept");
+    };
+    let (record, spec) = keyed_record("t", "key-4", 2);
+    assert_eq!(
+        b.try_start(record, &spec).await.unwrap(),
+        Admission::KeyReused(kept)
+    );
+    let (record, spec) = keyed_record("u", "key-4", 1);
+    assert_eq!(
+        b.try_start(record, &spec).await.unwrap(),
+        Admission::Started,
+        "another task's key"
+    );
+    let (record, spec) = keyed_record("t", "key-0", 1);
+    let again = record.task_id;
+    assert_eq!(
+        b.try_start(record, &spec).await.unwrap(),
+        Admission::Started,
+        "key-0 went with its evicted row"
+    );
+    assert_ne!(Some(again), first);
+}
+
+/// A table made before idempotency keys (without their columns) gets them
+/// when a store is built, keeping its rows.
+async fn a_table_of_an_earlier_version_gets_the_idempotency_columns(db: Db) {
+    // A queue creates the database (the SQLite file) with its own tables.
+    drop(db.queue().await);
+    db.execute(
+        "CREATE TABLE tower_background_tasks (
+            task_id        TEXT PRIMARY KEY,
+            signature      TEXT NOT NULL,
+            args_signature TEXT,
+            status         TEXT NOT NULL,
+            start_time     BIGINT NOT NULL,
+            end_time       BIGINT,
+            result         TEXT,
+            error          TEXT,
+            lock_key       TEXT UNIQUE,
+            lease_until    BIGINT,
+            end_order      BIGINT,
+            expires_at     BIGINT
+        )",
+    )
+    .await;
+    let old = TaskId::new();
+    db.execute(&format!(
+        "INSERT INTO tower_background_tasks (task_id, signature, status, start_time)
+        VALUES ('{old}', '36f992696100', 'running', 0)"
+    ))
+    .await;
+
+    let store = db.store(|store| store).await;
+    let (record, spec) = keyed_record("t", "key", 1);
+    assert_eq!(
+        store.try_start(record, &spec).await.unwrap(),
+        Admission::Started
+    );
+    let (record, spec) = keyed_record("t", "key", 1);
+    assert!(matches!(
+        store.try_start(record, &spec).await.unwrap(),
+        Admission::Repeated(_)
+    ));
+    assert!(
+        store.get(old).await.unwrap().is_some(),
+        "the old row is kept"
+    );
+    // Built again on the migrated table: nothing left to add.
+    db.store(|store| store).await;
+}
+
+/// A running record of the task `name` with `args`, under the
+/// idempotency key `key`, and its spec.
+fn keyed_record(name: &str, key: &str, args: u8) -> (TaskRecord, TaskSpec) {
+    let spec = TaskSpec::new(name, Lock::None, &args)
+        .unwrap()
+        .with_idempotency_key(key.parse().unwrap(), &args)
+        .unwrap();
+    let record = TaskRecord::running(TaskId::new(), &spec, SystemTime::now());
+    (record, spec)
 }
 
 // ---------------------------------------------------------------------------
@@ -524,6 +671,11 @@ impl Server {
         self.call(Request::post(uri)).await
     }
 
+    async fn post_keyed(&self, uri: &str, key: &str) -> Reply {
+        self.call(Request::post(uri).header("idempotency-key", key))
+            .await
+    }
+
     async fn get(&self, uri: &str) -> Reply {
         self.call(Request::get(uri)).await
     }
@@ -573,8 +725,8 @@ impl Server {
         }
     }
 
-    async fn stop(self) {
-        self.supervisor.shutdown().await;
+    async fn stop(self) -> tower_background::Stats {
+        self.supervisor.shutdown().await.stats
     }
 }
 
@@ -599,15 +751,11 @@ fn location_of(task_id: TaskId) -> String {
     format!("/hello-single?task_id={task_id}")
 }
 
-/// A running record of the task `name` with `args`, and its lock key.
-fn running_record<A: Serialize>(
-    name: &str,
-    lock: Lock,
-    args: &A,
-) -> (TaskRecord, Option<tower_background::tracking::LockKey>) {
+/// A running record of the task `name` with `args`, and its spec.
+fn running_record<A: Serialize>(name: &str, lock: Lock, args: &A) -> (TaskRecord, TaskSpec) {
     let spec = TaskSpec::new(name, lock, args).unwrap();
     let record = TaskRecord::running(TaskId::new(), &spec, SystemTime::now());
-    (record, spec.lock_key().cloned())
+    (record, spec)
 }
 
 // ---------------------------------------------------------------------------
@@ -630,6 +778,27 @@ impl Db {
             .build()
             .await
             .expect("the store creates its table")
+    }
+
+    /// Runs one statement on the test's database.
+    async fn execute(&self, statement: &str) {
+        match self.engine() {
+            Engine::Sqlite => {
+                let mut conn = self.sqlite_connection().await;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .map(drop)
+            }
+            Engine::Postgres => {
+                let mut conn = self.postgres_connection().await;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .map(drop)
+            }
+        }
+        .expect("the statement runs")
     }
 
     /// How many rows the store's table holds, expired ones included.

@@ -13,6 +13,8 @@ use serde_json::json;
 
 use crate::AddError;
 
+use super::idempotency::ParseIdempotencyKeyError;
+
 /// Why a tracked task could not be started or reported. Each is answered
 /// with a JSON body `{"error": "<code>"}` (most with a `"message"` too),
 /// never axum's plain-text rejections:
@@ -25,6 +27,8 @@ use crate::AddError;
 /// | [`InvalidArguments`](Self::InvalidArguments) | `400` | `invalid-arguments` |
 /// | [`UnsupportedMediaType`](Self::UnsupportedMediaType) | `415` | `unsupported-media-type` |
 /// | [`PayloadTooLarge`](Self::PayloadTooLarge) | `413` | `payload-too-large` |
+/// | [`InvalidIdempotencyKey`](Self::InvalidIdempotencyKey) | `400` | `invalid-idempotency-key` |
+/// | [`IdempotencyKeyReused`](Self::IdempotencyKeyReused) | `422` | `idempotency-key-reused` |
 /// | [`Full`](Self::Full) | `503` + `Retry-After` | `registry-full` |
 /// | [`Signature`](Self::Signature) | `500` | `unsignable-arguments` |
 /// | [`Store`](Self::Store) | `500` | `task-store-error` |
@@ -58,6 +62,14 @@ pub enum TrackingError {
     /// A body larger than the route's limit (axum's `DefaultBodyLimit`, 2 MB
     /// unless set); the message says so.
     PayloadTooLarge(String),
+    /// An `Idempotency-Key` header that is no
+    /// [key](super::IdempotencyKey), or is given more than once; the
+    /// message says why.
+    InvalidIdempotencyKey(ParseIdempotencyKeyError),
+    /// The `Idempotency-Key` already started a task of this route with
+    /// other arguments (the draft's `422 Unprocessable Content`): a client
+    /// reusing a key for a new request by mistake. Nothing was started.
+    IdempotencyKeyReused,
     /// The store is full of running tasks; a client should retry after
     /// `retry_after`.
     Full {
@@ -80,9 +92,11 @@ impl TrackingError {
     /// The response's status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingTaskId | Self::InvalidTaskId | Self::InvalidArguments(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MissingTaskId
+            | Self::InvalidTaskId
+            | Self::InvalidArguments(_)
+            | Self::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TaskNotFound => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -105,6 +119,8 @@ impl TrackingError {
             Self::InvalidArguments(_) => "invalid-arguments",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::InvalidIdempotencyKey(_) => "invalid-idempotency-key",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::Full { .. } => "registry-full",
             Self::Signature(_) => "unsignable-arguments",
             Self::Store(_) => "task-store-error",
@@ -127,6 +143,11 @@ impl fmt::Display for TrackingError {
                  `Content-Type: application/json`",
             ),
             Self::PayloadTooLarge(message) => f.write_str(message),
+            Self::InvalidIdempotencyKey(error) => fmt::Display::fmt(error, f),
+            Self::IdempotencyKeyReused => f.write_str(
+                "this Idempotency-Key already started a task with other arguments; \
+                 send a new key with new arguments",
+            ),
             Self::Full { .. } => f.write_str(
                 "too many tasks are running to start another: every tracked task is still running",
             ),
@@ -143,6 +164,7 @@ impl Error for TrackingError {
             Self::Signature(error) => Some(error),
             Self::Store(error) => Some(error),
             Self::NotAccepted(error) => Some(error),
+            Self::InvalidIdempotencyKey(error) => Some(error),
             _ => None,
         }
     }
@@ -304,6 +326,9 @@ mod tests {
             TrackingError::InvalidTaskId.status(),
             StatusCode::BAD_REQUEST
         );
+        let reused = TrackingError::IdempotencyKeyReused.into_response();
+        assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(reused.headers()["content-type"], "application/json");
         assert_eq!(
             TrackingError::Store(StoreError::new("down")).status(),
             StatusCode::INTERNAL_SERVER_ERROR

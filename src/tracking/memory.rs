@@ -11,8 +11,11 @@ use tokio::time::Instant;
 
 use super::error::StoreError;
 use super::id::TaskId;
+use super::idempotency::{Idempotency, IdempotencyKey};
 use super::lock::LockKey;
 use super::record::{TaskOutcome, TaskRecord};
+use super::signature::Signature;
+use super::spec::TaskSpec;
 use super::store::{Admission, TaskStore};
 
 /// How long [`MemoryStore`] keeps an ended task's record unless told
@@ -36,11 +39,17 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 ///   A start that finds the store full evicts the ended record that ended
 ///   first; if every record is a running task's, the start is refused
 ///   ([`Admission::Full`], over HTTP `503` with `Retry-After`).
+/// - An **idempotency key** is kept as long as the record of the task it
+///   started, running or ended: it expires and is evicted with it.
 ///
 /// So memory is bounded by the capacity whatever the traffic: the records,
-/// the lock table (one entry per running locked task) and the expiry queue
-/// never hold more than `capacity` entries. (Results are kept as the tasks
-/// returned them; bound a task's result if it can be large.)
+/// the lock table (one entry per running locked task), the key table (one
+/// entry per record started with a key, each key at most
+/// [`MAX_IDEMPOTENCY_KEY_LEN`](super::MAX_IDEMPOTENCY_KEY_LEN) bytes) and
+/// the expiry queue never hold more than `capacity` entries; a flood of
+/// distinct keys is a flood of starts, bounded like any other. (Results
+/// are kept as the tasks returned them; bound a task's result if it can be
+/// large.)
 ///
 /// Expiry uses [`tokio::time::Instant`], so tests can move it with
 /// `tokio::time::pause` and `advance`; it is applied lazily, on each call,
@@ -49,7 +58,8 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 /// # Atomicity
 ///
 /// Every method takes the mutex once and does all of its work under it,
-/// so `try_start`'s lock check, capacity check and insertion are one step.
+/// so `try_start`'s key check, lock check, capacity check and insertion
+/// are one step.
 /// Every method's future is ready at its first poll.
 ///
 /// # Example
@@ -76,6 +86,9 @@ struct State {
     records: HashMap<TaskId, Stored>,
     /// Running locked tasks, by lock.
     locks: HashMap<LockKey, TaskId>,
+    /// The records started with an idempotency key, by their task's
+    /// signature and the key.
+    keys: HashMap<(Signature, IdempotencyKey), TaskId>,
     /// Ended tasks in the order they ended, with when they expire (`None`:
     /// a TTL too long to add to the clock, never). The TTL is the same for
     /// all, so this is also their order of expiry.
@@ -85,6 +98,7 @@ struct State {
 struct Stored {
     record: TaskRecord,
     lock: Option<LockKey>,
+    idempotency: Option<Idempotency>,
 }
 
 impl MemoryStore {
@@ -137,9 +151,27 @@ impl MemoryStore {
         state
     }
 
-    fn start_now(&self, record: TaskRecord, lock: Option<LockKey>) -> Admission {
+    fn start_now(&self, record: TaskRecord, spec: &TaskSpec) -> Admission {
         let mut state = self.lock();
-        if let Some(running) = lock.as_ref().and_then(|lock| state.locks.get(lock)) {
+        let idempotency = spec.idempotency();
+        let scoped_key =
+            idempotency.map(|idempotency| (spec.signature(), idempotency.key().clone()));
+        if let (Some(idempotency), Some(key)) = (idempotency, &scoped_key) {
+            if let Some(&first) = state.keys.get(key) {
+                let first_args = state
+                    .records
+                    .get(&first)
+                    .and_then(|stored| stored.idempotency.as_ref())
+                    .map(Idempotency::args_signature);
+                return if first_args == Some(idempotency.args_signature()) {
+                    Admission::Repeated(first)
+                } else {
+                    Admission::KeyReused(first)
+                };
+            }
+        }
+        let lock = spec.lock_key();
+        if let Some(running) = lock.and_then(|lock| state.locks.get(lock)) {
             return Admission::Locked(*running);
         }
         while state.records.len() >= self.capacity {
@@ -148,10 +180,18 @@ impl MemoryStore {
             }
         }
         let task_id = record.task_id;
-        if let Some(lock) = &lock {
+        if let Some(lock) = lock {
             state.locks.insert(lock.clone(), task_id);
         }
-        state.records.insert(task_id, Stored { record, lock });
+        if let Some(key) = scoped_key {
+            state.keys.insert(key, task_id);
+        }
+        let stored = Stored {
+            record,
+            lock: lock.cloned(),
+            idempotency: idempotency.cloned(),
+        };
+        state.records.insert(task_id, stored);
         Admission::Started
     }
 
@@ -183,7 +223,7 @@ impl State {
                 break;
             }
             self.ended.pop_front();
-            self.records.remove(&task_id);
+            self.remove(task_id);
             purged += 1;
         }
         purged
@@ -193,10 +233,23 @@ impl State {
     fn evict_oldest_ended(&mut self) -> bool {
         match self.ended.pop_front() {
             Some((task_id, _)) => {
-                self.records.remove(&task_id);
+                self.remove(task_id);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Removes an ended record, and its idempotency key with it.
+    fn remove(&mut self, task_id: TaskId) {
+        let Some(stored) = self.records.remove(&task_id) else {
+            return;
+        };
+        if let Some(idempotency) = stored.idempotency {
+            let key = (stored.record.signature, idempotency.key().clone());
+            if self.keys.get(&key) == Some(&task_id) {
+                self.keys.remove(&key);
+            }
         }
     }
 }
@@ -205,9 +258,9 @@ impl TaskStore for MemoryStore {
     fn try_start(
         &self,
         record: TaskRecord,
-        lock: Option<LockKey>,
+        spec: &TaskSpec,
     ) -> impl Future<Output = Result<Admission, StoreError>> + Send {
-        ready(Ok(self.start_now(record, lock)))
+        ready(Ok(self.start_now(record, spec)))
     }
 
     fn complete(
@@ -314,16 +367,22 @@ mod tests {
     use crate::tracking::recorder::poll_once;
     use crate::tracking::{Lock, TaskSpec, TaskStatus};
 
-    fn record(name: &str, lock: Lock) -> (TaskRecord, Option<LockKey>) {
-        let spec = TaskSpec::new(name, lock, &()).unwrap();
-        let record = TaskRecord::running(TaskId::new(), &spec, SystemTime::now());
-        (record, spec.lock_key().cloned())
+    fn start(store: &MemoryStore, name: &str, lock: Lock) -> (TaskId, Admission) {
+        start_spec(store, &TaskSpec::new(name, lock, &()).unwrap())
     }
 
-    fn start(store: &MemoryStore, name: &str, lock: Lock) -> (TaskId, Admission) {
-        let (record, key) = record(name, lock);
+    fn start_spec(store: &MemoryStore, spec: &TaskSpec) -> (TaskId, Admission) {
+        let record = TaskRecord::running(TaskId::new(), spec, SystemTime::now());
         let id = record.task_id;
-        (id, ready_now(store.try_start(record, key)))
+        (id, ready_now(store.try_start(record, spec)))
+    }
+
+    /// The task `name` with `args`, under `key`.
+    fn keyed(name: &str, key: &str, args: u8) -> TaskSpec {
+        TaskSpec::new(name, Lock::None, &args)
+            .unwrap()
+            .with_idempotency_key(key.parse().unwrap(), &args)
+            .unwrap()
     }
 
     fn finish(store: &MemoryStore, id: TaskId) {
@@ -429,5 +488,68 @@ mod tests {
         let (id, _) = start(&store, "t", Lock::None);
         finish(&store, id);
         assert!(get(&store, id).is_none());
+    }
+
+    #[test]
+    fn a_key_answers_with_its_task_per_task_and_per_arguments() {
+        let store = MemoryStore::new();
+        let (first, admitted) = start_spec(&store, &keyed("t", "k", 1));
+        assert_eq!(admitted, Admission::Started);
+        assert_eq!(
+            start_spec(&store, &keyed("t", "k", 1)).1,
+            Admission::Repeated(first)
+        );
+        finish(&store, first);
+        assert_eq!(
+            start_spec(&store, &keyed("t", "k", 1)).1,
+            Admission::Repeated(first),
+            "an ended task keeps its key"
+        );
+        assert_eq!(
+            start_spec(&store, &keyed("t", "k", 2)).1,
+            Admission::KeyReused(first)
+        );
+        assert_eq!(
+            start_spec(&store, &keyed("u", "k", 1)).1,
+            Admission::Started
+        );
+        assert_eq!(
+            start_spec(&store, &keyed("t", "k2", 1)).1,
+            Admission::Started
+        );
+        assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn keys_go_with_their_records() {
+        let store = MemoryStore::builder().capacity(2).build();
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let (id, admitted) = start_spec(&store, &keyed("t", &format!("k{i}"), 1));
+            assert_eq!(admitted, Admission::Started);
+            finish(&store, id);
+            ids.push(id);
+        }
+        let state = store.lock();
+        assert_eq!((state.records.len(), state.keys.len()), (2, 2));
+        drop(state);
+        // The first key's record was evicted: the key is free again.
+        let (again, admitted) = start_spec(&store, &keyed("t", "k0", 1));
+        assert_eq!(admitted, Admission::Started);
+        assert!(!ids.contains(&again));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_expire_with_their_records() {
+        let store = MemoryStore::builder().ttl(Duration::from_secs(60)).build();
+        let (id, _) = start_spec(&store, &keyed("t", "k", 1));
+        finish(&store, id);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(ready_now(store.purge_expired()), 1);
+        assert!(store.lock().keys.is_empty());
+        assert_eq!(
+            start_spec(&store, &keyed("t", "k", 2)).1,
+            Admission::Started
+        );
     }
 }

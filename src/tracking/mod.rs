@@ -67,16 +67,18 @@
 //!   drained (then cancelled) at shutdown like any other. The registry only
 //!   adds the record.
 //! - [`TaskRegistry::route`] makes a whole route; [`TaskRegistry::start`],
-//!   [`TaskRegistry::get`], [`TaskIdQuery`], [`Started::into_response_at`]
-//!   and [`TrackingError`] are the pieces for routes of your own.
+//!   [`TaskRegistry::get`], [`TaskIdQuery`], [`Started::into_response_at`],
+//!   [`IdempotencyKey`], [`RespondAsync`] and [`TrackingError`] are the
+//!   pieces for routes of your own.
 //!
 //! # Guarantees
 //!
 //! | | |
 //! |---|---|
 //! | **atomic locks** | taking a [`Lock`] and registering the task are one step of the store: of any number of concurrent starts, exactly one starts, the others get its id |
+//! | **idempotent starts** | a start's `Idempotency-Key` is checked in that same step: a key starts at most one task per route while that task's record is kept |
 //! | **locks always released** | however the task ends: finished, failed (an `Err`), panicked, or cancelled (aborted at shutdown, refused, discarded with its request); with a store shared by several servers, also when the server running it dies (its lease lapses) |
-//! | **bounded** | ended records are kept for a TTL ([`DEFAULT_TTL`], 1 h), at most a capacity of records ([`DEFAULT_CAPACITY`], 10 000) are kept, the oldest ended first to go; a store full of running tasks refuses starts (`503` + `Retry-After`) |
+//! | **bounded** | ended records are kept for a TTL ([`DEFAULT_TTL`], 1 h), at most a capacity of records ([`DEFAULT_CAPACITY`], 10 000) are kept, the oldest ended first to go; a store full of running tasks refuses starts (`503` + `Retry-After`); an idempotency key (at most [`MAX_IDEMPOTENCY_KEY_LEN`], 255 characters) lives and goes with its task's record, so keys never outnumber records |
 //! | **stable signatures** | 12 hex digits derived from the task's name and its arguments' canonical JSON ([`Signature`]): the same on every machine and run |
 //! | **JSON errors** | every error of a tracked route is JSON ([`TrackingError`]); no input makes it panic |
 //!
@@ -131,6 +133,109 @@
 //! {"task_id":"4ee301eb-…","start_time":"…","status":"finished","signature":"36f992696100","args_signature":null,"end_time":"2026-05-01T09:30:01.125Z","result":"Hello Me!"}
 //! ```
 //!
+//! # HTTP's own words: `Idempotency-Key` and `Prefer: respond-async`
+//!
+//! Beside apidaora's lock, which stays as it is, a tracked route speaks
+//! two standard headers.
+//!
+//! **`Idempotency-Key`** (IETF httpapi draft "The Idempotency-Key HTTP
+//! Header Field"). A client that may send a start twice — a retry after a
+//! timeout, a double click — names it with a key of its own (a UUID, say),
+//! and the route starts it at most once:
+//!
+//! ```text
+//! POST /hello-single?name=Me             idempotency-key: "8e03978e-40d5-43e8-bc93-6894a57f9324"
+//! 202 Accepted                           location: /hello-single?task_id=4ee301eb-…
+//!
+//! POST /hello-single?name=Me             idempotency-key: "8e03978e-40d5-43e8-bc93-6894a57f9324"
+//! 303 See Other                          location: /hello-single?task_id=4ee301eb-…   (the same task, running or ended)
+//!
+//! POST /hello-single?name=You            idempotency-key: "8e03978e-40d5-43e8-bc93-6894a57f9324"
+//! 422 Unprocessable Content              {"error":"idempotency-key-reused","message":"…"}
+//!
+//! POST /hello-single?name=Me             idempotency-key: two words
+//! 400 Bad Request                        {"error":"invalid-idempotency-key","message":"…"}
+//! ```
+//!
+//! - **Scope**: a key belongs to its route's task (its
+//!   [signature](Signature::of_task)): the same key sent to two routes is
+//!   two keys. It is not scoped per client: clients should make keys
+//!   unguessable (random UUIDs, as the draft advises). A handler of your
+//!   own passes the key to [`TaskSpec::with_idempotency_key`], and may
+//!   build it from the user's id and the header to scope it per user.
+//! - **Same request**: the same arguments by value, compared by their
+//!   [args signature](Signature::of_args), whether they came as a query
+//!   string or as JSON.
+//! - **Lifetime**: a key is remembered exactly as long as the record of the
+//!   task it started — while it runs, then for the TTL, unless the capacity
+//!   evicts it sooner — in the same store (so shared by every server with
+//!   `SqlStore`). Keys never outnumber records: a flood of distinct keys is
+//!   a flood of starts, bounded like any other.
+//! - **Form**: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] (255) visible ASCII
+//!   characters, as the draft's quoted string or bare; the header given
+//!   twice is a `400` too.
+//! - The key is checked before the lock: a repeated key is sent to its own
+//!   task (without `x-task-lock`), even while another task holds the lock.
+//!
+//! **`Prefer: respond-async`** (RFC 7240). A start never waits for its task
+//! (the task starts after the response has been sent), so a tracked route
+//! always answers in the `202` form; to a request that prefers
+//! `respond-async` it adds `Preference-Applied: respond-async`. A route of
+//! your own that *can* wait for a result (the `?wait=true` routes of
+//! `examples/distributed.rs`) reads the preference with the
+//! [`RespondAsync`] extractor and answers `202` instead of waiting.
+//!
+//! ```
+//! use axum::body::Body;
+//! use axum::http::{Request, StatusCode};
+//! use axum::Router;
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//! use tower_background::tracking::{Lock, TaskRegistry};
+//! use tower_background::Supervisor;
+//!
+//! #[derive(serde::Deserialize, serde::Serialize)]
+//! struct Hello {
+//!     name: String,
+//! }
+//!
+//! async fn hello_task(args: Hello) -> String {
+//!     format!("Hello {}!", args.name)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let supervisor = Supervisor::new();
+//! let registry = TaskRegistry::new();
+//! let app = Router::new()
+//!     .route("/hello", registry.route("hello_task", Lock::None, hello_task))
+//!     .layer(supervisor.layer());
+//! let start = |name: &str| {
+//!     Request::post(format!("/hello?name={name}"))
+//!         .header("idempotency-key", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")
+//!         .header("prefer", "respond-async")
+//!         .body(Body::empty())
+//!         .unwrap()
+//! };
+//!
+//! let first = app.clone().oneshot(start("Me")).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::ACCEPTED);
+//! assert_eq!(first.headers()["preference-applied"], "respond-async");
+//! let location = first.headers()["location"].clone();
+//! first.into_body().collect().await.unwrap(); // sent: the task starts
+//!
+//! let again = app.clone().oneshot(start("Me")).await.unwrap();
+//! assert_eq!(again.status(), StatusCode::SEE_OTHER);
+//! assert_eq!(again.headers()["location"], location); // the same task
+//!
+//! let other = app.oneshot(start("You")).await.unwrap();
+//! assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+//!
+//! supervisor.wait_idle().await;
+//! assert_eq!(supervisor.stats().completed, 1); // it ran once
+//! # }
+//! ```
+//!
 //! # Minimum Rust version
 //!
 //! 1.75, like the crate, with dependency versions that support it (the
@@ -140,9 +245,11 @@
 mod args;
 mod error;
 mod id;
+mod idempotency;
 mod lock;
 mod memory;
 mod output;
+mod prefer;
 mod query;
 mod record;
 mod recorder;
@@ -158,9 +265,14 @@ mod timestamp;
 
 pub use error::{SignatureError, StoreError, TrackingError};
 pub use id::{ParseTaskIdError, TaskId};
+pub use idempotency::{
+    Idempotency, IdempotencyKey, ParseIdempotencyKeyError, IDEMPOTENCY_KEY_HEADER,
+    MAX_IDEMPOTENCY_KEY_LEN,
+};
 pub use lock::{Lock, LockKey, LOCK_HEADER};
 pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_CAPACITY, DEFAULT_TTL};
 pub use output::IntoTaskResult;
+pub use prefer::{RespondAsync, PREFERENCE_APPLIED_HEADER};
 pub use query::TaskIdQuery;
 pub use record::{TaskError, TaskOutcome, TaskRecord, TaskStatus};
 pub use registry::{Started, TaskRegistry, TaskRegistryBuilder, DEFAULT_RETRY_AFTER};

@@ -83,14 +83,20 @@ pub enum Started {
         /// The lock that refused the start.
         lock: Lock,
     },
+    /// The start's idempotency key, with the same arguments, already
+    /// started this task (running or ended); nothing was started. Over
+    /// HTTP: `303 See Other` to it.
+    Repeated(TaskId),
 }
 
 impl Started {
-    /// The started task's id, or the running one's.
+    /// The started task's id, or the running one's, or the one the
+    /// idempotency key started.
     pub fn task_id(&self) -> TaskId {
         match self {
             Self::Accepted(record) => record.task_id,
             Self::Locked { running, .. } => *running,
+            Self::Repeated(task_id) => *task_id,
         }
     }
 }
@@ -118,11 +124,16 @@ impl<S: TaskStore> TaskRegistry<S> {
     }
 
     /// Registers a task described by `spec` and queues `task` on `tasks`,
-    /// unless a running task holds its lock.
+    /// unless a running task holds its lock, or the spec's
+    /// [idempotency key](TaskSpec::with_idempotency_key) already started
+    /// one.
     ///
-    /// Taking the lock and registering are one atomic step of the store:
-    /// of concurrent starts with the same lock, exactly one is
-    /// [`Started::Accepted`], the others are [`Started::Locked`] with its id.
+    /// Checking the key, taking the lock and registering are one atomic
+    /// step of the store: of concurrent starts with the same lock, exactly
+    /// one is [`Started::Accepted`], the others are [`Started::Locked`]
+    /// with its id; of starts with the same key and arguments, exactly one
+    /// is accepted and the others are [`Started::Repeated`] with its id,
+    /// for as long as its record is kept.
     ///
     /// An accepted task is `running` from now on, and starts when the
     /// response to this request has been sent, like any task added to
@@ -140,9 +151,10 @@ impl<S: TaskStore> TaskRegistry<S> {
     ///
     /// # Errors
     ///
-    /// [`TrackingError::Full`] when the store has no room (every record is
-    /// a running task's), [`TrackingError::Store`] when it fails. `task` is
-    /// then dropped unstarted.
+    /// [`TrackingError::IdempotencyKeyReused`] when the key started a task
+    /// with other arguments, [`TrackingError::Full`] when the store has no
+    /// room (every record is a running task's), [`TrackingError::Store`]
+    /// when it fails. `task` is then dropped unstarted.
     ///
     /// # Cancel safety
     ///
@@ -201,10 +213,7 @@ impl<S: TaskStore> TaskRegistry<S> {
         // Armed before the store is asked, so that a start abandoned while
         // the store works still ends what it may have registered.
         let mut recorder = Recorder::new(Arc::clone(&self.store), task_id);
-        let admission = self
-            .store
-            .try_start(record.clone(), spec.lock_key().cloned())
-            .await?;
+        let admission = self.store.try_start(record.clone(), spec).await?;
         match admission {
             // Not accepted (shutting down, queue full): the dropped task's
             // recorder marks the record cancelled and releases the lock.
@@ -214,6 +223,14 @@ impl<S: TaskStore> TaskRegistry<S> {
                     Ok(()) => Ok(Started::Accepted(record)),
                     Err(error) => Err(TrackingError::NotAccepted(error)),
                 }
+            }
+            Admission::Repeated(first) => {
+                recorder.disarm();
+                Ok(Started::Repeated(first))
+            }
+            Admission::KeyReused(_) => {
+                recorder.disarm();
+                Err(TrackingError::IdempotencyKeyReused)
             }
             Admission::Locked(running) => {
                 recorder.disarm();

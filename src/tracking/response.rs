@@ -21,7 +21,10 @@ impl Started {
     ///   `args_signature`) and `Location: <status_path>?task_id=<id>`;
     /// - [`Started::Locked`]: `303 See Other` with
     ///   `Location: <status_path>?task_id=<running id>` and
-    ///   `x-task-lock: signature` (or `args-signature`), and no body.
+    ///   `x-task-lock: signature` (or `args-signature`), and no body;
+    /// - [`Started::Repeated`]: `303 See Other` with
+    ///   `Location: <status_path>?task_id=<id>` of the task the idempotency
+    ///   key started, and no body.
     ///
     /// `status_path` is usually the request's own path (the route serves
     /// both); take it from axum's `OriginalUri` so that it is right inside
@@ -51,6 +54,7 @@ impl Started {
             Self::Locked { lock, .. } => {
                 (StatusCode::SEE_OTHER.into_response(), lock.header_value())
             }
+            Self::Repeated(_) => (StatusCode::SEE_OTHER.into_response(), None),
         };
         let headers = response.headers_mut();
         if let Some(location) = location(status_path, task_id) {
@@ -118,6 +122,18 @@ mod tests {
         .into_response_at("/r");
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         assert_eq!(response.headers()[LOCK_HEADER], "args-signature");
+    }
+
+    #[test]
+    fn repeated_is_303_to_the_first_task_without_a_lock_header() {
+        let first = TaskId::new();
+        let response = Started::Repeated(first).into_response_at("/r");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            response.headers()[LOCATION],
+            format!("/r?task_id={first}").as_str()
+        );
+        assert!(response.headers().get(LOCK_HEADER).is_none());
     }
 
     #[test]

@@ -15,11 +15,13 @@ use crate::handle::BackgroundTasks;
 use super::args::read_args;
 use super::error::TrackingError;
 use super::id::TaskId;
+use super::idempotency::IdempotencyKey;
 use super::lock::Lock;
 use super::output::IntoTaskResult;
+use super::prefer::RespondAsync;
 use super::query::TaskIdQuery;
 use super::record::TaskRecord;
-use super::registry::TaskRegistry;
+use super::registry::{Started, TaskRegistry};
 use super::signature::Signature;
 use super::spec::TaskSpec;
 use super::store::TaskStore;
@@ -46,6 +48,10 @@ impl<St: TaskStore> TaskRegistry<St> {
     /// |---|---|
     /// | `POST` with the arguments in the query string (`?name=Me`) or as a JSON body | `202 Accepted`, the task's JSON (`task_id`, `start_time`, `status: "running"`, `signature`, `args_signature`), `Location: <path>?task_id=<id>`; the task starts once this response has been sent |
     /// | the same while a task holding the lock runs | `303 See Other`, `Location: <path>?task_id=<running id>`, `x-task-lock: signature` or `args-signature` |
+    /// | `POST` with an `Idempotency-Key` this route's task was started with, same arguments, while its record is kept | `303 See Other`, `Location: <path>?task_id=<that task's id>`; nothing starts |
+    /// | the same key with other arguments | `422 {"error":"idempotency-key-reused",…}` |
+    /// | an `Idempotency-Key` that is empty, longer than 255 characters, not visible ASCII, or given twice | `400 {"error":"invalid-idempotency-key",…}` |
+    /// | `POST` with `Prefer: respond-async` | as without it (a start never waits), and the `202` says `Preference-Applied: respond-async` |
     /// | `GET ?task_id=<id>` | `200 OK`, the task's JSON; once it has ended, with `end_time` and `result` (or `error`) |
     /// | bad arguments, a body that is not JSON or is too large | `400`, `415`, `413`, JSON saying what is wrong |
     /// | `GET` with no, or a malformed, `task_id` | `400 {"error":"missing-task-id",…}`, `400 {"error":"invalid-task-id"}` |
@@ -56,7 +62,8 @@ impl<St: TaskStore> TaskRegistry<St> {
     /// behind [`Supervisor::layer`](crate::Supervisor::layer) (without it,
     /// the `POST` answers `500` naming the missing layer). The body limit is
     /// axum's `DefaultBodyLimit` (2 MB unless set on the router). See
-    /// [`TaskRegistry::start`] for what is recorded when the task ends.
+    /// [`TaskRegistry::start`] for what is recorded when the task ends,
+    /// and the [module docs](super#http-contract) for the idempotency key.
     ///
     /// # Example
     ///
@@ -125,12 +132,24 @@ where
             None => request.uri().path(),
         }
         .to_owned();
+        let RespondAsync(respond_async) = RespondAsync::from_headers(request.headers());
         let started = async {
+            // Checked before the body is read: a bad key costs nothing.
+            let key = IdempotencyKey::from_headers(request.headers())?;
             let args: A = read_args(request).await?;
-            let spec = TaskSpec::new(&self.name, self.lock, &args)?;
+            let mut spec = TaskSpec::new(&self.name, self.lock, &args)?;
+            if let Some(key) = key {
+                spec = spec.with_idempotency_key(key, &args)?;
+            }
             self.registry.start(&tasks, &spec, (self.task)(args)).await
         };
         match started.await {
+            Ok(started @ Started::Accepted(_)) if respond_async => {
+                let mut response = started.into_response_at(&path);
+                let (name, value) = RespondAsync::applied();
+                response.headers_mut().insert(name, value);
+                response
+            }
             Ok(started) => started.into_response_at(&path),
             Err(error) => error.into_response(),
         }

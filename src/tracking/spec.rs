@@ -1,18 +1,21 @@
-//! [`TaskSpec`]: what a tracked task is (its signatures) and how it locks.
+//! [`TaskSpec`]: what a tracked task is (its signatures), how it locks,
+//! and the idempotency key it was started with.
 
 use serde::Serialize;
 
 use super::error::SignatureError;
+use super::idempotency::{Idempotency, IdempotencyKey};
 use super::lock::{Lock, LockKey};
 use super::signature::Signature;
 
 /// What a tracked task is and how it locks: its [signature](Signature), its
-/// args signature, and its [`Lock`]. Built once per start, from the task's
-/// name and its arguments.
+/// args signature, its [`Lock`], and the client's [`IdempotencyKey`] if it
+/// sent one. Built once per start, from the task's name and its arguments.
 ///
 /// The args signature is computed only for [`Lock::Args`], the one lock
 /// that needs it, and is `null` in the task's JSON otherwise, as in
-/// apidaora's responses.
+/// apidaora's responses. (An idempotency key keeps its own, see
+/// [`with_idempotency_key`](Self::with_idempotency_key).)
 ///
 /// # Example
 ///
@@ -35,10 +38,12 @@ use super::signature::Signature;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskSpec {
+    name: Box<str>,
     signature: Signature,
     args_signature: Option<Signature>,
     lock: Lock,
     lock_key: Option<LockKey>,
+    idempotency: Option<Idempotency>,
 }
 
 impl TaskSpec {
@@ -62,11 +67,57 @@ impl TaskSpec {
             }
         };
         Ok(Self {
+            name: name.into(),
             signature,
             args_signature,
             lock,
             lock_key,
+            idempotency: None,
         })
+    }
+
+    /// The same start, named by the client's `key`: a store that already
+    /// holds a record started with this key, for this task, does not
+    /// start another one; it answers with that task
+    /// ([`Started::Repeated`](super::Started::Repeated), over HTTP `303`)
+    /// if `args` are the same, and refuses
+    /// ([`TrackingError::IdempotencyKeyReused`](super::TrackingError::IdempotencyKeyReused),
+    /// `422`) if they differ. Arguments are compared by their
+    /// [args signature](Signature::of_args), so the same values sent as a
+    /// query or as JSON are the same arguments.
+    ///
+    /// # Errors
+    ///
+    /// When `args` cannot be turned into JSON (see [`Signature::of_args`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_background::tracking::{IdempotencyKey, Lock, TaskSpec};
+    ///
+    /// let key: IdempotencyKey = "8e03978e-40d5-43e8-bc93-6894a57f9324".parse()?;
+    /// let spec = TaskSpec::new("hello_task", Lock::None, &("Me",))?
+    ///     .with_idempotency_key(key.clone(), &("Me",))?;
+    /// let idempotency = spec.idempotency().unwrap();
+    /// assert_eq!(idempotency.key(), &key);
+    /// // Its own args signature, while the record's stays `null`.
+    /// assert_eq!(spec.args_signature(), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_idempotency_key<A>(
+        mut self,
+        key: IdempotencyKey,
+        args: &A,
+    ) -> Result<Self, SignatureError>
+    where
+        A: Serialize + ?Sized,
+    {
+        let args_signature = match self.args_signature {
+            Some(args_signature) => args_signature,
+            None => Signature::of_args(&self.name, args)?,
+        };
+        self.idempotency = Some(Idempotency::new(key, args_signature));
+        Ok(self)
     }
 
     /// Which task.
@@ -87,5 +138,11 @@ impl TaskSpec {
     /// What a store locks on, if the task locks.
     pub fn lock_key(&self) -> Option<&LockKey> {
         self.lock_key.as_ref()
+    }
+
+    /// The client's idempotency key, with the arguments it came with, if
+    /// the start has one.
+    pub fn idempotency(&self) -> Option<&Idempotency> {
+        self.idempotency.as_ref()
     }
 }

@@ -13,6 +13,7 @@ use super::id::TaskId;
 use super::lock::LockKey;
 use super::memory::{DEFAULT_CAPACITY, DEFAULT_TTL};
 use super::record::{TaskError, TaskOutcome, TaskRecord, TaskStatus, CANCELLED};
+use super::spec::TaskSpec;
 use super::store::{Admission, TaskStore};
 
 /// How long [`SqlStore`] keeps a running task's lock without a renewal
@@ -71,9 +72,13 @@ const ABANDONED: &str = "abandoned: the server running the task stopped renewing
 ///
 /// One row per task: its id, signature and args signature, status, start
 /// and end times (to the millisecond), its result (JSON) or error message,
-/// and, while it runs, its lock key and lease. The tasks themselves — their
-/// futures — stay in the process that started them: a task runs on the
-/// server that accepted its `POST`, and only there.
+/// the idempotency key it was started with and the args signature that key
+/// came with, and, while it runs, its lock key and lease. The tasks
+/// themselves — their futures — stay in the process that started them: a
+/// task runs on the server that accepted its `POST`, and only there.
+///
+/// A table made by an earlier version, without the idempotency columns,
+/// gets them (`ALTER TABLE … ADD COLUMN`) when a store is built.
 ///
 /// # Leases
 ///
@@ -99,7 +104,8 @@ const ABANDONED: &str = "abandoned: the server running the task stopped renewing
 /// # Retention
 ///
 /// As the [`MemoryStore`](super::MemoryStore)'s: a running task's record
-/// is kept until it ends (or its lease lapses); an ended one for the TTL
+/// (and its idempotency key) is kept until it ends (or its lease lapses);
+/// an ended one for the TTL
 /// ([`DEFAULT_TTL`](super::DEFAULT_TTL), one hour); at most a capacity of
 /// rows are kept ([`DEFAULT_CAPACITY`](super::DEFAULT_CAPACITY), 10 000),
 /// the one that ended first evicted first, and a start that finds every row
@@ -110,13 +116,15 @@ const ABANDONED: &str = "abandoned: the server running the task stopped renewing
 ///
 /// # Atomicity
 ///
-/// A start — giving up lapsed leases, deleting expired rows, checking the
-/// lock, making room and inserting — is one transaction, and starts never
+/// A start — giving up lapsed leases, deleting expired rows, looking up
+/// the idempotency key, checking the lock, making room and inserting — is
+/// one transaction, and starts never
 /// run alongside each other: SQLite's `BEGIN IMMEDIATE` takes the
 /// database's write lock, PostgreSQL's transaction takes an advisory lock
 /// (`pg_advisory_xact_lock`). Of any number of concurrent starts with one
 /// lock, on any number of servers, exactly one starts; and the capacity
-/// is exact. A unique index on the lock key backs this up. Recording an
+/// is exact. Unique indexes on the lock key and on (signature,
+/// idempotency key) back this up. Recording an
 /// outcome (first one wins, releasing the lock) and renewing a lease are
 /// single `UPDATE`s of a running task's row.
 ///
@@ -182,16 +190,28 @@ impl SqlStore {
             for statement in sql::SCHEMA {
                 sqlx::query(*statement).execute(&mut *tx).await?;
             }
+            // A table of an earlier version gets the columns it lacks.
+            let columns: Vec<String> = sqlx::query_scalar(pool.columns())
+                .fetch_all(&mut *tx)
+                .await?;
+            for (column, add) in sql::ADDED_COLUMNS {
+                if !columns.iter().any(|present| present == column) {
+                    sqlx::query(*add).execute(&mut *tx).await?;
+                }
+            }
+            for statement in sql::INDEXES_OF_ADDED_COLUMNS {
+                sqlx::query(*statement).execute(&mut *tx).await?;
+            }
             tx.commit().await
         })
     }
 
-    async fn start(
-        &self,
-        record: &TaskRecord,
-        lock: Option<&LockKey>,
-    ) -> Result<Admission, sqlx::Error> {
-        let lock = lock.map(LockKey::as_str);
+    async fn start(&self, record: &TaskRecord, spec: &TaskSpec) -> Result<Admission, sqlx::Error> {
+        let lock = spec.lock_key().map(LockKey::as_str);
+        let signature = spec.signature().to_string();
+        let idempotency = spec
+            .idempotency()
+            .map(|idempotency| (idempotency.key().as_str(), idempotency.args_signature()));
         on_engine!(&self.engine, |pool| {
             let mut tx = pool.begin_alone().await?;
             let now: i64 = sqlx::query_scalar(pool.now()).fetch_one(&mut *tx).await?;
@@ -205,6 +225,22 @@ impl SqlStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            if let Some((key, args)) = idempotency {
+                let first: Option<(String, Option<String>)> = sqlx::query_as(sql::KEY_HOLDER)
+                    .bind(&signature)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some((first, first_args)) = first {
+                    tx.commit().await?;
+                    let first = parse_task_id(&first)?;
+                    return Ok(if first_args == Some(args.to_string()) {
+                        Admission::Repeated(first)
+                    } else {
+                        Admission::KeyReused(first)
+                    });
+                }
+            }
             if let Some(lock) = lock {
                 let holder: Option<String> = sqlx::query_scalar(sql::LOCK_HOLDER)
                     .bind(lock)
@@ -235,6 +271,8 @@ impl SqlStore {
                 .bind(millis(record.start_time))
                 .bind(lock)
                 .bind(self.lease_until(now))
+                .bind(idempotency.map(|(key, _)| key))
+                .bind(idempotency.map(|(_, args)| args.to_string()))
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -339,11 +377,9 @@ impl TaskStore for SqlStore {
     async fn try_start(
         &self,
         record: TaskRecord,
-        lock: Option<LockKey>,
+        spec: &TaskSpec,
     ) -> Result<Admission, StoreError> {
-        self.start(&record, lock.as_ref())
-            .await
-            .map_err(StoreError::new)
+        self.start(&record, spec).await.map_err(StoreError::new)
     }
 
     async fn complete(
@@ -648,6 +684,9 @@ trait Dialect {
     /// milliseconds since the Unix epoch.
     fn now(&self) -> &'static str;
 
+    /// A query of one column: the names of the table's columns.
+    fn columns(&self) -> &'static str;
+
     /// Begins a transaction that runs alone among the store's starts (and
     /// setups), on any server.
     fn begin_alone(
@@ -665,6 +704,10 @@ impl Dialect for sqlx::SqlitePool {
         "SELECT CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
     }
 
+    fn columns(&self) -> &'static str {
+        "SELECT name FROM pragma_table_info('tower_background_tasks')"
+    }
+
     async fn begin_alone(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         // Takes the database's write lock at once (waiting up to the
         // queue's busy timeout), rather than at the first write, when two
@@ -680,6 +723,12 @@ impl Dialect for sqlx::PgPool {
     fn now(&self) -> &'static str {
         // `clock_timestamp()`: now, not when the transaction began.
         "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+    }
+
+    fn columns(&self) -> &'static str {
+        // The schema `CREATE TABLE` used: the first of the `search_path`.
+        "SELECT column_name::TEXT FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'tower_background_tasks'"
     }
 
     async fn begin_alone(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
@@ -715,7 +764,9 @@ mod sql {
             lock_key       TEXT UNIQUE,
             lease_until    BIGINT,
             end_order      BIGINT,
-            expires_at     BIGINT
+            expires_at     BIGINT,
+            idempotency_key  TEXT,
+            idempotency_args TEXT
         )",
         "CREATE INDEX IF NOT EXISTS tower_background_tasks_lease
             ON tower_background_tasks (lease_until)",
@@ -724,6 +775,32 @@ mod sql {
         "CREATE INDEX IF NOT EXISTS tower_background_tasks_expiry
             ON tower_background_tasks (expires_at)",
     ];
+
+    /// The columns added since the table was first made, and how to add
+    /// each to a table that lacks it.
+    pub(super) const ADDED_COLUMNS: &[(&str, &str)] = &[
+        (
+            "idempotency_key",
+            "ALTER TABLE tower_background_tasks ADD COLUMN idempotency_key TEXT",
+        ),
+        (
+            "idempotency_args",
+            "ALTER TABLE tower_background_tasks ADD COLUMN idempotency_args TEXT",
+        ),
+    ];
+
+    /// A key is scoped to its task's signature. (`NULL`s, rows without a
+    /// key, are never equal, so they never conflict.)
+    pub(super) const INDEXES_OF_ADDED_COLUMNS: &[&str] = &[
+        "CREATE UNIQUE INDEX IF NOT EXISTS tower_background_tasks_idempotency
+            ON tower_background_tasks (signature, idempotency_key)",
+    ];
+
+    /// The task started with the key `$2` among the tasks of signature
+    /// `$1`, and the args signature the key came with.
+    pub(super) const KEY_HOLDER: &str = "SELECT task_id, idempotency_args
+        FROM tower_background_tasks
+        WHERE signature = $1 AND idempotency_key = $2";
 
     /// The next `end_order`: each record that ends comes after every one
     /// that ended before it (the clock's milliseconds could tie).
@@ -775,8 +852,9 @@ mod sql {
         )";
 
     pub(super) const INSERT: &str = "INSERT INTO tower_background_tasks
-            (task_id, signature, args_signature, status, start_time, lock_key, lease_until)
-        VALUES ($1, $2, $3, 'running', $4, $5, $6)";
+            (task_id, signature, args_signature, status, start_time, lock_key, lease_until,
+             idempotency_key, idempotency_args)
+        VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8)";
 
     /// Ends the running task `$1` (first outcome wins) and releases its
     /// lock; it expires at `$6`.

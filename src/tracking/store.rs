@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use super::error::StoreError;
 use super::id::TaskId;
-use super::lock::LockKey;
 use super::record::{TaskOutcome, TaskRecord};
+use super::spec::TaskSpec;
 
 /// Where tracked tasks' records and locks live.
 ///
@@ -23,6 +23,14 @@ use super::record::{TaskOutcome, TaskRecord};
 ///   concurrent starts with the same lock key, exactly one is
 ///   [`Admission::Started`]; every other learns that one's id
 ///   ([`Admission::Locked`]). Never check-then-insert in two round trips.
+/// - An [idempotency key](TaskSpec::idempotency) is checked in the same
+///   step, before the lock, and scoped to the task's
+///   [signature](TaskSpec::signature): a record of the same signature
+///   started with the same key answers [`Admission::Repeated`] (same
+///   [args signature](super::Idempotency::args_signature)) or
+///   [`Admission::KeyReused`] (other arguments), and nothing is
+///   registered. A key is kept exactly as long as the record it started,
+///   so keys never outnumber records.
 /// - [`complete`](Self::complete) records the first outcome of a running
 ///   task and releases its lock in the same step; later outcomes for the
 ///   same id, and outcomes for unknown ids, change nothing.
@@ -58,7 +66,7 @@ use super::record::{TaskOutcome, TaskRecord};
 /// use std::sync::atomic::{AtomicUsize, Ordering};
 /// use std::time::SystemTime;
 /// use tower_background::tracking::{
-///     Admission, LockKey, MemoryStore, StoreError, TaskId, TaskOutcome, TaskRecord, TaskRegistry,
+///     Admission, MemoryStore, StoreError, TaskId, TaskOutcome, TaskRecord, TaskRegistry, TaskSpec,
 ///     TaskStore,
 /// };
 ///
@@ -72,10 +80,10 @@ use super::record::{TaskOutcome, TaskRecord};
 ///     fn try_start(
 ///         &self,
 ///         record: TaskRecord,
-///         lock: Option<LockKey>,
+///         spec: &TaskSpec,
 ///     ) -> impl Future<Output = Result<Admission, StoreError>> + Send {
 ///         self.starts.fetch_add(1, Ordering::Relaxed);
-///         self.inner.try_start(record, lock)
+///         self.inner.try_start(record, spec)
 ///     }
 ///
 ///     fn complete(
@@ -103,16 +111,20 @@ use super::record::{TaskOutcome, TaskRecord};
 /// # let _ = registry;
 /// ```
 pub trait TaskStore: Send + Sync + 'static {
-    /// Registers `record` (running) and takes `lock`, if any, as one atomic
-    /// step; see the guarantees above.
+    /// Registers `record` (running, made from `spec`), takes the
+    /// [lock](TaskSpec::lock_key) and keeps the
+    /// [idempotency key](TaskSpec::idempotency) of `spec`, if any, as one
+    /// atomic step; see the guarantees above.
     ///
-    /// Returns [`Admission::Locked`] with the running task's id if a
-    /// running task holds `lock` (checked first), [`Admission::Full`] if
-    /// there is no room, and [`Admission::Started`] otherwise.
+    /// Returns, checked in this order: [`Admission::Repeated`] or
+    /// [`Admission::KeyReused`] if a record of this task was started with
+    /// the same key; [`Admission::Locked`] with the running task's id if a
+    /// running task holds the lock; [`Admission::Full`] if there is no
+    /// room; and [`Admission::Started`] otherwise.
     fn try_start(
         &self,
         record: TaskRecord,
-        lock: Option<LockKey>,
+        spec: &TaskSpec,
     ) -> impl Future<Output = Result<Admission, StoreError>> + Send;
 
     /// Ends the running task `task_id` with `outcome` at `end_time` (see
@@ -167,9 +179,18 @@ pub trait TaskStore: Send + Sync + 'static {
 
 /// The answer of [`TaskStore::try_start`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Admission {
-    /// The task was registered (and its lock, if any, taken).
+    /// The task was registered (and its lock, if any, taken, and its
+    /// idempotency key kept).
     Started,
+    /// A record of this task was started with the same idempotency key
+    /// and the same arguments: this one is its id (it may be running or
+    /// ended). Nothing was registered.
+    Repeated(TaskId),
+    /// A record of this task was started with the same idempotency key
+    /// and other arguments: this one is its id. Nothing was registered.
+    KeyReused(TaskId),
     /// A running task holds the lock: this one is its id. Nothing was
     /// registered.
     Locked(TaskId),
