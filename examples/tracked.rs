@@ -40,6 +40,18 @@
 //! curl -i 'http://127.0.0.1:3000/hello-single?task_id=<id>'      # finished, "Hello Me!"
 //! curl -i -X POST 'http://127.0.0.1:3000/hello-single?name=Me'   # 202, a new task
 //! ```
+//!
+//! With an `Idempotency-Key` a start happens at most once, for as long as
+//! its task's record is kept; `Prefer: respond-async` is answered with
+//! `preference-applied: respond-async` on the `202`:
+//!
+//! ```text
+//! curl -i -X POST 'http://127.0.0.1:3000/hello-single?name=Me' -H 'idempotency-key: 8e03978e' -H 'prefer: respond-async'   # 202
+//! sleep 1
+//! curl -i -X POST 'http://127.0.0.1:3000/hello-single?name=Me' -H 'idempotency-key: 8e03978e'   # 303 to that task, finished
+//! curl -i -X POST 'http://127.0.0.1:3000/hello-single?name=You' -H 'idempotency-key: 8e03978e'  # 422 idempotency-key-reused
+//! curl -i -X POST 'http://127.0.0.1:3000/hello-single?name=Me' -H 'idempotency-key: two words'  # 400 invalid-idempotency-key
+//! ```
 
 use std::error::Error;
 use std::process::ExitCode;
