@@ -169,12 +169,15 @@ impl<S: TaskStore> TaskRegistry<S> {
     ///
     /// # Example
     ///
-    /// A `POST` handler of your own, with the lock per arguments:
+    /// A `POST` handler of your own, with the lock per arguments and the
+    /// client's `Idempotency-Key`, if it sent one:
     ///
     /// ```
     /// use axum::extract::{OriginalUri, Query, State};
     /// use axum::response::Response;
-    /// use tower_background::tracking::{Lock, TaskRegistry, TaskSpec, TrackingError};
+    /// use tower_background::tracking::{
+    ///     IdempotencyKey, Lock, TaskRegistry, TaskSpec, TrackingError,
+    /// };
     /// use tower_background::BackgroundTasks;
     ///
     /// #[derive(serde::Deserialize, serde::Serialize)]
@@ -186,9 +189,13 @@ impl<S: TaskStore> TaskRegistry<S> {
     ///     State(registry): State<TaskRegistry>,
     ///     tasks: BackgroundTasks,
     ///     OriginalUri(uri): OriginalUri,
+    ///     key: Option<IdempotencyKey>, // a malformed one is a `400`
     ///     Query(args): Query<Report>,
     /// ) -> Result<Response, TrackingError> {
-    ///     let spec = TaskSpec::new("monthly_report", Lock::Args, &args)?;
+    ///     let mut spec = TaskSpec::new("monthly_report", Lock::Args, &args)?;
+    ///     if let Some(key) = key {
+    ///         spec = spec.with_idempotency_key(key, &args)?;
+    ///     }
     ///     let started = registry.start(&tasks, &spec, render(args)).await?;
     ///     Ok(started.into_response_at(uri.path()))
     /// }
