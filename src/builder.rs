@@ -46,6 +46,33 @@ pub const DEFAULT_BLOCKING_LIMIT: usize = 16;
 /// the grace period if that is shorter.
 pub const DEFAULT_CLEANUP_PERIOD: Duration = Duration::from_secs(1);
 
+impl Supervisor {
+    /// A supervisor with the default settings
+    /// ([`DEFAULT_GRACE_PERIOD`], [`DEFAULT_CLEANUP_PERIOD`], the limits in
+    /// [the crate's table](crate#limits-lanes-and-groups), no failure hook),
+    /// spawning on the current runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like `tokio::spawn`; use
+    /// [`SupervisorBuilder::runtime`] to build one elsewhere.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Settings for a supervisor.
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder::default()
+    }
+}
+
+impl Default for Supervisor {
+    /// Same as [`Supervisor::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Settings for a [`Supervisor`], from [`Supervisor::builder`].
 ///
 /// # Example

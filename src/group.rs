@@ -6,10 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use crate::lane::BLOCKING_LANE;
+use crate::running::panic_message;
+use crate::slot;
 use crate::stats::Outcome;
-use crate::task::{self, BlockingWork, BoxedWork, TaskOutput};
-use crate::task_set::{panic_message, TaskSet};
+use crate::task::{self, BlockingWork, BoxedWork, TaskOutput, BLOCKING_LANE};
+use crate::task_set::TaskSet;
 
 /// Steps that run as one background task: one after another
 /// ([`Group::sequential`]) or all at once ([`Group::concurrent`]). Steps can
@@ -200,7 +201,7 @@ async fn run_step(set: &Arc<TaskSet>, step: Step) -> Outcome {
             .await
         }
         Step::Blocking(function) => {
-            let Some(slot) = set.acquire(BLOCKING_LANE).await else {
+            let Some(slot) = slot::acquire(set, BLOCKING_LANE).await else {
                 return Outcome::Cancelled;
             };
             let span = tracing::Span::current();

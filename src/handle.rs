@@ -5,7 +5,6 @@ use std::mem;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
@@ -13,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::attempt::{self, Kind};
 use crate::error::AddError;
 use crate::group::Group;
-use crate::lane::{BLOCKING_LANE, DEFAULT_LANE};
 use crate::options::TaskOptions;
-use crate::origin::Origin;
+use crate::origin::RequestLine;
+use crate::running;
 use crate::stats::DiscardReason;
-use crate::task::{self, Task, TaskOutput, Work};
+use crate::task::{self, Queued, Task, TaskOutput, Work, BLOCKING_LANE, DEFAULT_LANE};
 use crate::task_set::{Refusal, TaskSet};
 
 /// A request's background tasks: work queued here starts once the response
@@ -65,10 +64,7 @@ pub struct BackgroundTasks {
 #[derive(Debug)]
 pub(crate) struct RequestTasks {
     set: Arc<TaskSet>,
-    method: Method,
-    /// Only the path and query of the request's URI: a scheme and authority
-    /// would be cloned for nothing.
-    path_and_query: Option<PathAndQuery>,
+    line: RequestLine,
     /// Whether `queue` is in use, or how the request was closed without it;
     /// see [`Phase`].
     phase: AtomicU8,
@@ -77,10 +73,6 @@ pub(crate) struct RequestTasks {
     /// response, if it does not exist yet, becomes this error instead.
     refusal: OnceLock<AddError>,
 }
-
-/// A request's queued tasks: the first is stored inline, since most
-/// requests that queue anything queue one task.
-pub(crate) type Queued = SmallVec<[Task; 1]>;
 
 #[derive(Debug)]
 enum Queue {
@@ -137,8 +129,7 @@ impl BackgroundTasks {
         Self {
             request: Arc::new(RequestTasks {
                 set,
-                method,
-                path_and_query: uri.path_and_query().cloned(),
+                line: RequestLine::new(method, uri),
                 phase: AtomicU8::new(Phase::UNTOUCHED),
                 queue: Mutex::new(Queue::Open(SmallVec::new())),
                 refusal: OnceLock::new(),
@@ -325,7 +316,7 @@ impl BackgroundTasks {
             Err(Refusal::Closed) => {
                 if counted {
                     set.counters.submitted();
-                    set.refuse(1, request);
+                    set.refuse(1, &request.line);
                     request.answer_with(AddError::ShuttingDown);
                 }
                 return Err(AddError::ShuttingDown);
@@ -335,7 +326,7 @@ impl BackgroundTasks {
                     limit: set.max_pending(),
                 };
                 if counted {
-                    set.reject(&error, request);
+                    set.reject(&error, &request.line);
                     request.answer_with(error.clone());
                 }
                 return Err(error);
@@ -355,14 +346,14 @@ impl BackgroundTasks {
         match closed {
             Closed::HandedOff => {
                 set.counters.submitted();
-                set.spawn_all(request, smallvec::smallvec![task]);
+                running::spawn_all(set, &request.line, smallvec::smallvec![task]);
                 Ok(())
             }
             Closed::Discarded(reason) => {
                 set.unpend(1);
                 if counted {
                     set.counters.submitted();
-                    set.discard(1, reason, request);
+                    set.discard(1, reason, &request.line);
                 }
                 Err(AddError::Discarded)
             }
@@ -468,7 +459,7 @@ impl WithOptions<'_> {
                 None => {
                     let error = AddError::UnknownLane(name.to_string());
                     if counted {
-                        set.reject(&error, &self.tasks.request);
+                        set.reject(&error, &self.tasks.request.line);
                         self.tasks.request.answer_with(error.clone());
                     }
                     return Err(error);
@@ -480,23 +471,6 @@ impl WithOptions<'_> {
     }
 }
 impl RequestTasks {
-    pub(crate) fn method(&self) -> &Method {
-        &self.method
-    }
-
-    pub(crate) fn path(&self) -> &str {
-        self.path_and_query.as_ref().map_or("", PathAndQuery::path)
-    }
-
-    /// What the request's handed-off tasks keep of it. Made at each
-    /// hand-off rather than kept: a request hands off once, and again only
-    /// for a task added through a kept handle afterwards, which is rare; a
-    /// cache would cost every request with tasks (a `OnceLock`'s check and
-    /// its space) to save a label now and then.
-    pub(crate) fn origin(&self) -> Origin {
-        Origin::new(&self.method, self.path())
-    }
-
     /// Remembers that a plain `add` could not accept a task, so that the
     /// response (if the handler has not returned yet) says so; the first
     /// error wins.
@@ -563,7 +537,7 @@ impl RequestTasks {
     /// hand-off or discard of a request has any effect.
     pub(crate) fn hand_off(self: &Arc<Self>) {
         if let Some(tasks) = self.close_queue(Closed::HandedOff) {
-            self.set.spawn_all(self, tasks);
+            running::spawn_all(&self.set, &self.line, tasks);
         }
     }
 
@@ -575,7 +549,7 @@ impl RequestTasks {
             drop(tasks);
             if n > 0 {
                 self.set.unpend(n);
-                self.set.discard(n, reason, self);
+                self.set.discard(n, reason, &self.line);
             }
         }
     }

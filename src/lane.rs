@@ -15,13 +15,6 @@ use tokio::sync::oneshot;
 use crate::origin::Origin;
 use crate::task::Task;
 
-/// The index of a lane in the task set; 0 and 1 always exist.
-pub(crate) type LaneId = usize;
-/// Where [`add`](crate::BackgroundTasks::add) puts tasks.
-pub(crate) const DEFAULT_LANE: LaneId = 0;
-/// Where [`add_blocking`](crate::BackgroundTasks::add_blocking) puts tasks.
-pub(crate) const BLOCKING_LANE: LaneId = 1;
-
 /// Something waiting for a slot.
 pub(crate) enum Waiting {
     /// A handed-off task, started when a slot frees up.

@@ -7,16 +7,15 @@ use tower_layer::Layer;
 
 use crate::policy::{OnDisconnect, OnServerError, Policy};
 use crate::service::Background;
-use crate::supervisor::Supervisor;
 use crate::task_set::TaskSet;
 
 /// A [`Layer`] that gives every request a [`BackgroundTasks`](crate::BackgroundTasks)
 /// handle in its extensions and hands the tasks queued on it to a
-/// [`Supervisor`] once the response body has ended.
+/// [`Supervisor`](crate::Supervisor) once the response body has ended.
 ///
-/// Built from a supervisor with [`BackgroundTaskLayer::new`] or
-/// [`Supervisor::layer`]; cheap to clone. The layer keeps the supervisor's
-/// task set alive, so it may outlive the [`Supervisor`] value: once that has
+/// Built from a supervisor with [`Supervisor::layer`](crate::Supervisor::layer);
+/// cheap to clone. The layer keeps the supervisor's task set alive, so it
+/// may outlive the `Supervisor` value: once that has
 /// been shut down or dropped, tasks offered through the layer are refused and
 /// counted.
 ///
@@ -43,7 +42,7 @@ use crate::task_set::TaskSet;
 ///
 /// ```
 /// use tower::{service_fn, ServiceBuilder, ServiceExt};
-/// use tower_background::{BackgroundTaskLayer, BackgroundTasks, OnDisconnect, Supervisor};
+/// use tower_background::{BackgroundTasks, OnDisconnect, Supervisor};
 /// # use http::{Request, Response};
 /// # use http_body_util::Full;
 /// # use bytes::Bytes;
@@ -52,7 +51,7 @@ use crate::task_set::TaskSet;
 /// # async fn main() {
 /// let background = Supervisor::new();
 /// let service = ServiceBuilder::new()
-///     .layer(BackgroundTaskLayer::new(&background).on_disconnect(OnDisconnect::Skip))
+///     .layer(background.layer().on_disconnect(OnDisconnect::Skip))
 ///     .service(service_fn(|request: Request<()>| async move {
 ///         let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
 ///         tasks.add(async { println!("after the response") });
@@ -110,11 +109,11 @@ pub struct BackgroundTaskLayer {
 }
 
 impl BackgroundTaskLayer {
-    /// A layer handing tasks to `supervisor`, with the default policies
+    /// A layer handing tasks to `set`, with the default policies
     /// ([`OnDisconnect::Run`], [`OnServerError::Run`]).
-    pub fn new(supervisor: &Supervisor) -> Self {
+    pub(crate) fn new(set: Arc<TaskSet>) -> Self {
         Self {
-            set: Arc::clone(supervisor.task_set()),
+            set,
             policy: Policy::default(),
         }
     }

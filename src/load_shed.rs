@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::supervisor::Supervisor;
+use crate::monitor::Monitor;
 use crate::task_set::TaskSet;
 
 /// A [`Layer`] that sheds load: while a supervisor's backlog (tasks waiting
@@ -48,7 +48,7 @@ use crate::task_set::TaskSet;
 ///         .route("/export", post(|| async { "queued" }))
 ///         .layer(background.layer())
 ///         // outermost: refuse early, before any other work
-///         .layer(LoadShedLayer::new(background, 10_000))
+///         .layer(LoadShedLayer::new(&background.monitor(), 10_000))
 /// }
 /// # }
 /// ```
@@ -60,11 +60,11 @@ pub struct LoadShedLayer {
 }
 
 impl LoadShedLayer {
-    /// Sheds while `supervisor`'s backlog is above `high_water`, suggesting
-    /// clients retry after 1 s.
-    pub fn new(supervisor: &Supervisor, high_water: u64) -> Self {
+    /// Sheds while the backlog `monitor` sees is above `high_water`,
+    /// suggesting clients retry after 1 s.
+    pub fn new(monitor: &Monitor, high_water: u64) -> Self {
         Self {
-            set: Arc::clone(supervisor.task_set()),
+            set: Arc::clone(monitor.task_set()),
             high_water,
             retry_after: Duration::from_secs(1),
         }

@@ -34,6 +34,11 @@ impl Monitor {
         Self { set }
     }
 
+    /// The task set this monitor views.
+    pub(crate) fn task_set(&self) -> &Arc<TaskSet> {
+        &self.set
+    }
+
     /// A snapshot of the counters; a handful of atomic loads, no lock.
     pub fn stats(&self) -> Stats {
         self.set.stats()

@@ -1,10 +1,47 @@
-//! [`Origin`]: which request a task came from, in the few bytes a handed-off
-//! task keeps.
+//! Which request a task came from: the request's own [`RequestLine`],
+//! and the [`Origin`] label a handed-off task keeps of it.
 
 use std::fmt;
 use std::sync::Arc;
 
-use http::Method;
+use http::uri::PathAndQuery;
+use http::{Method, Uri};
+
+/// A request's method and path, as its handle keeps them: what log lines
+/// about the request name, and what its tasks' [`Origin`] is made from.
+#[derive(Debug)]
+pub(crate) struct RequestLine {
+    method: Method,
+    /// Only the path and query of the request's URI: a scheme and authority
+    /// would be cloned for nothing.
+    path_and_query: Option<PathAndQuery>,
+}
+
+impl RequestLine {
+    pub(crate) fn new(method: Method, uri: &Uri) -> Self {
+        Self {
+            method,
+            path_and_query: uri.path_and_query().cloned(),
+        }
+    }
+
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.path_and_query.as_ref().map_or("", PathAndQuery::path)
+    }
+
+    /// What the request's handed-off tasks keep of it. Made at each
+    /// hand-off rather than kept: a request hands off once, and again only
+    /// for a task added through a kept handle afterwards, which is rare; a
+    /// cache would cost every request with tasks (a `OnceLock`'s check and
+    /// its space) to save a label now and then.
+    pub(crate) fn origin(&self) -> Origin {
+        Origin::new(&self.method, self.path())
+    }
+}
 
 /// `"METHOD /path"` of the request that queued a task, shared by all of that
 /// request's handed-off tasks: what their log lines and failure reports

@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::builder::SupervisorBuilder;
 use crate::layer::BackgroundTaskLayer;
 use crate::monitor::Monitor;
 use crate::report::ShutdownReport;
@@ -137,32 +136,9 @@ pub struct Supervisor {
     shut_down: bool,
 }
 
-impl Default for Supervisor {
-    /// Same as [`Supervisor::new`].
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
+// `Supervisor::new`, `Supervisor::builder` and `Default` live beside the
+// settings they apply, in `builder.rs`.
 impl Supervisor {
-    /// A supervisor with the default settings
-    /// ([`DEFAULT_GRACE_PERIOD`](crate::DEFAULT_GRACE_PERIOD),
-    /// [`DEFAULT_CLEANUP_PERIOD`](crate::DEFAULT_CLEANUP_PERIOD), no failure
-    /// hook), spawning on the current runtime.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, like `tokio::spawn`; use
-    /// [`SupervisorBuilder::runtime`] to build one elsewhere.
-    pub fn new() -> Self {
-        Self::builder().build()
-    }
-
-    /// Settings for a supervisor.
-    pub fn builder() -> SupervisorBuilder {
-        SupervisorBuilder::default()
-    }
-
     pub(crate) fn from_parts(
         set: Arc<TaskSet>,
         grace_period: Duration,
@@ -188,10 +164,10 @@ impl Supervisor {
         &self.residents
     }
 
-    /// A layer that hands every request's tasks to this supervisor; same as
-    /// [`BackgroundTaskLayer::new`].
+    /// A layer that hands every request's tasks to this supervisor, with the
+    /// default policies (see [`BackgroundTaskLayer`]).
     pub fn layer(&self) -> BackgroundTaskLayer {
-        BackgroundTaskLayer::new(self)
+        BackgroundTaskLayer::new(Arc::clone(&self.set))
     }
 
     /// A cloneable view of the counters and idleness.

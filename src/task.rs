@@ -6,8 +6,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::lane::LaneId;
+use smallvec::SmallVec;
+
 use crate::stats::Outcome;
+
+/// The index of a lane in the task set; 0 and 1 always exist.
+pub(crate) type LaneId = usize;
+/// Where [`add`](crate::BackgroundTasks::add) puts tasks.
+pub(crate) const DEFAULT_LANE: LaneId = 0;
+/// Where [`add_blocking`](crate::BackgroundTasks::add_blocking) puts tasks.
+pub(crate) const BLOCKING_LANE: LaneId = 1;
+
+/// A request's queued tasks: the first is stored inline, since most
+/// requests that queue anything queue one task.
+pub(crate) type Queued = SmallVec<[Task; 1]>;
 
 /// The output of a background task: `()` or a `Result` whose error can be
 /// displayed.

@@ -1,5 +1,8 @@
-//! The application-lifespan task set: where handed-off tasks run, how they
-//! are counted, waited for, cancelled and aborted.
+//! The application-lifespan task set: its one state word (closed, and how
+//! many tasks are running), admission into the bounded set of pending
+//! tasks, the lanes, waiting for idleness, the abort, and how every task's
+//! end is counted and logged. Starting and running the tasks is
+//! [`running`](crate::running)'s.
 //!
 //! Written by hand rather than on `tokio::task::JoinSet` or
 //! `tokio_util::task::TaskTracker` because it needs three things neither
@@ -9,31 +12,22 @@
 //! aborting every task at once (done here by [`Abort`]: a flag every task's
 //! wrapper reads, and the wakers of the waiting ones, woken together).
 
-use std::any::Any;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::Method;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
-use tokio::sync::oneshot;
-
-use crate::abort::{Abort, Registration};
+use crate::abort::Abort;
 use crate::error::AddError;
 use crate::failure::{FailureKind, TaskFailure};
-use crate::handle::{Queued, RequestTasks};
-use crate::lane::{Lane, LaneId, Waiting};
-use crate::origin::Origin;
+use crate::lane::{Lane, Waiting};
+use crate::origin::{Origin, RequestLine};
 use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
-use crate::task::{BlockingWork, BoxedWork, Task, Work};
+use crate::task::LaneId;
 
 /// The hook set with `SupervisorBuilder::on_failure`.
 pub(crate) type FailureHook = Arc<dyn Fn(&TaskFailure<'_>) + Send + Sync>;
@@ -63,7 +57,7 @@ pub(crate) struct TaskSet {
     pub(crate) cancel: CancellationToken,
     /// Fired when the grace period is over: every running task is woken,
     /// sees the flag and drops its work.
-    abort: Abort,
+    pub(crate) abort: Abort,
     /// Woken when the running count falls to zero while someone waits.
     idle: Notify,
     idle_waiters: AtomicUsize,
@@ -116,7 +110,6 @@ impl TaskSet {
     }
 
     /// The runtime tasks (and residents) are spawned on.
-    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
     pub(crate) fn runtime(&self) -> &Handle {
         &self.runtime
     }
@@ -162,6 +155,20 @@ impl TaskSet {
         self.lanes.iter().position(|lane| &*lane.name == name)
     }
 
+    pub(crate) fn lane(&self, id: LaneId) -> &Lane {
+        &self.lanes[id]
+    }
+
+    /// A handed-off task went into its lane's queue to wait for a slot.
+    pub(crate) fn task_queued(&self) {
+        self.queued_tasks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A task left its lane's queue (started, or cancelled by the abort).
+    pub(crate) fn task_dequeued(&self) {
+        self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Admits one task into the bounded set of pending tasks.
     pub(crate) fn admit(&self) -> Result<(), Refusal> {
         if self.is_closed() {
@@ -198,103 +205,17 @@ impl TaskSet {
         self.state.fetch_or(CLOSED, Ordering::SeqCst);
     }
 
-    /// Hands `tasks` (admitted, queued by `request`) to their lanes: each
-    /// starts at once if its lane has a free slot, or waits in the lane's
-    /// queue. All are refused if the set is closed.
-    pub(crate) fn spawn_all(self: &Arc<Self>, request: &Arc<RequestTasks>, tasks: Queued) {
-        let n = tasks.len() as u64;
-        if n == 0 {
-            return;
-        }
+    /// Counts `n` handed-off tasks as running, unless the set is closed:
+    /// then nothing is counted and `false` says they must be refused. One
+    /// `fetch_add` on the state word decides both, so a hand-off racing
+    /// `close` is either seen by `shutdown` or refused, never lost.
+    pub(crate) fn enter_running(&self, n: u64) -> bool {
         let previous = self.state.fetch_add(n * ONE_TASK, Ordering::SeqCst);
         if previous & CLOSED != 0 {
             self.finish_running(n);
-            self.unpend(n);
-            self.refuse(n, request);
-            return;
+            return false;
         }
-        let origin = request.origin();
-        let mut started = 0;
-        for task in tasks {
-            let lane_id = task.lane;
-            let lane = &self.lanes[lane_id];
-            if lane.try_claim() {
-                started += 1;
-                self.spawn(origin.clone(), task);
-            } else {
-                self.queued_tasks.fetch_add(1, Ordering::SeqCst);
-                lane.push(Waiting::Task(origin.clone(), task));
-                self.dispatch(lane_id);
-            }
-        }
-        self.unpend(started);
-    }
-
-    fn spawn(self: &Arc<Self>, origin: Origin, task: Task) {
-        drop(
-            self.runtime
-                .spawn(Running::start(Arc::clone(self), origin, task)),
-        );
-    }
-
-    /// Starts waiters of `lane_id` while it has free slots.
-    fn dispatch(self: &Arc<Self>, lane_id: LaneId) {
-        let lane = &self.lanes[lane_id];
-        while let Some(waiting) = lane.next() {
-            match waiting {
-                Waiting::Task(origin, task) => {
-                    self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
-                    self.unpend(1);
-                    self.spawn(origin, task);
-                }
-                // A step whose group has gone hands the slot straight back.
-                Waiting::Step(step) => {
-                    if step.send(()).is_err() {
-                        lane.release();
-                    }
-                }
-            }
-        }
-    }
-
-    /// Gives back a slot of `lane_id` and starts the next waiter.
-    #[inline]
-    pub(crate) fn release_slot(self: &Arc<Self>, lane_id: LaneId) {
-        let lane = &self.lanes[lane_id];
-        lane.release();
-        // Read after the release (both `SeqCst`): a waiter pushed meanwhile
-        // is seen here or sees the free slot itself (see `Lane::next`).
-        if lane.queued() > 0 {
-            self.dispatch(lane_id);
-        }
-    }
-
-    /// Waits for a slot in `lane_id`, for a step of a running group. `None`
-    /// if the queue was emptied by an abort first.
-    ///
-    /// Cancel safe: a slot granted to a dropped waiter is handed back.
-    pub(crate) async fn acquire(self: &Arc<Self>, lane_id: LaneId) -> Option<Slot> {
-        let lane = &self.lanes[lane_id];
-        if !lane.try_claim() {
-            let (granted, grant) = oneshot::channel();
-            lane.push(Waiting::Step(granted));
-            self.dispatch(lane_id);
-            let mut grant = Grant {
-                set: self,
-                lane: lane_id,
-                receiver: Some(grant),
-            };
-            let received = match grant.receiver.as_mut() {
-                Some(receiver) => receiver.await,
-                None => return None,
-            };
-            grant.receiver = None;
-            received.ok()?;
-        }
-        Some(Slot {
-            set: Arc::clone(self),
-            lane: lane_id,
-        })
+        true
     }
 
     /// Whether the grace period is over: running tasks drop their work.
@@ -316,7 +237,7 @@ impl TaskSet {
         for lane in self.lanes.iter() {
             for waiting in lane.drain() {
                 if let Waiting::Task(origin, task) = waiting {
-                    self.queued_tasks.fetch_sub(1, Ordering::SeqCst);
+                    self.task_dequeued();
                     self.unpend(1);
                     drop(task);
                     self.counters.finished(&Outcome::Cancelled);
@@ -327,7 +248,7 @@ impl TaskSet {
         }
     }
 
-    pub(crate) fn refuse(&self, n: u64, request: &RequestTasks) {
+    pub(crate) fn refuse(&self, n: u64, request: &RequestLine) {
         self.counters.refused(n);
         tracing::warn!(
             http.method = %request.method(),
@@ -340,7 +261,7 @@ impl TaskSet {
     /// Counts a task the plain `add` methods could not accept, and logs it:
     /// a full queue at `WARN` (the first time, then every 1024th, so an
     /// overload does not also flood the log), an unknown lane at `ERROR`.
-    pub(crate) fn reject(&self, error: &AddError, request: &RequestTasks) {
+    pub(crate) fn reject(&self, error: &AddError, request: &RequestLine) {
         let rejected = self.counters.rejected();
         if matches!(error, AddError::UnknownLane(_)) {
             tracing::error!(
@@ -360,7 +281,7 @@ impl TaskSet {
         }
     }
 
-    pub(crate) fn discard(&self, n: u64, reason: DiscardReason, request: &RequestTasks) {
+    pub(crate) fn discard(&self, n: u64, reason: DiscardReason, request: &RequestLine) {
         self.counters.discarded(n, reason);
         tracing::debug!(
             http.method = %request.method(),
@@ -374,7 +295,7 @@ impl TaskSet {
     /// Takes `n` tasks off the running count and wakes idle waiters if that
     /// emptied the set.
     #[inline]
-    fn finish_running(&self, n: u64) {
+    pub(crate) fn finish_running(&self, n: u64) {
         let previous = self.state.fetch_sub(n * ONE_TASK, Ordering::SeqCst);
         // Pairs with the `SeqCst` increment + load in `wait_idle`: either the
         // waiter sees the count at zero, or we see the waiter and wake it.
@@ -410,7 +331,7 @@ impl TaskSet {
     /// Logs how a task ended, and passes a failure to the `on_failure` hook.
     /// Inlined so that the usual case, a completed task, costs no call.
     #[inline]
-    fn report(&self, outcome: &Outcome, origin: &Origin) {
+    pub(crate) fn report(&self, outcome: &Outcome, origin: &Origin) {
         match outcome {
             Outcome::Completed => tracing::trace!("background task completed"),
             _ => self.report_unusual(outcome, origin),
@@ -468,267 +389,5 @@ impl TaskSet {
                 tracing::error!("the on_failure hook panicked");
             }
         }
-    }
-}
-
-/// The future spawned for each handed-off task.
-///
-/// Written by hand rather than as an `async fn` to keep it small (tokio
-/// copies it into the task's allocation; an `async fn` with a `select` was
-/// 496 bytes, this is about 120) and to register for the abort only once
-/// the task has returned `Pending` — a task that finishes on its first poll
-/// never takes a lock.
-struct Running {
-    set: Arc<TaskSet>,
-    origin: Origin,
-    span: tracing::Span,
-    lane: LaneId,
-    /// Whether this future gives the lane slot back when it ends. A started
-    /// blocking closure owns its slot instead, so that a closure still
-    /// running after a timeout or an abort keeps counting against the
-    /// blocking lane's limit until it returns.
-    holds_slot: bool,
-    work: RunningWork,
-    /// Made at the first `Pending`: where shutdown finds the task's waker
-    /// to wake it when it aborts. Registered once, because this future is
-    /// only ever polled by tokio as the root of the task spawned in
-    /// [`TaskSet::spawn`], and tokio passes a task the same waker on every
-    /// poll.
-    registered: Option<Registration>,
-    /// Set once the outcome is counted; if the future is dropped before that
-    /// (the runtime shut down), `Drop` counts it as cancelled.
-    counted: bool,
-}
-
-enum RunningWork {
-    Async(BoxedWork),
-    /// Already started on the blocking pool; dropping the handle detaches it.
-    Blocking {
-        handle: JoinHandle<Result<(), String>>,
-        deadline: Option<Pin<Box<Sleep>>>,
-    },
-    /// Nothing left to poll: the work was dropped (aborted), or never
-    /// started because shutdown had already aborted.
-    Done,
-}
-
-impl RunningWork {
-    /// Starts `function` on the blocking pool. The closure owns the lane
-    /// slot: a closure still running after a timeout or an abort keeps
-    /// counting against the lane's limit until it returns.
-    fn blocking(
-        set: &Arc<TaskSet>,
-        span: &tracing::Span,
-        lane: LaneId,
-        function: BlockingWork,
-        timeout: Option<std::time::Duration>,
-    ) -> Self {
-        let span = span.clone();
-        let slot = Slot {
-            set: Arc::clone(set),
-            lane,
-        };
-        let handle = set.runtime.spawn_blocking(move || {
-            let _slot = slot;
-            span.in_scope(function)
-        });
-        // The timer must be the runtime's: this may run on a thread outside
-        // it (a handle used from a plain thread after the hand-off), where
-        // `sleep` would panic.
-        let deadline = timeout.map(|timeout| {
-            let _runtime = set.runtime.enter();
-            Box::pin(tokio::time::sleep(timeout))
-        });
-        Self::Blocking { handle, deadline }
-    }
-}
-
-impl Running {
-    fn start(set: Arc<TaskSet>, origin: Origin, task: Task) -> Self {
-        // A disabled span is not free when `tracing`'s `log` feature is on
-        // (axum's default `tower-log` turns it on): it still consults `log`
-        // when made, entered, left and dropped. `Span::none` costs nothing.
-        let span = if tracing::level_enabled!(tracing::Level::INFO) {
-            tracing::info_span!(
-                parent: None,
-                "background_task",
-                http.method = origin.method(),
-                http.path = origin.path(),
-            )
-        } else {
-            tracing::Span::none()
-        };
-        if let Some(added_in) = &task.added_in {
-            span.follows_from(&**added_in);
-        }
-        let lane = task.lane;
-        let mut holds_slot = true;
-        let work = match task.work {
-            // Aborted before it could start: it never will (counted at the
-            // first poll).
-            _ if set.is_aborted() => RunningWork::Done,
-            Work::Async(future) => RunningWork::Async(future),
-            Work::Blocking(function) => {
-                holds_slot = false;
-                RunningWork::blocking(&set, &span, lane, function, None)
-            }
-            Work::BlockingWithTimeout(boxed) => {
-                let (function, timeout) = *boxed;
-                holds_slot = false;
-                RunningWork::blocking(&set, &span, lane, function, Some(timeout))
-            }
-        };
-        Self {
-            set,
-            origin,
-            span,
-            lane,
-            holds_slot,
-            work,
-            registered: None,
-            counted: false,
-        }
-    }
-
-    /// Counts, logs (inside the task's span) and takes the task off the
-    /// running count.
-    fn count(&mut self, outcome: Outcome) {
-        self.counted = true;
-        let _entered = self.span.enter();
-        let set = &self.set;
-        if let Some(registration) = self.registered.take() {
-            set.abort.unregister(registration);
-        }
-        set.counters.finished(&outcome);
-        set.report(&outcome, &self.origin);
-        if self.holds_slot {
-            set.release_slot(self.lane);
-        }
-        set.finish_running(1);
-    }
-}
-
-impl Future for Running {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        if this.counted {
-            return Poll::Ready(());
-        }
-        if this.set.is_aborted() {
-            this.abort_work();
-            return Poll::Ready(());
-        }
-        let polled = match &mut this.work {
-            RunningWork::Async(future) => {
-                let _entered = this.span.enter();
-                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-                    Ok(poll) => poll,
-                    Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
-                }
-            }
-            RunningWork::Blocking { handle, deadline } => match Pin::new(handle).poll(cx) {
-                Poll::Ready(joined) => Poll::Ready(match joined {
-                    Ok(Ok(())) => Outcome::Completed,
-                    Ok(Err(message)) => Outcome::Failed(message),
-                    Err(error) if error.is_panic() => {
-                        Outcome::Panicked(panic_message(error.into_panic()))
-                    }
-                    // The runtime is shutting down and dropped the closure unrun.
-                    Err(_) => Outcome::Cancelled,
-                }),
-                // Past the deadline the closure is left to finish unobserved,
-                // still holding its slot.
-                Poll::Pending => {
-                    let expired = deadline
-                        .as_mut()
-                        .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                    if expired {
-                        Poll::Ready(Outcome::TimedOut)
-                    } else {
-                        Poll::Pending
-                    }
-                }
-            },
-            RunningWork::Done => Poll::Ready(Outcome::Cancelled),
-        };
-        match polled {
-            Poll::Ready(outcome) => {
-                this.count(outcome);
-                Poll::Ready(())
-            }
-            Poll::Pending => {
-                if this.registered.is_none() {
-                    this.registered = Some(this.set.abort.register(cx.waker()));
-                    // `fire` may have drained our shard just before.
-                    if this.set.is_aborted() {
-                        this.abort_work();
-                        return Poll::Ready(());
-                    }
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl Running {
-    /// Drops the work first, so that its own clean-up (drop guards) has run
-    /// by the time the task is counted and `wait_idle` or `shutdown` can
-    /// return; then counts it as cancelled.
-    fn abort_work(&mut self) {
-        self.work = RunningWork::Done;
-        self.count(Outcome::Cancelled);
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if !self.counted {
-            self.abort_work();
-        }
-    }
-}
-
-/// A slot in a lane, held by a group's step; given back on drop.
-pub(crate) struct Slot {
-    set: Arc<TaskSet>,
-    lane: LaneId,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.set.release_slot(self.lane);
-    }
-}
-
-/// A step's place in a lane's queue while it waits. Dropped before the grant
-/// was received (the step was cancelled), it hands a slot that arrived in the
-/// meantime back to the lane.
-struct Grant<'a> {
-    set: &'a Arc<TaskSet>,
-    lane: LaneId,
-    receiver: Option<oneshot::Receiver<()>>,
-}
-
-impl Drop for Grant<'_> {
-    fn drop(&mut self) {
-        if let Some(mut receiver) = self.receiver.take() {
-            receiver.close();
-            if receiver.try_recv().is_ok() {
-                self.set.release_slot(self.lane);
-            }
-        }
-    }
-}
-
-pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(message) => *message,
-        Err(payload) => match payload.downcast::<&'static str>() {
-            Ok(message) => (*message).to_owned(),
-            Err(_) => "<non-string panic payload>".to_owned(),
-        },
     }
 }

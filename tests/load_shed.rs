@@ -41,7 +41,7 @@ fn app(
         }
     });
     let service = background.layer().layer(handler);
-    LoadShedLayer::new(background, high_water)
+    LoadShedLayer::new(&background.monitor(), high_water)
         .retry_after(Duration::from_secs(3))
         .layer(service)
 }

@@ -17,29 +17,8 @@ use tokio::time::{interval_at, timeout_at, MissedTickBehavior};
 use tower_background::Monitor;
 
 use crate::config::Config;
-use crate::sample::{sample, Sampled};
+use crate::sample::{sample, Sampled, Window};
 use crate::server::BODY;
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Window {
-    pub(crate) start: Instant,
-    pub(crate) end: Instant,
-    /// Requests sent inside the window are waited for until then.
-    drain_until: Instant,
-}
-
-impl Window {
-    /// Until when a request is waited for: one measured (sent, or for a
-    /// paced window due, inside the window) until `drain_until`; one of the
-    /// warm-up or lead-in no later than the window's end.
-    fn deadline(&self, measured: bool) -> Instant {
-        if measured {
-            self.drain_until
-        } else {
-            self.end
-        }
-    }
-}
 
 /// When a connection's paced requests are due: the first at `first`, then
 /// one every `period`, whatever the responses take (an open loop).

@@ -6,8 +6,30 @@ use std::time::{Duration, Instant};
 
 use tower_background::Monitor;
 
-use crate::client::Window;
 use crate::support::threads_cpu_ns;
+
+/// The measured window of a variant: requests sent inside it are counted,
+/// and the samplers run through it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub(crate) start: Instant,
+    pub(crate) end: Instant,
+    /// Requests sent inside the window are waited for until then.
+    pub(crate) drain_until: Instant,
+}
+
+impl Window {
+    /// Until when a request is waited for: one measured (sent, or for a
+    /// paced window due, inside the window) until `drain_until`; one of the
+    /// warm-up or lead-in no later than the window's end.
+    pub(crate) fn deadline(&self, measured: bool) -> Instant {
+        if measured {
+            self.drain_until
+        } else {
+            self.end
+        }
+    }
+}
 
 /// How often the running-task count is sampled during a variant.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);

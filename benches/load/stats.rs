@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use crate::client::{ClientRun, Phase, Window};
+use crate::client::{ClientRun, Phase};
 use crate::config::Variant;
 use crate::sample::Sampled;
+use crate::sample::Window;
 use crate::server::Teardown;
 use crate::support::percentile;
 

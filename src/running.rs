@@ -1,0 +1,343 @@
+//! Handed-off tasks, started: each takes a slot in its lane or waits in the
+//! lane's queue, runs as a [`Running`] future on the supervisor's runtime,
+//! is counted once when it ends, and on its way out starts the next waiter
+//! of its lane.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::task::JoinHandle;
+use tokio::time::Sleep;
+
+use crate::abort::Registration;
+use crate::lane::Waiting;
+use crate::origin::{Origin, RequestLine};
+use crate::stats::Outcome;
+use crate::task::{BlockingWork, BoxedWork, LaneId, Queued, Task, Work};
+use crate::task_set::TaskSet;
+
+/// Hands `tasks` (admitted, queued by `request`) to their lanes: each starts
+/// at once if its lane has a free slot, or waits in the lane's queue. All
+/// are refused if the set is closed.
+pub(crate) fn spawn_all(set: &Arc<TaskSet>, request: &RequestLine, tasks: Queued) {
+    let n = tasks.len() as u64;
+    if n == 0 {
+        return;
+    }
+    if !set.enter_running(n) {
+        set.unpend(n);
+        set.refuse(n, request);
+        return;
+    }
+    let origin = request.origin();
+    let mut started = 0;
+    for task in tasks {
+        let lane_id = task.lane;
+        let lane = set.lane(lane_id);
+        if lane.try_claim() {
+            started += 1;
+            start(set, origin.clone(), task);
+        } else {
+            set.task_queued();
+            lane.push(Waiting::Task(origin.clone(), task));
+            dispatch(set, lane_id);
+        }
+    }
+    set.unpend(started);
+}
+
+/// Spawns `task`, which holds a slot in its lane, on the set's runtime.
+fn start(set: &Arc<TaskSet>, origin: Origin, task: Task) {
+    drop(
+        set.runtime()
+            .spawn(Running::start(Arc::clone(set), origin, task)),
+    );
+}
+
+/// Starts waiters of `lane_id` while it has free slots.
+pub(crate) fn dispatch(set: &Arc<TaskSet>, lane_id: LaneId) {
+    let lane = set.lane(lane_id);
+    while let Some(waiting) = lane.next() {
+        match waiting {
+            Waiting::Task(origin, task) => {
+                set.task_dequeued();
+                set.unpend(1);
+                start(set, origin, task);
+            }
+            // A step whose group has gone hands the slot straight back.
+            Waiting::Step(step) => {
+                if step.send(()).is_err() {
+                    lane.release();
+                }
+            }
+        }
+    }
+}
+
+/// Gives back a slot of `lane_id` and starts the next waiter.
+#[inline]
+pub(crate) fn release_slot(set: &Arc<TaskSet>, lane_id: LaneId) {
+    let lane = set.lane(lane_id);
+    lane.release();
+    // Read after the release (both `SeqCst`): a waiter pushed meanwhile is
+    // seen here or sees the free slot itself (see `Lane::next`).
+    if lane.queued() > 0 {
+        dispatch(set, lane_id);
+    }
+}
+
+/// The future spawned for each handed-off task.
+///
+/// Written by hand rather than as an `async fn` to keep it small (tokio
+/// copies it into the task's allocation, and an `async fn` holding a
+/// `select` keeps room for every branch's state) and to register for the
+/// abort only once
+/// the task has returned `Pending` — a task that finishes on its first poll
+/// never takes a lock.
+pub(crate) struct Running {
+    set: Arc<TaskSet>,
+    origin: Origin,
+    span: tracing::Span,
+    lane: LaneId,
+    /// Whether this future gives the lane slot back when it ends. A started
+    /// blocking closure owns its slot instead, so that a closure still
+    /// running after a timeout or an abort keeps counting against the
+    /// blocking lane's limit until it returns.
+    holds_slot: bool,
+    work: RunningWork,
+    /// Made at the first `Pending`: where shutdown finds the task's waker
+    /// to wake it when it aborts. Registered once, because this future is
+    /// only ever polled by tokio as the root of the task spawned in
+    /// [`start`], and tokio passes a task the same waker on every
+    /// poll.
+    registered: Option<Registration>,
+    /// Set once the outcome is counted; if the future is dropped before that
+    /// (the runtime shut down), `Drop` counts it as cancelled.
+    counted: bool,
+}
+
+enum RunningWork {
+    Async(BoxedWork),
+    /// Already started on the blocking pool; dropping the handle detaches it.
+    Blocking {
+        handle: JoinHandle<Result<(), String>>,
+        deadline: Option<Pin<Box<Sleep>>>,
+    },
+    /// Nothing left to poll: the work was dropped (aborted), or never
+    /// started because shutdown had already aborted.
+    Done,
+}
+
+impl RunningWork {
+    /// Starts `function` on the blocking pool. The closure owns the lane
+    /// slot: a closure still running after a timeout or an abort keeps
+    /// counting against the lane's limit until it returns.
+    fn blocking(
+        set: &Arc<TaskSet>,
+        span: &tracing::Span,
+        lane: LaneId,
+        function: BlockingWork,
+        timeout: Option<std::time::Duration>,
+    ) -> Self {
+        let span = span.clone();
+        let slot = Slot::taken(set, lane);
+        let handle = set.runtime().spawn_blocking(move || {
+            let _slot = slot;
+            span.in_scope(function)
+        });
+        // The timer must be the runtime's: this may run on a thread outside
+        // it (a handle used from a plain thread after the hand-off), where
+        // `sleep` would panic.
+        let deadline = timeout.map(|timeout| {
+            let _runtime = set.runtime().enter();
+            Box::pin(tokio::time::sleep(timeout))
+        });
+        Self::Blocking { handle, deadline }
+    }
+}
+
+impl Running {
+    fn start(set: Arc<TaskSet>, origin: Origin, task: Task) -> Self {
+        // A disabled span is not free when `tracing`'s `log` feature is on
+        // (axum's default `tower-log` turns it on): it still consults `log`
+        // when made, entered, left and dropped. `Span::none` costs nothing.
+        let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            tracing::info_span!(
+                parent: None,
+                "background_task",
+                http.method = origin.method(),
+                http.path = origin.path(),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        if let Some(added_in) = &task.added_in {
+            span.follows_from(&**added_in);
+        }
+        let lane = task.lane;
+        let mut holds_slot = true;
+        let work = match task.work {
+            // Aborted before it could start: it never will (counted at the
+            // first poll).
+            _ if set.is_aborted() => RunningWork::Done,
+            Work::Async(future) => RunningWork::Async(future),
+            Work::Blocking(function) => {
+                holds_slot = false;
+                RunningWork::blocking(&set, &span, lane, function, None)
+            }
+            Work::BlockingWithTimeout(boxed) => {
+                let (function, timeout) = *boxed;
+                holds_slot = false;
+                RunningWork::blocking(&set, &span, lane, function, Some(timeout))
+            }
+        };
+        Self {
+            set,
+            origin,
+            span,
+            lane,
+            holds_slot,
+            work,
+            registered: None,
+            counted: false,
+        }
+    }
+
+    /// Counts, logs (inside the task's span) and takes the task off the
+    /// running count.
+    fn count(&mut self, outcome: Outcome) {
+        self.counted = true;
+        let _entered = self.span.enter();
+        let set = &self.set;
+        if let Some(registration) = self.registered.take() {
+            set.abort.unregister(registration);
+        }
+        set.counters.finished(&outcome);
+        set.report(&outcome, &self.origin);
+        if self.holds_slot {
+            release_slot(set, self.lane);
+        }
+        set.finish_running(1);
+    }
+}
+
+impl Future for Running {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.counted {
+            return Poll::Ready(());
+        }
+        if this.set.is_aborted() {
+            this.abort_work();
+            return Poll::Ready(());
+        }
+        let polled = match &mut this.work {
+            RunningWork::Async(future) => {
+                let _entered = this.span.enter();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    Ok(poll) => poll,
+                    Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
+                }
+            }
+            RunningWork::Blocking { handle, deadline } => match Pin::new(handle).poll(cx) {
+                Poll::Ready(joined) => Poll::Ready(match joined {
+                    Ok(Ok(())) => Outcome::Completed,
+                    Ok(Err(message)) => Outcome::Failed(message),
+                    Err(error) if error.is_panic() => {
+                        Outcome::Panicked(panic_message(error.into_panic()))
+                    }
+                    // The runtime is shutting down and dropped the closure unrun.
+                    Err(_) => Outcome::Cancelled,
+                }),
+                // Past the deadline the closure is left to finish unobserved,
+                // still holding its slot.
+                Poll::Pending => {
+                    let expired = deadline
+                        .as_mut()
+                        .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                    if expired {
+                        Poll::Ready(Outcome::TimedOut)
+                    } else {
+                        Poll::Pending
+                    }
+                }
+            },
+            RunningWork::Done => Poll::Ready(Outcome::Cancelled),
+        };
+        match polled {
+            Poll::Ready(outcome) => {
+                this.count(outcome);
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                if this.registered.is_none() {
+                    this.registered = Some(this.set.abort.register(cx.waker()));
+                    // `fire` may have drained our shard just before.
+                    if this.set.is_aborted() {
+                        this.abort_work();
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Drops the work first, so that its own clean-up (drop guards) has run
+    /// by the time the task is counted and `wait_idle` or `shutdown` can
+    /// return; then counts it as cancelled.
+    fn abort_work(&mut self) {
+        self.work = RunningWork::Done;
+        self.count(Outcome::Cancelled);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.abort_work();
+        }
+    }
+}
+
+/// A slot in a lane held apart from a running task's own: by a group's
+/// step, or by a blocking closure that must keep counting against its lane
+/// until it returns. Given back on drop.
+pub(crate) struct Slot {
+    set: Arc<TaskSet>,
+    lane: LaneId,
+}
+
+impl Slot {
+    /// A slot already claimed in `lane`, owned from now on.
+    pub(crate) fn taken(set: &Arc<TaskSet>, lane: LaneId) -> Self {
+        Self {
+            set: Arc::clone(set),
+            lane,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        release_slot(&self.set, self.lane);
+    }
+}
+
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "<non-string panic payload>".to_owned(),
+        },
+    }
+}
