@@ -144,6 +144,13 @@ async fn next_data(body: &mut Incoming) -> Option<Bytes> {
     Some(frame.unwrap().into_data().expect("a data frame"))
 }
 
+async fn read_to_end(response: Response<Incoming>) -> Bytes {
+    within("the whole body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes()
+}
+
 /// Reads what is left of `body` and asserts that it is nothing but the end
 /// of the stream (hyper ends a stream whose body ran out with an empty
 /// `DATA` frame).
@@ -266,48 +273,50 @@ async fn streams_on_one_connection_hand_off_at_their_own_ends() {
 #[tokio::test]
 async fn an_open_connection_holds_no_task_back() {
     let supervisor = Supervisor::new();
+    let ran = Ran::default();
     let started = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
-    let finished = Arc::new(AtomicUsize::new(0));
 
-    let (on_start, on_release, done) = (started.clone(), release.clone(), finished.clone());
+    let (record, on_start, on_release) = (ran.clone(), started.clone(), release.clone());
     let handler = service_fn(move |request: Request<Incoming>| {
         let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
-        let (started, release, finished) = (on_start.clone(), on_release.clone(), done.clone());
-        let waits = request.uri().path() == "/waits";
+        let path = request.uri().path();
+        let ran = record.task(path);
+        let waits = (path == "/waits").then(|| (on_start.clone(), on_release.clone()));
         tasks.add(async move {
-            if waits {
+            if let Some((started, release)) = waits {
                 started.notify_one();
                 release.notified().await;
             }
-            finished.fetch_add(1, Ordering::SeqCst);
+            ran.await;
         });
-        let body = Full::new(Bytes::copy_from_slice(request.uri().path().as_bytes()));
+        let body = Full::new(Bytes::copy_from_slice(path.as_bytes()));
         std::future::ready(Ok::<_, Infallible>(Response::new(body)))
     });
     let server = Server::start(supervisor.layer().layer(handler)).await;
     let mut client = Client::connect(&server).await;
 
-    let first = client.get("/runs").await.into_body();
-    assert_eq!(first.collect().await.unwrap().to_bytes(), "/runs");
+    let first = client.get("/runs").await;
+    assert_eq!(read_to_end(first).await, "/runs");
     within("wait_idle", supervisor.wait_idle()).await;
-    assert_eq!(
-        finished.load(Ordering::SeqCst),
-        1,
-        "ran with the connection open"
-    );
+    assert_eq!(ran.paths(), ["/runs"], "ran with the connection open");
     assert!(client.is_open());
 
-    let waits = client.get("/waits").await.into_body();
-    assert_eq!(waits.collect().await.unwrap().to_bytes(), "/waits");
+    let waits = client.get("/waits").await;
+    assert_eq!(read_to_end(waits).await, "/waits");
     within("the task to start", started.notified()).await;
-    let next = client.get("/next").await.into_body();
-    assert_eq!(next.collect().await.unwrap().to_bytes(), "/next");
-    assert_eq!(supervisor.stats().running, 1, "/waits is still running");
+    let next = client.get("/next").await;
+    assert_eq!(read_to_end(next).await, "/next");
+    assert!(
+        !ran.paths().contains(&"/waits".to_owned()),
+        "/next was answered while /waits's task ran"
+    );
 
     release.notify_one();
     within("wait_idle", supervisor.wait_idle()).await;
-    assert_eq!(finished.load(Ordering::SeqCst), 3);
+    let mut paths = ran.paths();
+    paths.sort();
+    assert_eq!(paths, ["/next", "/runs", "/waits"]);
     assert_eq!(server.connections(), 1);
     assert!(client.is_open());
 }
