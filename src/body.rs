@@ -14,8 +14,8 @@ pin_project! {
     ///
     /// Forwards every frame, `is_end_stream` and `size_hint` unchanged, and
     /// hands the request's tasks off the moment the body ends: `poll_frame`
-    /// returned `None` or an error, or `is_end_stream()` turned true after a
-    /// frame. Dropped earlier, it applies the layer's
+    /// returned `None`, an error or trailers, or `is_end_stream()` turned
+    /// true after a frame. Dropped earlier, it applies the layer's
     /// [`OnDisconnect`](crate::OnDisconnect) policy (unless the body had
     /// nothing to send to begin with, in which case dropping it is its end).
     ///
@@ -81,7 +81,10 @@ where
         let ended = match &frame {
             Poll::Pending => false,
             Poll::Ready(None | Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            // Trailers are a body's last frame: an HTTP/2 server sends them
+            // and drops the body without polling again, even when the body
+            // never says it has ended.
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || this.inner.is_end_stream(),
         };
         if ended {
             if let Some(handoff) = this.handoff.take() {

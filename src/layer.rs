@@ -23,8 +23,8 @@ use crate::task_set::TaskSet;
 ///
 /// Exactly once per request, at the first of:
 ///
-/// - the response body reports its end: `poll_frame` returns `None` or an
-///   error, or `is_end_stream()` becomes true after a frame (a server may never
+/// - the response body reports its end: `poll_frame` returns `None`, an
+///   error or a trailers frame, or `is_end_stream()` becomes true after a frame (a server may never
 ///   poll again once a body with an exact `Content-Length` is complete);
 /// - the response body is dropped, if it had nothing to send from the start
 ///   (`is_end_stream()` already true, a `HEAD` request, a `1xx`, `204` or

@@ -505,7 +505,6 @@ async fn trailers_hand_off_after_the_trailers() {
 /// polling it again: the trailers must count as its end even when the body
 /// does not say so.
 #[tokio::test]
-#[ignore = "ResponseBody does not yet take a trailers frame for the end of the body (src/body.rs)"]
 async fn trailers_end_a_body_that_does_not_say_it_has_ended() {
     trailers_end_the_stream(false).await;
 }
