@@ -13,9 +13,9 @@
 //! body read to its end), N requests in all. Each handler does one of:
 //!
 //! - `add`: `tasks.add` of a trivial task (the in-process baseline);
-//! - `enqueue_now`: `tasks.enqueue_now(job).await` (the job is in the
+//! - `enqueue_now`: `queue.push(&job).await` (the job is in the
 //!   database when the handler returns);
-//! - `enqueue`: `tasks.enqueue(job)` (returns at once; a task pushes the job
+//! - `enqueue`: `queue.enqueue(&tasks, job)` (returns at once; a task pushes the job
 //!   after the response, retrying until it is stored).
 //!
 //! "Accepted/s" is N over the time until every producer has its last
@@ -616,6 +616,7 @@ struct Seq(u64);
 /// The layer around a handler that does `call` with a job `J`.
 fn service<J: Probe>(
     supervisor: &Supervisor,
+    queue: Option<&JobQueue>,
     call: Call,
 ) -> impl Service<
     Request<()>,
@@ -625,29 +626,32 @@ fn service<J: Probe>(
 > + Clone
        + Send
        + 'static {
+    let queue = queue.cloned();
     supervisor
         .layer()
-        .layer(service_fn(move |request: Request<()>| async move {
-            let tasks = tasks_of(&request);
-            let recorded = request.extensions().get::<Seq>().copied();
-            if let Some(Seq(seq)) = recorded {
-                enqueued(seq);
-            }
-            let seq = recorded.map_or_else(next_seq, |Seq(seq)| seq);
-            match call {
-                Call::Add if recorded.is_some() => tasks.add(async move { started(seq) }),
-                Call::Add => tasks.add(async {}),
-                Call::EnqueueNow => {
-                    tasks
-                        .enqueue_now(J::with_seq(seq))
-                        .await
-                        .expect("enqueue_now");
+        .layer(service_fn(move |request: Request<()>| {
+            let queue = queue.clone();
+            async move {
+                let tasks = tasks_of(&request);
+                let recorded = request.extensions().get::<Seq>().copied();
+                if let Some(Seq(seq)) = recorded {
+                    enqueued(seq);
                 }
-                Call::Enqueue => {
-                    tasks.enqueue(J::with_seq(seq)).expect("enqueue");
+                let seq = recorded.map_or_else(next_seq, |Seq(seq)| seq);
+                match call {
+                    Call::Add if recorded.is_some() => tasks.add(async move { started(seq) }),
+                    Call::Add => tasks.add(async {}),
+                    Call::EnqueueNow => {
+                        let queue = queue.as_ref().expect("a job queue");
+                        queue.push(&J::with_seq(seq)).await.expect("push");
+                    }
+                    Call::Enqueue => {
+                        let queue = queue.as_ref().expect("a job queue");
+                        queue.enqueue(tasks, J::with_seq(seq)).expect("enqueue");
+                    }
                 }
+                Ok::<_, Infallible>(ok())
             }
-            Ok::<_, Infallible>(ok())
         }))
 }
 
@@ -692,17 +696,13 @@ async fn throughput(
         database.map_or("task", |d| d.engine.key()),
         path.key()
     );
-    let mut builder = Supervisor::builder().max_queued(1 << 20);
-    if let Some(database) = database {
-        builder = builder.jobs(database.queue.clone());
-    }
-    let supervisor = Arc::new(builder.build());
+    let supervisor = Arc::new(Supervisor::builder().max_queued(1 << 20).build());
     let before = database.map(|d| d.queue.stats());
     let started_at = Instant::now();
     let mut producer_tasks = Vec::new();
     for producer in 0..producers {
         let share = jobs / producers + usize::from(producer < jobs % producers);
-        let mut service = service::<Filler>(&supervisor, path);
+        let mut service = service::<Filler>(&supervisor, database.map(|d| &d.queue), path);
         producer_tasks.push(tokio::spawn(async move {
             for _ in 0..share {
                 send(&mut service, Request::new(())).await;
@@ -817,11 +817,7 @@ async fn latency<J: Probe>(
     if window > FAST_WINDOW {
         key += &format!(", {} s window", window.as_secs());
     }
-    let mut builder = Supervisor::builder();
-    if let Some(database) = database {
-        builder = builder.jobs(database.queue.clone());
-    }
-    let supervisor = Arc::new(builder.build());
+    let supervisor = Arc::new(Supervisor::new());
     let stop = CancellationToken::new();
     let mut prototype = None;
     let mut hooked_pool = None;
@@ -847,7 +843,7 @@ async fn latency<J: Probe>(
     let t0 = tokio::time::Instant::now();
     let mut seqs = Vec::with_capacity(jobs);
     let mut requests = Vec::with_capacity(jobs);
-    let service = service::<J>(&supervisor, path);
+    let service = service::<J>(&supervisor, database.map(|d| &d.queue), path);
     for i in 0..jobs {
         sleep_until(t0 + gap * i as u32).await;
         let seq = next_seq();

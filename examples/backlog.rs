@@ -137,7 +137,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tower_background::{BackgroundTasks, CancellationToken, Group, Monitor, Stats, Supervisor};
+use tokio_util::sync::CancellationToken;
+use tower_background::{BackgroundTasks, Group, Monitor, Stats, Supervisor};
 use tracing::info;
 
 mod support;

@@ -8,11 +8,11 @@
 //!   `POST /fibonacci` `{"n": 21}` check the job and answer
 //!   `202 Accepted` with `{"id", "job", "status"}` and a
 //!   `Location: /jobs/{job}/{id}`; the job is pushed to the queue once the
-//!   response has been sent (`BackgroundTasks::enqueue`). A body that is
+//!   response has been sent (`JobQueue::enqueue`). A body that is
 //!   not the job's JSON, or a job that would fail (a result that does not
 //!   fit in an `i64`, `n` above 35), is a `400` with a JSON error instead.
 //! - `?wait=true` on those `POST`s pushes the job before answering
-//!   (`enqueue_now`) and waits for its result, as the reference does:
+//!   (`JobQueue::push`) and waits for its result, as the reference does:
 //!   `201 Created` with the result as the body, or `504` after 10 s —
 //!   unless the request says `Prefer: respond-async` (RFC 7240): then it
 //!   gets the `202` form, with `Preference-Applied: respond-async`.
@@ -117,10 +117,7 @@ async fn run(port: u16, grace_period: Duration) -> Result<(), Box<dyn Error>> {
     let queue = JobQueue::from_env(DEFAULT_DATABASE).await?;
     tracing::info!(engine = queue.engine(), %database, "job queue open");
 
-    let background = Supervisor::builder()
-        .grace_period(grace_period)
-        .jobs(queue.clone())
-        .build();
+    let background = Supervisor::builder().grace_period(grace_period).build();
     if workers > 0 {
         let workers = jobs::register(Workers::new(&queue))
             .concurrency(workers)
@@ -237,7 +234,7 @@ async fn submit<J: Job + Check>(
 
     if !wait || respond_async {
         // Pushed to the queue after the 202 has been sent.
-        let id = tasks.enqueue(job)?;
+        let id = state.queue.enqueue(&tasks, job)?;
         let mut response = (
             StatusCode::ACCEPTED,
             [(header::LOCATION, location::<J>(id))],
@@ -254,7 +251,7 @@ async fn submit<J: Job + Check>(
     }
 
     // In the database before we wait, and before any response.
-    let id = tasks.enqueue_now(job).await?;
+    let id = state.queue.push(&job).await?;
     match tokio::time::timeout(WAIT_TIMEOUT, state.queue.wait_for::<J>(id, WAIT_POLL)).await {
         Ok(output) => Ok((StatusCode::CREATED, Json(output?)).into_response()),
         Err(_elapsed) => {

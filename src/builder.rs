@@ -102,8 +102,6 @@ pub struct SupervisorBuilder {
     max_queued: usize,
     blocking_limit: usize,
     lanes: Vec<(String, usize)>,
-    #[cfg(feature = "durable")]
-    jobs: Option<crate::durable::JobQueue>,
 }
 
 impl fmt::Debug for SupervisorBuilder {
@@ -132,8 +130,6 @@ impl Default for SupervisorBuilder {
             max_queued: DEFAULT_MAX_QUEUED,
             blocking_limit: DEFAULT_BLOCKING_LIMIT,
             lanes: Vec::new(),
-            #[cfg(feature = "durable")]
-            jobs: None,
         }
     }
 }
@@ -189,19 +185,6 @@ impl SupervisorBuilder {
     /// connection limit, and leave the rest unlimited.
     pub fn max_running(mut self, limit: usize) -> Self {
         self.max_running = limit;
-        self
-    }
-
-    /// The durable job queue [`BackgroundTasks::enqueue`] and
-    /// [`enqueue_now`] push to (features `sqlite`, `postgres`). Without
-    /// one, they return [`JobError::NoQueue`].
-    ///
-    /// [`BackgroundTasks::enqueue`]: crate::BackgroundTasks::enqueue
-    /// [`enqueue_now`]: crate::BackgroundTasks::enqueue_now
-    /// [`JobError::NoQueue`]: crate::durable::JobError::NoQueue
-    #[cfg(feature = "durable")]
-    pub fn jobs(mut self, queue: crate::durable::JobQueue) -> Self {
-        self.jobs = Some(queue);
         self
     }
 
@@ -288,10 +271,6 @@ impl SupervisorBuilder {
             self.max_queued,
             self.on_failure,
         ));
-        #[cfg(feature = "durable")]
-        if let Some(jobs) = self.jobs {
-            let _ = set.jobs.set(jobs);
-        }
         let cleanup_period = self
             .cleanup_period
             .unwrap_or_else(|| DEFAULT_CLEANUP_PERIOD.min(self.grace_period / 10))

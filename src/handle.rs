@@ -282,12 +282,6 @@ impl BackgroundTasks {
         self.request.set.cancel.clone()
     }
 
-    /// The task set this request's tasks run in.
-    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
-    pub(crate) fn task_set(&self) -> &Arc<TaskSet> {
-        &self.request.set
-    }
-
     pub(crate) fn into_request(self) -> Arc<RequestTasks> {
         self.request
     }

@@ -184,6 +184,7 @@ mod attempt;
 mod body;
 mod builder;
 #[cfg(feature = "durable")]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub mod durable;
 mod error;
 #[cfg(feature = "axum")]
@@ -230,8 +231,8 @@ pub use monitor::Monitor;
 pub use options::{Retry, TaskOptions};
 pub use policy::{OnDisconnect, OnServerError};
 pub use report::ShutdownReport;
+pub use resident::Shutdown;
 pub use service::Background;
 pub use stats::{DiscardReasons, LaneStats, Stats};
 pub use supervisor::Supervisor;
 pub use task::TaskOutput;
-pub use tokio_util::sync::CancellationToken;

@@ -1,5 +1,6 @@
 //! [`Supervisor`]: owns the application-lifespan task set and shuts it down.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::layer::BackgroundTaskLayer;
 use crate::monitor::Monitor;
 use crate::report::ShutdownReport;
-use crate::resident::Residents;
+use crate::resident::{Residents, Shutdown};
 use crate::stats::Stats;
 use crate::task_set::TaskSet;
 
@@ -153,15 +154,51 @@ impl Supervisor {
         }
     }
 
-    pub(crate) fn task_set(&self) -> &Arc<TaskSet> {
-        &self.set
-    }
-
-    /// The long-lived services (durable-job workers) that stop with this
-    /// supervisor.
-    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
-    pub(crate) fn residents(&self) -> &Residents {
-        &self.residents
+    /// Runs `make(shutdown)` on the supervisor's runtime for the life of the
+    /// application, as a *resident*: work no request started (a queue
+    /// consumer, a scheduler, a warm-up job) that stops with
+    /// [`shutdown`](Self::shutdown), within the same grace period as the
+    /// tasks.
+    ///
+    /// The future gets a [`Shutdown`]: [`closing`](Shutdown::closing)
+    /// resolves when shutdown begins, [`cancelled`](Shutdown::cancelled)
+    /// when its cleanup period begins; `shutdown` waits for the future to
+    /// return and aborts it at the end of the grace period. A resident is
+    /// not a task: it is not counted in [`Stats`] and
+    /// [`wait_idle`](Self::wait_idle) does not wait for it. Work that should
+    /// be counted like a request's tasks belongs in a task added from it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_background::Supervisor;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let background = Supervisor::new();
+    /// background.spawn_resident(|shutdown| async move {
+    ///     let mut ticks = tokio::time::interval(Duration::from_secs(60));
+    ///     loop {
+    ///         tokio::select! {
+    ///             _ = ticks.tick() => { /* refresh a cache, poll a queue */ }
+    ///             () = shutdown.closing() => break,
+    ///         }
+    ///     }
+    /// });
+    /// let report = background.shutdown().await; // the loop has returned
+    /// assert!(!report.aborted);
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the supervisor's runtime has shut down, like `Handle::spawn`.
+    pub fn spawn_resident<F, Fut>(&self, make: F)
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.residents
+            .spawn(self.set.runtime(), &self.set.cancel, make);
     }
 
     /// A layer that hands every request's tasks to this supervisor, with the
@@ -236,7 +273,13 @@ impl Supervisor {
                 );
                 set.abort_all();
                 residents.abort_all();
-                let _ = timeout(ABORT_SETTLE, set.wait_idle()).await;
+                // Aborted tasks and residents are dropped at their next
+                // poll: wait for that, so their drop guards have run.
+                let settled = async {
+                    set.wait_idle().await;
+                    residents.wait().await;
+                };
+                let _ = timeout(ABORT_SETTLE, settled).await;
             }
         }
         self.shut_down = true;

@@ -62,10 +62,6 @@ pub(crate) struct TaskSet {
     idle: Notify,
     idle_waiters: AtomicUsize,
     on_failure: Option<FailureHook>,
-    /// Where `BackgroundTasks::enqueue` pushes durable jobs; set once, by
-    /// `SupervisorBuilder::jobs`.
-    #[cfg(feature = "durable")]
-    pub(crate) jobs: std::sync::OnceLock<crate::durable::JobQueue>,
 }
 
 impl std::fmt::Debug for TaskSet {
@@ -104,8 +100,6 @@ impl TaskSet {
             idle: Notify::new(),
             idle_waiters: AtomicUsize::new(0),
             on_failure,
-            #[cfg(feature = "durable")]
-            jobs: std::sync::OnceLock::new(),
         }
     }
 

@@ -24,8 +24,8 @@
 //! | [`crash`] | a worker process SIGKILLed mid-job: another worker runs the job again — **duplicate delivery** (at least once), shown |
 //! | [`no_overlap`] | two worker sets × 4 over 200 jobs: each job runs once, never in two workers at a time |
 //! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
-//! | [`db_down`] | the database away: `enqueue_now` is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
-//! | [`misuse`] | `enqueue` with no queue (`NoQueue`), a job that cannot be encoded (`Encode`) |
+//! | [`db_down`] | the database away: `push` from a handler is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
+//! | [`misuse`] | a job that cannot be encoded (`Encode`), at the call |
 //!
 //! Workers use a 1 s heartbeat, so a dead worker's jobs are taken back
 //! after 2 s (but in [`no_overlap`], which says why); every wait is bounded

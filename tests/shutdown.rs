@@ -570,3 +570,63 @@ async fn dropping_the_shutdown_future_aborts_what_is_left() {
     assert_eq!(monitor.stats().cancelled, 1);
     assert_eq!(monitor.stats().running, 0);
 }
+
+// ---------------------------------------------------------------------------
+// Residents: application-lifespan work no request started
+// ---------------------------------------------------------------------------
+
+/// A resident that stops when shutdown begins is waited for, and shutdown
+/// returns as soon as it has (not at the end of the grace period); it is
+/// not a task, so nothing is counted.
+#[tokio::test(start_paused = true)]
+async fn a_resident_that_stops_when_told_is_waited_for() {
+    let supervisor = Supervisor::builder().grace_period(secs(10)).build();
+    let events = Events::default();
+    let resident = events.clone();
+    supervisor.spawn_resident(|shutdown| async move {
+        shutdown.closing().await;
+        // Finishing what it holds takes a moment.
+        tokio::time::sleep(millis(300)).await;
+        resident.record("resident returned");
+    });
+    tokio::task::yield_now().await;
+
+    let started = Instant::now();
+    let report = within("shutdown", supervisor.shutdown()).await;
+    assert_eq!(events.count("resident returned"), 1);
+    assert!(!report.aborted, "{report}");
+    assert_eq!(started.elapsed(), millis(300), "returns when the resident does");
+    assert_eq!(counts(report.stats), stats(|_| {}));
+}
+
+/// A resident that ignores `closing` is told `cancelled` when the cleanup
+/// period begins, and one that ignores that too is aborted (dropped) at the
+/// end of the grace period.
+#[tokio::test(start_paused = true)]
+async fn a_resident_is_cancelled_then_aborted_with_the_grace_period() {
+    let supervisor = Supervisor::builder()
+        .grace_period(secs(10))
+        .cleanup_period(secs(2))
+        .build();
+    let events = Events::default();
+    let (heeds, ignores) = (events.clone(), events.clone());
+    supervisor.spawn_resident(|shutdown| async move {
+        shutdown.cancelled().await;
+        heeds.record("gave back its work");
+    });
+    supervisor.spawn_resident(|_shutdown| async move {
+        let _dropped = ignores.on_drop("stubborn resident dropped");
+        pending::<()>().await;
+    });
+    tokio::task::yield_now().await;
+
+    let started = Instant::now();
+    let report = within("shutdown", supervisor.shutdown()).await;
+    assert_eq!(
+        events.when("gave back its work"),
+        Some(started + secs(8)),
+        "told at the start of the cleanup period"
+    );
+    assert_eq!(events.count("stubborn resident dropped"), 1);
+    assert!(report.aborted, "{report}");
+}

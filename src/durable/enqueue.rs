@@ -1,5 +1,5 @@
-//! `BackgroundTasks::enqueue` and `enqueue_now`: durable jobs from a
-//! handler, pushed after the response or before it.
+//! [`JobQueue::enqueue`]: a durable job from a handler, pushed once the
+//! response has been sent, as one of the request's background tasks.
 
 use std::time::Duration;
 
@@ -17,15 +17,15 @@ const FIRST_PUSH_DELAY: Duration = Duration::from_millis(50);
 /// The longest wait between two pushes of a deferred job.
 const MAX_PUSH_DELAY: Duration = Duration::from_secs(5);
 
-impl BackgroundTasks {
-    /// Queues durable job `job`, to be pushed to the [`JobQueue`] once the
-    /// response body has ended, like any task: the response never waits
-    /// for the database. Returns the job's id at once.
+impl JobQueue {
+    /// Queues durable job `job` on `tasks`, the request's handle, to be
+    /// pushed to this queue once the response body has ended, like any
+    /// task: the response never waits for the database. Returns the job's
+    /// id at once.
     ///
     /// The job is encoded here, so a job that cannot be encoded is an error
-    /// now ([`JobError::Encode`]); so is a supervisor without a queue
-    /// ([`JobError::NoQueue`]) or one that does not accept the push
-    /// (shutting down, queue full: [`JobError::NotAccepted`]).
+    /// now ([`JobError::Encode`]); so is a supervisor that does not accept
+    /// the push (shutting down, queue full: [`JobError::NotAccepted`]).
     ///
     /// A push that fails (database down, locked, unreachable) is tried again
     /// with exponential backoff (50 ms doubling to 5 s, full jitter) for as
@@ -38,14 +38,16 @@ impl BackgroundTasks {
     /// in [`JobStats::abandoned`](super::JobStats::abandoned) and logged at
     /// `ERROR` with its JSON: never dropped silently. Until it is pushed, a
     /// crash of this process loses it; for work that must survive a crash
-    /// right after the `2xx`, use [`enqueue_now`](Self::enqueue_now).
+    /// right after the `2xx`, use [`push`](Self::push), which returns once
+    /// the database has the job.
     ///
     /// ```
     /// # #[cfg(all(feature = "sqlite", feature = "axum"))]
     /// # mod example {
+    /// use axum::extract::State;
     /// use axum::http::StatusCode;
     /// use serde::{Deserialize, Serialize};
-    /// use tower_background::durable::{Job, JobError, JobFailure};
+    /// use tower_background::durable::{Job, JobError, JobFailure, JobQueue};
     /// use tower_background::BackgroundTasks;
     ///
     /// #[derive(Serialize, Deserialize)]
@@ -61,40 +63,29 @@ impl BackgroundTasks {
     ///     }
     /// }
     ///
-    /// async fn signup(tasks: BackgroundTasks) -> Result<StatusCode, JobError> {
-    ///     tasks.enqueue(Welcome { email: "ada@example.com".into() })?;
+    /// async fn signup(
+    ///     State(queue): State<JobQueue>,
+    ///     tasks: BackgroundTasks,
+    /// ) -> Result<StatusCode, JobError> {
+    ///     queue.enqueue(&tasks, Welcome { email: "ada@example.com".into() })?;
     ///     Ok(StatusCode::CREATED)
     /// }
     /// # }
     /// ```
-    pub fn enqueue<J: Job>(&self, job: J) -> Result<JobId, JobError> {
-        let queue = self.job_queue()?.clone();
+    pub fn enqueue<J: Job>(&self, tasks: &BackgroundTasks, job: J) -> Result<JobId, JobError> {
         let job = EncodedJob::new(&job)?;
         let id = job.id;
-        let cancel = self.cancellation_token();
+        let cancel = tasks.cancellation_token();
         // Counted first: a handle used after its response has ended starts
         // the push at once, and `pushed_deferred` must never pass `deferred`.
-        queue.counters.deferred();
-        match self.try_add(push_until_stored(queue.clone(), job, cancel)) {
+        self.counters.deferred();
+        match tasks.try_add(push_until_stored(self.clone(), job, cancel)) {
             Ok(()) => Ok(id),
             Err(error) => {
-                queue.counters.not_deferred();
+                self.counters.not_deferred();
                 Err(JobError::NotAccepted(error))
             }
         }
-    }
-
-    /// Pushes durable job `job` now and returns its id once the database
-    /// has it, before the response: the job survives a crash from then on.
-    /// A database that is down or unreachable is an error
-    /// ([`JobError::Database`]; with the `axum` feature, a `503` with
-    /// `Retry-After`), after at most the pool's 5 s acquire timeout.
-    pub async fn enqueue_now<J: Job>(&self, job: J) -> Result<JobId, JobError> {
-        self.job_queue()?.push(&job).await
-    }
-
-    fn job_queue(&self) -> Result<&JobQueue, JobError> {
-        self.task_set().jobs.get().ok_or(JobError::NoQueue)
     }
 }
 

@@ -14,9 +14,6 @@ use crate::error::AddError;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum JobError {
-    /// No [`JobQueue`](super::JobQueue) was given to the supervisor
-    /// ([`SupervisorBuilder::jobs`](crate::SupervisorBuilder::jobs)).
-    NoQueue,
     /// The job could not be turned into JSON (or its output read back).
     Encode(serde_json::Error),
     /// The database refused or could not be reached.
@@ -37,7 +34,6 @@ impl JobError {
     /// A stable, machine-readable code (the `error` field of the JSON body).
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NoQueue => "no-job-queue",
             Self::Encode(_) => "job-encoding",
             Self::Database(_) => "job-database-unavailable",
             Self::NotAccepted(error) => error.code(),
@@ -60,9 +56,6 @@ impl JobError {
 impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NoQueue => {
-                f.write_str("no durable job queue is configured (use SupervisorBuilder::jobs)")
-            }
             Self::Encode(error) => write!(f, "the job could not be encoded as JSON: {error}"),
             Self::Database(error) => write!(f, "the job database is unavailable: {error}"),
             Self::NotAccepted(error) => write!(f, "the job was not accepted: {error}"),

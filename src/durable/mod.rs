@@ -9,14 +9,21 @@
 //! locking, heartbeats and orphan recovery); this module adds what the rest
 //! of the crate promises:
 //!
-//! - **From a handler**, [`BackgroundTasks::enqueue`] pushes the job after
-//!   the response has been sent (retrying, counted, never dropped
-//!   silently), and [`BackgroundTasks::enqueue_now`] pushes it before,
-//!   for work that must survive a crash right after the `2xx`.
-//! - **Workers** ([`Workers`]) run in the server, supervised and shut down
-//!   with the same grace period as the tasks, or in processes of their own
-//!   with [`Workers::run_until`]. A job still running when the grace period
-//!   ends goes back to the queue.
+//! - **From a handler**, [`JobQueue::enqueue`] pushes the job after the
+//!   response has been sent, as one of the request's background tasks
+//!   (retrying, counted, never dropped silently), and [`JobQueue::push`]
+//!   pushes it before, for work that must survive a crash right after the
+//!   `2xx`. Handlers reach the queue as they reach any shared value: axum's
+//!   `State`, an `Extension`, a field of their service.
+//! - **Workers** ([`Workers`]) run in the server as
+//!   [residents](crate::Supervisor::spawn_resident) of the supervisor, shut
+//!   down with the same grace period as the tasks, or in processes of their
+//!   own with [`Workers::run_until`]. A job still running when the grace
+//!   period ends goes back to the queue.
+//!
+//! The module is built on the crate's public API only: a deferred push is a
+//! task added with [`BackgroundTasks::try_add`](crate::BackgroundTasks::try_add),
+//! a worker a resident.
 //!
 //! | engine | feature | constructor | for |
 //! |---|---|---|---|
@@ -40,6 +47,7 @@
 //! ```no_run
 //! # #[cfg(all(feature = "sqlite", feature = "axum"))]
 //! # mod example {
+//! use axum::extract::State;
 //! use axum::{routing::post, Router};
 //! use serde::{Deserialize, Serialize};
 //! use tower_background::durable::{Job, JobError, JobFailure, JobId, JobQueue, Workers};
@@ -62,17 +70,21 @@
 //!     }
 //! }
 //!
-//! async fn start(tasks: BackgroundTasks) -> Result<String, JobError> {
-//!     let id: JobId = tasks.enqueue(Fibonacci { n: 50 })?;
+//! async fn start(
+//!     State(queue): State<JobQueue>,
+//!     tasks: BackgroundTasks,
+//! ) -> Result<String, JobError> {
+//!     let id: JobId = queue.enqueue(&tasks, Fibonacci { n: 50 })?;
 //!     Ok(id.to_string())
 //! }
 //!
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let queue = JobQueue::from_env("jobs.db").await?;
-//!     let supervisor = Supervisor::builder().jobs(queue.clone()).build();
+//!     let supervisor = Supervisor::new();
 //!     Workers::new(&queue).register::<Fibonacci>().spawn(&supervisor);
 //!     let app: Router = Router::new()
 //!         .route("/fibonacci", post(start))
+//!         .with_state(queue)
 //!         .layer(supervisor.layer());
 //!     // serve `app` ... then:
 //!     supervisor.shutdown().await;
@@ -87,8 +99,6 @@
 //! builds with 1.75.
 //!
 //! [apalis]: https://docs.rs/apalis
-//! [`BackgroundTasks::enqueue`]: crate::BackgroundTasks::enqueue
-//! [`BackgroundTasks::enqueue_now`]: crate::BackgroundTasks::enqueue_now
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("feature `durable` needs an engine: enable `sqlite` or `postgres`");

@@ -14,8 +14,8 @@ use super::job::{Job, JobId};
 use super::stats::{JobCounters, JobStats};
 
 /// The longest a push waits for a database connection before it fails
-/// ([`JobError::Database`]): what bounds `enqueue_now` when the database is
-/// down.
+/// ([`JobError::Database`]): what bounds [`JobQueue::push`] when the
+/// database is down.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections in a SQLite queue's pool (sqlx's default).
@@ -29,11 +29,9 @@ pub const DATABASE_URL: &str = "DATABASE_URL";
 /// the jobs (apalis's job table), shared by the server that enqueues and
 /// the workers that run them. Cheap to clone.
 ///
-/// Give it to the supervisor ([`SupervisorBuilder::jobs`]) so that
-/// handlers can [`enqueue`](crate::BackgroundTasks::enqueue), and to
-/// [`Workers`](super::Workers) to run the jobs.
-///
-/// [`SupervisorBuilder::jobs`]: crate::SupervisorBuilder::jobs
+/// Give it to the handlers (axum's `State`, say), which
+/// [`enqueue`](Self::enqueue) or [`push`](Self::push) jobs, and to
+/// [`Workers`](super::Workers) to run them.
 #[derive(Clone, Debug)]
 pub struct JobQueue {
     pub(crate) engine: Engine,
@@ -55,7 +53,7 @@ pub(crate) enum Engine {
 pub enum JobOutcome<T> {
     /// The queue of `J` holds no job with this id: never pushed, pushed to
     /// another job type's queue, or not pushed *yet* (a job from
-    /// [`enqueue`](crate::BackgroundTasks::enqueue) is pushed after its
+    /// [`enqueue`](JobQueue::enqueue) is pushed after its
     /// response).
     NotFound,
     /// Not finished: waiting, running, or failed with attempts left.
@@ -183,12 +181,10 @@ impl JobQueue {
     /// Pushes `job` now and returns its id once the database has it: the
     /// job survives a crash of this process from then on.
     ///
-    /// From a handler, prefer [`BackgroundTasks::enqueue`] (pushed after the
-    /// response) or [`BackgroundTasks::enqueue_now`] (the same as this,
-    /// counted with the request's tasks).
-    ///
-    /// [`BackgroundTasks::enqueue`]: crate::BackgroundTasks::enqueue
-    /// [`BackgroundTasks::enqueue_now`]: crate::BackgroundTasks::enqueue_now
+    /// From a handler, call this when the job must be stored before the
+    /// response says so (the `2xx` then means "it will run"), and
+    /// [`enqueue`](Self::enqueue) when the response should not wait for
+    /// the database.
     pub async fn push<J: Job>(&self, job: &J) -> Result<JobId, JobError> {
         let encoded = EncodedJob::new(job)?;
         let id = encoded.id;

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct JobStats {
-    /// Jobs stored in the database by this process (by `enqueue_now`,
-    /// `JobQueue::push`, or a deferred push that succeeded).
+    /// Jobs stored in the database by this process (by `JobQueue::push`, or
+    /// a deferred push that succeeded).
     pub pushed: u64,
-    /// Jobs accepted by `enqueue`, to be pushed after their response.
+    /// Jobs accepted by `JobQueue::enqueue`, to be pushed after their
+    /// response.
     pub deferred: u64,
     /// Deferred pushes that succeeded (included in `pushed`).
     pub pushed_deferred: u64,

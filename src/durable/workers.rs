@@ -14,7 +14,7 @@ use super::in_flight::InFlight;
 use super::job::Job;
 use super::queue::{Engine, JobQueue};
 use super::wake_up;
-use crate::resident::ShutdownSignals;
+use crate::resident::Shutdown;
 use crate::supervisor::Supervisor;
 
 /// Jobs each registered job type runs at once, per process, by default.
@@ -33,7 +33,7 @@ const MISSED_HEARTBEATS: usize = 2;
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(250);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
-type Runner = Box<dyn FnOnce(Settings, ShutdownSignals) -> BoxFuture + Send>;
+type Runner = Box<dyn FnOnce(Settings, Shutdown) -> BoxFuture + Send>;
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The workers of one process: one apalis worker per registered job type,
@@ -70,7 +70,7 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// }
 ///
 /// let queue = JobQueue::sqlite("jobs.db").await?;
-/// let supervisor = Supervisor::builder().jobs(queue.clone()).build();
+/// let supervisor = Supervisor::new();
 /// Workers::new(&queue).register::<Add>().concurrency(8).spawn(&supervisor);
 /// // ... serve ...
 /// supervisor.shutdown().await; // stops the workers too
@@ -178,21 +178,15 @@ impl Workers {
         self
     }
 
-    /// Starts the workers in this process, supervised by `supervisor`: they
-    /// stop with its [`shutdown`](Supervisor::shutdown), within its grace
-    /// period. They are not tasks: they are not in [`Stats`](crate::Stats)
-    /// and [`Supervisor::wait_idle`] does not wait for them.
-    ///
-    /// Must be called within a tokio runtime (the supervisor's).
+    /// Starts the workers in this process as residents of `supervisor`
+    /// ([`Supervisor::spawn_resident`]): they stop with its
+    /// [`shutdown`](Supervisor::shutdown), within its grace period. They are
+    /// not tasks: they are not in [`Stats`](crate::Stats) and
+    /// [`Supervisor::wait_idle`] does not wait for them.
     pub fn spawn(self, supervisor: &Supervisor) {
-        let set = supervisor.task_set();
         for (_, runner) in self.runners {
             let settings = self.settings.clone();
-            supervisor
-                .residents()
-                .spawn(set.runtime(), &set.cancel, move |signals| {
-                    runner(settings, signals)
-                });
+            supervisor.spawn_resident(move |signals| runner(settings, signals));
         }
     }
 
@@ -204,10 +198,7 @@ impl Workers {
     where
         F: Future,
     {
-        let supervisor = Supervisor::builder()
-            .grace_period(grace_period)
-            .jobs(self.queue.clone())
-            .build();
+        let supervisor = Supervisor::builder().grace_period(grace_period).build();
         self.spawn(&supervisor);
         signal.await;
         supervisor.shutdown().await;
@@ -230,7 +221,7 @@ static STARTS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs the worker for job type `J` until shutdown; restarts it (under a
 /// new name) if it stops on an error.
-async fn run_job_type<J: Job>(queue: JobQueue, settings: Settings, signals: ShutdownSignals) {
+async fn run_job_type<J: Job>(queue: JobQueue, settings: Settings, signals: Shutdown) {
     let mut delay = FIRST_RESTART_DELAY;
     loop {
         let name = format!(
@@ -244,14 +235,14 @@ async fn run_job_type<J: Job>(queue: JobQueue, settings: Settings, signals: Shut
         let mut run = Box::pin(run);
         let outcome = tokio::select! {
             result = &mut run => Some(result),
-            () = signals.cancel.cancelled() => None,
+            () = signals.cancelled() => None,
         };
         // Dropping the worker drops the jobs it was running.
         drop(run);
         release(&queue, J::NAME, &name, &in_flight).await;
         match outcome {
             Some(Ok(())) | None => return,
-            Some(Err(error)) if signals.closing.is_cancelled() => {
+            Some(Err(error)) if signals.is_closing() => {
                 tracing::warn!(worker = %name, %error, "durable worker: stopped with an error during shutdown");
                 return;
             }
@@ -261,7 +252,7 @@ async fn run_job_type<J: Job>(queue: JobQueue, settings: Settings, signals: Shut
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = signals.closing.cancelled() => return,
+            () = signals.closing() => return,
         }
         delay = (delay * 2).min(MAX_RESTART_DELAY);
     }
@@ -274,7 +265,7 @@ fn start_worker<J: Job>(
     settings: &Settings,
     name: &str,
     in_flight: &InFlight,
-    signals: &ShutdownSignals,
+    signals: &Shutdown,
 ) -> Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>> {
     let in_flight = in_flight.clone();
     let handler = move |job: J, id: TaskId| {
@@ -285,7 +276,7 @@ fn start_worker<J: Job>(
             result
         }
     };
-    let closing = signals.closing.clone();
+    let closing = signals.closing_token();
     let stop = async move {
         closing.cancelled().await;
         Ok::<(), WorkerError>(())

@@ -105,7 +105,7 @@ async fn killed_worker_job_is_run_again_by_another(db: Db) {
 
     // Another worker (here, in this process) takes the job back once the
     // dead worker has missed two heartbeats, and runs it again.
-    let supervisor = Supervisor::builder().jobs(queue.clone()).build();
+    let supervisor = Supervisor::new();
     Workers::new(&queue)
         .register::<Slow>()
         .heartbeat(HEARTBEAT)

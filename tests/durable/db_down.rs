@@ -1,7 +1,7 @@
 //! The database goes away (see [`Db::cuttable_queue`] for what "down" is on
 //! each engine, and why):
 //!
-//! - `enqueue_now` fails with a clear error, `JobError::Database`, which an
+//! - `JobQueue::push` fails with a clear error, `JobError::Database`, which an
 //!   axum handler turns into a `503` with `Retry-After` and a JSON body; it
 //!   works again once the database is back.
 //! - A deferred push (`enqueue`) is retried, counted in `push_retries`, and
@@ -13,12 +13,13 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, Request, Response, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_background::durable::{JobError, JobId, JobOutcome, Workers};
+use tower_background::durable::{JobError, JobId, JobOutcome, JobQueue, Workers};
 use tower_background::{BackgroundTasks, Supervisor};
 
 use crate::jobs::Add;
@@ -31,18 +32,22 @@ on_each_engine!(
 
 const JOB: Add = Add { x: 41, y: 1 };
 
-async fn enqueue_now(tasks: BackgroundTasks) -> Result<Json<JobId>, JobError> {
-    Ok(Json(tasks.enqueue_now(JOB).await?))
+async fn enqueue_now(State(queue): State<JobQueue>) -> Result<Json<JobId>, JobError> {
+    Ok(Json(queue.push(&JOB).await?))
 }
 
-async fn enqueue(tasks: BackgroundTasks) -> Result<Json<JobId>, JobError> {
-    Ok(Json(tasks.enqueue(JOB)?))
+async fn enqueue(
+    State(queue): State<JobQueue>,
+    tasks: BackgroundTasks,
+) -> Result<Json<JobId>, JobError> {
+    Ok(Json(queue.enqueue(&tasks, JOB)?))
 }
 
-fn routes(supervisor: &Supervisor) -> Router {
+fn routes(supervisor: &Supervisor, queue: &JobQueue) -> Router {
     Router::new()
         .route("/now", post(enqueue_now))
         .route("/later", post(enqueue))
+        .with_state(queue.clone())
         .layer(supervisor.layer())
 }
 
@@ -66,8 +71,8 @@ async fn status_and_json(response: Response<Body>) -> (StatusCode, serde_json::V
 
 async fn enqueue_now_while_down_is_a_503(db: Db) {
     let (queue, mut outage) = db.cuttable_queue().await;
-    let supervisor = Supervisor::builder().jobs(queue.clone()).build();
-    let app = routes(&supervisor);
+    let supervisor = Supervisor::new();
+    let app = routes(&supervisor, &queue);
     assert_eq!(
         status_and_json(post_to(&app, "/now").await).await.0,
         StatusCode::OK
@@ -104,8 +109,8 @@ async fn enqueue_now_while_down_is_a_503(db: Db) {
 
 async fn deferred_push_is_retried_until_database_returns(db: Db) {
     let (queue, mut outage) = db.cuttable_queue().await;
-    let supervisor = Supervisor::builder().jobs(queue.clone()).build();
-    let app = routes(&supervisor);
+    let supervisor = Supervisor::new();
+    let app = routes(&supervisor, &queue);
     // The workers have a connection of their own (on PostgreSQL, only the
     // server loses the database).
     let workers = db.queue().await;
@@ -169,9 +174,8 @@ async fn deferred_push_abandoned_when_shutdown_ends_while_down(db: Db) {
     let (queue, mut outage) = db.cuttable_queue().await;
     let supervisor = Supervisor::builder()
         .grace_period(Duration::from_secs(1))
-        .jobs(queue.clone())
         .build();
-    let app = routes(&supervisor);
+    let app = routes(&supervisor, &queue);
 
     outage.begin().await;
     let (status, body) = status_and_json(post_to(&app, "/later").await).await;

@@ -1,19 +1,19 @@
-//! Mistakes a handler can make, reported as errors and never as lost jobs:
-//! enqueueing with no queue given to the supervisor (`JobError::NoQueue`,
-//! a `500` that names the fix), and a job that cannot be encoded
-//! (`JobError::Encode`, at the call, before anything is stored).
+//! A mistake a handler can make, reported as an error and never as a lost
+//! job: a job that cannot be encoded (`JobError::Encode`, at the call,
+//! before anything is stored). Enqueueing with no queue cannot be written:
+//! `enqueue` is a method of the queue.
 
 use axum::body::Body;
+use axum::extract::State;
 use axum::http::{Request, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize, Serializer};
 use tower::ServiceExt;
-use tower_background::durable::{Job, JobError, JobFailure, JobId};
+use tower_background::durable::{Job, JobError, JobFailure, JobId, JobQueue};
 use tower_background::{BackgroundTasks, Supervisor};
 
-use crate::jobs::Add;
 use crate::support::{on_each_engine, Db};
 
 on_each_engine!(unencodable_job_is_an_error_at_the_call);
@@ -37,41 +37,26 @@ impl Job for Unencodable {
     }
 }
 
-fn routes<J: Job + Default>(supervisor: &Supervisor) -> Router {
-    async fn later<J: Job + Default>(tasks: BackgroundTasks) -> Result<Json<JobId>, JobError> {
-        Ok(Json(tasks.enqueue(J::default())?))
+fn routes<J: Job + Default>(supervisor: &Supervisor, queue: &JobQueue) -> Router {
+    async fn later<J: Job + Default>(
+        State(queue): State<JobQueue>,
+        tasks: BackgroundTasks,
+    ) -> Result<Json<JobId>, JobError> {
+        Ok(Json(queue.enqueue(&tasks, J::default())?))
     }
-    async fn now<J: Job + Default>(tasks: BackgroundTasks) -> Result<Json<JobId>, JobError> {
-        Ok(Json(tasks.enqueue_now(J::default()).await?))
+    async fn now<J: Job + Default>(State(queue): State<JobQueue>) -> Result<Json<JobId>, JobError> {
+        Ok(Json(queue.push(&J::default()).await?))
     }
     Router::new()
         .route("/later", post(later::<J>))
         .route("/now", post(now::<J>))
+        .with_state(queue.clone())
         .layer(supervisor.layer())
 }
 
 impl Default for Unencodable {
     fn default() -> Self {
         Self
-    }
-}
-
-/// `Add { x: 41, y: 1 }`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Answer(Add);
-
-impl Default for Answer {
-    fn default() -> Self {
-        Self(Add { x: 41, y: 1 })
-    }
-}
-
-impl Job for Answer {
-    const NAME: &'static str = "answer";
-    type Output = i64;
-
-    async fn run(self) -> Result<i64, JobFailure> {
-        self.0.run().await
     }
 }
 
@@ -91,29 +76,13 @@ async fn post_to(app: &Router, path: &str) -> (StatusCode, String, String) {
     (status, field("error"), field("message"))
 }
 
-#[tokio::test]
-async fn enqueue_without_a_queue_is_no_queue() {
-    let supervisor = Supervisor::new();
-    let app = routes::<Answer>(&supervisor);
-    for path in ["/later", "/now"] {
-        let (status, error, message) = post_to(&app, path).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
-        assert_eq!(error, "no-job-queue", "{path}");
-        assert!(
-            message.contains("SupervisorBuilder::jobs"),
-            "{path}: {message}"
-        );
-    }
-    assert!(supervisor.shutdown().await.is_complete());
-}
-
 async fn unencodable_job_is_an_error_at_the_call(db: Db) {
     let queue = db.queue().await;
     let pushed = queue.push(&Unencodable).await;
     assert!(matches!(pushed, Err(JobError::Encode(_))), "{pushed:?}");
 
-    let supervisor = Supervisor::builder().jobs(queue.clone()).build();
-    let app = routes::<Unencodable>(&supervisor);
+    let supervisor = Supervisor::new();
+    let app = routes::<Unencodable>(&supervisor, &queue);
     for path in ["/later", "/now"] {
         let (status, error, message) = post_to(&app, path).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");

@@ -6,6 +6,7 @@
 use std::fmt::Debug;
 
 use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, Request, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -88,7 +89,7 @@ where
 
 async fn direct_and_worker_results_agree(db: Db) {
     let queue = db.queue().await;
-    let supervisor = Supervisor::builder().jobs(queue.clone()).build();
+    let supervisor = Supervisor::new();
     jobs::register(Workers::new(&queue))
         .register::<PowerOnce>()
         .heartbeat(HEARTBEAT)
@@ -131,18 +132,20 @@ async fn direct_and_worker_results_agree(db: Db) {
 /// `POST /{job}` with the job as JSON: enqueued (deferred) by the handler,
 /// which answers with the job's id at once.
 async fn enqueue<J: Job>(
+    State(queue): State<JobQueue>,
     tasks: BackgroundTasks,
     Json(job): Json<J>,
 ) -> Result<Json<JobId>, JobError> {
-    Ok(Json(tasks.enqueue(job)?))
+    Ok(Json(queue.enqueue(&tasks, job)?))
 }
 
-fn routes(supervisor: &Supervisor) -> Router {
+fn routes(supervisor: &Supervisor, queue: &JobQueue) -> Router {
     Router::new()
         .route("/add", post(enqueue::<Add>))
         .route("/power", post(enqueue::<Power>))
         .route("/join", post(enqueue::<Join>))
         .route("/fibonacci", post(enqueue::<Fibonacci>))
+        .with_state(queue.clone())
         .layer(supervisor.layer())
 }
 
@@ -189,11 +192,11 @@ where
 
 async fn enqueued_by_handler_runs_after_response(db: Db) {
     let queue = db.queue().await;
-    let supervisor = Supervisor::builder().jobs(queue.clone()).build();
+    let supervisor = Supervisor::new();
     jobs::register(Workers::new(&queue))
         .heartbeat(HEARTBEAT)
         .spawn(&supervisor);
-    let app = routes(&supervisor);
+    let app = routes(&supervisor, &queue);
 
     assert_eq!(
         through_http(&app, &queue, "add", Add { x: 41, y: 1 }).await,

@@ -17,10 +17,7 @@ const GRACE: Duration = Duration::from_secs(1);
 async fn job_past_grace_returns_to_queue(db: Db) {
     let queue = db.queue().await;
     let log = db.path("slow.log");
-    let supervisor = Supervisor::builder()
-        .grace_period(GRACE)
-        .jobs(queue.clone())
-        .build();
+    let supervisor = Supervisor::builder().grace_period(GRACE).build();
     Workers::new(&queue)
         .register::<Slow>()
         .heartbeat(HEARTBEAT)
@@ -41,7 +38,7 @@ async fn job_past_grace_returns_to_queue(db: Db) {
     assert_eq!(runs(&log).len(), 1);
 
     // A worker started afterwards runs it to the end.
-    let supervisor = Supervisor::builder().jobs(queue.clone()).build();
+    let supervisor = Supervisor::new();
     Workers::new(&queue)
         .register::<Slow>()
         .heartbeat(HEARTBEAT)

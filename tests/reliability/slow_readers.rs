@@ -26,7 +26,8 @@ use hyper::body::Incoming;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
-use tower_background::{CancellationToken, OnDisconnect, Supervisor};
+use tokio_util::sync::CancellationToken;
+use tower_background::{OnDisconnect, Supervisor};
 
 use crate::harness::{
     accounted, background_tasks, eventually, id_of, scaled, settled, shut_down_as_settled, summary,
