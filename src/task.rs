@@ -115,7 +115,33 @@ where
     F: Future + Send + 'static,
     F::Output: TaskOutput,
 {
-    Box::pin(async move { Outcome::from_result(future.await.into_result()) })
+    Box::pin(IntoOutcome { future })
+}
+
+pin_project_lite::pin_project! {
+    /// `future` with its output mapped to an [`Outcome`]. Written out rather
+    /// than as `async move { .. future.await .. }`, whose state machine keeps
+    /// the captured future and the awaited one as two copies: this box is
+    /// what a task waiting on I/O holds for as long as it waits.
+    struct IntoOutcome<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F> Future for IntoOutcome<F>
+where
+    F: Future,
+    F::Output: TaskOutput,
+{
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
+        self.project()
+            .future
+            .poll(cx)
+            .map(|output| Outcome::from_result(output.into_result()))
+    }
 }
 
 /// `function`, boxed, with its output mapped to a message.
@@ -125,4 +151,20 @@ where
     T: TaskOutput,
 {
     Box::new(move || function().into_result())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_boxed_task_is_no_larger_than_its_future() {
+        // What a task waiting on I/O holds beyond tokio's own task: the
+        // boxed future, which must not keep a second copy of the user's.
+        let nap = || tokio::time::sleep(Duration::from_secs(1));
+        let user_future = async move { nap().await };
+        let size = std::mem::size_of_val(&user_future);
+        let work = boxed(async move { nap().await });
+        assert_eq!(std::mem::size_of_val(&*work), size);
+    }
 }
