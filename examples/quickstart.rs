@@ -24,7 +24,7 @@
 //! # 201 at once; the e-mail is "sent" a second later, in the server's log
 //! curl -i -X POST 'http://127.0.0.1:3000/signup?email=ada@example.com'
 //!
-//! # {"submitted":2,"waiting":0,"running":1,"completed":1,...}
+//! # {"submitted":2,"waiting":0,"queued":0,"running":1,"completed":1,...}
 //! curl -s http://127.0.0.1:3000/stats
 //!
 //! # 400 with a JSON body saying what is wrong

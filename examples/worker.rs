@@ -23,12 +23,11 @@
 //!   server's default too, so run both from the same directory).
 //! - `CONCURRENCY` (default 4): jobs of each kind this process runs at once.
 //! - `HEARTBEAT_SECS` (default 2): how often it tells the database it is
-//!   alive, and, when idle, looks for new jobs (apalis 1.0 workers have no
-//!   other poll; hence 2 s here rather than the crate's 30 s). A worker
-//!   takes for dead, and runs the jobs of, any worker that has been silent
-//!   for a few of *its own* intervals (2 with SQLite, 10 with PostgreSQL:
-//!   apalis's defaults), so give every process sharing the queue, the
-//!   server included, the same value.
+//!   alive (new jobs are looked for every 100 ms, `Workers::poll_interval`,
+//!   and on PostgreSQL at once through `LISTEN`). A worker takes for dead,
+//!   and runs the jobs of, any worker that has missed two of *its own*
+//!   heartbeats, so give every process sharing the queue, the server
+//!   included, the same value.
 //! - `GRACE_SECS` (default 15, the crate's default): how long shutdown waits
 //!   for running jobs.
 //! - `RUST_LOG` (default `info`): the log filter.
