@@ -80,9 +80,9 @@
 //! # Running it
 //!
 //! ```text
-//! cargo bench --bench admission              # 9 rounds, 1-2 min once built
-//! cargo bench --bench admission -- --quick   # 3 rounds, one run per probe (about 30 s)
-//! cargo bench --bench admission -- memory    # only the probes (or `throughput`)
+//! cargo bench -p benches --bench admission              # 9 rounds, 1-2 min once built
+//! cargo bench -p benches --bench admission -- --quick   # 3 rounds, one run per probe (about 30 s)
+//! cargo bench -p benches --bench admission -- memory    # only the probes (or `throughput`)
 //! ```
 //!
 //! Run without `--bench` (as `cargo test --benches` does), it makes one

@@ -79,8 +79,8 @@
 //! # Running it
 //!
 //! ```text
-//! cargo bench --bench durable --features sqlite,postgres              # 5 rounds, about 6 min
-//! cargo bench --bench durable --features sqlite,postgres -- --quick   # 1 round, under a minute
+//! cargo bench -p benches --bench durable              # 5 rounds, about 6 min
+//! cargo bench -p benches --bench durable -- --quick   # 1 round, under a minute
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--jobs N` (per throughput
@@ -1179,7 +1179,9 @@ fn main() {
     }
     if config.mode == Mode::Smoke {
         assert_eq!(missing, 0, "jobs never started in the smoke pass");
-        eprintln!("durable: smoke pass ok (run with `cargo bench --bench durable` to measure)");
+        eprintln!(
+            "durable: smoke pass ok (run with `cargo bench -p benches --bench durable` to measure)"
+        );
     } else if missing > 0 {
         eprintln!("durable: {missing} job(s) never started; see above");
     }

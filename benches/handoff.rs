@@ -58,11 +58,11 @@
 //! Run all of it (about three minutes once built):
 //!
 //! ```text
-//! cargo bench --bench handoff
+//! cargo bench -p benches --bench handoff
 //! ```
 //!
 //! or a quicker, noisier pass with
-//! `cargo bench --bench handoff -- --warm-up-time 1 --measurement-time 2`
+//! `cargo bench -p benches --bench handoff -- --warm-up-time 1 --measurement-time 2`
 //! (criterion's `--quick` works as well). The numbers are in
 //! `BENCHMARKS.md`.
 

@@ -30,11 +30,11 @@
 //!
 //! which builds this bench, runs each scenario under
 //! `valgrind --tool=callgrind` at both sizes and prints the table. By hand:
-//! `cargo bench --bench instructions --no-run` prints the binary's path, then
+//! `cargo bench -p benches --bench instructions --no-run` prints the binary's path, then
 //! `valgrind --tool=callgrind <binary> nreq 2000` (and 22000).
 //!
 //! Run without a scenario, as `cargo test --all-features` and a bare
-//! `cargo bench --bench instructions` run it, it is a check, not a
+//! `cargo bench -p benches --bench instructions` run it, it is a check, not a
 //! measurement: every scenario once with `n` = 1 000, one line each (a
 //! single word instead: only the scenarios whose name contains it).
 //! `--list` prints the scenario names.

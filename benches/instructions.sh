@@ -4,7 +4,7 @@
 #
 #     bash benches/instructions.sh [scenario ...]      # default: all of them
 #
-# Builds the bench (`cargo bench --bench instructions --no-run`, in
+# Builds the bench (`cargo bench -p benches --bench instructions --no-run`, in
 # $CARGO_TARGET_DIR if set), runs each scenario under
 # `valgrind --tool=callgrind` with n = 2 000 and n = 22 000 units, and prints
 #
@@ -43,10 +43,10 @@ command -v valgrind >/dev/null 2>&1 ||
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-echo "building the bench (cargo bench --bench instructions --no-run)..." >&2
+echo "building the bench (cargo bench -p benches --bench instructions --no-run)..." >&2
 # Diagnostics go to stderr as cargo renders them; stdout is JSON, one message
 # a line, of which the bench's artifact names the binary.
-bin=$(cargo bench --bench instructions --no-run --message-format=json-render-diagnostics |
+bin=$(cargo bench -p benches --bench instructions --no-run --message-format=json-render-diagnostics |
     grep '"reason":"compiler-artifact"' |
     grep '"name":"instructions"' |
     grep -o '"executable":"[^"]*"' |

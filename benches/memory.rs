@@ -3,8 +3,8 @@
 //! run.
 //!
 //! ```text
-//! cargo bench --bench memory            # 100 000 tasks per scenario
-//! cargo bench --bench memory -- 20000   # another count
+//! cargo bench -p benches --bench memory            # 100 000 tasks per scenario
+//! cargo bench -p benches --bench memory -- 20000   # another count
 //! ```
 //!
 //! A counting global allocator (the `cap` crate's) tracks the bytes live on

@@ -595,7 +595,11 @@ async fn a_resident_that_stops_when_told_is_waited_for() {
     let report = within("shutdown", supervisor.shutdown()).await;
     assert_eq!(events.count("resident returned"), 1);
     assert!(!report.aborted, "{report}");
-    assert_eq!(started.elapsed(), millis(300), "returns when the resident does");
+    assert_eq!(
+        started.elapsed(),
+        millis(300),
+        "returns when the resident does"
+    );
     assert_eq!(counts(report.stats), stats(|_| {}));
 }
 

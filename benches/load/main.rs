@@ -104,8 +104,8 @@
 //! the paced p99.
 //!
 //! ```text
-//! cargo bench --bench load               # 6 rounds × ((0.5 s + 2 s) × 10 + paced 2 s × 5), about 4.5 minutes
-//! cargo bench --bench load -- --quick    # 3 rounds × ((0.2 s + 0.5 s) × 10 + paced 0.3 s × 5), about 55 s
+//! cargo bench -p benches --bench load               # 6 rounds × ((0.5 s + 2 s) × 10 + paced 2 s × 5), about 4.5 minutes
+//! cargo bench -p benches --bench load -- --quick    # 3 rounds × ((0.2 s + 0.5 s) × 10 + paced 0.3 s × 5), about 55 s
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--secs S`, `--warm-up S`,
@@ -275,7 +275,9 @@ fn main() {
 
     if config.mode == Mode::Smoke {
         assert_eq!(failures, 0, "requests failed in the smoke pass");
-        eprintln!("load: smoke pass ok (run with `cargo bench --bench load` to measure)");
+        eprintln!(
+            "load: smoke pass ok (run with `cargo bench -p benches --bench load` to measure)"
+        );
     } else if failures > 0 {
         eprintln!("load: {failures} request(s) failed or went unanswered; see above");
     }

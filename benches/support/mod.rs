@@ -167,12 +167,13 @@ pub(crate) fn per_round_cell(values: &Value, show: impl Fn(f64) -> String) -> St
 }
 
 /// Where a bench writes its JSON unless `--json` says otherwise:
-/// `file_name` in `$CARGO_TARGET_DIR`, or in the crate's `target/`, where
-/// cargo's own output goes and git does not look.
+/// `file_name` in `$CARGO_TARGET_DIR`, or in the workspace's `target/`
+/// (this package sits one level below the workspace root), where cargo's
+/// own output goes and git does not look.
 pub(crate) fn default_json_path(file_name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     target.join(file_name)
 }
 

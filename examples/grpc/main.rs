@@ -20,10 +20,11 @@
 //!
 //! # Running it
 //!
-//! The example needs the `grpc-example` feature, which compiles the proto:
+//! It is the workspace member `grpc-example` (its build script compiles the
+//! proto), run from the repository root:
 //!
 //! ```text
-//! cargo run --example grpc --features grpc-example
+//! cargo run -p grpc-example --example grpc
 //! ```
 //!
 //! `PORT` (default 3000) and `GRACE_SECS` (default 15) work as in the
@@ -31,7 +32,7 @@
 //! both methods and prints what it gets:
 //!
 //! ```text
-//! cargo run --example grpc --features grpc-example -- client
+//! cargo run -p grpc-example --example grpc -- client
 //! ```
 //!
 //! The server's terminal then shows the tasks' output, after the calls have

@@ -25,8 +25,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
-use tower::ServiceBuilder;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_background::{OnDisconnect, Supervisor};
 
 use crate::harness::{

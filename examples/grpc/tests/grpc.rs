@@ -6,8 +6,10 @@
 //! To see the moment between the two, a layer inside ours holds each
 //! response's trailers until the test lets them go.
 
-#[path = "../examples/grpc/newsletter.rs"]
+#[path = "../newsletter.rs"]
 mod newsletter;
+// The behaviour tests' shared helpers, from the crate's own `tests/`.
+#[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;
