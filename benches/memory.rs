@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use cap::Cap;
 use http::Uri;
+use tokio::task::JoinHandle;
 use tokio::time::sleep;
 use tower::{service_fn, Layer};
 use tower_background::Supervisor;
@@ -64,13 +65,14 @@ async fn settle() {
     sleep(Duration::from_millis(50)).await;
 }
 
-async fn tokio_spawn(n: usize) -> f64 {
+/// Bytes per task of `n` tasks made by `spawn` and left sleeping.
+async fn spawned(n: usize, spawn: impl Fn() -> JoinHandle<()>) -> f64 {
     let before = live();
     let mut handles = Vec::with_capacity(n);
     // The handles' own vector is not the tasks' memory.
     let vector = live() - before;
     for _ in 0..n {
-        handles.push(tokio::spawn(nap()));
+        handles.push(spawn());
     }
     settle().await;
     let per_task = (live() - before - vector) as f64 / n as f64;
@@ -81,21 +83,16 @@ async fn tokio_spawn(n: usize) -> f64 {
     per_task
 }
 
+async fn tokio_spawn(n: usize) -> f64 {
+    spawned(n, || tokio::spawn(nap())).await
+}
+
 async fn tokio_spawn_boxed(n: usize) -> f64 {
-    let before = live();
-    let mut handles = Vec::with_capacity(n);
-    let vector = live() - before;
-    for _ in 0..n {
+    spawned(n, || {
         let boxed: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(nap());
-        handles.push(tokio::spawn(boxed));
-    }
-    settle().await;
-    let per_task = (live() - before - vector) as f64 / n as f64;
-    for handle in &handles {
-        handle.abort();
-    }
-    settle().await;
-    per_task
+        tokio::spawn(boxed)
+    })
+    .await
 }
 
 /// Returns the bytes per task and the rejected count.

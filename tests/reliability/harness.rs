@@ -741,7 +741,9 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// A connection whose requests carry bodies of type `B`.
+    /// A connection whose requests carry bodies of type `B` (the tracked
+    /// flood's JSON bodies, a scenario of the `tracking` feature).
+    #[cfg_attr(not(feature = "tracking"), allow(dead_code))]
     pub(crate) async fn connect_sending(addr: SocketAddr) -> Result<Self, BoxError> {
         Self::handshake(TcpSocket::new_v4()?, addr).await
     }
