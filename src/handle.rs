@@ -1,12 +1,9 @@
 //! The per-request handle handlers queue their background work on.
 
 use std::future::Future;
-use std::mem;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use http::{Method, Uri};
-use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::{self, Kind};
@@ -14,9 +11,10 @@ use crate::error::AddError;
 use crate::group::Group;
 use crate::options::TaskOptions;
 use crate::origin::RequestLine;
+use crate::request_queue::{Closed, RequestQueue};
 use crate::running;
 use crate::stats::DiscardReason;
-use crate::task::{self, Queued, Task, TaskOutput, Work, BLOCKING_LANE, DEFAULT_LANE};
+use crate::task::{self, Task, TaskOutput, Work, BLOCKING_LANE, DEFAULT_LANE};
 use crate::task_set::{Refusal, TaskSet};
 
 /// A request's background tasks: work queued here starts once the response
@@ -65,63 +63,10 @@ pub struct BackgroundTasks {
 pub(crate) struct RequestTasks {
     set: Arc<TaskSet>,
     line: RequestLine,
-    /// Whether `queue` is in use, or how the request was closed without it;
-    /// see [`Phase`].
-    phase: AtomicU8,
-    queue: Mutex<Queue>,
+    queue: RequestQueue,
     /// The first error a plain `add` could not return to its caller: the
     /// response, if it does not exist yet, becomes this error instead.
     refusal: OnceLock<AddError>,
-}
-
-#[derive(Debug)]
-enum Queue {
-    /// The response has not ended; tasks wait here.
-    Open(Queued),
-    Closed(Closed),
-}
-
-/// What became of a request's queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Closed {
-    /// Handed off: later tasks start at once.
-    HandedOff,
-    /// Discarded: later tasks are discarded for the same reason.
-    Discarded(DiscardReason),
-}
-
-/// The values of [`RequestTasks::phase`]. A request that never queues
-/// anything (most requests) is closed with one compare-and-swap, without
-/// taking the queue's mutex. Whichever of the first `add` and the close
-/// swaps `UNTOUCHED` away first decides: after an `add` the mutex holds the
-/// truth, as it always did; after a close, the phase itself says how the
-/// request was closed.
-struct Phase;
-
-impl Phase {
-    /// Open, and nothing was ever offered.
-    const UNTOUCHED: u8 = 0;
-    /// Something was offered: `queue` holds the state.
-    const IN_QUEUE: u8 = 1;
-
-    fn of(closed: Closed) -> u8 {
-        match closed {
-            Closed::HandedOff => 2,
-            Closed::Discarded(DiscardReason::NoResponse) => 3,
-            Closed::Discarded(DiscardReason::ClientDisconnected) => 4,
-            Closed::Discarded(DiscardReason::ServerError) => 5,
-        }
-    }
-
-    /// The inverse of [`Phase::of`], for any phase but the first two.
-    fn closed(phase: u8) -> Closed {
-        match phase {
-            2 => Closed::HandedOff,
-            3 => Closed::Discarded(DiscardReason::NoResponse),
-            4 => Closed::Discarded(DiscardReason::ClientDisconnected),
-            _ => Closed::Discarded(DiscardReason::ServerError),
-        }
-    }
 }
 
 impl BackgroundTasks {
@@ -130,8 +75,7 @@ impl BackgroundTasks {
             request: Arc::new(RequestTasks {
                 set,
                 line: RequestLine::new(method, uri),
-                phase: AtomicU8::new(Phase::UNTOUCHED),
-                queue: Mutex::new(Queue::Open(SmallVec::new())),
+                queue: RequestQueue::new(),
                 refusal: OnceLock::new(),
             }),
         }
@@ -326,16 +270,9 @@ impl BackgroundTasks {
                 return Err(error);
             }
         }
-        let closed = match request.enter_queue() {
-            Some(closed) => closed,
-            None => match &mut *request.lock() {
-                Queue::Open(tasks) => {
-                    tasks.push(task);
-                    set.counters.submitted();
-                    return Ok(());
-                }
-                Queue::Closed(closed) => *closed,
-            },
+        let (task, closed) = match request.queue.push(task, || set.counters.submitted()) {
+            Ok(()) => return Ok(()),
+            Err(refused) => refused,
         };
         match closed {
             Closed::HandedOff => {
@@ -478,59 +415,10 @@ impl RequestTasks {
         self.refusal.get()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // Nothing panics while the lock is held; should it ever, the queue is
-        // still consistent, so poisoning is ignored rather than propagated.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Before an `add` takes the queue's lock: `None` if the queue (its
-    /// mutex) decides, or how the request was closed without it.
-    fn enter_queue(&self) -> Option<Closed> {
-        let phase = self.phase.load(Ordering::Acquire);
-        if phase == Phase::IN_QUEUE {
-            return None;
-        }
-        match self.phase.compare_exchange(
-            Phase::UNTOUCHED,
-            Phase::IN_QUEUE,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) | Err(Phase::IN_QUEUE) => None,
-            Err(closed) => Some(Phase::closed(closed)),
-        }
-    }
-
-    /// Takes the queued tasks if the queue is still open, leaving it
-    /// `next`; `None` if it was closed already, or nothing was ever queued.
-    fn close_queue(&self, next: Closed) -> Option<Queued> {
-        match self.phase.compare_exchange(
-            Phase::UNTOUCHED,
-            Phase::of(next),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            // Nothing was queued, nor ever will be here.
-            Ok(_) => return None,
-            Err(Phase::IN_QUEUE) => {}
-            // Closed already, without the queue.
-            Err(_) => return None,
-        }
-        let mut queue = self.lock();
-        match &*queue {
-            Queue::Open(_) => match mem::replace(&mut *queue, Queue::Closed(next)) {
-                Queue::Open(tasks) => Some(tasks),
-                Queue::Closed(_) => None,
-            },
-            Queue::Closed(_) => None,
-        }
-    }
-
     /// Starts the queued tasks; later adds start at once. Only the first
     /// hand-off or discard of a request has any effect.
     pub(crate) fn hand_off(self: &Arc<Self>) {
-        if let Some(tasks) = self.close_queue(Closed::HandedOff) {
+        if let Some(tasks) = self.queue.close(Closed::HandedOff) {
             running::spawn_all(&self.set, &self.line, tasks);
         }
     }
@@ -538,33 +426,13 @@ impl RequestTasks {
     /// Drops the queued tasks, counted under `reason`; later adds are
     /// discarded too. Only the first hand-off or discard has any effect.
     pub(crate) fn discard(self: &Arc<Self>, reason: DiscardReason) {
-        if let Some(tasks) = self.close_queue(Closed::Discarded(reason)) {
+        if let Some(tasks) = self.queue.close(Closed::Discarded(reason)) {
             let n = tasks.len() as u64;
             drop(tasks);
             if n > 0 {
                 self.set.unpend(n);
                 self.set.discard(n, reason, &self.line);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_closed_state_round_trips_through_its_phase() {
-        let all = [
-            Closed::HandedOff,
-            Closed::Discarded(DiscardReason::NoResponse),
-            Closed::Discarded(DiscardReason::ClientDisconnected),
-            Closed::Discarded(DiscardReason::ServerError),
-        ];
-        for closed in all {
-            let phase = Phase::of(closed);
-            assert!(phase > Phase::IN_QUEUE);
-            assert_eq!(Phase::closed(phase), closed);
         }
     }
 }

@@ -202,6 +202,7 @@ mod options;
 mod origin;
 mod policy;
 mod report;
+mod request_queue;
 mod resident;
 mod running;
 mod service;
