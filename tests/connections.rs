@@ -2,7 +2,7 @@
 //! `127.0.0.1:0` and a hyper client. Tasks start when the server has sent
 //! the body (or lost the client), and run detached from the connection.
 
-mod common;
+mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{assert_still_queued, counting, within, ChannelBody};
 use http::header::HOST;
 use http::{Request, Response};
 use http_body::Body;
@@ -18,6 +17,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use support::{assert_still_queued, counting, within, ChannelBody};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -183,7 +183,7 @@ async fn streaming_server(
     supervisor: &Supervisor,
     on_disconnect: OnDisconnect,
     runs: &Arc<AtomicUsize>,
-) -> (Server, mpsc::Sender<common::Chunk>) {
+) -> (Server, mpsc::Sender<support::Chunk>) {
     let (chunks, body) = ChannelBody::new();
     let body = Arc::new(Mutex::new(Some(body)));
     let runs = Arc::clone(runs);
@@ -197,7 +197,7 @@ async fn streaming_server(
     (Server::start(layer.layer(handler)).await, chunks)
 }
 
-async fn send(chunks: &mpsc::Sender<common::Chunk>, text: &'static str) {
+async fn send(chunks: &mpsc::Sender<support::Chunk>, text: &'static str) {
     chunks
         .send(Ok(Bytes::from_static(text.as_bytes())))
         .await
@@ -210,7 +210,7 @@ struct MidStream {
     /// Kept alive for as long as the test runs.
     _server: Server,
     client: Client,
-    chunks: mpsc::Sender<common::Chunk>,
+    chunks: mpsc::Sender<support::Chunk>,
     body: Incoming,
 }
 

@@ -2,7 +2,7 @@
 //! waiting, driven in-process through `tower::ServiceExt::oneshot` with bodies
 //! the tests poll (or drop) by hand.
 
-mod common;
+mod support;
 
 use std::convert::Infallible;
 use std::io;
@@ -12,10 +12,10 @@ use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{assert_still_queued, counting, within, ChannelBody};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
+use support::{assert_still_queued, counting, within, ChannelBody};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 use tower_background::{
     Background, BackgroundTaskLayer, BackgroundTasks, OnDisconnect, OnServerError, ResponseBody,
@@ -78,7 +78,7 @@ where
     )
 }
 
-async fn send(chunks: &tokio::sync::mpsc::Sender<common::Chunk>, text: &'static str) {
+async fn send(chunks: &tokio::sync::mpsc::Sender<support::Chunk>, text: &'static str) {
     chunks
         .send(Ok(Bytes::from_static(text.as_bytes())))
         .await
@@ -118,7 +118,7 @@ async fn stream_first_chunk(
     layer: &BackgroundTaskLayer,
     runs: &Arc<AtomicUsize>,
 ) -> (
-    tokio::sync::mpsc::Sender<common::Chunk>,
+    tokio::sync::mpsc::Sender<support::Chunk>,
     ResponseBody<ChannelBody>,
 ) {
     let (chunks, body) = ChannelBody::new();

@@ -5,9 +5,7 @@
 //! do and however long the connection stays open; a stream the client resets
 //! is a disconnect.
 
-// Each test binary uses its own subset of the shared helpers.
-#[allow(dead_code)]
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use common::{within, ChannelBody, Chunk};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full};
@@ -27,6 +24,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use support::{within, ChannelBody, Chunk};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;

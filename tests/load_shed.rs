@@ -1,6 +1,8 @@
 //! `LoadShedLayer`: `503` with `Retry-After` and a JSON body while the
 //! backlog is above the mark, and back to normal below it.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,15 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use support::within;
 use tokio::sync::Semaphore;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_background::{BackgroundTasks, LoadShedLayer, Supervisor};
-
-async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 /// Every request queues one task that waits for `gate`.
 fn app(

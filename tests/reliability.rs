@@ -35,7 +35,8 @@
 //! | [`burst`] | a burst of 1 s tasks with the default settings; `503`s past a configured limit |
 //! | `tracked_flood` | a tracked route flooded past its store's capacity, with malformed requests (feature `tracking`) |
 
-// Shared with the other behaviour tests: `stats` and `Gate`.
+// Shared with every behaviour test: bounded waits, stats snapshots, the
+// streaming bodies, gates.
 #[path = "support/mod.rs"]
 mod support;
 

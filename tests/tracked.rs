@@ -28,7 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_background::tracking::{
@@ -37,7 +37,7 @@ use tower_background::tracking::{
 };
 use tower_background::{BackgroundTasks, Supervisor};
 
-use support::within;
+use support::{within, AsyncGate};
 
 // ---------------------------------------------------------------------------
 // The task under test and its route.
@@ -47,34 +47,19 @@ struct Hello {
     name: String,
 }
 
-/// Holds tasks until the test opens it (closing the semaphore wakes every
-/// waiter), so "still running" never depends on timing.
-#[derive(Clone)]
-struct Gate(Arc<Semaphore>);
-
-impl Gate {
-    fn new() -> Self {
-        Self(Arc::new(Semaphore::new(0)))
-    }
-
-    fn open(&self) {
-        self.0.close();
-    }
-
-    async fn wait(&self) {
-        let _ = self.0.acquire().await;
-    }
-}
-
 /// apidaora's `hello_task`, waiting at `gate` instead of sleeping 1 s. The
 /// names `boom` (panic), `fail` (error) and `never` (never ends) pick the
 /// other endings.
-fn hello_route(registry: &TaskRegistry, lock: Lock, gate: &Gate) -> axum::routing::MethodRouter {
+fn hello_route(
+    registry: &TaskRegistry,
+    lock: Lock,
+    gate: &AsyncGate,
+) -> axum::routing::MethodRouter {
     let gate = gate.clone();
     registry.route("hello_task", lock, move |args: Hello| {
         let gate = gate.clone();
         async move {
-            gate.wait().await;
+            gate.pass().await;
             match args.name.as_str() {
                 "boom" => panic!("boom went the task"),
                 "fail" => Err("the task failed on purpose".to_owned()),
@@ -85,7 +70,12 @@ fn hello_route(registry: &TaskRegistry, lock: Lock, gate: &Gate) -> axum::routin
     })
 }
 
-fn hello_app(supervisor: &Supervisor, registry: &TaskRegistry, lock: Lock, gate: &Gate) -> Router {
+fn hello_app(
+    supervisor: &Supervisor,
+    registry: &TaskRegistry,
+    lock: Lock,
+    gate: &AsyncGate,
+) -> Router {
     Router::new()
         .route("/hello-single", hello_route(registry, lock, gate))
         .layer(supervisor.layer())
@@ -276,7 +266,7 @@ fn is_rfc3339_utc(text: &str) -> bool {
 async fn the_reference_transcript_over_http() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let server = Server::start(hello_app(&supervisor, &registry, Lock::Signature, &gate)).await;
     let http = Http::new(&server);
 
@@ -331,7 +321,7 @@ async fn the_reference_transcript_over_http() {
 async fn of_100_concurrent_posts_exactly_one_starts() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let server = Server::start(hello_app(&supervisor, &registry, Lock::Signature, &gate)).await;
     let http = Http::new(&server);
 
@@ -375,7 +365,7 @@ async fn of_100_concurrent_posts_exactly_one_starts() {
 async fn the_args_lock_blocks_only_the_same_arguments() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let app = hello_app(&supervisor, &registry, Lock::Args, &gate);
 
     let me = call(&app, Method::POST, "/hello-single?name=Me").await;
@@ -414,7 +404,7 @@ async fn ended_records_expire_after_the_ttl() {
     let supervisor = Supervisor::new();
     let store = MemoryStore::builder().ttl(Duration::from_secs(60)).build();
     let registry = TaskRegistry::builder().store(store).build();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let app = hello_app(&supervisor, &registry, Lock::Signature, &gate);
 
@@ -441,7 +431,7 @@ async fn past_the_capacity_the_oldest_ended_record_goes_first() {
     let supervisor = Supervisor::new();
     let store = MemoryStore::builder().capacity(2).build();
     let registry = TaskRegistry::builder().store(store).build();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let app = hello_app(&supervisor, &registry, Lock::None, &gate);
 
@@ -476,7 +466,7 @@ async fn a_store_full_of_running_tasks_answers_503_with_retry_after() {
         .store(MemoryStore::builder().capacity(2).build())
         .retry_after(Duration::from_millis(1500))
         .build();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let app = hello_app(&supervisor, &registry, Lock::None, &gate);
 
     let first = call(&app, Method::POST, "/hello-single?name=Me").await;
@@ -507,7 +497,7 @@ async fn a_store_full_of_running_tasks_answers_503_with_retry_after() {
 async fn a_panicking_task_is_failed_and_releases_the_lock() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let app = hello_app(&supervisor, &registry, Lock::Signature, &gate);
 
@@ -536,7 +526,7 @@ async fn a_panicking_task_is_failed_and_releases_the_lock() {
 async fn a_failing_task_is_failed_and_releases_the_lock() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let app = hello_app(&supervisor, &registry, Lock::Signature, &gate);
 
@@ -558,7 +548,7 @@ async fn a_task_aborted_at_shutdown_is_cancelled_and_releases_the_lock() {
         .grace_period(Duration::from_secs(2))
         .build();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let app = hello_app(&supervisor, &registry, Lock::Signature, &gate);
 
@@ -618,7 +608,7 @@ async fn a_task_discarded_with_its_request_is_cancelled_and_releases_the_lock() 
     );
     assert_eq!(supervisor.stats().discarded, 1);
 
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let app = hello_app(&supervisor, &registry, Lock::Signature, &gate);
     let after = call(&app, Method::POST, "/hello-single?name=Me").await;
@@ -632,7 +622,7 @@ async fn a_task_discarded_with_its_request_is_cancelled_and_releases_the_lock() 
 async fn a_task_refused_after_shutdown_began_is_cancelled() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let app = hello_app(&supervisor, &registry, Lock::Signature, &gate);
     let report = supervisor.shutdown().await;
@@ -663,7 +653,7 @@ async fn a_task_refused_after_shutdown_began_is_cancelled() {
 async fn bad_and_unknown_ids() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let other = registry.route("other_task", Lock::None, |(): ()| async { "other" });
     let app = Router::new()
@@ -712,7 +702,7 @@ async fn bad_and_unknown_ids() {
 async fn bad_arguments_are_json_errors() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let app =
         hello_app(&supervisor, &registry, Lock::Signature, &gate).layer(DefaultBodyLimit::max(64));
 
@@ -847,7 +837,7 @@ fn counted_app(
     supervisor: &Supervisor,
     registry: &TaskRegistry,
     lock: Lock,
-    gate: &Gate,
+    gate: &AsyncGate,
 ) -> (Router, Arc<AtomicUsize>) {
     let runs = Arc::new(AtomicUsize::new(0));
     let (gate, counter) = (gate.clone(), Arc::clone(&runs));
@@ -856,7 +846,7 @@ fn counted_app(
         // Counted when it runs: a start that is refused drops it unpolled.
         async move {
             counter.fetch_add(1, Ordering::SeqCst);
-            gate.wait().await;
+            gate.pass().await;
             format!("Hello {}!", args.name)
         }
     });
@@ -874,7 +864,7 @@ fn counted_app(
 async fn a_repeated_idempotency_key_answers_303_to_the_same_task_which_runs_once() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
 
     let key = [("idempotency-key", KEY)];
@@ -922,7 +912,7 @@ async fn a_repeated_idempotency_key_answers_303_to_the_same_task_which_runs_once
 async fn an_idempotency_key_reused_with_other_arguments_is_422() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
 
     let key = [("idempotency-key", KEY)];
@@ -956,7 +946,7 @@ async fn an_idempotency_key_reused_with_other_arguments_is_422() {
 async fn malformed_idempotency_keys_are_400() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
 
     let too_long = "k".repeat(256);
@@ -1000,7 +990,7 @@ async fn malformed_idempotency_keys_are_400() {
 async fn the_same_key_on_two_routes_is_two_keys() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let other = registry.route("other_task", Lock::None, |args: Hello| async move {
         format!("Other {}!", args.name)
     });
@@ -1042,7 +1032,7 @@ async fn idempotency_keys_go_with_their_records() {
         .ttl(Duration::from_secs(60))
         .build();
     let registry = TaskRegistry::builder().store(store).build();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     gate.open();
     let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
 
@@ -1094,7 +1084,7 @@ struct Wait {
 async fn prefer_respond_async_gets_the_202_form() {
     let supervisor = Supervisor::new();
     let registry = TaskRegistry::new();
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
 
     // The distributed example's shape: `?wait=true` waits for the result
     // (here: until the test opens the gate), unless asked not to.
@@ -1105,7 +1095,7 @@ async fn prefer_respond_async_gets_the_202_form() {
             let gate = waited.clone();
             async move {
                 if wait && !respond_async {
-                    gate.wait().await;
+                    gate.pass().await;
                     return (StatusCode::CREATED, "the result").into_response();
                 }
                 let mut response = StatusCode::ACCEPTED.into_response();

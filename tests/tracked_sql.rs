@@ -22,7 +22,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{Barrier, Semaphore};
+use tokio::sync::Barrier;
 use tower::ServiceExt;
 use tower_background::tracking::{
     Admission, Lock, SqlStore, SqlStoreBuilder, TaskId, TaskOutcome, TaskRecord, TaskRegistry,
@@ -33,6 +33,9 @@ use tower_background::Supervisor;
 // A fresh database per test, shared with `tests/durable.rs`.
 mod databases;
 use databases::{Db, Engine};
+
+mod support;
+use support::AsyncGate;
 
 /// The longest a whole scenario may take before it fails as hung. Not a
 /// speed check: every scenario normally ends in a few seconds.
@@ -87,7 +90,7 @@ on_each_engine!(
 /// `POST` on server A, `GET ?task_id=` on server B: B sees the task
 /// running, then finished with its result, exactly as A does.
 async fn a_task_started_on_one_server_is_reported_by_the_other(db: Db) {
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let a = Server::start(&db, &gate, |store| store).await;
     let b = Server::start(&db, &gate, |store| store).await;
 
@@ -117,7 +120,7 @@ async fn a_task_started_on_one_server_is_reported_by_the_other(db: Db) {
 /// starts; the 99 others are sent to it. Once it ends, the lock is free on
 /// both.
 async fn a_lock_holds_across_servers(db: Db) {
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let a = Arc::new(Server::start(&db, &gate, |store| store).await);
     let b = Arc::new(Server::start(&db, &gate, |store| store).await);
 
@@ -172,7 +175,7 @@ async fn a_lock_holds_across_servers(db: Db) {
 async fn a_crashed_holder_loses_its_lock_when_its_lease_lapses(db: Db) {
     let lease = Duration::from_secs(2);
     let crashed_store = db.store(|store| store.lease(lease)).await;
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let b = Server::start(&db, &gate, |store| store.lease(lease)).await;
 
     let (record, spec) = running_record("hello_task", Lock::Signature, &Hello::me());
@@ -227,7 +230,7 @@ async fn a_crashed_holder_loses_its_lock_when_its_lease_lapses(db: Db) {
 /// renews the lease; the other server is sent to it all along.
 async fn a_running_task_keeps_its_lock_past_many_leases(db: Db) {
     let lease = Duration::from_secs(2);
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let a = Server::start(&db, &gate, |store| store.lease(lease)).await;
     let b = Server::start(&db, &gate, |store| store.lease(lease)).await;
 
@@ -461,7 +464,7 @@ async fn concurrent_starts_never_exceed_the_capacity(db: Db) {
 /// to A's task (running, then ended), other arguments are a `422`, and
 /// the task ran once.
 async fn an_idempotency_key_holds_across_servers(db: Db) {
-    let gate = Gate::new();
+    let gate = AsyncGate::default();
     let a = Server::start(&db, &gate, |store| store).await;
     let b = Server::start(&db, &gate, |store| store).await;
     const KEY: &str = "8e03978e-40d5-43e8-bc93-6894a57f9324";
@@ -616,25 +619,6 @@ impl Hello {
     }
 }
 
-/// Holds tasks until the test opens it, so "still running" never depends
-/// on timing.
-#[derive(Clone)]
-struct Gate(Arc<Semaphore>);
-
-impl Gate {
-    fn new() -> Self {
-        Self(Arc::new(Semaphore::new(0)))
-    }
-
-    fn open(&self) {
-        self.0.close();
-    }
-
-    async fn wait(&self) {
-        let _ = self.0.acquire().await;
-    }
-}
-
 /// One "machine": a supervisor, a registry on a [`SqlStore`] of its own
 /// queue (its own connection pool) and the `/hello-single` route, with the
 /// signature lock.
@@ -646,7 +630,7 @@ struct Server {
 impl Server {
     async fn start(
         db: &Db,
-        gate: &Gate,
+        gate: &AsyncGate,
         settings: impl FnOnce(SqlStoreBuilder) -> SqlStoreBuilder,
     ) -> Self {
         let supervisor = Supervisor::new();
@@ -657,7 +641,7 @@ impl Server {
         let route = registry.route("hello_task", Lock::Signature, move |args: Hello| {
             let gate = gate.clone();
             async move {
-                gate.wait().await;
+                gate.pass().await;
                 format!("Hello {}!", args.name)
             }
         });

@@ -24,10 +24,10 @@ use tower::ServiceBuilder;
 use tower_background::{Group, Stats, Supervisor, TaskOptions};
 
 use crate::harness::{
-    accounted, background_tasks, fetch_on_keep_alive_connections, id_of, mix, scaled, settled,
-    shut_down_as_settled, summary, Ledger, Server,
+    accounted, fetch_on_keep_alive_connections, id_of, mix, scaled, settled, shut_down_as_settled,
+    summary, Ledger, Server,
 };
-use crate::support::{stats, Peak};
+use crate::support::{background_tasks, stats, Peak};
 
 const MAX_RUNNING: usize = 16;
 const BLOCKING_LIMIT: usize = 4;

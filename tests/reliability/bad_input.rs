@@ -19,10 +19,9 @@ use tokio::time::Instant;
 use tower_background::{BackgroundTasks, Supervisor};
 
 use crate::harness::{
-    accounted, scaled, settled, shut_down_as_settled, summary, within, Client, Clients, Ledger,
-    Server,
+    accounted, scaled, settled, shut_down_as_settled, summary, Client, Clients, Ledger, Server,
 };
-use crate::support::stats;
+use crate::support::{stats, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_missing_the_layer_answers_500_json_and_the_server_keeps_serving() {

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower_background::{Supervisor, DEFAULT_GRACE_PERIOD};
 
-use crate::harness::{accounted, background_tasks, summary, Client, Clients, Peaks, Server};
-use crate::support::stats;
+use crate::harness::{accounted, summary, Client, Clients, Peaks, Server};
+use crate::support::{background_tasks, stats};
 
 /// How long each task sleeps: an e-mail or a webhook call.
 const TASK_TIME: Duration = Duration::from_secs(1);

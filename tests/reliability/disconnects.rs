@@ -19,10 +19,10 @@ use tower::ServiceBuilder;
 use tower_background::{OnDisconnect, Supervisor};
 
 use crate::harness::{
-    accounted, add_recording_tasks, background_tasks, id_of, mix, scaled, settled,
-    shut_down_and_check_outcomes, summary, within, Chunks, Client, Clients, Ledger, Outcome,
-    Server, Then,
+    accounted, add_recording_tasks, id_of, mix, scaled, settled, shut_down_and_check_outcomes,
+    summary, Client, Clients, Ledger, Outcome, Server,
 };
+use crate::support::{background_tasks, within, Chunks, Then};
 
 /// Tasks per request: one or two, task `k` of request `id` being
 /// `id * MAX_TASKS + k` in the ledger.

@@ -22,10 +22,11 @@ use tower_background::{OnServerError, ResponseBody, Supervisor};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::harness::{
-    accounted, add_recording_tasks, background_tasks, fetch_on_keep_alive_connections, id_of,
-    inject_panic, mix, quiet_injected_panics, scaled, settled, shut_down_and_check_outcomes,
-    summary, BoxError, Ledger, Outcome, Server,
+    accounted, add_recording_tasks, fetch_on_keep_alive_connections, id_of, inject_panic, mix,
+    quiet_injected_panics, scaled, settled, shut_down_and_check_outcomes, summary, BoxError,
+    Ledger, Outcome, Server,
 };
+use crate::support::background_tasks;
 
 /// Tasks per request: one to three.
 const MAX_TASKS: u64 = 3;

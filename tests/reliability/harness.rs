@@ -2,7 +2,9 @@
 //! HTTP/1.1 server on `127.0.0.1:0` with a graceful stop and an optional idle
 //! timeout, a real hyper client per connection and many of them at once, a
 //! ledger of task side effects, the counts a plan predicts, the scale knob,
-//! and the summary line each scenario prints.
+//! and the summary line each scenario prints. What is not specific to these
+//! scenarios (bounded waits, stats snapshots, streaming bodies, the handle
+//! from a request's extensions) comes from the shared `tests/support`.
 
 use std::env;
 use std::future::Future;
@@ -32,7 +34,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tower_background::{BackgroundTasks, Monitor, ShutdownReport, Stats, Supervisor};
 
-use crate::support::{counts, stats};
+use crate::support::{counts, eventually, stats, within};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -79,14 +81,6 @@ pub(crate) fn id_of<B>(request: &Request<B>) -> u64 {
         .unwrap_or_else(|| panic!("no request id in {path}"))
 }
 
-/// The `BackgroundTasks` handle the layer put in `request`'s extensions.
-pub(crate) fn background_tasks<B>(request: &Request<B>) -> &BackgroundTasks {
-    request
-        .extensions()
-        .get::<BackgroundTasks>()
-        .expect("the layer is installed")
-}
-
 /// Queues `count` tasks for request `id` that do nothing but record their
 /// run, task `k` in ledger slot `id * per_request + k`; each is async or
 /// blocking as `mix(id, 10 + k)` picks, so that both kinds meet every fault.
@@ -108,24 +102,8 @@ pub(crate) fn add_recording_tasks(
 }
 
 // ---------------------------------------------------------------------------
-// Bounded waits
+// Settling
 // ---------------------------------------------------------------------------
-
-/// Awaits a future, failing the test if it takes longer than the behaviour
-/// tests' bound (60 s): a hang fails, it never stalls the suite.
-pub(crate) use crate::support::within;
-
-/// Checks `condition` every few milliseconds until it holds; fails the test
-/// after the same bound as [`within`]. For what happens on the server's side
-/// of a socket (a dropped connection, a dropped body), which the test cannot
-/// await.
-pub(crate) async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let give_up = Instant::now() + crate::support::BOUND;
-    while !condition() {
-        assert!(Instant::now() < give_up, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// Waits until no task is waiting for its response or running: every body
 /// the server held has ended or been dropped, and every handed-off task has
@@ -312,96 +290,6 @@ pub(crate) async fn shut_down_and_check_outcomes(
     });
     assert_eq!(ran, expected.completed, "{context}");
     (report, ran)
-}
-
-// ---------------------------------------------------------------------------
-// Streaming response bodies
-// ---------------------------------------------------------------------------
-
-/// What a [`Chunks`] body does after its last chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Then {
-    /// Ends (`None`; `is_end_stream()` is already true after the last chunk).
-    End,
-    /// Never sends anything again, like a long poll or an event stream whose
-    /// next event never comes: only the client going away ends it.
-    Hang,
-}
-
-/// How far the server got through a [`Chunks`] body.
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    /// Bytes the server has taken from the body.
-    pub(crate) produced: AtomicU64,
-    /// Set when the body produced its last frame: from then on
-    /// `is_end_stream()` is true (or it has returned `None`).
-    pub(crate) ended: std::sync::atomic::AtomicBool,
-}
-
-impl Progress {
-    pub(crate) fn has_ended(&self) -> bool {
-        self.ended.load(Ordering::SeqCst)
-    }
-}
-
-/// A streaming response body: `count` copies of `chunk`, each produced only
-/// when the server asks for it (so a slow reader holds it back), then
-/// [`Then`].
-pub(crate) struct Chunks {
-    chunk: Bytes,
-    left: usize,
-    then: Then,
-    progress: Arc<Progress>,
-}
-
-impl Chunks {
-    pub(crate) fn new(chunk: Bytes, count: usize, then: Then) -> (Self, Arc<Progress>) {
-        let progress = Arc::new(Progress::default());
-        let body = Self {
-            chunk,
-            left: count,
-            then,
-            progress: Arc::clone(&progress),
-        };
-        (body, progress)
-    }
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if this.left == 0 {
-            return match this.then {
-                Then::End => {
-                    this.progress.ended.store(true, Ordering::SeqCst);
-                    Poll::Ready(None)
-                }
-                // Never woken: the body waits to be dropped.
-                Then::Hang => Poll::Pending,
-            };
-        }
-        this.left -= 1;
-        let chunk = this.chunk.clone();
-        this.progress
-            .produced
-            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
-        if this.is_end_stream() {
-            // Before the frame leaves: the layer hands the tasks off as soon
-            // as it sees `is_end_stream()`, and a task may check this flag.
-            this.progress.ended.store(true, Ordering::SeqCst);
-        }
-        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0 && self.then == Then::End
-    }
 }
 
 // ---------------------------------------------------------------------------

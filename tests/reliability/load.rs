@@ -17,10 +17,10 @@ use tower::ServiceBuilder;
 use tower_background::Supervisor;
 
 use crate::harness::{
-    accounted, background_tasks, fetch_on_keep_alive_connections, id_of, mix, scaled, settled,
-    shut_down_as_settled, summary, Ledger, Peaks, Server,
+    accounted, fetch_on_keep_alive_connections, id_of, mix, scaled, settled, shut_down_as_settled,
+    summary, Ledger, Peaks, Server,
 };
-use crate::support::stats;
+use crate::support::{background_tasks, stats};
 
 /// At most this many tasks per request; task `k` of request `id` is task id
 /// `id * MAX_TASKS + k` in the ledger.

@@ -26,10 +26,8 @@ use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower_background::{BackgroundTasks, Supervisor};
 
-use crate::harness::{
-    accounted, background_tasks, eventually, id_of, mix, scaled, summary, within, Client, Clients,
-    Ledger, Server,
-};
+use crate::harness::{accounted, id_of, mix, scaled, summary, Client, Clients, Ledger, Server};
+use crate::support::{background_tasks, eventually, within};
 
 const MAX_TASKS: u64 = 3;
 const GRACE: Duration = Duration::from_secs(1);

@@ -30,10 +30,10 @@ use tower::ServiceBuilder;
 use tower_background::{OnDisconnect, Supervisor};
 
 use crate::harness::{
-    accounted, background_tasks, eventually, id_of, scaled, settled, shut_down_as_settled, summary,
-    within, Chunks, Client, Clients, Ledger, Peaks, Progress, Server, ServerConfig, Then,
+    accounted, id_of, scaled, settled, shut_down_as_settled, summary, Client, Clients, Ledger,
+    Peaks, Server, ServerConfig,
 };
-use crate::support::stats;
+use crate::support::{background_tasks, eventually, stats, within, Chunks, Progress, Then};
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 256;

@@ -22,10 +22,10 @@ use tower::ServiceBuilder;
 use tower_background::{BackgroundTasks, Supervisor};
 
 use crate::harness::{
-    accounted, background_tasks, eventually, fetch_on_keep_alive_connections, id_of, inject_panic,
-    mix, quiet_injected_panics, scaled, summary, within, Ledger, Server,
+    accounted, fetch_on_keep_alive_connections, id_of, inject_panic, mix, quiet_injected_panics,
+    scaled, summary, Ledger, Server,
 };
-use crate::support::{counts, stats, Gate};
+use crate::support::{background_tasks, counts, eventually, stats, within, Gate};
 
 const MAX_TASKS: u64 = 3;
 const GRACE: Duration = Duration::from_secs(1);

@@ -40,10 +40,10 @@ use tower_background::tracking::{Lock, MemoryStore, TaskId, TaskRegistry};
 use tower_background::Supervisor;
 
 use crate::harness::{
-    accounted, mix, scaled, settled, shut_down_as_settled, summary, within, BoxError, Client,
-    Clients, Ledger, Server,
+    accounted, mix, scaled, settled, shut_down_as_settled, summary, BoxError, Client, Clients,
+    Ledger, Server,
 };
-use crate::support::{stats, AsyncGate};
+use crate::support::{stats, within, AsyncGate};
 
 /// The store's capacity: at most this many records, running or ended.
 const CAPACITY: usize = 64;
