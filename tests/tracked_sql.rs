@@ -12,7 +12,6 @@
 //! without it the PostgreSQL tests say so on one line and pass.
 #![cfg(all(feature = "tracking", feature = "sqlite", feature = "postgres"))]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,14 +31,10 @@ use tower_background::Supervisor;
 
 // A fresh database per test, shared with `tests/durable.rs`.
 mod databases;
-use databases::{Db, Engine};
+use databases::{on_each_engine, Db, Engine};
 
 mod support;
 use support::AsyncGate;
-
-/// The longest a whole scenario may take before it fails as hung. Not a
-/// speed check: every scenario normally ends in a few seconds.
-const BOUND: Duration = Duration::from_secs(120);
 
 /// The longest a test waits for something that comes with time (a lease
 /// lapsing, a record expiring, a task ending) before it fails saying which.
@@ -47,27 +42,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// How often a test looks again at something that changes with time.
 const POLL: Duration = Duration::from_millis(50);
-
-/// Runs each named scenario (`async fn NAME(db: Db)`) on both engines, as
-/// the tests `NAME::sqlite` and `NAME::postgres`.
-macro_rules! on_each_engine {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let db = crate::Db::sqlite().await;
-                crate::bounded(super::$scenario(db)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = crate::Db::postgres().await {
-                    crate::bounded(super::$scenario(db)).await;
-                }
-            }
-        }
-    )*};
-}
 
 on_each_engine!(
     a_task_started_on_one_server_is_reported_by_the_other,
@@ -744,13 +718,6 @@ fn running_record<A: Serialize>(name: &str, lock: Lock, args: &A) -> (TaskRecord
 
 // ---------------------------------------------------------------------------
 // A fresh database per test.
-
-/// Fails the test if `scenario` has not ended within [`BOUND`].
-async fn bounded<F: Future<Output = ()>>(scenario: F) {
-    tokio::time::timeout(BOUND, scenario)
-        .await
-        .expect("the scenario hung (did not end within BOUND)");
-}
 
 /// What only this suite asks of a test's database: see [`databases`] for
 /// the database itself.

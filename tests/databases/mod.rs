@@ -6,18 +6,55 @@
 //! rows. Without `DATABASE_URL`, [`Db::postgres`] prints
 //! "skipped: DATABASE_URL not set" and the test passes.
 //!
-//! Each suite adds its own helpers in an `impl Db` block of its own.
+//! [`on_each_engine!`] runs a scenario on both, within a bound. Each suite
+//! adds its own helpers in an `impl Db` block of its own.
 
 // Each suite uses its own subset of these helpers.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::{ConnectOptions, Connection};
 use tempfile::TempDir;
 use tower_background::durable::JobQueue;
+
+/// The longest a whole scenario may take before it fails as hung. Not a
+/// speed check: every scenario normally ends in a few seconds.
+pub(crate) const SCENARIO_BOUND: Duration = Duration::from_secs(120);
+
+/// Runs each named scenario (`async fn NAME(db: Db)`) on both engines, as
+/// the tests `NAME::sqlite` and `NAME::postgres`, each [`bounded`]. The
+/// PostgreSQL one needs `DATABASE_URL`; without it, it says so on one line
+/// and passes.
+macro_rules! on_each_engine {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = crate::databases::Db::sqlite().await;
+                crate::databases::bounded(super::$scenario(db)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = crate::databases::Db::postgres().await {
+                    crate::databases::bounded(super::$scenario(db)).await;
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use on_each_engine;
+
+/// Fails the test if `scenario` has not ended within [`SCENARIO_BOUND`].
+pub(crate) async fn bounded<F: Future<Output = ()>>(scenario: F) {
+    tokio::time::timeout(SCENARIO_BOUND, scenario)
+        .await
+        .expect("the scenario hung (did not end within SCENARIO_BOUND)");
+}
 
 /// The two engines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,13 +1,12 @@
 //! What every durable-job scenario shares: a fresh database of either engine
 //! per test ([`Db`], from [`crate::databases`], with this suite's helpers),
-//! the macro that runs a scenario on both, bounded waits, a way to take the
-//! database away from a queue (and give it back), a log capture, and the
-//! test-only job [`Slow`].
+//! the macro that runs a scenario on both (from there too), bounded waits,
+//! a way to take the database away from a queue (and give it back), a log
+//! capture, and the test-only job [`Slow`].
 
 // Each scenario uses its own subset of these helpers.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,8 +21,9 @@ use tower_background::durable::{Job, JobFailure, JobId, JobQueue};
 
 use crate::databases::PgUrl;
 
-/// The longest a whole scenario may take before it fails as hung. Not a
-/// speed check: every scenario normally ends in a few seconds.
+/// The longest a wait inside a scenario may take before it fails as hung
+/// (a condition, SQLite's busy timeout). Not a speed check. A whole
+/// scenario is bounded by [`crate::databases::SCENARIO_BOUND`].
 pub(crate) const BOUND: Duration = Duration::from_secs(90);
 
 /// How often a test looks at the queue or at a job's log.
@@ -32,36 +32,6 @@ pub(crate) const POLL: Duration = Duration::from_millis(20);
 /// The workers' heartbeat in these tests: the shortest apalis-sqlite counts
 /// (whole seconds), so a killed worker's jobs are taken back after 2 s.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// Runs each named scenario (`async fn NAME(db: Db)`) on both engines, as
-/// the tests `NAME::sqlite` and `NAME::postgres`. The PostgreSQL one needs
-/// `DATABASE_URL`; without it, it says so on one line and passes.
-macro_rules! on_each_engine {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let db = crate::support::Db::sqlite().await;
-                crate::support::bounded(super::$scenario(db)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = crate::support::Db::postgres().await {
-                    crate::support::bounded(super::$scenario(db)).await;
-                }
-            }
-        }
-    )*};
-}
-pub(crate) use on_each_engine;
-
-/// Fails the test if `scenario` has not ended within [`BOUND`].
-pub(crate) async fn bounded<F: Future<Output = ()>>(scenario: F) {
-    tokio::time::timeout(BOUND, scenario)
-        .await
-        .expect("the scenario hung (did not end within BOUND)");
-}
 
 /// Waits until `condition` holds, checking every [`POLL`]; panics with
 /// `what` after [`BOUND`].
@@ -73,7 +43,7 @@ pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) 
     }
 }
 
-pub(crate) use crate::databases::{Db, Engine};
+pub(crate) use crate::databases::{bounded, on_each_engine, Db, Engine};
 
 /// What only this suite asks of a test's database: see
 /// [`crate::databases`] for the database itself.
