@@ -33,13 +33,14 @@ pin_project! {
     }
 }
 
-/// Whether the body is the handler's or the layer's own error.
+/// Whether the body is the handler's or the layer's own error. Boxed in
+/// the body: it is rare, and every response carries the field.
 #[derive(Debug)]
 enum Replacement {
     /// The handler's body is sent.
     None,
     /// The layer's error body, until its one frame has been sent.
-    Error(Option<Bytes>),
+    Error(Box<Option<Bytes>>),
 }
 
 impl<B> ResponseBody<B> {
@@ -56,7 +57,7 @@ impl<B> ResponseBody<B> {
         Self {
             inner,
             handoff: None,
-            replacement: Replacement::Error(Some(error)),
+            replacement: Replacement::Error(Box::new(Some(error))),
         }
     }
 }
@@ -104,9 +105,12 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.replacement {
             Replacement::None => self.inner.size_hint(),
-            Replacement::Error(error) => {
-                SizeHint::with_exact(error.as_ref().map_or(0, |error| error.len() as u64))
-            }
+            Replacement::Error(error) => SizeHint::with_exact(
+                error
+                    .as_ref()
+                    .as_ref()
+                    .map_or(0, |error| error.len() as u64),
+            ),
         }
     }
 }

@@ -45,6 +45,8 @@ impl State {
         State::Closed(Closed::Discarded(DiscardReason::ServerError)),
     ];
 
+    /// Its place in [`ALL`](Self::ALL).
+    #[inline]
     fn bits(self) -> u8 {
         let mut bits = 0;
         while Self::ALL[bits] != self {
@@ -123,21 +125,20 @@ impl RequestQueue {
     /// first close has any effect), and returns the tasks that waited:
     /// `None` when it was closed already or nothing was ever offered.
     pub(crate) fn close(&self, next: Closed) -> Option<Queued> {
-        let mut bits = self.state.load(Ordering::Acquire);
+        let closed = State::Closed(next).bits();
+        // Most requests queue nothing: one compare-and-swap closes them.
+        let mut expected = State::Untouched.bits();
         loop {
-            let open = match State::from_bits(bits) {
-                State::Closed(_) => return None,
-                open => open,
-            };
-            match self.state.compare_exchange(
-                bits,
-                State::Closed(next).bits(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) if open == State::Untouched => return None,
+            match self
+                .state
+                .compare_exchange(expected, closed, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if expected == State::Untouched.bits() => return None,
                 Ok(_) => return Some(mem::take(&mut *self.lock())),
-                Err(actual) => bits = actual,
+                Err(actual) => match State::from_bits(actual) {
+                    State::Closed(_) => return None,
+                    State::Untouched | State::Queued => expected = actual,
+                },
             }
         }
     }
