@@ -33,14 +33,13 @@ pin_project! {
     }
 }
 
-/// Whether the body is the handler's or the layer's own error. Boxed in
-/// the body: it is rare, and every response carries the field.
+/// Whether the body is the handler's or the layer's own error.
 #[derive(Debug)]
 enum Replacement {
     /// The handler's body is sent.
     None,
     /// The layer's error body, until its one frame has been sent.
-    Error(Box<Option<Bytes>>),
+    Error(Option<Bytes>),
 }
 
 impl<B> ResponseBody<B> {
@@ -57,7 +56,7 @@ impl<B> ResponseBody<B> {
         Self {
             inner,
             handoff: None,
-            replacement: Replacement::Error(Box::new(Some(error))),
+            replacement: Replacement::Error(Some(error)),
         }
     }
 }
@@ -105,12 +104,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.replacement {
             Replacement::None => self.inner.size_hint(),
-            Replacement::Error(error) => SizeHint::with_exact(
-                error
-                    .as_ref()
-                    .as_ref()
-                    .map_or(0, |error| error.len() as u64),
-            ),
+            Replacement::Error(error) => {
+                SizeHint::with_exact(error.as_ref().map_or(0, |error| error.len() as u64))
+            }
         }
     }
 }
