@@ -232,11 +232,11 @@ async fn submit(
         })
         .blocking_step(move || compute(&blocking_id, query_sequence, &cancel));
 
-    // `try_add_group` rather than `add_group`: when the queue is full the
-    // handler answers the error itself and logs nothing as accepted (a
-    // plain `add_group` would have the layer turn the response into the
-    // same `503` + `Retry-After`).
-    if let Err(error) = tasks.try_add_group(query) {
+    // `try_add` rather than `add`: when the queue is full the handler
+    // answers the error itself and logs nothing as accepted (a plain `add`
+    // would have the layer turn the response into the same `503` +
+    // `Retry-After`).
+    if let Err(error) = tasks.try_add(query) {
         return error.into_response();
     }
 

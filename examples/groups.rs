@@ -152,7 +152,7 @@ async fn create_account_sequential(
     State(timeline): State<Timeline>,
     tasks: BackgroundTasks,
 ) -> StatusCode {
-    tasks.add_group(notify(Group::sequential(), &timeline));
+    tasks.add(notify(Group::sequential(), &timeline));
     timeline.record("handler: group added, answering 201 Created");
     StatusCode::CREATED
 }
@@ -161,7 +161,7 @@ async fn create_account_concurrent(
     State(timeline): State<Timeline>,
     tasks: BackgroundTasks,
 ) -> StatusCode {
-    tasks.add_group(notify(Group::concurrent(), &timeline));
+    tasks.add(notify(Group::concurrent(), &timeline));
     timeline.record("handler: group added, answering 201 Created");
     StatusCode::CREATED
 }

@@ -5,37 +5,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::group::Group;
-use crate::options::{Retry, TaskOptions};
+use crate::retry::Retry;
 use crate::stats::Outcome;
-use crate::task::{BlockingWork, BoxedWork, TaskOutput, Work};
+use crate::task::Kind;
 use crate::task_set::TaskSet;
+use crate::work::{Maker, Work};
 
-/// Makes a fresh attempt of a retried task.
-pub(crate) type Maker = Box<dyn FnMut() -> BoxedWork + Send>;
-
-/// What a handler added, before options are applied.
-pub(crate) enum Kind {
-    Async(BoxedWork),
-    Blocking(BlockingWork),
-    Retrying(Maker),
-    Group(Group),
-}
-
-pub(crate) fn boxed_maker<M, F>(mut make: M) -> Maker
-where
-    M: FnMut() -> F + Send + 'static,
-    F: Future + Send + 'static,
-    F::Output: TaskOutput,
-{
-    Box::new(move || crate::task::boxed(make()))
-}
-
-/// The work to run for `kind` under `options`. Plain tasks stay as they
+/// The work to run for `kind` under a time limit. Plain tasks stay as they
 /// are: the extra wrapping (and its allocation) is only for tasks that ask
 /// for a timeout, retries, or are groups.
-pub(crate) fn work(kind: Kind, options: &TaskOptions, set: &Arc<TaskSet>) -> Work {
-    let timeout = options.timeout;
+pub(crate) fn work(kind: Kind, timeout: Option<Duration>, set: &Arc<TaskSet>) -> Work {
     match kind {
         Kind::Async(future) => match timeout {
             None => Work::Async(future),
@@ -45,8 +24,7 @@ pub(crate) fn work(kind: Kind, options: &TaskOptions, set: &Arc<TaskSet>) -> Wor
             None => Work::Blocking(function),
             Some(limit) => Work::BlockingWithTimeout(Box::new((function, limit))),
         },
-        Kind::Retrying(make) => {
-            let retry = options.retry.unwrap_or(Retry::exponential(1));
+        Kind::Retrying(make, retry) => {
             Work::Async(Box::pin(retrying(make, retry, timeout, Arc::clone(set))))
         }
         Kind::Group(group) => {

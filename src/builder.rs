@@ -209,7 +209,7 @@ impl SupervisorBuilder {
 
     /// A named lane: its tasks run at most `limit` at a time, apart from
     /// every other lane, for work that calls a rate-limited service.
-    /// Tasks go there with [`TaskOptions::lane`](crate::TaskOptions::lane).
+    /// Tasks go there with [`Task::lane`](crate::Task::lane).
     /// The names `"default"` and `"blocking"` set those lanes' limits.
     ///
     /// ```

@@ -25,7 +25,7 @@ pub enum FailureKind {
     Error,
     /// The task panicked; the panic was caught and did not reach the server.
     Panic,
-    /// The task ran past its [timeout](crate::TaskOptions::timeout) on its
+    /// The task ran past its [timeout](crate::Task::timeout) on its
     /// last attempt.
     Timeout,
 }

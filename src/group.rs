@@ -6,11 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use crate::output::TaskOutput;
 use crate::running::panic_message;
 use crate::slot;
 use crate::stats::Outcome;
-use crate::task::{self, BlockingWork, BoxedWork, TaskOutput, BLOCKING_LANE};
 use crate::task_set::TaskSet;
+use crate::work::{self, BlockingWork, BoxedWork, BLOCKING_LANE};
 
 /// Steps that run as one background task: one after another
 /// ([`Group::sequential`]) or all at once ([`Group::concurrent`]). Steps can
@@ -19,8 +20,10 @@ use crate::task_set::TaskSet;
 /// the blocking pool within the blocking lane's limit, like
 /// [`add_blocking`](crate::BackgroundTasks::add_blocking).
 ///
-/// A group is queued with [`BackgroundTasks::add_group`](crate::BackgroundTasks::add_group)
-/// and, like any task, starts only after the response has ended. It counts
+/// A group is added like any task, with
+/// [`BackgroundTasks::add`](crate::BackgroundTasks::add) (or as
+/// [`Task::from(group)`](crate::Task) to give it a lane or a time limit),
+/// and starts only after the response has ended. It counts
 /// as one task in [`Stats`](crate::Stats): completed if every step completed,
 /// otherwise panicked if a step panicked, otherwise failed (the first
 /// failure's message is logged and given to the `on_failure` hook). Steps
@@ -39,7 +42,7 @@ use crate::task_set::TaskSet;
 /// use tower_background::{BackgroundTasks, Group};
 ///
 /// fn after_signup(tasks: &BackgroundTasks) {
-///     tasks.add_group(
+///     tasks.add(
 ///         Group::sequential()
 ///             .step(async { /* send the notification */ })
 ///             .blocking_step(|| { /* append to the log file */ }),
@@ -100,7 +103,7 @@ impl Group {
         F: Future + Send + 'static,
         F::Output: TaskOutput,
     {
-        self.steps.push(Step::Async(task::boxed(future)));
+        self.steps.push(Step::Async(work::boxed(future)));
         self
     }
 
@@ -111,7 +114,7 @@ impl Group {
         T: TaskOutput,
     {
         self.steps
-            .push(Step::Blocking(task::boxed_blocking(function)));
+            .push(Step::Blocking(work::boxed_blocking(function)));
         self
     }
 

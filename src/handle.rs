@@ -1,21 +1,20 @@
 //! The per-request handle handlers queue their background work on.
 
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use http::{Method, Uri};
 use tokio_util::sync::CancellationToken;
 
-use crate::attempt::{self, Kind};
+use crate::attempt;
 use crate::error::AddError;
-use crate::group::Group;
-use crate::options::TaskOptions;
 use crate::origin::RequestLine;
+use crate::output::TaskOutput;
 use crate::request_queue::{Closed, RequestQueue};
 use crate::running;
 use crate::stats::DiscardReason;
-use crate::task::{self, Task, TaskOutput, Work, BLOCKING_LANE, DEFAULT_LANE};
+use crate::task::{IntoTask, Kind, Task};
 use crate::task_set::{Refusal, TaskSet};
+use crate::work::{QueuedTask, BLOCKING_LANE, DEFAULT_LANE};
 
 /// A request's background tasks: work queued here starts once the response
 /// body has ended, in the supervisor's task set, detached from the
@@ -81,11 +80,11 @@ impl BackgroundTasks {
         }
     }
 
-    /// Queues an async task.
+    /// Queues a task: a future, a [`Task`] (a future, a blocking closure or
+    /// a retried task, with a lane or a time limit), or a [`Group`](crate::Group).
     ///
-    /// `future` is not polled until the response body has ended; then it runs
-    /// on the runtime's worker threads, in the default lane (at most
-    /// [`max_running`](crate::SupervisorBuilder::max_running) at once), in
+    /// Nothing is polled until the response body has ended; then the task
+    /// runs in its lane (the default lane unless the [`Task`] names one), in
     /// its own `background_task` span that follows from the span current
     /// here. Its output is `()` or a `Result` whose `Err` is counted as
     /// failed and logged at `ERROR` with the request's method and path; a
@@ -97,7 +96,7 @@ impl BackgroundTasks {
     /// # When the task cannot be accepted
     ///
     /// If the queue is full ([`max_queued`](crate::SupervisorBuilder::max_queued)
-    /// tasks waiting), the supervisor is shutting down, or the options name a
+    /// tasks waiting), the supervisor is shutting down, or the task names a
     /// lane that does not exist, the task is counted
     /// ([`Stats::rejected`](crate::Stats::rejected) or
     /// [`Stats::refused`](crate::Stats::refused)), logged at `WARN` (`ERROR`
@@ -116,13 +115,8 @@ impl BackgroundTasks {
     /// response is only counted and logged. To choose the answer yourself
     /// (another status, or doing the work inline), use
     /// [`try_add`](Self::try_add), which never touches the response.
-    pub fn add<F>(&self, future: F)
-    where
-        F: Future + Send + 'static,
-        F::Output: TaskOutput,
-    {
-        // Straight to the default lane: no options to apply.
-        let _ = self.offer(Self::plain(future), true);
+    pub fn add(&self, task: impl IntoTask) {
+        let _ = self.submit(task.into_task(), true);
     }
 
     /// Like [`add`](Self::add), but returns an error instead of counting a
@@ -142,15 +136,11 @@ impl BackgroundTasks {
     /// }
     /// # }
     /// ```
-    pub fn try_add<F>(&self, future: F) -> Result<(), AddError>
-    where
-        F: Future + Send + 'static,
-        F::Output: TaskOutput,
-    {
-        self.offer(Self::plain(future), false)
+    pub fn try_add(&self, task: impl IntoTask) -> Result<(), AddError> {
+        self.submit(task.into_task(), false)
     }
 
-    /// Queues a blocking or CPU-heavy closure.
+    /// Queues a blocking or CPU-heavy closure: `add(Task::blocking(function))`.
     ///
     /// Runs like [`add`](Self::add)'s tasks, but in the blocking lane (at
     /// most [`blocking_limit`](crate::SupervisorBuilder::blocking_limit) at
@@ -166,7 +156,7 @@ impl BackgroundTasks {
         F: FnOnce() -> T + Send + 'static,
         T: TaskOutput,
     {
-        self.with(TaskOptions::new()).add_blocking(function);
+        self.add(Task::blocking(function));
     }
 
     /// Like [`add_blocking`](Self::add_blocking), but returns an error
@@ -176,44 +166,7 @@ impl BackgroundTasks {
         F: FnOnce() -> T + Send + 'static,
         T: TaskOutput,
     {
-        self.with(TaskOptions::new()).try_add_blocking(function)
-    }
-
-    /// Queues a [`Group`] of steps, run one after another or together; the
-    /// group counts as one task.
-    pub fn add_group(&self, group: Group) {
-        self.with(TaskOptions::new()).add_group(group);
-    }
-
-    /// Like [`add_group`](Self::add_group), but returns an error instead of
-    /// counting a group it cannot accept.
-    pub fn try_add_group(&self, group: Group) -> Result<(), AddError> {
-        self.with(TaskOptions::new()).try_add_group(group)
-    }
-
-    /// Adds with [`TaskOptions`]: a named lane, a timeout, a retry policy.
-    ///
-    /// ```
-    /// # async fn send_email(_: &str) -> Result<(), std::io::Error> { Ok(()) }
-    /// use std::time::Duration;
-    /// use tower_background::{BackgroundTasks, Retry, TaskOptions};
-    ///
-    /// fn welcome(tasks: &BackgroundTasks, to: String) {
-    ///     let options = TaskOptions::new()
-    ///         .lane("email")
-    ///         .timeout(Duration::from_secs(10))
-    ///         .retry(Retry::exponential(3));
-    ///     tasks.with(options).add_retrying(move || {
-    ///         let to = to.clone();
-    ///         async move { send_email(&to).await }
-    ///     });
-    /// }
-    /// ```
-    pub fn with(&self, options: TaskOptions) -> WithOptions<'_> {
-        WithOptions {
-            tasks: self,
-            options,
-        }
+        self.try_add(Task::blocking(function))
     }
 
     /// A token that is cancelled when shutdown's grace period is nearly over
@@ -230,23 +183,36 @@ impl BackgroundTasks {
         self.request
     }
 
-    fn set(&self) -> &Arc<TaskSet> {
-        &self.request.set
+    /// Resolves `task`'s lane and applies its options, then offers it. With
+    /// `counted`, a task that is not accepted is counted (refused, rejected
+    /// or discarded) as `add` promises; without, only the error says so.
+    fn submit(&self, task: Task, counted: bool) -> Result<(), AddError> {
+        let request = &self.request;
+        let set = &request.set;
+        let lane = match &task.lane {
+            None => match task.kind {
+                Kind::Blocking(_) => BLOCKING_LANE,
+                _ => DEFAULT_LANE,
+            },
+            Some(name) => match set.lane_id(name) {
+                Some(lane) => lane,
+                None => {
+                    let error = AddError::UnknownLane(name.to_string());
+                    if counted {
+                        set.reject(&error, &request.line);
+                        request.answer_with(error.clone());
+                    }
+                    return Err(error);
+                }
+            },
+        };
+        let work = attempt::work(task.kind, task.timeout, set);
+        self.offer(QueuedTask::new(work, lane), counted)
     }
 
-    /// `future` as a task of the default lane, without options.
-    fn plain<F>(future: F) -> Task
-    where
-        F: Future + Send + 'static,
-        F::Output: TaskOutput,
-    {
-        Task::new(Work::Async(task::boxed(future)), DEFAULT_LANE)
-    }
-
-    /// Offers `task` to the request's queue. With `counted`, a task that is
-    /// not accepted is counted (refused, rejected or discarded) as the plain
-    /// `add` methods promise; without, only the error says so.
-    fn offer(&self, task: Task, counted: bool) -> Result<(), AddError> {
+    /// Offers `task` to the request's queue; `counted` as for
+    /// [`submit`](Self::submit).
+    fn offer(&self, task: QueuedTask, counted: bool) -> Result<(), AddError> {
         let request = &self.request;
         let set = &request.set;
         match set.admit() {
@@ -292,115 +258,6 @@ impl BackgroundTasks {
     }
 }
 
-/// A [`BackgroundTasks`] handle with [`TaskOptions`], from
-/// [`BackgroundTasks::with`]: the same `add` methods, applied with the
-/// options.
-///
-/// A lane name that was not configured is an error: the `try_` methods
-/// return [`AddError::UnknownLane`]; the others count the task as rejected
-/// and log at `ERROR`.
-#[derive(Debug)]
-#[must_use = "nothing is added until one of the `add` methods is called"]
-pub struct WithOptions<'a> {
-    tasks: &'a BackgroundTasks,
-    options: TaskOptions,
-}
-
-impl WithOptions<'_> {
-    /// [`BackgroundTasks::add`] with the options.
-    pub fn add<F>(self, future: F)
-    where
-        F: Future + Send + 'static,
-        F::Output: TaskOutput,
-    {
-        let _ = self.offer(Kind::Async(task::boxed(future)), true);
-    }
-
-    /// [`BackgroundTasks::try_add`] with the options.
-    pub fn try_add<F>(self, future: F) -> Result<(), AddError>
-    where
-        F: Future + Send + 'static,
-        F::Output: TaskOutput,
-    {
-        self.offer(Kind::Async(task::boxed(future)), false)
-    }
-
-    /// [`BackgroundTasks::add_blocking`] with the options.
-    pub fn add_blocking<F, T>(self, function: F)
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: TaskOutput,
-    {
-        let _ = self.offer(Kind::Blocking(task::boxed_blocking(function)), true);
-    }
-
-    /// [`BackgroundTasks::try_add_blocking`] with the options.
-    pub fn try_add_blocking<F, T>(self, function: F) -> Result<(), AddError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: TaskOutput,
-    {
-        self.offer(Kind::Blocking(task::boxed_blocking(function)), false)
-    }
-
-    /// Queues an async task that is retried under the options'
-    /// [`Retry`](crate::Retry) policy: `make` is called for each attempt.
-    /// Without a retry policy it makes one attempt.
-    pub fn add_retrying<M, F>(self, make: M)
-    where
-        M: FnMut() -> F + Send + 'static,
-        F: Future + Send + 'static,
-        F::Output: TaskOutput,
-    {
-        let _ = self.offer(Kind::Retrying(attempt::boxed_maker(make)), true);
-    }
-
-    /// [`add_retrying`](Self::add_retrying), returning an error instead of
-    /// counting a task it cannot accept.
-    pub fn try_add_retrying<M, F>(self, make: M) -> Result<(), AddError>
-    where
-        M: FnMut() -> F + Send + 'static,
-        F: Future + Send + 'static,
-        F::Output: TaskOutput,
-    {
-        self.offer(Kind::Retrying(attempt::boxed_maker(make)), false)
-    }
-
-    /// [`BackgroundTasks::add_group`] with the options (the lane and timeout
-    /// apply to the group as a whole).
-    pub fn add_group(self, group: Group) {
-        let _ = self.offer(Kind::Group(group), true);
-    }
-
-    /// [`BackgroundTasks::try_add_group`] with the options.
-    pub fn try_add_group(self, group: Group) -> Result<(), AddError> {
-        self.offer(Kind::Group(group), false)
-    }
-
-    fn offer(self, kind: Kind, counted: bool) -> Result<(), AddError> {
-        let set = self.tasks.set();
-        let options = self.options;
-        let lane = match &options.lane {
-            None => match kind {
-                Kind::Blocking(_) => BLOCKING_LANE,
-                _ => DEFAULT_LANE,
-            },
-            Some(name) => match set.lane_id(name) {
-                Some(lane) => lane,
-                None => {
-                    let error = AddError::UnknownLane(name.to_string());
-                    if counted {
-                        set.reject(&error, &self.tasks.request.line);
-                        self.tasks.request.answer_with(error.clone());
-                    }
-                    return Err(error);
-                }
-            },
-        };
-        let work = attempt::work(kind, &options, set);
-        self.tasks.offer(Task::new(work, lane), counted)
-    }
-}
 impl RequestTasks {
     /// Remembers that a plain `add` could not accept a task, so that the
     /// response (if the handler has not returned yet) says so; the first

@@ -13,12 +13,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 
 use crate::origin::Origin;
-use crate::task::Task;
+use crate::work::QueuedTask;
 
 /// Something waiting for a slot.
 pub(crate) enum Waiting {
     /// A handed-off task, started when a slot frees up.
-    Task(Origin, Task),
+    Task(Origin, QueuedTask),
     /// A step of a group already running, woken with its slot.
     Step(oneshot::Sender<()>),
 }
@@ -158,7 +158,7 @@ mod tests {
     fn a_task_waiting_for_a_slot_is_small() {
         // What one queued task costs beyond its own future (and its
         // request's shared origin label): the budget is 128 bytes.
-        let task = std::mem::size_of::<Task>();
+        let task = std::mem::size_of::<QueuedTask>();
         let waiting = std::mem::size_of::<Waiting>();
         assert!(task <= 40, "Task is {task} bytes");
         assert!(waiting <= 64, "Waiting is {waiting} bytes");

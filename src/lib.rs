@@ -117,21 +117,21 @@
 //! |---|---|---|---|
 //! | [`max_running`](SupervisorBuilder::max_running): the default lane, for [`add`](BackgroundTasks::add) | none | tasks running at once | tasks wait in the lane's queue |
 //! | [`blocking_limit`](SupervisorBuilder::blocking_limit): the blocking lane, for [`add_blocking`](BackgroundTasks::add_blocking) | 16 | threads of tokio's blocking pool (512) taken at once, so CPU-heavy work cannot starve file I/O | closures wait in the lane's queue |
-//! | [`lane`](SupervisorBuilder::lane): a named lane, with [`TaskOptions::lane`] | set per lane | calls to a rate-limited service | tasks wait in the lane's queue |
+//! | [`lane`](SupervisorBuilder::lane): a named lane, with [`Task::lane`] | set per lane | calls to a rate-limited service | tasks wait in the lane's queue |
 //! | [`max_queued`](SupervisorBuilder::max_queued) | 65 536 tasks | memory: tasks waiting for their response or for a slot (each is its boxed future and at most 64 bytes) | [`add`](BackgroundTasks::add) rejects the task: counted in [`Stats::rejected`], logged at `WARN`, and the request answered `503` with `Retry-After` ([`try_add`](BackgroundTasks::try_add) returns [`AddError::QueueFull`] instead) |
 //! | shutdown | [`grace_period`](SupervisorBuilder::grace_period) 15 s | how long [`Supervisor::shutdown`] waits | tasks are cancelled, then aborted, counted in [`Stats::cancelled`]; [`add`](BackgroundTasks::add) after shutdown began is refused ([`Stats::refused`], `503`) |
 //!
 //! Running async tasks are not limited by default: a task waiting on I/O
 //! costs tokio little, and a limit would turn a burst the server can absorb
 //! into refused work. Set one to protect a downstream service, preferably on
-//! a named lane. [`TaskOptions`] also give a task a timeout and a
-//! [`Retry`] policy; a [`Group`] runs steps one after another or together as
+//! a named lane. A [`Task`] also gives its work a timeout or a [`Retry`]
+//! policy; a [`Group`] runs steps one after another or together as
 //! one task; [`LoadShedLayer`] answers `503` before the handler runs while
 //! the backlog is too deep.
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_background::{AddError, BackgroundTasks, Group, Retry, Supervisor, TaskOptions};
+//! use tower_background::{AddError, BackgroundTasks, Group, Retry, Supervisor, Task};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -147,10 +147,12 @@
 //! fn handler(tasks: &BackgroundTasks) -> Result<(), AddError> {
 //!     // Fails with `AddError::QueueFull` rather than queue without bound.
 //!     tasks.try_add(async { /* ... */ })?;
-//!     tasks
-//!         .with(TaskOptions::new().lane("email").timeout(Duration::from_secs(10)).retry(Retry::exponential(3)))
-//!         .try_add_retrying(|| async { Ok::<_, std::io::Error>(()) /* send it */ })?;
-//!     tasks.try_add_group(
+//!     tasks.try_add(
+//!         Task::retrying(Retry::exponential(3), || async { Ok::<_, std::io::Error>(()) /* send it */ })
+//!             .lane("email")
+//!             .timeout(Duration::from_secs(10)),
+//!     )?;
+//!     tasks.try_add(
 //!         Group::sequential()
 //!             .step(async { /* notify */ })
 //!             .blocking_step(|| { /* write the audit file */ }),
@@ -198,12 +200,13 @@ mod lane;
 mod layer;
 mod load_shed;
 mod monitor;
-mod options;
 mod origin;
+mod output;
 mod policy;
 mod report;
 mod request_queue;
 mod resident;
+mod retry;
 mod running;
 mod service;
 mod slot;
@@ -213,6 +216,7 @@ mod task;
 mod task_set;
 #[cfg(feature = "tracking")]
 pub mod tracking;
+mod work;
 
 pub use body::ResponseBody;
 pub use builder::{
@@ -225,15 +229,16 @@ pub use extract::MissingBackgroundTaskLayer;
 pub use failure::{FailureKind, TaskFailure};
 pub use future::ResponseFuture;
 pub use group::Group;
-pub use handle::{BackgroundTasks, WithOptions};
+pub use handle::BackgroundTasks;
 pub use layer::BackgroundTaskLayer;
 pub use load_shed::{LoadShed, LoadShedBody, LoadShedFuture, LoadShedLayer};
 pub use monitor::Monitor;
-pub use options::{Retry, TaskOptions};
+pub use output::TaskOutput;
 pub use policy::{OnDisconnect, OnServerError};
 pub use report::ShutdownReport;
 pub use resident::Shutdown;
+pub use retry::Retry;
 pub use service::Background;
 pub use stats::{DiscardReasons, LaneStats, Stats};
 pub use supervisor::Supervisor;
-pub use task::TaskOutput;
+pub use task::{IntoTask, Task};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::stats::DiscardReason;
-use crate::task::{Queued, Task};
+use crate::work::{Queued, QueuedTask};
 
 /// How a request's queue was closed; every later task follows the same
 /// fate.
@@ -96,7 +96,11 @@ impl RequestQueue {
     /// Queues `task` while the queue is open, calling `on_queued` under the
     /// lock (before a close can take the task); gives the task back with
     /// how the queue was closed otherwise.
-    pub(crate) fn push(&self, task: Task, on_queued: impl FnOnce()) -> Result<(), (Task, Closed)> {
+    pub(crate) fn push(
+        &self,
+        task: QueuedTask,
+        on_queued: impl FnOnce(),
+    ) -> Result<(), (QueuedTask, Closed)> {
         // The first offer moves the queue out of `Untouched`, so that a close
         // from now on looks at the tasks.
         let first = self.state.compare_exchange(
@@ -150,10 +154,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::task::{self, Work, DEFAULT_LANE};
+    use crate::work::{self, Work, DEFAULT_LANE};
 
-    fn task() -> Task {
-        Task::new(Work::Async(task::boxed(async {})), DEFAULT_LANE)
+    fn task() -> QueuedTask {
+        QueuedTask::new(Work::Async(work::boxed(async {})), DEFAULT_LANE)
     }
 
     #[test]

@@ -17,8 +17,8 @@ use crate::abort::Registration;
 use crate::lane::Waiting;
 use crate::origin::{Origin, RequestLine};
 use crate::stats::Outcome;
-use crate::task::{BlockingWork, BoxedWork, LaneId, Queued, Task, Work};
 use crate::task_set::TaskSet;
+use crate::work::{BlockingWork, BoxedWork, LaneId, Queued, QueuedTask, Work};
 
 /// Hands `tasks` (admitted, queued by `request`) to their lanes: each starts
 /// at once if its lane has a free slot, or waits in the lane's queue. All
@@ -51,7 +51,7 @@ pub(crate) fn spawn_all(set: &Arc<TaskSet>, request: &RequestLine, tasks: Queued
 }
 
 /// Spawns `task`, which holds a slot in its lane, on the set's runtime.
-fn start(set: &Arc<TaskSet>, origin: Origin, task: Task) {
+fn start(set: &Arc<TaskSet>, origin: Origin, task: QueuedTask) {
     drop(
         set.runtime()
             .spawn(Running::start(Arc::clone(set), origin, task)),
@@ -161,7 +161,7 @@ impl RunningWork {
 }
 
 impl Running {
-    fn start(set: Arc<TaskSet>, origin: Origin, task: Task) -> Self {
+    fn start(set: Arc<TaskSet>, origin: Origin, task: QueuedTask) -> Self {
         // A disabled span is not free when `tracing`'s `log` feature is on
         // (axum's default `tower-log` turns it on): it still consults `log`
         // when made, entered, left and dropped. `Span::none` costs nothing.

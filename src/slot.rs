@@ -8,8 +8,8 @@ use tokio::sync::oneshot;
 
 use crate::lane::Waiting;
 use crate::running::{dispatch, release_slot, Slot};
-use crate::task::LaneId;
 use crate::task_set::TaskSet;
+use crate::work::LaneId;
 
 /// Waits for a slot in `lane`, for a step of a running group. `None` if
 /// the queue was emptied by an abort first.

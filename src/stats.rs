@@ -47,7 +47,7 @@ pub struct Stats {
     pub failed: u64,
     /// Panicked (the panic was caught).
     pub panicked: u64,
-    /// Ran past their [timeout](crate::TaskOptions::timeout) on their last
+    /// Ran past their [timeout](crate::Task::timeout) on their last
     /// attempt.
     pub timed_out: u64,
     /// Aborted unfinished at the end of the shutdown grace period, or dropped

@@ -1,170 +1,184 @@
-//! One unit of background work, type-erased so a request can queue async
-//! futures, blocking closures and groups side by side.
+//! [`Task`]: a piece of background work and how it runs (its lane, its time
+//! limit, its retries), and [`IntoTask`], what `add` accepts.
 
-use std::fmt::Display;
+use std::borrow::Cow;
 use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
-use smallvec::SmallVec;
+use crate::group::Group;
+use crate::output::TaskOutput;
+use crate::retry::Retry;
+use crate::work::{self, BlockingWork, BoxedWork, Maker};
 
-use crate::stats::Outcome;
-
-/// The index of a lane in the task set; 0 and 1 always exist.
-pub(crate) type LaneId = usize;
-/// Where [`add`](crate::BackgroundTasks::add) puts tasks.
-pub(crate) const DEFAULT_LANE: LaneId = 0;
-/// Where [`add_blocking`](crate::BackgroundTasks::add_blocking) puts tasks.
-pub(crate) const BLOCKING_LANE: LaneId = 1;
-
-/// A request's queued tasks: the first is stored inline, since most
-/// requests that queue anything queue one task.
-pub(crate) type Queued = SmallVec<[Task; 1]>;
-
-/// The output of a background task: `()` or a `Result` whose error can be
-/// displayed.
+/// A background task with its options, for
+/// [`BackgroundTasks::add`](crate::BackgroundTasks::add) and
+/// [`try_add`](crate::BackgroundTasks::try_add).
 ///
-/// A task that returns `Err(e)` is counted as *failed* and `e` is logged at
-/// `ERROR` (and passed to the
-/// [`on_failure`](crate::SupervisorBuilder::on_failure) hook); the `Ok` value
-/// is dropped. This trait is sealed: it is implemented for exactly those two
-/// shapes.
-pub trait TaskOutput: sealed::Sealed + Send + 'static {
-    /// `Ok(())` if the task succeeded, otherwise the error's message.
-    #[doc(hidden)]
-    fn into_result(self) -> Result<(), String>;
+/// A plain future needs no `Task`: `tasks.add(future)` runs it in the
+/// default lane with no time limit. Make a `Task` to choose more. What it
+/// runs is chosen by its constructor, and only options that apply to every
+/// kind of work are methods, so an option that could not apply cannot be
+/// written (retries need a new future per attempt, so only
+/// [`Task::retrying`] takes a [`Retry`]).
+///
+/// | constructor | runs | [`lane`](Task::lane) default | [`timeout`](Task::timeout) limits |
+/// |---|---|---|---|
+/// | [`Task::new(future)`](Task::new) | on the runtime's worker threads | the default lane | the task |
+/// | [`Task::blocking(closure)`](Task::blocking) | on tokio's blocking pool | the blocking lane | the wait for it (the closure is left to finish, unobserved) |
+/// | [`Task::retrying(retry, make)`](Task::retrying) | a new future from `make` per attempt | the default lane | each attempt |
+/// | [`Task::from(group)`](crate::Group) | the group's steps | the default lane | the group as a whole |
+///
+/// ```
+/// # async fn send_email(_: &str) -> Result<(), std::io::Error> { Ok(()) }
+/// use std::time::Duration;
+/// use tower_background::{BackgroundTasks, Retry, Task};
+///
+/// fn welcome(tasks: &BackgroundTasks, to: String) {
+///     tasks.add(
+///         Task::retrying(Retry::exponential(3), move || {
+///             let to = to.clone();
+///             async move { send_email(&to).await }
+///         })
+///         .lane("email")                     // at most N at a time, set on the supervisor
+///         .timeout(Duration::from_secs(10)), // each attempt
+///     );
+/// }
+/// ```
+///
+/// A retry policy on work that makes one future does not compile:
+///
+/// ```compile_fail
+/// # use tower_background::{Retry, Task};
+/// let task = Task::new(async {}).retry(Retry::exponential(3));
+/// ```
+#[must_use = "a task does nothing until it is added"]
+pub struct Task {
+    pub(crate) kind: Kind,
+    pub(crate) lane: Option<Cow<'static, str>>,
+    pub(crate) timeout: Option<Duration>,
 }
 
-impl TaskOutput for () {
-    fn into_result(self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-impl<T, E> TaskOutput for Result<T, E>
-where
-    T: Send + 'static,
-    E: Display + Send + 'static,
-{
-    fn into_result(self) -> Result<(), String> {
-        self.map(drop).map_err(|error| error.to_string())
-    }
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for () {}
-    impl<T, E> Sealed for Result<T, E> {}
-}
-
-/// A boxed async task, already mapped to how it ended.
-pub(crate) type BoxedWork = Pin<Box<dyn Future<Output = Outcome> + Send>>;
-/// A boxed blocking closure.
-pub(crate) type BlockingWork = Box<dyn FnOnce() -> Result<(), String> + Send>;
-
-/// What a task does once it has a slot in its lane.
-pub(crate) enum Work {
-    /// Polled on the runtime's worker threads.
+/// What a task runs, before its options are applied.
+pub(crate) enum Kind {
     Async(BoxedWork),
-    /// Run on tokio's blocking pool, never on a worker thread.
     Blocking(BlockingWork),
-    /// The same, given up on (and counted as timed out) after a time limit;
-    /// boxed so that the limit does not make every task larger.
-    BlockingWithTimeout(Box<(BlockingWork, Duration)>),
-}
-
-/// A queued task: its work, the lane it runs in, and the span that was
-/// current when it was added, so the task's own span can say it
-/// `follows_from` the request that queued it.
-pub(crate) struct Task {
-    pub(crate) work: Work,
-    pub(crate) lane: LaneId,
-    /// `None` when no subscriber records the current span, or none would
-    /// record the task's `INFO` span (the usual case without tracing):
-    /// boxed, so a task costs 8 bytes for it, not 40.
-    pub(crate) added_in: Option<Box<tracing::Span>>,
+    Retrying(Maker, Retry),
+    Group(Group),
 }
 
 impl std::fmt::Debug for Task {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Async(_) => "async",
+            Kind::Blocking(_) => "blocking",
+            Kind::Retrying(..) => "retrying",
+            Kind::Group(_) => "group",
+        };
         f.debug_struct("Task")
+            .field("kind", &kind)
             .field("lane", &self.lane)
-            .finish_non_exhaustive()
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
 impl Task {
-    pub(crate) fn new(work: Work, lane: LaneId) -> Self {
+    /// An async task. Its output is `()` or a `Result` whose `Err` is
+    /// counted as failed (see [`TaskOutput`]).
+    pub fn new<F>(future: F) -> Self
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        Self::of(Kind::Async(work::boxed(future)))
+    }
+
+    /// A blocking or CPU-heavy closure, run on tokio's blocking pool within
+    /// its lane's limit (the blocking lane's unless [`lane`](Self::lane)
+    /// names another); see
+    /// [`BackgroundTasks::add_blocking`](crate::BackgroundTasks::add_blocking).
+    pub fn blocking<F, T>(function: F) -> Self
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: TaskOutput,
+    {
+        Self::of(Kind::Blocking(work::boxed_blocking(function)))
+    }
+
+    /// An async task retried under `retry`: `make` is called for each
+    /// attempt, and an attempt that returned `Err` or timed out is retried
+    /// (one that panicked is not). Every attempt after the first is counted
+    /// in [`Stats::retried`](crate::Stats::retried); the task keeps its
+    /// lane slot while it waits between attempts.
+    pub fn retrying<M, F>(retry: Retry, make: M) -> Self
+    where
+        M: FnMut() -> F + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        Self::of(Kind::Retrying(work::boxed_maker(make), retry))
+    }
+
+    /// Run in the named lane, configured with
+    /// [`SupervisorBuilder::lane`](crate::SupervisorBuilder::lane). A lane
+    /// that was not configured is an error when the task is added
+    /// ([`AddError::UnknownLane`](crate::AddError::UnknownLane)). Blocking
+    /// work in a named lane still runs on tokio's blocking pool, within that
+    /// lane's limit.
+    pub fn lane(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.lane = Some(name.into());
+        self
+    }
+
+    /// Give up after `timeout`: the work is dropped and counted as timed out
+    /// (for a retried task, the attempt is, and retried if the policy
+    /// allows). What it limits depends on the kind of task; see the table
+    /// on [`Task`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    fn of(kind: Kind) -> Self {
         Self {
-            work,
-            lane,
-            // Only the task's own span (at `INFO`) uses it.
-            added_in: if tracing::level_enabled!(tracing::Level::INFO) {
-                let current = tracing::Span::current();
-                (!current.is_none()).then(|| Box::new(current))
-            } else {
-                None
-            },
+            kind,
+            lane: None,
+            timeout: None,
         }
     }
 }
 
-/// `future`, boxed, with its output mapped to an outcome.
-pub(crate) fn boxed<F>(future: F) -> BoxedWork
+impl From<Group> for Task {
+    fn from(group: Group) -> Self {
+        Self::of(Kind::Group(group))
+    }
+}
+
+/// What [`BackgroundTasks::add`](crate::BackgroundTasks::add) accepts: a
+/// future, a [`Task`], or a [`Group`].
+pub trait IntoTask {
+    /// The task, with its options.
+    fn into_task(self) -> Task;
+}
+
+impl IntoTask for Task {
+    fn into_task(self) -> Task {
+        self
+    }
+}
+
+impl IntoTask for Group {
+    fn into_task(self) -> Task {
+        Task::from(self)
+    }
+}
+
+impl<F> IntoTask for F
 where
     F: Future + Send + 'static,
     F::Output: TaskOutput,
 {
-    Box::pin(IntoOutcome { future })
-}
-
-pin_project_lite::pin_project! {
-    /// `future` with its output mapped to an [`Outcome`]. Written out rather
-    /// than as `async move { .. future.await .. }`, whose state machine keeps
-    /// the captured future and the awaited one as two copies: this box is
-    /// what a task waiting on I/O holds for as long as it waits.
-    struct IntoOutcome<F> {
-        #[pin]
-        future: F,
-    }
-}
-
-impl<F> Future for IntoOutcome<F>
-where
-    F: Future,
-    F::Output: TaskOutput,
-{
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
-        self.project()
-            .future
-            .poll(cx)
-            .map(|output| Outcome::from_result(output.into_result()))
-    }
-}
-
-/// `function`, boxed, with its output mapped to a message.
-pub(crate) fn boxed_blocking<F, T>(function: F) -> BlockingWork
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: TaskOutput,
-{
-    Box::new(move || function().into_result())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_boxed_task_is_no_larger_than_its_future() {
-        // What a task waiting on I/O holds beyond tokio's own task: the
-        // boxed future, which must not keep a second copy of the user's.
-        let nap = || tokio::time::sleep(Duration::from_secs(1));
-        let user_future = async move { nap().await };
-        let size = std::mem::size_of_val(&user_future);
-        let work = boxed(async move { nap().await });
-        assert_eq!(std::mem::size_of_val(&*work), size);
+    fn into_task(self) -> Task {
+        Task::new(self)
     }
 }

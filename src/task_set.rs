@@ -27,7 +27,7 @@ use crate::failure::{FailureKind, TaskFailure};
 use crate::lane::{Lane, Waiting};
 use crate::origin::{Origin, RequestLine};
 use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
-use crate::task::LaneId;
+use crate::work::LaneId;
 
 /// The hook set with `SupervisorBuilder::on_failure`.
 pub(crate) type FailureHook = Arc<dyn Fn(&TaskFailure<'_>) + Send + Sync>;

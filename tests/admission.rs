@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use http::Method;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tower_background::{AddError, Retry, Stats, Supervisor, TaskOptions};
+use tower_background::{AddError, Retry, Stats, Supervisor, Task};
 
 use support::{
     app, assert_counts, counts, explode, finish, millis, request, secs, send, serve, stats, until,
@@ -418,12 +418,13 @@ async fn a_timed_out_blocking_task_keeps_its_slot_until_its_closure_returns() {
         move |_, tasks| {
             for _ in 0..2 {
                 let (peak, gate) = (peak.clone(), gate.clone());
-                tasks
-                    .with(TaskOptions::new().timeout(millis(10)))
-                    .add_blocking(move || {
+                tasks.add(
+                    Task::blocking(move || {
                         let _inside = peak.enter();
                         gate.wait();
-                    });
+                    })
+                    .timeout(millis(10)),
+                );
             }
         }
     });
@@ -518,7 +519,7 @@ async fn returned_blocking_closures_stay_running_until_polled_but_free_their_slo
     assert_eq!(after.submitted, after.accounted());
 }
 
-/// Tasks added with `TaskOptions::lane("email")` run at most two at a time
+/// Tasks added with `Task::lane("email")` run at most two at a time
 /// (the lane's limit), while tasks of the default lane are not held back by
 /// it.
 #[tokio::test]
@@ -533,12 +534,13 @@ async fn a_named_lane_limits_its_tasks_and_leaves_the_default_lane_alone() {
         move |_, tasks| {
             for _ in 0..EMAILS {
                 let (emails, gate) = (emails.clone(), gate.clone());
-                tasks
-                    .with(TaskOptions::new().lane("email"))
-                    .add(async move {
+                tasks.add(
+                    Task::new(async move {
                         let _inside = emails.enter();
                         gate.pass().await;
-                    });
+                    })
+                    .lane("email"),
+                );
             }
             for _ in 0..OTHERS {
                 let (others, gate) = (others.clone(), gate.clone());
@@ -590,13 +592,9 @@ async fn an_unknown_lane_is_an_error_for_try_add_and_a_rejection_for_add() {
         let (events, results) = (events.clone(), results.clone());
         move |_, tasks| {
             let (tried, added) = (events.clone(), events.clone());
-            let result = tasks
-                .with(TaskOptions::new().lane("nope"))
-                .try_add(async move { tried.record("ran") });
+            let result = tasks.try_add(Task::new(async move { tried.record("ran") }).lane("nope"));
             results.lock().unwrap().push(result);
-            tasks
-                .with(TaskOptions::new().lane("nope"))
-                .add(async move { added.record("ran") });
+            tasks.add(Task::new(async move { added.record("ran") }).lane("nope"));
         }
     });
 
@@ -633,13 +631,14 @@ async fn a_task_past_its_timeout_is_dropped_and_counted_timed_out() {
         let events = events.clone();
         move |_, tasks| {
             let (finished, guard) = (events.clone(), events.on_drop("dropped"));
-            tasks
-                .with(TaskOptions::new().timeout(secs(1)))
-                .add(async move {
+            tasks.add(
+                Task::new(async move {
                     let _guard = guard;
                     tokio::time::sleep(secs(10)).await;
                     finished.record("finished");
-                });
+                })
+                .timeout(secs(1)),
+            );
         }
     });
 
@@ -660,10 +659,10 @@ async fn a_task_past_its_timeout_is_dropped_and_counted_timed_out() {
     });
 }
 
-/// Runs one task added with `add_retrying` under `options`, each attempt
+/// Runs one `Task::retrying` with `three_attempts()` and `timeout`, each attempt
 /// recorded as "attempt" and then doing what `attempt(n)` (n from 1) does;
 /// returns the stats and when each attempt started.
-async fn retried<F, Fut>(options: TaskOptions, attempt: F) -> (Stats, Vec<Instant>)
+async fn retried<F, Fut>(timeout: Option<std::time::Duration>, attempt: F) -> (Stats, Vec<Instant>)
 where
     F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), &'static str>> + Send + 'static,
@@ -675,10 +674,14 @@ where
         move |_, tasks| {
             let (events, attempt) = (events.clone(), attempt.clone());
             let made = AtomicUsize::new(0);
-            tasks.with(options.clone()).add_retrying(move || {
+            let task = Task::retrying(three_attempts(), move || {
                 let n = made.fetch_add(1, Ordering::SeqCst) + 1;
                 events.record("attempt");
                 attempt(n)
+            });
+            tasks.add(match timeout {
+                Some(limit) => task.timeout(limit),
+                None => task,
             });
         }
     });
@@ -704,7 +707,7 @@ fn gaps(attempts: &[Instant]) -> Vec<std::time::Duration> {
 /// with exponential back-off, and counted once, as completed.
 #[tokio::test(start_paused = true)]
 async fn a_task_that_fails_twice_then_succeeds_completes_after_three_attempts() {
-    let (after, attempts) = retried(TaskOptions::new().retry(three_attempts()), |n| async move {
+    let (after, attempts) = retried(None, |n| async move {
         if n < 3 {
             Err("smtp down")
         } else {
@@ -731,10 +734,7 @@ async fn a_task_that_fails_twice_then_succeeds_completes_after_three_attempts() 
 /// as failed, with two retries.
 #[tokio::test(start_paused = true)]
 async fn a_task_that_always_fails_is_retried_then_counted_failed_once() {
-    let (after, attempts) = retried(TaskOptions::new().retry(three_attempts()), |_| async {
-        Err("smtp down")
-    })
-    .await;
+    let (after, attempts) = retried(None, |_| async { Err("smtp down") }).await;
 
     assert_eq!(attempts.len(), 3);
     assert_eq!(
@@ -751,8 +751,7 @@ async fn a_task_that_always_fails_is_retried_then_counted_failed_once() {
 /// that all time out count once, as timed out, with two retries.
 #[tokio::test(start_paused = true)]
 async fn a_task_that_times_out_every_attempt_is_retried_then_counted_timed_out_once() {
-    let options = TaskOptions::new().timeout(secs(1)).retry(three_attempts());
-    let (after, attempts) = retried(options, |_| async {
+    let (after, attempts) = retried(Some(secs(1)), |_| async {
         tokio::time::sleep(secs(10)).await;
         Ok(())
     })
@@ -776,7 +775,7 @@ async fn a_task_that_times_out_every_attempt_is_retried_then_counted_timed_out_o
 /// panicked, no retries.
 #[tokio::test(start_paused = true)]
 async fn a_panicking_attempt_is_not_retried() {
-    let (after, attempts) = retried(TaskOptions::new().retry(three_attempts()), |_| async {
+    let (after, attempts) = retried(None, |_| async {
         explode("template missing");
         Ok(())
     })

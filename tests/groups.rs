@@ -1,4 +1,4 @@
-//! Groups of steps added with `add_group`: a sequential group runs its steps
+//! Groups of steps added with `add`: a sequential group runs its steps
 //! one after another (async and blocking, mixed) and stops at the first that
 //! fails or panics, the rest counted as skipped; a concurrent group starts
 //! every step together and ends when all have ended, letting the others run
@@ -56,7 +56,7 @@ async fn sequential_steps_run_one_after_another_in_the_order_added() {
     let events = Events::default();
     sign_up_and_wait_idle(&supervisor, &events, |events, tasks| {
         let [a, b, c, d] = clones(events);
-        tasks.add_group(
+        tasks.add(
             Group::sequential()
                 .step(async move {
                     tokio::time::sleep(secs(1)).await;
@@ -95,7 +95,7 @@ async fn a_group_starts_only_after_the_response_body_ended() {
     let events = Events::default();
     let mut app = app_recording(&supervisor, &events, |events, tasks| {
         let [a, b] = clones(events);
-        tasks.add_group(
+        tasks.add(
             Group::concurrent()
                 .step(async move { a.record("async step") })
                 .blocking_step(move || b.record("blocking step")),
@@ -126,7 +126,7 @@ async fn a_failing_step_stops_a_sequential_group_and_the_rest_are_skipped() {
     let events = Events::default();
     sign_up_and_wait_idle(&supervisor, &events, |events, tasks| {
         let [a, b, c, d] = clones(events);
-        tasks.add_group(
+        tasks.add(
             Group::sequential()
                 .step(async move { a.record("1") })
                 .step(async move {
@@ -156,7 +156,7 @@ async fn a_panicking_step_stops_a_sequential_group_and_the_rest_are_skipped() {
     let events = Events::default();
     sign_up_and_wait_idle(&supervisor, &events, |events, tasks| {
         let [a, b, c] = clones(events);
-        tasks.add_group(
+        tasks.add(
             Group::sequential()
                 .step(async move { a.record("blocking group: 1") })
                 .blocking_step(move || {
@@ -166,7 +166,7 @@ async fn a_panicking_step_stops_a_sequential_group_and_the_rest_are_skipped() {
                 .blocking_step(move || c.record("blocking group: 3")),
         );
         let [d, e] = clones(events);
-        tasks.add_group(
+        tasks.add(
             Group::sequential()
                 .step(async move {
                     d.record("async group: 1 panics");
@@ -224,7 +224,7 @@ async fn the_steps_of_a_concurrent_group_all_run_at_once() {
                     last.pass().await;
                     events.record("last step");
                 });
-            tasks.add_group(group);
+            tasks.add(group);
         }
     });
 
@@ -263,7 +263,7 @@ async fn without_fail_fast_a_failing_step_does_not_stop_the_others() {
     let events = Events::default();
     sign_up_and_wait_idle(&supervisor, &events, |events, tasks| {
         let [a, b, c] = clones(events);
-        tasks.add_group(
+        tasks.add(
             Group::concurrent()
                 .step(async move {
                     a.record("fails at once");
@@ -312,7 +312,7 @@ async fn with_fail_fast_the_other_steps_are_dropped_and_counted_as_skipped() {
                 events.record(done);
             });
         }
-        tasks.add_group(group);
+        tasks.add(group);
     });
 
     serve(&mut app, request(Method::POST, "/signup")).await;
@@ -358,7 +358,7 @@ async fn a_group_waiting_for_a_blocking_slot_is_counted_as_running() {
             }
             "/group" => {
                 let [a, b] = clones(&events);
-                tasks.add_group(
+                tasks.add(
                     Group::sequential()
                         .step(async move { a.record("async step") })
                         .blocking_step(move || b.record("blocking step")),

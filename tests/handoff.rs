@@ -19,7 +19,7 @@ use support::{assert_still_queued, counting, within, ChannelBody};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 use tower_background::{
     Background, BackgroundTaskLayer, BackgroundTasks, OnDisconnect, OnServerError, ResponseBody,
-    ResponseFuture, Stats, Supervisor, TaskOptions,
+    ResponseFuture, Stats, Supervisor, Task,
 };
 
 /// Sends `request` through `layer` to a handler that gets the request's
@@ -590,11 +590,12 @@ async fn late_add_from_a_thread_outside_the_runtime_starts_on_the_runtime() {
     let ran = Arc::clone(&runs);
     thread::spawn(move || {
         tasks.add(counting(&ran));
-        tasks
-            .with(TaskOptions::new().timeout(Duration::from_secs(30)))
-            .add_blocking(move || {
+        tasks.add(
+            Task::blocking(move || {
                 ran.fetch_add(1, Ordering::SeqCst);
-            });
+            })
+            .timeout(Duration::from_secs(30)),
+        );
     })
     .join()
     .expect("adding from a plain thread does not panic");

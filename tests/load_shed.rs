@@ -97,7 +97,7 @@ async fn group_steps_waiting_for_a_slot_do_not_skew_the_counts() {
                 for _ in 0..3 {
                     let gate = Arc::clone(&gate);
                     let handle = tokio::runtime::Handle::current();
-                    tasks.add_group(Group::sequential().blocking_step(move || {
+                    tasks.add(Group::sequential().blocking_step(move || {
                         let _ = handle.block_on(gate.acquire());
                     }));
                 }

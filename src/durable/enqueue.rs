@@ -9,7 +9,7 @@ use super::error::JobError;
 use super::job::{Job, JobId};
 use super::queue::{EncodedJob, JobQueue};
 use crate::handle::BackgroundTasks;
-use crate::options::Retry;
+use crate::retry::Retry;
 
 /// The first wait before pushing a deferred job again; it doubles (with
 /// full jitter) up to [`MAX_PUSH_DELAY`].

@@ -21,7 +21,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
-use tower_background::{Group, Stats, Supervisor, TaskOptions};
+use tower_background::{Group, Stats, Supervisor, Task};
 
 use crate::harness::{
     accounted, fetch_on_keep_alive_connections, id_of, mix, scaled, settled, shut_down_as_settled,
@@ -156,23 +156,25 @@ async fn handle(
                 ledger.record(task);
                 std::thread::sleep(Duration::from_micros(200));
             }),
-            Kind::Email => tasks
-                .with(TaskOptions::new().lane("email"))
-                .add(async move {
+            Kind::Email => tasks.add(
+                Task::new(async move {
                     let _inside = inside.email.enter();
                     ledger.record(task);
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                }),
-            Kind::Timeout => tasks
-                .with(TaskOptions::new().timeout(TIMEOUT))
-                .add(async move {
+                })
+                .lane("email"),
+            ),
+            Kind::Timeout => tasks.add(
+                Task::new(async move {
                     let _inside = inside.default.enter();
                     ledger.record(task);
                     if exceeds(id, k) {
                         tokio::time::sleep(Duration::from_secs(60)).await;
                     }
-                }),
-            Kind::Sequential => tasks.add_group(group(
+                })
+                .timeout(TIMEOUT),
+            ),
+            Kind::Sequential => tasks.add(group(
                 Group::sequential(),
                 &ledger,
                 &inside,
@@ -180,7 +182,7 @@ async fn handle(
                 k,
                 failing_step(id, k),
             )),
-            Kind::Concurrent => tasks.add_group(group(
+            Kind::Concurrent => tasks.add(group(
                 Group::concurrent(),
                 &ledger,
                 &inside,

@@ -1,64 +1,8 @@
-//! [`TaskOptions`] and [`Retry`]: the lane, time limit and retry policy of a
-//! task.
+//! [`Retry`]: how a retried task spaces its attempts.
 
-use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
-
-/// Where and how a task runs, for
-/// [`BackgroundTasks::with`](crate::BackgroundTasks::with).
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_background::{Retry, TaskOptions};
-///
-/// let options = TaskOptions::new()
-///     .lane("email")                          // at most N at a time, set on the supervisor
-///     .timeout(Duration::from_secs(10))       // each attempt
-///     .retry(Retry::exponential(3));          // up to 3 attempts for an `Err` or a timeout
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[must_use]
-pub struct TaskOptions {
-    pub(crate) lane: Option<Cow<'static, str>>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) retry: Option<Retry>,
-}
-
-impl TaskOptions {
-    /// The defaults: the default lane (or the blocking lane for blocking
-    /// work), no time limit, one attempt.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Run in the named lane, configured with
-    /// [`SupervisorBuilder::lane`](crate::SupervisorBuilder::lane). Blocking
-    /// work in a named lane still runs on tokio's blocking pool, within that
-    /// lane's limit.
-    pub fn lane(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.lane = Some(name.into());
-        self
-    }
-
-    /// Give up on an attempt that has not finished after `timeout`: it is
-    /// dropped (a blocking closure is left to finish on its thread,
-    /// unobserved) and counted as timed out, or retried if a [`Retry`] allows.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Retry an attempt that returned `Err` or timed out (never one that
-    /// panicked), with this policy. Only for tasks added with
-    /// [`WithOptions::add_retrying`](crate::WithOptions::add_retrying), which
-    /// take a function that makes a new future for each attempt.
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.retry = Some(retry);
-        self
-    }
-}
 
 /// Exponential back-off with full jitter: before attempt `n + 1`, wait a
 /// random time between zero and `min(max_delay, base_delay × 2^(n−1))`.
