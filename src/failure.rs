@@ -13,8 +13,8 @@ use http::Method;
 pub struct TaskFailure<'a> {
     pub(crate) kind: FailureKind,
     pub(crate) message: &'a str,
-    pub(crate) method: &'a Method,
-    pub(crate) path: &'a str,
+    pub(crate) method: Option<&'a Method>,
+    pub(crate) path: Option<&'a str>,
 }
 
 /// How a task failed.
@@ -42,13 +42,15 @@ impl<'a> TaskFailure<'a> {
         self.message
     }
 
-    /// The method of the request that queued the task.
-    pub fn method(&self) -> &'a Method {
+    /// The method of the request that queued the task (`None` for a task
+    /// added through [`Supervisor::tasks`](crate::Supervisor::tasks)).
+    pub fn method(&self) -> Option<&'a Method> {
         self.method
     }
 
-    /// The path of the request that queued the task.
-    pub fn path(&self) -> &'a str {
+    /// The path of the request that queued the task (`None` for a task
+    /// added through [`Supervisor::tasks`](crate::Supervisor::tasks)).
+    pub fn path(&self) -> Option<&'a str> {
         self.path
     }
 }
@@ -60,10 +62,13 @@ impl fmt::Display for TaskFailure<'_> {
             FailureKind::Panic => "panicked",
             FailureKind::Timeout => "timed out",
         };
-        write!(
-            f,
-            "background task of {} {} {what}: {}",
-            self.method, self.path, self.message
-        )
+        match (self.method, self.path) {
+            (Some(method), Some(path)) => write!(
+                f,
+                "background task of {method} {path} {what}: {}",
+                self.message
+            ),
+            _ => write!(f, "background task {what}: {}", self.message),
+        }
     }
 }

@@ -70,10 +70,22 @@ pub(crate) struct RequestTasks {
 
 impl BackgroundTasks {
     pub(crate) fn new(set: Arc<TaskSet>, method: Method, uri: &Uri) -> Self {
+        Self::with_line(set, RequestLine::new(method, uri))
+    }
+
+    /// A handle for work no request started: there is no response to wait
+    /// for, so it is handed off from the start and its tasks start at once.
+    pub(crate) fn unattached(set: Arc<TaskSet>) -> Self {
+        let tasks = Self::with_line(set, RequestLine::none());
+        tasks.request.hand_off();
+        tasks
+    }
+
+    fn with_line(set: Arc<TaskSet>, line: RequestLine) -> Self {
         Self {
             request: Arc::new(RequestTasks {
                 set,
-                line: RequestLine::new(method, uri),
+                line,
                 queue: RequestQueue::new(),
                 refusal: OnceLock::new(),
             }),

@@ -16,6 +16,10 @@
 //!   spawned into the supervisor's task set, detached from the connection, so
 //!   neither the response nor the next request on a keep-alive connection
 //!   waits for it.
+//! - Work no request started goes through the same task set:
+//!   [`Supervisor::tasks`] is a handle whose tasks start at once, and
+//!   [`Supervisor::spawn_resident`] runs a loop for the application's life,
+//!   both drained by the same shutdown.
 //!
 //! # Example
 //!

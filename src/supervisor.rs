@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::handle::BackgroundTasks;
 use crate::layer::BackgroundTaskLayer;
 use crate::monitor::Monitor;
 use crate::report::ShutdownReport;
@@ -154,6 +155,34 @@ impl Supervisor {
         }
     }
 
+    /// A handle for tasks no request started (a startup job, the follow-up
+    /// work of a queue consumer or of a WebSocket connection): tasks added
+    /// through it start at once, and are counted in [`Stats`], limited by
+    /// their lane, waited for by [`wait_idle`](Self::wait_idle) and drained
+    /// by [`shutdown`](Self::shutdown) like a request's handed-off tasks.
+    ///
+    /// Their log lines and [`TaskFailure`](crate::TaskFailure)s have no
+    /// request method or path. A task it cannot accept (shutdown has begun,
+    /// the queue is full) is counted and logged as for a request, or
+    /// returned as an error by [`try_add`](BackgroundTasks::try_add). The
+    /// handle is cheap to clone and can be kept for the application's life.
+    ///
+    /// ```
+    /// use tower_background::Supervisor;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let background = Supervisor::new();
+    /// let tasks = background.tasks();
+    /// tasks.add(async { /* warm the cache */ });
+    /// background.wait_idle().await;
+    /// assert_eq!(background.stats().completed, 1);
+    /// # }
+    /// ```
+    pub fn tasks(&self) -> BackgroundTasks {
+        BackgroundTasks::unattached(Arc::clone(&self.set))
+    }
+
     /// Runs `make(shutdown)` on the supervisor's runtime for the life of the
     /// application, as a *resident*: work no request started (a queue
     /// consumer, a scheduler, a warm-up job) that stops with
@@ -166,7 +195,8 @@ impl Supervisor {
     /// return and aborts it at the end of the grace period. A resident is
     /// not a task: it is not counted in [`Stats`] and
     /// [`wait_idle`](Self::wait_idle) does not wait for it. Work that should
-    /// be counted like a request's tasks belongs in a task added from it.
+    /// be counted like a request's tasks is added from it through
+    /// [`tasks`](Self::tasks).
     ///
     /// ```
     /// use std::time::Duration;

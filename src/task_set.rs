@@ -245,7 +245,7 @@ impl TaskSet {
     pub(crate) fn refuse(&self, n: u64, request: &RequestLine) {
         self.counters.refused(n);
         tracing::warn!(
-            http.method = %request.method(),
+            http.method = request.method(),
             http.path = request.path(),
             tasks = n,
             "background tasks refused: the supervisor is shutting down",
@@ -259,14 +259,14 @@ impl TaskSet {
         let rejected = self.counters.rejected();
         if matches!(error, AddError::UnknownLane(_)) {
             tracing::error!(
-                http.method = %request.method(),
+                http.method = request.method(),
                 http.path = request.path(),
                 %error,
                 "background task rejected",
             );
         } else if rejected == 1 || rejected % 1024 == 0 {
             tracing::warn!(
-                http.method = %request.method(),
+                http.method = request.method(),
                 http.path = request.path(),
                 %error,
                 rejected_so_far = rejected,
@@ -278,7 +278,7 @@ impl TaskSet {
     pub(crate) fn discard(&self, n: u64, reason: DiscardReason, request: &RequestLine) {
         self.counters.discarded(n, reason);
         tracing::debug!(
-            http.method = %request.method(),
+            http.method = request.method(),
             http.path = request.path(),
             tasks = n,
             reason = reason.as_str(),
@@ -370,11 +370,13 @@ impl TaskSet {
         };
         if let Some(hook) = &self.on_failure {
             // The origin always holds a method that parsed once already.
-            let method = Method::from_bytes(origin.method().as_bytes()).unwrap_or_default();
+            let method = origin
+                .method()
+                .and_then(|method| Method::from_bytes(method.as_bytes()).ok());
             let failure = TaskFailure {
                 kind,
                 message,
-                method: &method,
+                method: method.as_ref(),
                 path: origin.path(),
             };
             // The hook is user code running inside our bookkeeping: a panic in

@@ -115,8 +115,8 @@ async fn the_failure_hook_is_told_kind_message_method_and_path() {
                 seen.lock().unwrap().push((
                     failure.kind(),
                     failure.message().to_owned(),
-                    failure.method().clone(),
-                    failure.path().to_owned(),
+                    failure.method().cloned().expect("a request's task"),
+                    failure.path().expect("a request's task").to_owned(),
                 ));
             }
         })

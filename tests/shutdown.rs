@@ -634,3 +634,73 @@ async fn a_resident_is_cancelled_then_aborted_with_the_grace_period() {
     assert_eq!(events.count("stubborn resident dropped"), 1);
     assert!(report.aborted, "{report}");
 }
+
+/// Work no request started, added through `Supervisor::tasks`, starts at
+/// once, is counted like a request's tasks, and reaches the failure hook
+/// without a request's method or path.
+#[tokio::test]
+async fn tasks_added_without_a_request_start_at_once_and_are_counted() {
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let supervisor = Supervisor::builder()
+        .on_failure({
+            let failures = Arc::clone(&failures);
+            move |failure| {
+                let seen = (failure.method().cloned(), failure.path().map(str::to_owned));
+                failures.lock().unwrap().push((seen, failure.to_string()));
+            }
+        })
+        .build();
+    let tasks = supervisor.tasks();
+    let runs = Arc::new(AtomicUsize::new(0));
+
+    tasks.add(support::counting(&runs));
+    tasks.add(async { Err::<(), _>("cache unreachable") });
+    within("the tasks to end", supervisor.wait_idle()).await;
+
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_counts(supervisor.stats(), "two tasks, one failed", |s| {
+        s.submitted = 2;
+        s.completed = 1;
+        s.failed = 1;
+    });
+    assert_eq!(
+        *failures.lock().unwrap(),
+        [(
+            (None, None),
+            "background task failed: cache unreachable".to_owned()
+        )]
+    );
+}
+
+/// Shutdown drains the tasks added without a request within the grace
+/// period, and refuses (and counts) those added after it began.
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_and_then_refuses_tasks_added_without_a_request() {
+    let supervisor = supervisor_with_grace(secs(30), secs(1));
+    let (tasks, monitor) = (supervisor.tasks(), supervisor.monitor());
+    let events = Events::default();
+    let finished = events.clone();
+    tasks.add(async move {
+        tokio::time::sleep(secs(5)).await;
+        finished.record("finished");
+    });
+
+    let report = supervisor.shutdown().await;
+
+    assert_eq!(events.count("finished"), 1);
+    assert!(!report.aborted, "{report}");
+    assert_eq!(
+        tasks.try_add(async {}),
+        Err(tower_background::AddError::ShuttingDown)
+    );
+    tasks.add(async {});
+    assert_counts(report.stats, "drained, nothing cancelled", |s| {
+        s.submitted = 1;
+        s.completed = 1;
+    });
+    assert_counts(monitor.stats(), "the later add refused", |s| {
+        s.submitted = 2;
+        s.completed = 1;
+        s.refused = 1;
+    });
+}
