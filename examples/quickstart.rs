@@ -3,8 +3,9 @@
 //! `POST /signup?email=…` answers `201 Created` at once and queues two
 //! tasks: a ~1 s async one (sending the welcome e-mail) and a short blocking
 //! one (rendering a PDF report, on tokio's blocking pool). Both start only
-//! after the response has been sent. `GET /stats` shows the supervisor's
-//! counters. Ctrl-C (`SIGINT`) or `SIGTERM` stops the HTTP server first
+//! after the response has been sent. `POST /export` queues a 20 s task, long
+//! enough to outlive a short grace period. `GET /stats` shows the
+//! supervisor's counters. Ctrl-C (`SIGINT`) or `SIGTERM` stops the HTTP server first
 //! (open connections get at most 10 s), then gives the background tasks their
 //! grace period, and prints the report.
 //!
@@ -33,7 +34,10 @@
 //! ```
 //!
 //! Then press Ctrl-C in the server's terminal: it waits for the running
-//! tasks (at most `GRACE_SECS`) and prints what became of them.
+//! tasks (at most `GRACE_SECS`) and prints what became of them. To watch a
+//! shutdown wait, start it with `GRACE_SECS=7`, `POST /export`, and send
+//! `SIGTERM`: it names the export every 5 s, aborts it at 7 s, and the
+//! report lists it.
 
 use std::error::Error;
 use std::fmt::Display;
@@ -48,7 +52,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tower_background::{BackgroundTasks, Monitor, Stats, Supervisor};
+use tower_background::{BackgroundTasks, Monitor, Stats, Supervisor, Task};
 
 mod support;
 
@@ -64,6 +68,7 @@ async fn run(port: u16, grace_period: Duration) -> Result<(), Box<dyn Error>> {
 
     let app = Router::new()
         .route("/signup", post(signup))
+        .route("/export", post(export))
         .route("/stats", get(stats))
         .with_state(background.monitor())
         .layer(background.layer());
@@ -96,22 +101,37 @@ async fn signup(
         );
     }
 
-    // Neither task starts until the 201 below has been sent.
+    // Neither task starts until the 201 below has been sent. A name is what
+    // logs, failures and the shutdown's report call a task.
     let to = email.clone();
-    tasks.add(async move {
+    let welcome = Task::new(async move {
         tokio::time::sleep(Duration::from_secs(1)).await; // the SMTP round trip
         println!("sent the welcome e-mail to {to}");
     });
+    tasks.add(welcome.name("welcome-email"));
     let to = email.clone();
-    tasks.add_blocking(move || {
-        // Blocking or CPU-heavy work goes to `add_blocking`, which runs it on
-        // tokio's blocking pool instead of stalling a worker thread.
+    // Blocking or CPU-heavy work goes to tokio's blocking pool
+    // (`add_blocking`, or `Task::blocking`) instead of stalling a worker
+    // thread.
+    let report = Task::blocking(move || {
         std::thread::sleep(Duration::from_millis(50));
         println!("rendered the PDF report for {to}");
     });
+    tasks.add(report.name("pdf-report"));
 
     let body = json!({ "email": email, "queued": ["welcome e-mail", "PDF report"] });
     (StatusCode::CREATED, Json(body)).into_response()
+}
+
+/// Queues a task that takes 20 s: longer than a short `GRACE_SECS`, to
+/// watch shutdown wait for it, name it, and abort it.
+async fn export(tasks: BackgroundTasks) -> (StatusCode, Json<serde_json::Value>) {
+    let export = Task::new(async {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        println!("exported the data");
+    });
+    tasks.add(export.name("export"));
+    (StatusCode::ACCEPTED, Json(json!({ "queued": ["export"] })))
 }
 
 async fn stats(State(monitor): State<Monitor>) -> Json<Stats> {

@@ -1,6 +1,7 @@
 //! Aborting every running task at once: a flag every task reads on each
 //! poll, and the wakers of the tasks that are waiting, woken together when
-//! the flag is set.
+//! the flag is set. Each waker sits with what shutdown says of its task
+//! ([`Started`]): its progress lines and its report name the oldest.
 //!
 //! Written by hand because the alternatives cost every waiting task more:
 //! a `CancellationToken` waiter (what this replaces) takes the token's locks
@@ -23,6 +24,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
+
+use crate::started::{Oldest, Started};
 
 /// Slabs of wakers; a power of two well above the usual worker count.
 const SHARDS: usize = 32;
@@ -47,10 +50,16 @@ pub(crate) struct Registration {
 #[repr(align(128))]
 struct Shard(Mutex<Wakers>);
 
+/// A waiting task: its waker, and what shutdown says of it.
+struct Entry {
+    waker: Waker,
+    started: Started,
+}
+
 #[derive(Default)]
 struct Wakers {
     /// `None` marks a free slot, whose index is in `free`.
-    slots: Vec<Option<Waker>>,
+    slots: Vec<Option<Entry>>,
     free: Vec<u32>,
     generation: u32,
 }
@@ -81,20 +90,23 @@ impl Abort {
     ///
     /// The caller must read [`Abort::is_aborted`] again afterwards: `fire`
     /// may have drained the shard just before.
-    pub(crate) fn register(&self, waker: &Waker) -> Registration {
-        self.register_in(home_shard(), waker)
+    pub(crate) fn register(&self, waker: &Waker, started: Started) -> Registration {
+        self.register_in(home_shard(), waker, started)
     }
 
-    fn register_in(&self, shard: usize, waker: &Waker) -> Registration {
+    fn register_in(&self, shard: usize, waker: &Waker, started: Started) -> Registration {
+        let entry = Some(Entry {
+            waker: waker.clone(),
+            started,
+        });
         let mut wakers = self.lock(shard);
-        let waker = Some(waker.clone());
         let slot = match wakers.free.pop() {
             Some(slot) => {
-                wakers.slots[slot as usize] = waker;
+                wakers.slots[slot as usize] = entry;
                 slot
             }
             None => {
-                wakers.slots.push(waker);
+                wakers.slots.push(entry);
                 (wakers.slots.len() - 1) as u32
             }
         };
@@ -116,17 +128,27 @@ impl Abort {
             return;
         }
         let slot = registration.slot as usize;
-        if let Some(waker) = wakers.slots.get_mut(slot).and_then(Option::take) {
+        if let Some(entry) = wakers.slots.get_mut(slot).and_then(Option::take) {
             wakers.free.push(registration.slot);
             drop(wakers);
-            drop(waker);
+            drop(entry);
+        }
+    }
+
+    /// Offers every waiting task to `oldest`, without disturbing them.
+    pub(crate) fn survey(&self, oldest: &mut Oldest) {
+        for shard in 0..SHARDS {
+            let wakers = self.lock(shard);
+            for entry in wakers.slots.iter().flatten() {
+                oldest.offer(&entry.started);
+            }
         }
     }
 
     /// Sets the flag, then wakes every registered task, one shard at a
     /// time and outside its lock, so that each is polled, sees the flag and
-    /// drops its work.
-    pub(crate) fn fire(&self) {
+    /// drops its work. Each is offered to `aborted` on its way.
+    pub(crate) fn fire(&self, aborted: &mut Oldest) {
         self.aborted.store(true, Ordering::SeqCst);
         for shard in 0..SHARDS {
             let slots = {
@@ -135,8 +157,9 @@ impl Abort {
                 wakers.free = Vec::new();
                 std::mem::take(&mut wakers.slots)
             };
-            for waker in slots.into_iter().flatten() {
-                waker.wake();
+            for entry in slots.into_iter().flatten() {
+                aborted.offer(&entry.started);
+                entry.waker.wake();
             }
         }
     }
@@ -172,7 +195,14 @@ mod tests {
     use std::sync::Arc;
     use std::task::Wake;
 
+    use http::Method;
+
     use super::*;
+    use crate::origin::Origin;
+
+    fn started() -> Started {
+        Started::now(Some("test"), &Origin::new(&Method::GET, "/"))
+    }
 
     struct Counted(AtomicUsize);
 
@@ -188,20 +218,22 @@ mod tests {
         let woken = Arc::new(Counted(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&woken));
         let registrations: Vec<_> = (0..100)
-            .map(|i| abort.register_in(i % SHARDS, &waker))
+            .map(|i| abort.register_in(i % SHARDS, &waker, started()))
             .collect();
         for registration in &registrations[..40] {
             abort.unregister(*registration);
         }
         // Freed slots are reused.
-        let again = abort.register(&waker);
-        abort.fire();
+        let again = abort.register(&waker, started());
+        let mut aborted = Oldest::new(10);
+        abort.fire(&mut aborted);
         assert!(abort.is_aborted());
         assert_eq!(woken.0.load(Ordering::SeqCst), 61);
+        assert_eq!(aborted.seen(), 61);
         // Late unregistrations, and a second fire, are harmless.
         abort.unregister(again);
         abort.unregister(registrations[99]);
-        abort.fire();
+        abort.fire(&mut Oldest::new(1));
         assert_eq!(woken.0.load(Ordering::SeqCst), 61);
         // Only `waker` itself is left: every clone was woken or dropped.
         assert_eq!(Arc::strong_count(&woken), 2);
@@ -212,7 +244,7 @@ mod tests {
         let abort = Abort::new();
         let woken = Arc::new(Counted(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&woken));
-        let old = abort.register_in(0, &waker);
+        let old = abort.register_in(0, &waker, started());
         {
             // A drain without setting the flag, as `fire` does.
             let mut wakers = abort.lock(0);
@@ -220,10 +252,10 @@ mod tests {
             wakers.free.clear();
             wakers.slots.clear();
         }
-        let new = abort.register_in(0, &waker);
+        let new = abort.register_in(0, &waker, started());
         assert_eq!((old.shard, old.slot), (new.shard, new.slot));
         abort.unregister(old);
-        abort.fire();
+        abort.fire(&mut Oldest::new(1));
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
     }
 }

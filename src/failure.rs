@@ -12,6 +12,7 @@ use http::Method;
 #[derive(Debug)]
 pub struct TaskFailure<'a> {
     pub(crate) kind: FailureKind,
+    pub(crate) name: Option<&'static str>,
     pub(crate) message: &'a str,
     pub(crate) method: Option<&'a Method>,
     pub(crate) path: Option<&'a str>,
@@ -34,6 +35,11 @@ impl<'a> TaskFailure<'a> {
     /// Whether the task returned an error or panicked.
     pub fn kind(&self) -> FailureKind {
         self.kind
+    }
+
+    /// The task's [`name`](crate::Task::name), if it was given one.
+    pub fn name(&self) -> Option<&'static str> {
+        self.name
     }
 
     /// The error's `Display` text, or the panic's message (`"<non-string
@@ -62,13 +68,13 @@ impl fmt::Display for TaskFailure<'_> {
             FailureKind::Panic => "panicked",
             FailureKind::Timeout => "timed out",
         };
-        match (self.method, self.path) {
-            (Some(method), Some(path)) => write!(
-                f,
-                "background task of {method} {path} {what}: {}",
-                self.message
-            ),
-            _ => write!(f, "background task {what}: {}", self.message),
+        f.write_str("background task")?;
+        if let Some(name) = self.name {
+            write!(f, " {name}")?;
         }
+        if let (Some(method), Some(path)) = (self.method, self.path) {
+            write!(f, " of {method} {path}")?;
+        }
+        write!(f, " {what}: {}", self.message)
     }
 }

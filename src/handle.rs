@@ -219,7 +219,7 @@ impl BackgroundTasks {
             },
         };
         let work = attempt::work(task.kind, task.timeout, set);
-        self.offer(QueuedTask::new(work, lane), counted)
+        self.offer(QueuedTask::new(work, lane, task.name), counted)
     }
 
     /// Offers `task` to the request's queue; `counted` as for

@@ -98,6 +98,11 @@ impl Origin {
         Self(Some(label.into()))
     }
 
+    /// `"METHOD /path"`, or `None` for work no request started.
+    pub(crate) fn label(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
     pub(crate) fn method(&self) -> Option<&str> {
         let label = self.0.as_deref()?;
         Some(label.split_once(' ').map_or(label, |(method, _)| method))

@@ -16,6 +16,7 @@ use tokio::time::Sleep;
 use crate::abort::Registration;
 use crate::lane::Waiting;
 use crate::origin::{Origin, RequestLine};
+use crate::started::Started;
 use crate::stats::Outcome;
 use crate::task_set::TaskSet;
 use crate::work::{BlockingWork, BoxedWork, LaneId, Queued, QueuedTask, Work};
@@ -101,6 +102,7 @@ pub(crate) fn release_slot(set: &Arc<TaskSet>, lane_id: LaneId) {
 pub(crate) struct Running {
     set: Arc<TaskSet>,
     origin: Origin,
+    name: Option<&'static str>,
     span: tracing::Span,
     lane: LaneId,
     /// Whether this future gives the lane slot back when it ends. A started
@@ -162,6 +164,8 @@ impl RunningWork {
 
 impl Running {
     fn start(set: Arc<TaskSet>, origin: Origin, task: QueuedTask) -> Self {
+        let details = task.details;
+        let name = details.as_ref().and_then(|details| details.name);
         // A disabled span is not free when `tracing`'s `log` feature is on
         // (axum's default `tower-log` turns it on): it still consults `log`
         // when made, entered, left and dropped. `Span::none` costs nothing.
@@ -169,14 +173,18 @@ impl Running {
             tracing::info_span!(
                 parent: None,
                 "background_task",
+                task.name = name,
                 http.method = origin.method(),
                 http.path = origin.path(),
             )
         } else {
             tracing::Span::none()
         };
-        if let Some(added_in) = &task.added_in {
-            span.follows_from(&**added_in);
+        if let Some(added_in) = details
+            .as_ref()
+            .and_then(|details| details.added_in.as_ref())
+        {
+            span.follows_from(added_in);
         }
         let lane = task.lane;
         let mut holds_slot = true;
@@ -198,6 +206,7 @@ impl Running {
         Self {
             set,
             origin,
+            name,
             span,
             lane,
             holds_slot,
@@ -217,7 +226,7 @@ impl Running {
             set.abort.unregister(registration);
         }
         set.counters.finished(&outcome);
-        set.report(&outcome, &self.origin);
+        set.report(&outcome, &self.origin, self.name);
         if self.holds_slot {
             release_slot(set, self.lane);
         }
@@ -277,7 +286,8 @@ impl Future for Running {
             }
             Poll::Pending => {
                 if this.registered.is_none() {
-                    this.registered = Some(this.set.abort.register(cx.waker()));
+                    let started = Started::now(this.name, &this.origin);
+                    this.registered = Some(this.set.abort.register(cx.waker(), started));
                     // `fire` may have drained our shard just before.
                     if this.set.is_aborted() {
                         this.abort_work();

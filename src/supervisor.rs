@@ -12,6 +12,7 @@ use crate::layer::BackgroundTaskLayer;
 use crate::monitor::Monitor;
 use crate::report::ShutdownReport;
 use crate::resident::{Residents, Shutdown};
+use crate::started::Oldest;
 use crate::stats::Stats;
 use crate::task_set::TaskSet;
 
@@ -20,6 +21,13 @@ use crate::task_set::TaskSet;
 /// task stops at its next poll, so this is only reached by a task that
 /// blocks its worker thread.
 const ABORT_SETTLE: Duration = Duration::from_millis(100);
+
+/// How often `shutdown` logs what it is still waiting for.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How many of the oldest running tasks a progress line names.
+const PROGRESS_OLDEST: usize = 3;
+/// How many aborted tasks the report names.
+const REPORT_ABORTED: usize = 10;
 
 /// Owns the task set that background tasks run in, for the whole life of the
 /// application, and shuts it down.
@@ -42,7 +50,16 @@ const ABORT_SETTLE: Duration = Duration::from_millis(100);
 /// 4. Then it aborts what is left: each async task is dropped at its next
 ///    poll; a blocking closure cannot be interrupted and is left to finish on
 ///    its thread, unobserved. Both count as cancelled.
-/// 5. It returns a [`ShutdownReport`] with the final counts.
+/// 5. It returns a [`ShutdownReport`] with the final counts and the oldest
+///    aborted tasks (name, request, age).
+///
+/// While it waits it logs at `INFO`, when it begins and every 5 seconds,
+/// how many tasks are still running and queued and the oldest few running
+/// ones, with their [name](crate::Task::name), request and age:
+///
+/// ```text
+/// background tasks: still waiting running=1 queued=0 oldest=report (POST /report, 5s)
+/// ```
 ///
 /// `shutdown` returns as soon as no task is running, and never much later
 /// than the grace period (plus up to 100 ms for aborted tasks to settle).
@@ -276,8 +293,10 @@ impl Supervisor {
         residents.close();
         tracing::info!(
             running = set.running(),
+            queued = set.stats().queued,
             residents = residents.len(),
             grace_period = ?self.grace_period,
+            oldest = oldest_running(&set).map(tracing::field::display),
             "background tasks: shutting down",
         );
 
@@ -287,6 +306,7 @@ impl Supervisor {
         let cleanup_starts = deadline.map(|deadline| deadline - self.cleanup_period);
         let mut aborted = false;
         let mut cancelled_while_queued = 0;
+        let mut aborted_tasks = Oldest::new(REPORT_ABORTED);
         if !wait_idle_until(&set, residents, cleanup_starts).await {
             tracing::info!(
                 running = set.running(),
@@ -301,7 +321,7 @@ impl Supervisor {
                     queued = cancelled_while_queued,
                     "background tasks: grace period over, aborting",
                 );
-                set.abort_all();
+                set.abort_all(&mut aborted_tasks);
                 residents.abort_all();
                 // Aborted tasks and residents are dropped at their next
                 // poll: wait for that, so their drop guards have run.
@@ -314,11 +334,14 @@ impl Supervisor {
         }
         self.shut_down = true;
 
+        let listed = aborted_tasks.unfinished(Instant::now());
         let report = ShutdownReport {
             stats: set.stats(),
             elapsed: started.elapsed(),
             aborted,
             cancelled_while_queued,
+            aborted_tasks_unlisted: aborted_tasks.seen() - listed.len() as u64,
+            aborted_tasks: listed,
         };
         if report.is_complete() {
             tracing::info!(%report, "background tasks: shut down");
@@ -329,21 +352,54 @@ impl Supervisor {
     }
 }
 
-/// Waits until the set is idle (`true`) or `deadline` passes (`false`).
 /// Waits until no task is running or queued and every resident has
-/// returned, or until `deadline`; says whether that happened in time.
+/// returned (`true`), or until `deadline` (`false`), logging what is left
+/// every [`PROGRESS_EVERY`].
 async fn wait_idle_until(set: &TaskSet, residents: &Residents, deadline: Option<Instant>) -> bool {
     let idle = async {
         residents.wait().await;
         set.wait_idle().await;
     };
-    match deadline {
-        Some(deadline) => timeout_at(deadline, idle).await.is_ok(),
-        None => {
-            idle.await;
-            true
+    tokio::pin!(idle);
+    loop {
+        let progress = Instant::now() + PROGRESS_EVERY;
+        let until = deadline.map_or(progress, |deadline| deadline.min(progress));
+        if timeout_at(until, idle.as_mut()).await.is_ok() {
+            return true;
         }
+        if deadline.is_some_and(|deadline| until >= deadline) {
+            return false;
+        }
+        tracing::info!(
+            running = set.running(),
+            queued = set.stats().queued,
+            residents = residents.len(),
+            oldest = oldest_running(set).map(tracing::field::display),
+            "background tasks: still waiting",
+        );
     }
+}
+
+/// The oldest few running tasks, for a log line: `name (METHOD /path, 5s),
+/// ...`, or `None` when none has waited yet.
+fn oldest_running(set: &TaskSet) -> Option<String> {
+    let mut oldest = Oldest::new(PROGRESS_OLDEST);
+    set.survey(&mut oldest);
+    if oldest.seen() == 0 {
+        return None;
+    }
+    let now = Instant::now();
+    let listed = oldest.unfinished(now);
+    let mut line = listed
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = oldest.seen() - listed.len() as u64;
+    if more > 0 {
+        line.push_str(&format!(" and {more} more"));
+    }
+    Some(line)
 }
 
 impl Drop for Supervisor {
@@ -354,7 +410,7 @@ impl Drop for Supervisor {
         let set = &self.set;
         set.close();
         set.cancel.cancel();
-        set.abort_all();
+        set.abort_all(&mut Oldest::new(0));
         self.residents.close();
         self.residents.abort_all();
         let running = set.running();

@@ -28,6 +28,9 @@ use crate::work::{self, BlockingWork, BoxedWork, Maker};
 /// | [`Task::retrying(retry, make)`](Task::retrying) | a new future from `make` per attempt | the default lane | each attempt |
 /// | [`Task::from(group)`](crate::Group) | the group's steps | the default lane | the group as a whole |
 ///
+/// Every kind can also be given a [`name`](Task::name), which logs, failures
+/// and the shutdown's report show.
+///
 /// ```
 /// # async fn send_email(_: &str) -> Result<(), std::io::Error> { Ok(()) }
 /// use std::time::Duration;
@@ -56,6 +59,7 @@ pub struct Task {
     pub(crate) kind: Kind,
     pub(crate) lane: Option<Cow<'static, str>>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) name: Option<&'static str>,
 }
 
 /// What a task runs, before its options are applied.
@@ -76,6 +80,7 @@ impl std::fmt::Debug for Task {
         };
         f.debug_struct("Task")
             .field("kind", &kind)
+            .field("name", &self.name)
             .field("lane", &self.lane)
             .field("timeout", &self.timeout)
             .finish()
@@ -130,6 +135,18 @@ impl Task {
         self
     }
 
+    /// Name the task (`"welcome-email"`): its span (`task.name`), its log
+    /// lines, its [`TaskFailure`](crate::TaskFailure), the shutdown's
+    /// progress lines and [`ShutdownReport`](crate::ShutdownReport) say it.
+    /// Unnamed tasks are known by their request's method and path only.
+    ///
+    /// A name is a `&'static str` so that it is a label chosen in code, never
+    /// a value from a request, and costs nothing to carry.
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = Some(name);
+        self
+    }
+
     /// Give up after `timeout`: the work is dropped and counted as timed out
     /// (for a retried task, the attempt is, and retried if the policy
     /// allows). What it limits depends on the kind of task; see the table
@@ -144,6 +161,7 @@ impl Task {
             kind,
             lane: None,
             timeout: None,
+            name: None,
         }
     }
 }

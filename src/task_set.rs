@@ -26,6 +26,7 @@ use crate::error::AddError;
 use crate::failure::{FailureKind, TaskFailure};
 use crate::lane::{Lane, Waiting};
 use crate::origin::{Origin, RequestLine};
+use crate::started::Oldest;
 use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
 use crate::work::LaneId;
 
@@ -220,9 +221,16 @@ impl TaskSet {
     /// Ends everything: the queued tasks are cancelled (first, so that none
     /// can start in between), then every running task is woken to drop its
     /// work.
-    pub(crate) fn abort_all(&self) {
+    /// Offers every running task to `aborted`.
+    pub(crate) fn abort_all(&self, aborted: &mut Oldest) {
         self.abort_queued();
-        self.abort.fire();
+        self.abort.fire(aborted);
+    }
+
+    /// Offers every task that is running and has waited at least once to
+    /// `oldest`.
+    pub(crate) fn survey(&self, oldest: &mut Oldest) {
+        self.abort.survey(oldest);
     }
 
     /// Empties every lane's queue (at abort): the tasks waiting there never
@@ -233,9 +241,10 @@ impl TaskSet {
                 if let Waiting::Task(origin, task) = waiting {
                     self.task_dequeued();
                     self.unpend(1);
+                    let name = task.name();
                     drop(task);
                     self.counters.finished(&Outcome::Cancelled);
-                    self.report(&Outcome::Cancelled, &origin);
+                    self.report(&Outcome::Cancelled, &origin, name);
                     self.finish_running(1);
                 }
             }
@@ -325,24 +334,25 @@ impl TaskSet {
     /// Logs how a task ended, and passes a failure to the `on_failure` hook.
     /// Inlined so that the usual case, a completed task, costs no call.
     #[inline]
-    pub(crate) fn report(&self, outcome: &Outcome, origin: &Origin) {
+    pub(crate) fn report(&self, outcome: &Outcome, origin: &Origin, name: Option<&'static str>) {
         match outcome {
             Outcome::Completed => tracing::trace!("background task completed"),
-            _ => self.report_unusual(outcome, origin),
+            _ => self.report_unusual(outcome, origin, name),
         }
     }
 
     #[cold]
-    fn report_unusual(&self, outcome: &Outcome, origin: &Origin) {
+    fn report_unusual(&self, outcome: &Outcome, origin: &Origin, name: Option<&'static str>) {
         let (kind, message) = match outcome {
             // Handled by `report`.
             Outcome::Completed => return,
             Outcome::Cancelled => {
-                tracing::debug!("background task cancelled by shutdown");
+                tracing::debug!(task.name = name, "background task cancelled by shutdown");
                 return;
             }
             Outcome::TimedOut => {
                 tracing::error!(
+                    task.name = name,
                     http.method = origin.method(),
                     http.path = origin.path(),
                     "background task timed out",
@@ -351,6 +361,7 @@ impl TaskSet {
             }
             Outcome::Failed(message) => {
                 tracing::error!(
+                    task.name = name,
                     http.method = origin.method(),
                     http.path = origin.path(),
                     error = %message,
@@ -360,6 +371,7 @@ impl TaskSet {
             }
             Outcome::Panicked(message) => {
                 tracing::error!(
+                    task.name = name,
                     http.method = origin.method(),
                     http.path = origin.path(),
                     panic = %message,
@@ -375,6 +387,7 @@ impl TaskSet {
                 .and_then(|method| Method::from_bytes(method.as_bytes()).ok());
             let failure = TaskFailure {
                 kind,
+                name,
                 message,
                 method: method.as_ref(),
                 path: origin.path(),

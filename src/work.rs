@@ -41,16 +41,24 @@ pub(crate) enum Work {
     BlockingWithTimeout(Box<(BlockingWork, Duration)>),
 }
 
-/// A queued task: its work, the lane it runs in, and the span that was
-/// current when it was added, so the task's own span can say it
-/// `follows_from` the request that queued it.
+/// A queued task: its work, the lane it runs in, and its [`Details`].
 pub(crate) struct QueuedTask {
     pub(crate) work: Work,
     pub(crate) lane: LaneId,
-    /// `None` when no subscriber records the current span, or none would
-    /// record the task's `INFO` span (the usual case without tracing):
-    /// boxed, so a task costs 8 bytes for it, not 40.
-    pub(crate) added_in: Option<Box<tracing::Span>>,
+    /// `None` for an unnamed task added where no subscriber records the
+    /// current span, or none would record the task's `INFO` span (the usual
+    /// case without tracing): boxed, so a task costs 8 bytes for them, not
+    /// 56.
+    pub(crate) details: Option<Box<Details>>,
+}
+
+/// What only some tasks have.
+pub(crate) struct Details {
+    /// The span that was current when the task was added, so the task's own
+    /// span can say it `follows_from` the request that queued it.
+    pub(crate) added_in: Option<tracing::Span>,
+    /// The name given with [`Task::name`](crate::Task::name).
+    pub(crate) name: Option<&'static str>,
 }
 
 impl std::fmt::Debug for QueuedTask {
@@ -62,18 +70,25 @@ impl std::fmt::Debug for QueuedTask {
 }
 
 impl QueuedTask {
-    pub(crate) fn new(work: Work, lane: LaneId) -> Self {
+    pub(crate) fn new(work: Work, lane: LaneId, name: Option<&'static str>) -> Self {
+        // Only the task's own span (at `INFO`) uses it.
+        let added_in = if tracing::level_enabled!(tracing::Level::INFO) {
+            let current = tracing::Span::current();
+            (!current.is_none()).then_some(current)
+        } else {
+            None
+        };
+        let details =
+            (added_in.is_some() || name.is_some()).then(|| Box::new(Details { added_in, name }));
         Self {
             work,
             lane,
-            // Only the task's own span (at `INFO`) uses it.
-            added_in: if tracing::level_enabled!(tracing::Level::INFO) {
-                let current = tracing::Span::current();
-                (!current.is_none()).then(|| Box::new(current))
-            } else {
-                None
-            },
+            details,
         }
+    }
+
+    pub(crate) fn name(&self) -> Option<&'static str> {
+        self.details.as_ref().and_then(|details| details.name)
     }
 }
 

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::{Method, StatusCode};
-use tower_background::{BackgroundTasks, FailureKind, Stats, Supervisor};
-use tracing::subscriber::DefaultGuard;
-use tracing_subscriber::fmt::MakeWriter;
+use tower_background::{BackgroundTasks, FailureKind, Stats, Supervisor, Task};
 
-use support::{app, assert_counts, counts, explode, finish, request, send, serve, stats, within};
+use support::{
+    app, assert_counts, capture_logs, counts, explode, finish, request, send, serve, stats, within,
+};
 
 /// What a request to `/explode` queues besides its sibling task: one task
 /// that fails and one that panics.
@@ -243,56 +243,51 @@ async fn failures_are_logged_at_error_with_method_and_path() {
     }
 }
 
-/// Captures this thread's log output, formatted, until the guard is dropped.
-/// The tests run on a current-thread runtime, so their tasks log on this
-/// thread too.
-///
-/// Every test in this file captures, not only the one that reads the logs:
-/// tracing caches per call site, for all threads, whether anyone is
-/// interested in it, and a thread with no subscriber that reaches a call site
-/// first (a test whose task panics) could otherwise cache "never" while
-/// another test is installing its subscriber.
-fn capture_logs() -> (Logs, DefaultGuard) {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
-    (logs.clone(), tracing::subscriber::set_default(subscriber))
-}
+/// A task's name reaches its failure log line, the `on_failure` hook and
+/// `TaskFailure`'s text; an unnamed task is known by its request alone.
+#[tokio::test]
+async fn a_named_task_is_named_in_its_failure_log_and_hook() {
+    let (logs, _default) = capture_logs();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let supervisor = Supervisor::builder()
+        .on_failure({
+            let seen = seen.clone();
+            move |failure| {
+                let text = failure.to_string();
+                seen.lock().unwrap().push((failure.name(), text));
+            }
+        })
+        .build();
+    let mut app = app(&supervisor, |_, tasks| {
+        tasks.add(Task::new(async { Err::<(), _>("smtp down") }).name("welcome-email"));
+        tasks.add(async { Err::<(), _>("no template") });
+    });
 
-/// Formatted log output, captured in memory.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+    serve(&mut app, request(Method::POST, "/signup")).await;
+    within("the tasks to finish", supervisor.wait_idle()).await;
 
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    fn line_containing(&self, needle: &str) -> Option<String> {
-        self.text()
-            .lines()
-            .find(|line| line.contains(needle))
-            .map(str::to_owned)
-    }
-}
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (
+                None,
+                "background task of POST /signup failed: no template".to_owned()
+            ),
+            (
+                Some("welcome-email"),
+                "background task welcome-email of POST /signup failed: smtp down".to_owned()
+            ),
+        ]
+    );
+    let line = logs
+        .line_containing("smtp down")
+        .unwrap_or_else(|| panic!("no log line for the failure in:\n{}", logs.text()));
+    assert!(line.contains("welcome-email"), "no task name: {line}");
+    let unnamed = logs.line_containing("no template").unwrap();
+    assert!(
+        !unnamed.contains("task.name"),
+        "a name for an unnamed task: {unnamed}"
+    );
 }
