@@ -85,7 +85,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_background::{ResponseBody, Supervisor, TaskOutput};
+use tower_background::layer::ResponseBody;
+use tower_background::{Supervisor, TaskOutput};
 
 mod support;
 use support::requests::{multi_thread_runtime, ok, read_to_end, request, serve_one, tasks_of, URI};

@@ -187,7 +187,6 @@
 
 mod abort;
 mod attempt;
-mod body;
 mod builder;
 #[cfg(feature = "durable")]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
@@ -196,13 +195,11 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod failure;
-mod future;
 mod group;
 mod handle;
-mod handoff;
 mod lane;
-mod layer;
-mod load_shed;
+pub mod layer;
+pub mod load_shed;
 mod monitor;
 mod origin;
 mod output;
@@ -212,7 +209,6 @@ mod request_queue;
 mod resident;
 mod retry;
 mod running;
-mod service;
 mod slot;
 mod started;
 mod stats;
@@ -223,7 +219,6 @@ mod task_set;
 pub mod tracking;
 mod work;
 
-pub use body::ResponseBody;
 pub use builder::{
     SupervisorBuilder, DEFAULT_BLOCKING_LIMIT, DEFAULT_CLEANUP_PERIOD, DEFAULT_GRACE_PERIOD,
     DEFAULT_MAX_QUEUED, DEFAULT_MAX_RUNNING,
@@ -232,18 +227,16 @@ pub use error::AddError;
 #[cfg(feature = "axum")]
 pub use extract::MissingBackgroundTaskLayer;
 pub use failure::{FailureKind, TaskFailure};
-pub use future::ResponseFuture;
 pub use group::Group;
 pub use handle::BackgroundTasks;
 pub use layer::BackgroundTaskLayer;
-pub use load_shed::{LoadShed, LoadShedBody, LoadShedFuture, LoadShedLayer};
+pub use load_shed::LoadShedLayer;
 pub use monitor::Monitor;
 pub use output::TaskOutput;
 pub use policy::{OnDisconnect, OnServerError};
 pub use report::ShutdownReport;
 pub use resident::Shutdown;
 pub use retry::Retry;
-pub use service::Background;
 pub use started::UnfinishedTask;
 pub use stats::{DiscardReasons, LaneStats, Stats};
 pub use supervisor::Supervisor;

@@ -1,5 +1,6 @@
 //! [`LoadShedLayer`]: answers `503` before the handler runs while the
-//! background backlog is above a high-water mark.
+//! background backlog is above a high-water mark; its service [`LoadShed`],
+//! [`ResponseFuture`] and [`ResponseBody`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,7 +30,7 @@ use crate::task_set::TaskSet;
 /// [`try_add`](crate::BackgroundTasks::try_add) instead. Shed requests are
 /// counted in [`Stats::shed`].
 ///
-/// The response body type is [`LoadShedBody`], whose data must be buildable
+/// The response body type is [`ResponseBody`], whose data must be buildable
 /// from [`Bytes`] (true of axum's, hyper's and tonic's bodies).
 ///
 /// [`Stats::backlog`]: crate::Stats::backlog
@@ -116,9 +117,9 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LoadShed<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Response = Response<LoadShedBody<ResBody>>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = LoadShedFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -136,13 +137,13 @@ where
                 high_water = layer.high_water,
                 "request shed: background backlog above its mark",
             );
-            return LoadShedFuture {
+            return ResponseFuture {
                 state: State::Shed {
                     response: Some(overloaded(backlog, layer.high_water, layer.retry_after)),
                 },
             };
         }
-        LoadShedFuture {
+        ResponseFuture {
             state: State::Inner {
                 future: self.inner.call(request),
             },
@@ -171,7 +172,7 @@ fn overloaded(backlog: u64, high_water: u64, retry_after: Duration) -> Response<
 pin_project! {
     /// The response future of [`LoadShed`].
     #[derive(Debug)]
-    pub struct LoadShedFuture<F> {
+    pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
     }
@@ -186,19 +187,19 @@ pin_project! {
     }
 }
 
-impl<F, B, E> Future for LoadShedFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<LoadShedBody<B>>, E>;
+    type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProjection::Inner { future } => future
                 .poll(cx)
-                .map_ok(|response| response.map(LoadShedBody::inner)),
+                .map_ok(|response| response.map(ResponseBody::inner)),
             StateProjection::Shed { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response.map(LoadShedBody::shed))),
+                Some(response) => Poll::Ready(Ok(response.map(ResponseBody::shed))),
                 // Polled again after completion: a contract breach by the
                 // caller; stay pending rather than panic.
                 None => Poll::Pending,
@@ -211,7 +212,7 @@ pin_project! {
     /// The response body of [`LoadShed`]: the inner service's, or the JSON
     /// body of a `503`.
     #[derive(Debug)]
-    pub struct LoadShedBody<B> {
+    pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
     }
@@ -226,7 +227,7 @@ pin_project! {
     }
 }
 
-impl<B> LoadShedBody<B> {
+impl<B> ResponseBody<B> {
     fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
@@ -240,7 +241,7 @@ impl<B> LoadShedBody<B> {
     }
 }
 
-impl<B> Body for LoadShedBody<B>
+impl<B> Body for ResponseBody<B>
 where
     B: Body,
     B::Data: From<Bytes>,

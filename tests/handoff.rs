@@ -17,9 +17,9 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use support::{assert_still_queued, counting, within, ChannelBody};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
+use tower_background::layer::{BackgroundTask, ResponseBody, ResponseFuture};
 use tower_background::{
-    Background, BackgroundTaskLayer, BackgroundTasks, OnDisconnect, OnServerError, ResponseBody,
-    ResponseFuture, Stats, Supervisor, Task,
+    BackgroundTaskLayer, BackgroundTasks, OnDisconnect, OnServerError, Stats, Supervisor, Task,
 };
 
 /// Sends `request` through `layer` to a handler that gets the request's
@@ -166,8 +166,8 @@ fn handle_and_layered_types_are_send_and_sync() {
     fn layered<S: Send + Sync, F: Send, B: Send + Sync>() {
         fn send<T: Send>() {}
         fn sync<T: Sync>() {}
-        send::<Background<S>>();
-        sync::<Background<S>>();
+        send::<BackgroundTask<S>>();
+        sync::<BackgroundTask<S>>();
         send::<ResponseFuture<F>>();
         send::<ResponseBody<B>>();
         sync::<ResponseBody<B>>();

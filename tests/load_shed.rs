@@ -23,7 +23,9 @@ fn app(
 ) -> impl Service<
     Request<()>,
     Response = Response<
-        tower_background::LoadShedBody<tower_background::ResponseBody<Full<Bytes>>>,
+        tower_background::load_shed::ResponseBody<
+            tower_background::layer::ResponseBody<Full<Bytes>>,
+        >,
     >,
     Error = Infallible,
 > + Clone {

@@ -31,9 +31,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use proptest::prelude::*;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_background::{
-    BackgroundTasks, OnDisconnect, OnServerError, ResponseBody, Stats, Supervisor,
-};
+use tower_background::layer::ResponseBody;
+use tower_background::{BackgroundTasks, OnDisconnect, OnServerError, Stats, Supervisor};
 
 use crate::harness::{scaled, summary, Ledger};
 

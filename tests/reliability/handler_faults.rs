@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tower::timeout::error::Elapsed;
 use tower::timeout::TimeoutLayer;
 use tower::ServiceBuilder;
-use tower_background::{OnServerError, ResponseBody, Supervisor};
+use tower_background::layer::ResponseBody;
+use tower_background::{OnServerError, Supervisor};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::harness::{

@@ -23,7 +23,8 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_background::{BackgroundTasks, OnDisconnect, ResponseBody, Supervisor};
+use tower_background::layer::ResponseBody;
+use tower_background::{BackgroundTasks, OnDisconnect, Supervisor};
 
 use crate::harness::{scaled, summary, Ledger};
 use crate::support::{counts, stats};

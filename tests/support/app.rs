@@ -9,7 +9,8 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_background::{BackgroundTasks, ResponseBody, Supervisor};
+use tower_background::layer::ResponseBody;
+use tower_background::{BackgroundTasks, Supervisor};
 
 use super::wait::within;
 

@@ -1,12 +1,27 @@
-//! [`BackgroundTaskLayer`]: installs a [`BackgroundTasks`](crate::BackgroundTasks)
-//! handle in every request.
+//! The request side: [`BackgroundTaskLayer`] puts a
+//! [`BackgroundTasks`](crate::BackgroundTasks) handle into every request;
+//! its service [`BackgroundTask`], [`ResponseFuture`] and [`ResponseBody`]
+//! carry a guard down to the end of the response body, where the request's
+//! tasks are handed off (or discarded).
+//!
+//! Read top-down: [`BackgroundTaskLayer`] → `service` → `future` → `body`,
+//! with `handoff`'s guard travelling from the service to the body's end.
+
+mod body;
+mod future;
+mod handoff;
+mod service;
+
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use service::BackgroundTask;
 
 use std::sync::Arc;
 
 use tower_layer::Layer;
 
 use crate::policy::{OnDisconnect, OnServerError, Policy};
-use crate::service::Background;
+
 use crate::task_set::TaskSet;
 
 /// A [`Layer`] that gives every request a [`BackgroundTasks`](crate::BackgroundTasks)
@@ -133,9 +148,9 @@ impl BackgroundTaskLayer {
 }
 
 impl<S> Layer<S> for BackgroundTaskLayer {
-    type Service = Background<S>;
+    type Service = BackgroundTask<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Background::new(inner, Arc::clone(&self.set), self.policy)
+        BackgroundTask::new(inner, Arc::clone(&self.set), self.policy)
     }
 }

@@ -9,14 +9,14 @@ use http::{Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
-use crate::body::ResponseBody;
+use super::body::ResponseBody;
+use super::handoff::{Handoff, IfDropped};
 use crate::error::AddError;
-use crate::handoff::{Handoff, IfDropped};
 use crate::policy::{OnDisconnect, OnServerError, Policy};
 use crate::stats::DiscardReason;
 
 pin_project! {
-    /// Response future of [`Background`](crate::Background).
+    /// Response future of [`BackgroundTask`](crate::layer::BackgroundTask).
     ///
     /// Dropped before it completes, or completing with the inner service's
     /// error, it discards the request's tasks (counted as

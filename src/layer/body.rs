@@ -7,10 +7,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::handoff::Handoff;
+use super::handoff::Handoff;
 
 pin_project! {
-    /// Response body of [`Background`](crate::Background).
+    /// Response body of [`BackgroundTask`](crate::layer::BackgroundTask).
     ///
     /// Forwards every frame, `is_end_stream` and `size_hint` unchanged, and
     /// hands the request's tasks off the moment the body ends: `poll_frame`
@@ -129,10 +129,10 @@ mod tests {
     use http::{Method, Response, Uri};
     use http_body::{Body, Frame};
 
-    use crate::future::ResponseFuture;
     use crate::handle::BackgroundTasks;
-    use crate::handoff::Handoff;
     use crate::lane::Lane;
+    use crate::layer::future::ResponseFuture;
+    use crate::layer::handoff::Handoff;
     use crate::policy::{OnDisconnect, Policy};
     use crate::task_set::TaskSet;
 

@@ -1,4 +1,4 @@
-//! [`Background`]: the service [`BackgroundTaskLayer`](crate::BackgroundTaskLayer)
+//! [`BackgroundTask`]: the service [`BackgroundTaskLayer`](crate::BackgroundTaskLayer)
 //! wraps around yours.
 
 use std::sync::Arc;
@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 use http::{Method, Request, Response};
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
+use super::future::ResponseFuture;
+use super::handoff::Handoff;
 use crate::handle::BackgroundTasks;
-use crate::handoff::Handoff;
 use crate::policy::Policy;
 use crate::task_set::TaskSet;
 
@@ -19,13 +19,13 @@ use crate::task_set::TaskSet;
 /// Created by [`BackgroundTaskLayer`](crate::BackgroundTaskLayer); see there
 /// for exactly when tasks are handed off or discarded.
 #[derive(Clone, Debug)]
-pub struct Background<S> {
+pub struct BackgroundTask<S> {
     inner: S,
     set: Arc<TaskSet>,
     policy: Policy,
 }
 
-impl<S> Background<S> {
+impl<S> BackgroundTask<S> {
     pub(crate) fn new(inner: S, set: Arc<TaskSet>, policy: Policy) -> Self {
         Self { inner, set, policy }
     }
@@ -46,12 +46,12 @@ impl<S> Background<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Background<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for BackgroundTask<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: http_body::Body,
 {
-    type Response = Response<crate::body::ResponseBody<ResBody>>;
+    type Response = Response<super::body::ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
