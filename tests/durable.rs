@@ -26,6 +26,7 @@
 //! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
 //! | [`db_down`] | the database away: `push` from a handler is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
 //! | [`misuse`] | a job that cannot be encoded (`Encode`), at the call |
+//! | [`transactional`] | a job pushed in the application's transaction exists exactly when the transaction commits; one on the other engine is refused |
 //!
 //! Workers use a 1 s heartbeat, so a dead worker's jobs are taken back
 //! after 2 s (but in [`no_overlap`], which says why); every wait is bounded
@@ -56,3 +57,5 @@ mod parity;
 mod shutdown;
 #[path = "durable/support.rs"]
 mod support;
+#[path = "durable/transactional.rs"]
+mod transactional;

@@ -24,6 +24,14 @@ pub enum JobError {
     UnsupportedUrl(String),
     /// The job ran and failed on its last attempt (or was never found).
     Failed(String),
+    /// [`JobQueue::push_in`](super::JobQueue::push_in) was given a
+    /// transaction on another engine than the queue's.
+    EngineMismatch {
+        /// The queue's engine (`"sqlite"` or `"postgres"`).
+        queue: &'static str,
+        /// The transaction's engine.
+        transaction: &'static str,
+    },
 }
 
 impl JobError {
@@ -39,6 +47,7 @@ impl JobError {
             Self::NotAccepted(error) => error.code(),
             Self::UnsupportedUrl(_) => "unsupported-database-url",
             Self::Failed(_) => "job-failed",
+            Self::EngineMismatch { .. } => "job-engine-mismatch",
         }
     }
 
@@ -64,6 +73,10 @@ impl fmt::Display for JobError {
                 "{url:?} is not a database this build supports (features `sqlite`, `postgres`)"
             ),
             Self::Failed(message) => write!(f, "the job failed: {message}"),
+            Self::EngineMismatch { queue, transaction } => write!(
+                f,
+                "a job of a {queue} queue cannot be pushed in a {transaction} transaction"
+            ),
         }
     }
 }

@@ -109,6 +109,7 @@ mod in_flight;
 mod job;
 mod queue;
 mod stats;
+mod transaction;
 mod wake_up;
 mod workers;
 
@@ -116,6 +117,7 @@ pub use error::JobError;
 pub use job::{Job, JobFailure, JobId};
 pub use queue::{JobOutcome, JobQueue, ACQUIRE_TIMEOUT, DATABASE_URL};
 pub use stats::JobStats;
+pub use transaction::JobDatabase;
 pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL};
 
 // For `tracking::SqlStore`, which keeps its tables in the queue's database.

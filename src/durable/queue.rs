@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis_core::backend::WaitForCompletion;
-use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::status::Status;
 use apalis_core::task::task_id::TaskId;
 
 use super::error::JobError;
 use super::job::{Job, JobId};
 use super::stats::{JobCounters, JobStats};
+use super::transaction::JobDatabase;
 
 /// The longest a push waits for a database connection before it fails
 /// ([`JobError::Database`]): what bounds [`JobQueue::push`] when the
@@ -194,24 +194,17 @@ impl JobQueue {
     }
 
     pub(crate) async fn push_encoded(&self, job: &EncodedJob) -> Result<(), JobError> {
-        let task = TaskBuilder::new(job.args.clone())
-            .task_id(TaskId::from_string(job.id.to_string()))
-            .max_attempts(job.max_attempts as usize)
-            .build();
+        let args = job.args.clone();
         match &self.engine {
             #[cfg(feature = "sqlite")]
             Engine::Sqlite(pool) => {
                 let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                apalis_sqlite::queries::push_tasks(&mut *conn, job.queue, &[task])
-                    .await
-                    .map_err(JobError::database)
+                sqlx::Sqlite::push(&mut conn, job.queue, job.id, args, job.max_attempts).await
             }
             #[cfg(feature = "postgres")]
             Engine::Postgres(pool) => {
                 let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                apalis_postgres::queries::push_tasks(&mut *conn, job.queue, vec![task])
-                    .await
-                    .map_err(JobError::database)
+                sqlx::Postgres::push(&mut conn, job.queue, job.id, args, job.max_attempts).await
             }
         }
     }
