@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::encoded::EncodedJob;
 use super::error::JobError;
+use super::insert::Inserted;
 use super::job::{Job, JobId};
-use super::queue::{EncodedJob, JobQueue};
+use super::queue::JobQueue;
 use crate::handle::BackgroundTasks;
 use crate::retry::Retry;
 
@@ -108,9 +110,12 @@ async fn push_until_stored(
     let mut attempt = 1;
     loop {
         let error = match queue.push_encoded(&job).await {
-            Ok(()) => {
+            Ok(inserted) => {
                 unstored.stored = true;
                 queue.counters.pushed_deferred();
+                if matches!(inserted, Inserted::Existing(_)) {
+                    queue.counters.deduplicated();
+                }
                 return Ok(());
             }
             Err(error) => error,

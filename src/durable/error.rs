@@ -24,6 +24,12 @@ pub enum JobError {
     UnsupportedUrl(String),
     /// The job ran and failed on its last attempt (or was never found).
     Failed(String),
+    /// A job's [`unique_key`](super::Job::unique_key) is empty, longer than
+    /// [`MAX_UNIQUE_KEY_LEN`](super::MAX_UNIQUE_KEY_LEN) bytes, or holds a
+    /// control character: the key (cut and escaped) and what is wrong.
+    InvalidUniqueKey(String),
+    /// A delay or a schedule that names no time the job could run at.
+    InvalidSchedule(String),
     /// [`JobQueue::push_in`](super::JobQueue::push_in) was given a
     /// transaction on another engine than the queue's.
     EngineMismatch {
@@ -48,6 +54,8 @@ impl JobError {
             Self::UnsupportedUrl(_) => "unsupported-database-url",
             Self::Failed(_) => "job-failed",
             Self::EngineMismatch { .. } => "job-engine-mismatch",
+            Self::InvalidUniqueKey(_) => "invalid-unique-key",
+            Self::InvalidSchedule(_) => "invalid-schedule",
         }
     }
 
@@ -73,6 +81,8 @@ impl fmt::Display for JobError {
                 "{url:?} is not a database this build supports (features `sqlite`, `postgres`)"
             ),
             Self::Failed(message) => write!(f, "the job failed: {message}"),
+            Self::InvalidUniqueKey(problem) => write!(f, "the job's unique key {problem}"),
+            Self::InvalidSchedule(problem) => write!(f, "invalid schedule: {problem}"),
             Self::EngineMismatch { queue, transaction } => write!(
                 f,
                 "a job of a {queue} queue cannot be pushed in a {transaction} transaction"

@@ -55,6 +55,26 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
 
     /// Runs the job. An `Err` (or a panic) fails this attempt.
     fn run(self) -> impl Future<Output = Result<Self::Output, JobFailure>> + Send;
+
+    /// A key that makes the job unique among the jobs of its type that are
+    /// waiting or running (`Some(format!("invoice:{}", self.invoice_id))`):
+    /// pushing a job whose key is held stores nothing and returns the
+    /// holder's id, atomically across every process sharing the queue (the
+    /// job table's unique index decides). Once the holder is done, failed
+    /// or killed, the key is free again. `None` (the default): every push
+    /// stores a job.
+    ///
+    /// A key is a value, never code: not empty, at most
+    /// [`MAX_UNIQUE_KEY_LEN`](super::MAX_UNIQUE_KEY_LEN) bytes, no control
+    /// characters; anything else is a [`JobError::InvalidUniqueKey`](super::JobError::InvalidUniqueKey)
+    /// at the push. [`JobQueue::enqueue`](super::JobQueue::enqueue) returns
+    /// the new job's id before the push, so for a unique job it may name a
+    /// job that was never stored (counted in
+    /// [`JobStats::deduplicated`](super::JobStats::deduplicated)): use
+    /// [`push`](super::JobQueue::push) when the id matters.
+    fn unique_key(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A durable job's id: a ULID, given when the job is enqueued and kept by

@@ -103,9 +103,11 @@
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("feature `durable` needs an engine: enable `sqlite` or `postgres`");
 
+mod encoded;
 mod enqueue;
 mod error;
 mod in_flight;
+mod insert;
 mod job;
 mod queue;
 mod stats;
@@ -113,11 +115,12 @@ mod transaction;
 mod wake_up;
 mod workers;
 
+pub use encoded::MAX_UNIQUE_KEY_LEN;
 pub use error::JobError;
+pub use insert::JobDatabase;
 pub use job::{Job, JobFailure, JobId};
 pub use queue::{JobOutcome, JobQueue, ACQUIRE_TIMEOUT, DATABASE_URL};
 pub use stats::JobStats;
-pub use transaction::JobDatabase;
 pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL};
 
 // For `tracking::SqlStore`, which keeps its tables in the queue's database.

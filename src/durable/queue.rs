@@ -2,16 +2,17 @@
 //! or PostgreSQL — and what pushing, looking up and releasing them takes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use apalis_core::backend::WaitForCompletion;
 use apalis_core::task::status::Status;
 use apalis_core::task::task_id::TaskId;
 
+use super::encoded::EncodedJob;
 use super::error::JobError;
+use super::insert::{Inserted, JobDatabase};
 use super::job::{Job, JobId};
 use super::stats::{JobCounters, JobStats};
-use super::transaction::JobDatabase;
 
 /// The longest a push waits for a database connection before it fails
 /// ([`JobError::Database`]): what bounds [`JobQueue::push`] when the
@@ -184,27 +185,58 @@ impl JobQueue {
     /// From a handler, call this when the job must be stored before the
     /// response says so (the `2xx` then means "it will run"), and
     /// [`enqueue`](Self::enqueue) when the response should not wait for
-    /// the database.
+    /// the database. A [unique](Job::unique_key) job whose key is held by a
+    /// job of the same type that is waiting or running stores nothing and
+    /// returns that job's id.
     pub async fn push<J: Job>(&self, job: &J) -> Result<JobId, JobError> {
-        let encoded = EncodedJob::new(job)?;
-        let id = encoded.id;
-        self.push_encoded(&encoded).await?;
-        self.counters.pushed();
-        Ok(id)
+        let inserted = self.push_encoded(&EncodedJob::new(job)?).await?;
+        Ok(self.count(inserted))
     }
 
-    pub(crate) async fn push_encoded(&self, job: &EncodedJob) -> Result<(), JobError> {
-        let args = job.args.clone();
+    /// Pushes `job` to run no earlier than `at` (to the second; a time in
+    /// the past runs at once). Like [`push`](Self::push) otherwise: the job
+    /// is stored when this returns, so a restart does not lose the delay.
+    pub async fn push_at<J: Job>(&self, job: &J, at: SystemTime) -> Result<JobId, JobError> {
+        let inserted = self.push_encoded(&EncodedJob::new(job)?.at(at)).await?;
+        Ok(self.count(inserted))
+    }
+
+    /// Pushes `job` to run no earlier than `delay` from now: see
+    /// [`push_at`](Self::push_at).
+    pub async fn push_after<J: Job>(&self, job: &J, delay: Duration) -> Result<JobId, JobError> {
+        let at = SystemTime::now().checked_add(delay).ok_or_else(|| {
+            JobError::InvalidSchedule(format!("a delay of {delay:?} is past the end of time"))
+        })?;
+        self.push_at(job, at).await
+    }
+
+    /// Counts an insert and says which job holds it.
+    pub(crate) fn count(&self, inserted: Inserted) -> JobId {
+        self.counters.pushed();
+        match inserted {
+            Inserted::New(id) => id,
+            Inserted::Existing(id) => {
+                self.counters.deduplicated();
+                id
+            }
+        }
+    }
+
+    pub(crate) async fn push_encoded(&self, job: &EncodedJob) -> Result<Inserted, JobError> {
+        let (args, key) = (job.args.clone(), job.unique_key.as_deref());
+        let (queue, id, attempts, at) = (job.queue, job.id, job.max_attempts, job.run_at);
         match &self.engine {
             #[cfg(feature = "sqlite")]
             Engine::Sqlite(pool) => {
                 let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                sqlx::Sqlite::push(&mut conn, job.queue, job.id, args, job.max_attempts).await
+                let holder = sqlx::Sqlite::insert(&mut conn, queue, id, args, attempts, at, key);
+                Ok(Inserted::of(id, holder.await?))
             }
             #[cfg(feature = "postgres")]
             Engine::Postgres(pool) => {
                 let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                sqlx::Postgres::push(&mut conn, job.queue, job.id, args, job.max_attempts).await
+                let holder = sqlx::Postgres::insert(&mut conn, queue, id, args, attempts, at, key);
+                Ok(Inserted::of(id, holder.await?))
             }
         }
     }
@@ -317,28 +349,6 @@ impl JobQueue {
     /// What this queue's users have done so far, in this process.
     pub fn stats(&self) -> JobStats {
         self.counters.snapshot()
-    }
-}
-
-/// A job turned into what the queue stores, before it is pushed: encoding
-/// happens in the handler, so a job that cannot be encoded is an error there
-/// and not a failure later.
-#[derive(Clone, Debug)]
-pub(crate) struct EncodedJob {
-    pub(crate) id: JobId,
-    pub(crate) queue: &'static str,
-    pub(crate) args: Vec<u8>,
-    pub(crate) max_attempts: u32,
-}
-
-impl EncodedJob {
-    pub(crate) fn new<J: Job>(job: &J) -> Result<Self, JobError> {
-        Ok(Self {
-            id: JobId::new(),
-            queue: J::NAME,
-            args: serde_json::to_vec(job).map_err(JobError::Encode)?,
-            max_attempts: J::MAX_ATTEMPTS.max(1),
-        })
     }
 }
 

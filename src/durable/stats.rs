@@ -15,9 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct JobStats {
-    /// Jobs stored in the database by this process (by `JobQueue::push`, or
-    /// a deferred push that succeeded).
+    /// Jobs stored in the database by this process (by `JobQueue::push`,
+    /// `push_at`, `push_in`, or a deferred push that succeeded), counting a
+    /// unique job found already waiting or running (see `deduplicated`).
     pub pushed: u64,
+    /// Pushes of a unique job whose key a waiting or running job of the same
+    /// type held: nothing was stored (included in `pushed`).
+    pub deduplicated: u64,
     /// Jobs accepted by `JobQueue::enqueue`, to be pushed after their
     /// response.
     pub deferred: u64,
@@ -40,6 +44,7 @@ pub struct JobStats {
 #[derive(Debug, Default)]
 pub(crate) struct JobCounters {
     pushed: AtomicU64,
+    deduplicated: AtomicU64,
     deferred: AtomicU64,
     pushed_deferred: AtomicU64,
     push_retries: AtomicU64,
@@ -52,6 +57,10 @@ pub(crate) struct JobCounters {
 impl JobCounters {
     pub(crate) fn pushed(&self) {
         self.pushed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn deduplicated(&self) {
+        self.deduplicated.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn deferred(&self) {
@@ -91,6 +100,7 @@ impl JobCounters {
     pub(crate) fn snapshot(&self) -> JobStats {
         JobStats {
             pushed: self.pushed.load(Relaxed),
+            deduplicated: self.deduplicated.load(Relaxed),
             deferred: self.deferred.load(Relaxed),
             pushed_deferred: self.pushed_deferred.load(Relaxed),
             push_retries: self.push_retries.load(Relaxed),

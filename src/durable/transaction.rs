@@ -1,90 +1,11 @@
-//! Pushing a job inside the application's own database transaction
-//! ([`JobQueue::push_in`]), and [`JobDatabase`], the engines that can.
+//! Pushing a job inside the application's own database transaction:
+//! [`JobQueue::push_in`].
 
-use std::future::Future;
-use std::pin::Pin;
-
-use apalis_core::task::builder::TaskBuilder;
-use apalis_core::task::task_id::TaskId;
-
+use super::encoded::EncodedJob;
 use super::error::JobError;
+use super::insert::{Inserted, JobDatabase};
 use super::job::{Job, JobId};
-use super::queue::{EncodedJob, JobQueue};
-
-/// A future that pushes one job on a connection.
-type Push<'a> = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>>;
-
-/// A database whose transactions can hold a job: [`sqlx::Sqlite`] (feature
-/// `sqlite`) and [`sqlx::Postgres`] (feature `postgres`). Sealed.
-pub trait JobDatabase: sqlx::Database + sealed::Sealed {
-    /// The engine's name, as [`JobQueue::engine`] gives it.
-    #[doc(hidden)]
-    const ENGINE: &'static str;
-
-    /// Inserts the job into apalis's job table on `connection`.
-    #[doc(hidden)]
-    fn push<'a>(
-        connection: &'a mut Self::Connection,
-        queue: &'static str,
-        id: JobId,
-        args: Vec<u8>,
-        max_attempts: u32,
-    ) -> Push<'a>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    #[cfg(feature = "sqlite")]
-    impl Sealed for sqlx::Sqlite {}
-    #[cfg(feature = "postgres")]
-    impl Sealed for sqlx::Postgres {}
-}
-
-#[cfg(feature = "sqlite")]
-impl JobDatabase for sqlx::Sqlite {
-    const ENGINE: &'static str = "sqlite";
-
-    fn push<'a>(
-        connection: &'a mut sqlx::SqliteConnection,
-        queue: &'static str,
-        id: JobId,
-        args: Vec<u8>,
-        max_attempts: u32,
-    ) -> Push<'a> {
-        Box::pin(async move {
-            let task = TaskBuilder::new(args)
-                .task_id(TaskId::from_string(id.to_string()))
-                .max_attempts(max_attempts as usize)
-                .build();
-            apalis_sqlite::queries::push_tasks(connection, queue, &[task])
-                .await
-                .map_err(JobError::database)
-        })
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl JobDatabase for sqlx::Postgres {
-    const ENGINE: &'static str = "postgres";
-
-    fn push<'a>(
-        connection: &'a mut sqlx::PgConnection,
-        queue: &'static str,
-        id: JobId,
-        args: Vec<u8>,
-        max_attempts: u32,
-    ) -> Push<'a> {
-        Box::pin(async move {
-            let task = TaskBuilder::new(args)
-                .task_id(TaskId::from_string(id.to_string()))
-                .max_attempts(max_attempts as usize)
-                .build();
-            apalis_postgres::queries::push_tasks(connection, queue, vec![task])
-                .await
-                .map_err(JobError::database)
-        })
-    }
-}
+use super::queue::JobQueue;
 
 impl JobQueue {
     /// Pushes `job` inside the caller's transaction `tx`: if `tx` commits,
@@ -97,11 +18,12 @@ impl JobQueue {
     /// same PostgreSQL database): a transaction on the other engine is
     /// refused with [`JobError::EngineMismatch`]; one on another database
     /// of the same engine cannot be told apart, and its jobs would wait
-    /// there for workers that never come. The job is counted in
-    /// [`JobStats::pushed`](super::JobStats::pushed) when this returns, even
-    /// if `tx` later rolls back. On PostgreSQL, workers listening for new
-    /// jobs are told at the commit; on SQLite they find it at their next
-    /// poll.
+    /// there for workers that never come. A [unique](Job::unique_key) job
+    /// whose key is held returns the holder's id and stores nothing. The
+    /// job is counted in [`JobStats::pushed`](super::JobStats::pushed) when
+    /// this returns, even if `tx` later rolls back. On PostgreSQL, workers
+    /// listening for new jobs are told at the commit; on SQLite they find
+    /// it at their next poll.
     ///
     /// ```no_run
     /// # #[cfg(feature = "sqlite")]
@@ -139,14 +61,17 @@ impl JobQueue {
                 transaction: DB::ENGINE,
             });
         }
-        let EncodedJob {
-            id,
-            queue,
-            args,
-            max_attempts,
-        } = EncodedJob::new(job)?;
-        DB::push(&mut **tx, queue, id, args, max_attempts).await?;
-        self.counters.pushed();
-        Ok(id)
+        let job = EncodedJob::new(job)?;
+        let holder = DB::insert(
+            &mut **tx,
+            job.queue,
+            job.id,
+            job.args,
+            job.max_attempts,
+            job.run_at,
+            job.unique_key.as_deref(),
+        )
+        .await?;
+        Ok(self.count(Inserted::of(job.id, holder)))
     }
 }

@@ -1,0 +1,87 @@
+//! [`EncodedJob`]: a job as the queue stores it, checked before it is
+//! pushed.
+
+use std::time::SystemTime;
+
+use super::error::JobError;
+use super::job::{Job, JobId};
+
+/// The longest unique key a job may declare, in bytes.
+pub const MAX_UNIQUE_KEY_LEN: usize = 255;
+
+/// A job turned into what the queue stores, before it is pushed: encoding
+/// and checking happen in the caller (a handler), so a job that cannot be
+/// stored is an error there and not a failure later.
+#[derive(Clone, Debug)]
+pub(crate) struct EncodedJob {
+    pub(crate) id: JobId,
+    pub(crate) queue: &'static str,
+    pub(crate) args: Vec<u8>,
+    pub(crate) max_attempts: u32,
+    /// Not before this time (`None`: at once).
+    pub(crate) run_at: Option<SystemTime>,
+    /// From [`Job::unique_key`].
+    pub(crate) unique_key: Option<String>,
+}
+
+impl EncodedJob {
+    pub(crate) fn new<J: Job>(job: &J) -> Result<Self, JobError> {
+        let unique_key = job.unique_key();
+        if let Some(key) = &unique_key {
+            check_unique_key(key)?;
+        }
+        Ok(Self {
+            id: JobId::new(),
+            queue: J::NAME,
+            args: serde_json::to_vec(job).map_err(JobError::Encode)?,
+            max_attempts: J::MAX_ATTEMPTS.max(1),
+            run_at: None,
+            unique_key,
+        })
+    }
+
+    pub(crate) fn at(mut self, run_at: SystemTime) -> Self {
+        self.run_at = Some(run_at);
+        self
+    }
+}
+
+/// A key is a value, never code: any text, but not empty, not longer than
+/// [`MAX_UNIQUE_KEY_LEN`] bytes, and without control characters (which logs
+/// would carry).
+fn check_unique_key(key: &str) -> Result<(), JobError> {
+    let problem = if key.is_empty() {
+        "is empty"
+    } else if key.len() > MAX_UNIQUE_KEY_LEN {
+        "is longer than 255 bytes"
+    } else if key.chars().any(char::is_control) {
+        "contains a control character"
+    } else {
+        return Ok(());
+    };
+    let shown: String = key
+        .chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect();
+    Err(JobError::InvalidUniqueKey(format!("{shown:?} {problem}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_keys_are_refused_and_shown_cut_and_escaped() {
+        assert!(check_unique_key("user:42").is_ok());
+        for (key, problem) in [
+            (String::new(), "is empty"),
+            ("k".repeat(256), "is longer than 255 bytes"),
+            ("a\nb".to_owned(), "contains a control character"),
+        ] {
+            let message = check_unique_key(&key).unwrap_err().to_string();
+            assert!(message.contains(problem), "{message}");
+            assert!(message.len() < 200, "{message}");
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! How a job is inserted into apalis's job table on one connection, per
+//! engine ([`JobDatabase`]), including a unique job's "the one already
+//! waiting or running, or this one".
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+
+use super::error::JobError;
+use super::job::JobId;
+
+/// A future that inserts one job: `None` if the job was stored, or for a
+/// unique job whose key is held, `Some` of the holder's id.
+pub(crate) type Insert<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<JobId>, JobError>> + Send + 'a>>;
+
+/// What an insert did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inserted {
+    /// The job was stored under its own id.
+    New(JobId),
+    /// A job of the same type with the same unique key was waiting or
+    /// running: nothing was stored, and this is that job's id.
+    Existing(JobId),
+}
+
+impl Inserted {
+    /// What [`JobDatabase::insert`] found, for a job of id `id`.
+    pub(crate) fn of(id: JobId, holder: Option<JobId>) -> Self {
+        holder.map_or(Self::New(id), Self::Existing)
+    }
+}
+
+/// How many times a unique insert tries when the key changes hands under
+/// it (its holder finishes between the insert and the look-up).
+const UNIQUE_TRIES: usize = 3;
+
+/// A database whose transactions can hold a job: [`sqlx::Sqlite`] (feature
+/// `sqlite`) and [`sqlx::Postgres`] (feature `postgres`). Sealed.
+pub trait JobDatabase: sqlx::Database + sealed::Sealed {
+    /// The engine's name, as [`JobQueue::engine`](super::JobQueue::engine)
+    /// gives it.
+    #[doc(hidden)]
+    const ENGINE: &'static str;
+
+    /// Inserts a job on `connection`.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn insert<'a>(
+        connection: &'a mut Self::Connection,
+        queue: &'static str,
+        id: JobId,
+        args: Vec<u8>,
+        max_attempts: u32,
+        run_at: Option<SystemTime>,
+        unique_key: Option<&'a str>,
+    ) -> Insert<'a>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    #[cfg(feature = "sqlite")]
+    impl Sealed for sqlx::Sqlite {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for sqlx::Postgres {}
+}
+
+/// The id a stored job row holds.
+fn parse_id(id: &str) -> Result<JobId, JobError> {
+    id.parse()
+        .map_err(|_| JobError::database(std::io::Error::other(format!("bad job id {id:?}"))))
+}
+
+#[cfg(feature = "sqlite")]
+impl JobDatabase for sqlx::Sqlite {
+    const ENGINE: &'static str = "sqlite";
+
+    fn insert<'a>(
+        connection: &'a mut sqlx::SqliteConnection,
+        queue: &'static str,
+        id: JobId,
+        args: Vec<u8>,
+        max_attempts: u32,
+        run_at: Option<SystemTime>,
+        unique_key: Option<&'a str>,
+    ) -> Insert<'a> {
+        Box::pin(async move {
+            let mut builder = TaskBuilder::new(args)
+                .task_id(TaskId::from_string(id.to_string()))
+                .max_attempts(max_attempts as usize);
+            if let Some(at) = run_at {
+                builder = builder.run_at_time(at);
+            }
+            let Some(key) = unique_key else {
+                let task = builder.build();
+                apalis_sqlite::queries::push_tasks(connection, queue, &[task])
+                    .await
+                    .map_err(JobError::database)?;
+                return Ok(None);
+            };
+            let task = builder.idempotency_key(key).build();
+            for _ in 0..UNIQUE_TRIES {
+                // A finished job gives its key up; apalis's insert skips a
+                // key that is still held (its unique index, `ON CONFLICT DO
+                // NOTHING`), and the look-up names whoever holds it.
+                sqlx::query(
+                    "UPDATE Jobs SET idempotency_key = NULL \
+                     WHERE job_type = ?1 AND idempotency_key = ?2 \
+                     AND status IN ('Done', 'Failed', 'Killed')",
+                )
+                .bind(queue)
+                .bind(key)
+                .execute(&mut *connection)
+                .await
+                .map_err(JobError::database)?;
+                apalis_sqlite::queries::push_tasks(
+                    &mut *connection,
+                    queue,
+                    std::slice::from_ref(&task),
+                )
+                .await
+                .map_err(JobError::database)?;
+                let holder: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM Jobs WHERE job_type = ?1 AND idempotency_key = ?2",
+                )
+                .bind(queue)
+                .bind(key)
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(JobError::database)?;
+                if let Some(holder) = holder {
+                    let holder = parse_id(&holder)?;
+                    return Ok((holder != id).then_some(holder));
+                }
+            }
+            Err(JobError::database(std::io::Error::other(
+                "the unique key kept changing hands",
+            )))
+        })
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl JobDatabase for sqlx::Postgres {
+    const ENGINE: &'static str = "postgres";
+
+    fn insert<'a>(
+        connection: &'a mut sqlx::PgConnection,
+        queue: &'static str,
+        id: JobId,
+        args: Vec<u8>,
+        max_attempts: u32,
+        run_at: Option<SystemTime>,
+        unique_key: Option<&'a str>,
+    ) -> Insert<'a> {
+        use sqlx::Connection;
+
+        Box::pin(async move {
+            let mut builder = TaskBuilder::new(args)
+                .task_id(TaskId::from_string(id.to_string()))
+                .max_attempts(max_attempts as usize);
+            if let Some(at) = run_at {
+                builder = builder.run_at_time(at);
+            }
+            let Some(key) = unique_key else {
+                let task = builder.build();
+                apalis_postgres::queries::push_tasks(connection, queue, vec![task])
+                    .await
+                    .map_err(JobError::database)?;
+                return Ok(None);
+            };
+            let task = builder.idempotency_key(key).build();
+            for _ in 0..UNIQUE_TRIES {
+                sqlx::query(
+                    "UPDATE apalis.jobs SET idempotency_key = NULL \
+                     WHERE job_type = $1 AND idempotency_key = $2 \
+                     AND status IN ('Done', 'Failed', 'Killed')",
+                )
+                .bind(queue)
+                .bind(key)
+                .execute(&mut *connection)
+                .await
+                .map_err(JobError::database)?;
+                // apalis's PostgreSQL insert fails on a held key, and a
+                // failed statement aborts its transaction: insert inside a
+                // savepoint (a transaction of its own outside one), so the
+                // caller's transaction survives the conflict.
+                let mut savepoint = connection.begin().await.map_err(JobError::database)?;
+                match apalis_postgres::queries::push_tasks(
+                    &mut *savepoint,
+                    queue,
+                    vec![task.clone()],
+                )
+                .await
+                {
+                    Ok(()) => {
+                        savepoint.commit().await.map_err(JobError::database)?;
+                        return Ok(None);
+                    }
+                    Err(error) if is_unique_violation(&error) => {
+                        savepoint.rollback().await.map_err(JobError::database)?;
+                    }
+                    Err(error) => return Err(JobError::database(error)),
+                }
+                let holder: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM apalis.jobs WHERE job_type = $1 AND idempotency_key = $2",
+                )
+                .bind(queue)
+                .bind(key)
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(JobError::database)?;
+                if let Some(holder) = holder {
+                    return Ok(Some(parse_id(&holder)?));
+                }
+            }
+            Err(JobError::database(std::io::Error::other(
+                "the unique key kept changing hands",
+            )))
+        })
+    }
+}
+
+/// Whether apalis's PostgreSQL insert failed on the unique index.
+#[cfg(feature = "postgres")]
+fn is_unique_violation(error: &apalis_postgres::Error) -> bool {
+    matches!(
+        error,
+        apalis_postgres::Error::Database(sqlx::Error::Database(error)) if error.is_unique_violation()
+    )
+}
