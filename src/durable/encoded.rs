@@ -20,8 +20,11 @@ pub(crate) struct EncodedJob {
     pub(crate) max_attempts: u32,
     /// Not before this time (`None`: at once).
     pub(crate) run_at: Option<SystemTime>,
-    /// From [`Job::unique_key`].
+    /// From [`Job::unique_key`], or a periodic job's tick.
     pub(crate) unique_key: Option<String>,
+    /// Whether the key stays held once the job has finished (a tick fires
+    /// once, ever).
+    pub(crate) key_held_for_good: bool,
 }
 
 impl EncodedJob {
@@ -37,11 +40,19 @@ impl EncodedJob {
             max_attempts: J::MAX_ATTEMPTS.max(1),
             run_at: None,
             unique_key,
+            key_held_for_good: false,
         })
     }
 
     pub(crate) fn at(mut self, run_at: SystemTime) -> Self {
         self.run_at = Some(run_at);
+        self
+    }
+
+    /// Keyed by `key` for good, whatever the job's own key.
+    pub(crate) fn once(mut self, key: String) -> Self {
+        self.unique_key = Some(key);
+        self.key_held_for_good = true;
         self
     }
 }

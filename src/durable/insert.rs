@@ -46,7 +46,8 @@ pub trait JobDatabase: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const ENGINE: &'static str;
 
-    /// Inserts a job on `connection`.
+    /// Inserts a job on `connection`. With `key_held_for_good`, a unique
+    /// key is never given up by a finished job (a periodic job's tick).
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
     fn insert<'a>(
@@ -57,6 +58,7 @@ pub trait JobDatabase: sqlx::Database + sealed::Sealed {
         max_attempts: u32,
         run_at: Option<SystemTime>,
         unique_key: Option<&'a str>,
+        key_held_for_good: bool,
     ) -> Insert<'a>;
 }
 
@@ -86,6 +88,7 @@ impl JobDatabase for sqlx::Sqlite {
         max_attempts: u32,
         run_at: Option<SystemTime>,
         unique_key: Option<&'a str>,
+        key_held_for_good: bool,
     ) -> Insert<'a> {
         Box::pin(async move {
             let mut builder = TaskBuilder::new(args)
@@ -106,16 +109,18 @@ impl JobDatabase for sqlx::Sqlite {
                 // A finished job gives its key up; apalis's insert skips a
                 // key that is still held (its unique index, `ON CONFLICT DO
                 // NOTHING`), and the look-up names whoever holds it.
-                sqlx::query(
-                    "UPDATE Jobs SET idempotency_key = NULL \
-                     WHERE job_type = ?1 AND idempotency_key = ?2 \
-                     AND status IN ('Done', 'Failed', 'Killed')",
-                )
-                .bind(queue)
-                .bind(key)
-                .execute(&mut *connection)
-                .await
-                .map_err(JobError::database)?;
+                if !key_held_for_good {
+                    sqlx::query(
+                        "UPDATE Jobs SET idempotency_key = NULL \
+                         WHERE job_type = ?1 AND idempotency_key = ?2 \
+                         AND status IN ('Done', 'Failed', 'Killed')",
+                    )
+                    .bind(queue)
+                    .bind(key)
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(JobError::database)?;
+                }
                 apalis_sqlite::queries::push_tasks(
                     &mut *connection,
                     queue,
@@ -155,6 +160,7 @@ impl JobDatabase for sqlx::Postgres {
         max_attempts: u32,
         run_at: Option<SystemTime>,
         unique_key: Option<&'a str>,
+        key_held_for_good: bool,
     ) -> Insert<'a> {
         use sqlx::Connection;
 
@@ -174,16 +180,18 @@ impl JobDatabase for sqlx::Postgres {
             };
             let task = builder.idempotency_key(key).build();
             for _ in 0..UNIQUE_TRIES {
-                sqlx::query(
-                    "UPDATE apalis.jobs SET idempotency_key = NULL \
-                     WHERE job_type = $1 AND idempotency_key = $2 \
-                     AND status IN ('Done', 'Failed', 'Killed')",
-                )
-                .bind(queue)
-                .bind(key)
-                .execute(&mut *connection)
-                .await
-                .map_err(JobError::database)?;
+                if !key_held_for_good {
+                    sqlx::query(
+                        "UPDATE apalis.jobs SET idempotency_key = NULL \
+                         WHERE job_type = $1 AND idempotency_key = $2 \
+                         AND status IN ('Done', 'Failed', 'Killed')",
+                    )
+                    .bind(queue)
+                    .bind(key)
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(JobError::database)?;
+                }
                 // apalis's PostgreSQL insert fails on a held key, and a
                 // failed statement aborts its transaction: insert inside a
                 // savepoint (a transaction of its own outside one), so the

@@ -225,17 +225,20 @@ impl JobQueue {
     pub(crate) async fn push_encoded(&self, job: &EncodedJob) -> Result<Inserted, JobError> {
         let (args, key) = (job.args.clone(), job.unique_key.as_deref());
         let (queue, id, attempts, at) = (job.queue, job.id, job.max_attempts, job.run_at);
+        let for_good = job.key_held_for_good;
         match &self.engine {
             #[cfg(feature = "sqlite")]
             Engine::Sqlite(pool) => {
                 let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                let holder = sqlx::Sqlite::insert(&mut conn, queue, id, args, attempts, at, key);
+                let holder =
+                    sqlx::Sqlite::insert(&mut conn, queue, id, args, attempts, at, key, for_good);
                 Ok(Inserted::of(id, holder.await?))
             }
             #[cfg(feature = "postgres")]
             Engine::Postgres(pool) => {
                 let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                let holder = sqlx::Postgres::insert(&mut conn, queue, id, args, attempts, at, key);
+                let holder =
+                    sqlx::Postgres::insert(&mut conn, queue, id, args, attempts, at, key, for_good);
                 Ok(Inserted::of(id, holder.await?))
             }
         }

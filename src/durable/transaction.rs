@@ -70,6 +70,7 @@ impl JobQueue {
             job.max_attempts,
             job.run_at,
             job.unique_key.as_deref(),
+            job.key_held_for_good,
         )
         .await?;
         Ok(self.count(Inserted::of(job.id, holder)))
