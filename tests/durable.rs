@@ -28,6 +28,7 @@
 //! | [`misuse`] | a job that cannot be encoded (`Encode`), at the call |
 //! | [`periodic`] | two servers on one cron schedule store each tick once, workers run them, shutdown stops both loops; a malformed expression is a typed error |
 //! | [`unique`] | a unique job's held key returns its holder (also for two processes pushing at once), a finished holder frees it, a bad key is refused; a delayed job waits for its time |
+//! | [`wake`] | a push wakes the same queue's idle workers in this process at once (a poll interval of an hour does not delay it) |
 //! | [`transactional`] | a job pushed in the application's transaction exists exactly when the transaction commits; one on the other engine is refused |
 //!
 //! Workers use a 1 s heartbeat, so a dead worker's jobs are taken back
@@ -65,3 +66,5 @@ mod support;
 mod transactional;
 #[path = "durable/unique.rs"]
 mod unique;
+#[path = "durable/wake.rs"]
+mod wake;

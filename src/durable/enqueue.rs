@@ -113,6 +113,7 @@ async fn push_until_stored(
             Ok(inserted) => {
                 unstored.stored = true;
                 queue.counters.pushed_deferred();
+                queue.announcer.announce();
                 if matches!(inserted, Inserted::Existing(_)) {
                     queue.counters.deduplicated();
                 }

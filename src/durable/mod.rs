@@ -103,6 +103,7 @@
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("feature `durable` needs an engine: enable `sqlite` or `postgres`");
 
+mod announce;
 mod encoded;
 mod enqueue;
 mod error;

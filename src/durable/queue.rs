@@ -8,6 +8,7 @@ use apalis_core::backend::WaitForCompletion;
 use apalis_core::task::status::Status;
 use apalis_core::task::task_id::TaskId;
 
+use super::announce::Announcer;
 use super::encoded::EncodedJob;
 use super::error::JobError;
 use super::insert::{Inserted, JobDatabase};
@@ -37,6 +38,8 @@ pub const DATABASE_URL: &str = "DATABASE_URL";
 pub struct JobQueue {
     pub(crate) engine: Engine,
     pub(crate) counters: Arc<JobCounters>,
+    /// Tells this queue's workers (in this process) of its pushes.
+    pub(crate) announcer: Arc<Announcer>,
 }
 
 /// The database behind a [`JobQueue`].
@@ -166,6 +169,7 @@ impl JobQueue {
         Self {
             engine,
             counters: Arc::default(),
+            announcer: Arc::default(),
         }
     }
 
@@ -210,9 +214,11 @@ impl JobQueue {
         self.push_at(job, at).await
     }
 
-    /// Counts an insert and says which job holds it.
+    /// Counts an insert, tells this process's workers of it, and says
+    /// which job holds it.
     pub(crate) fn count(&self, inserted: Inserted) -> JobId {
         self.counters.pushed();
+        self.announcer.announce();
         match inserted {
             Inserted::New(id) => id,
             Inserted::Existing(id) => {

@@ -9,8 +9,9 @@ use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy};
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
-/// Wakes a worker every `period`, and at once when `events` (PostgreSQL's
-/// `LISTEN` on new jobs) yields.
+/// Wakes a worker every `period`, and at once when `events` yields
+/// (PostgreSQL's `LISTEN` on new jobs, or SQLite's in-process
+/// [announcements](super::announce::Announcements)).
 ///
 /// Written here rather than using apalis's `poll_with_interval` and
 /// `with_pubsub`, which lose wake-ups: apalis's `PollWith` ignores the
@@ -66,8 +67,3 @@ impl<S: Stream + Unpin> PollStrategy for WakeUp<S> {
         }
     }
 }
-
-/// No events: the tick alone (SQLite, whose pushes from other processes
-/// nothing announces).
-#[cfg(feature = "sqlite")]
-pub(crate) type TickOnly = WakeUp<futures_core::stream::BoxStream<'static, ()>>;

@@ -164,8 +164,14 @@ impl Workers {
     }
 
     /// How often an idle worker asks the database for new jobs (default
-    /// [`DEFAULT_POLL_INTERVAL`]). A job pushed to an idle queue waits up to
-    /// this long to start; each poll is one query per job type.
+    /// [`DEFAULT_POLL_INTERVAL`]); each poll is one query per job type.
+    ///
+    /// Most jobs do not wait for it. A push through the workers' own
+    /// [`JobQueue`] (or a clone of it) in this process wakes them at once,
+    /// on both engines; on PostgreSQL, so does a push from any process
+    /// (`LISTEN`). What the poll finds is the rest: on SQLite, pushes from
+    /// other processes, and jobs pushed inside a transaction
+    /// ([`JobQueue::push_in`]), which are announced before their commit.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = interval.max(Duration::from_millis(1));
         self
@@ -290,11 +296,15 @@ fn start_worker<J: Job>(
                 .missed_heartbeats(MISSED_HEARTBEATS);
             // Without a poll strategy an idle apalis worker looks for new
             // jobs only when its heartbeat fires (every 30 s by default).
-            // Pushes from other processes are not announced: the tick finds
-            // them.
+            // This queue's own pushes are announced in-process; pushes from
+            // other processes are not, and the tick finds them.
+            let announced = queue.announcer.subscribe();
             let storage = apalis_sqlite::SqliteStorage::<J>::new(pool)
                 .with_config(config)
-                .poll_with_strategy(wake_up::TickOnly::new(settings.poll_interval, None));
+                .poll_with_strategy(wake_up::WakeUp::new(
+                    settings.poll_interval,
+                    Some(announced),
+                ));
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
@@ -309,7 +319,8 @@ fn start_worker<J: Job>(
                 .heartbeat_interval(settings.heartbeat)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             // New jobs are announced (`LISTEN`, one connection per job
-            // type); the tick is the fallback if that connection is lost.
+            // type, which hears every process's pushes); the tick is the
+            // fallback if that connection is lost.
             let announced = apalis_postgres::Pubsub::new(pool.clone(), J::NAME.to_owned());
             let storage = apalis_postgres::PostgresStorage::<J>::new(pool)
                 .with_config(config)
