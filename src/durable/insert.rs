@@ -17,6 +17,9 @@ use super::job::JobId;
 pub(crate) type Insert<'a> =
     Pin<Box<dyn Future<Output = Result<Option<JobId>, JobError>> + Send + 'a>>;
 
+/// Plain jobs of one type, stored by one [`JobDatabase::insert_many`].
+pub(crate) type Rows = Vec<(JobId, Vec<u8>, u32, Option<SystemTime>)>;
+
 /// What an insert did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Inserted {
@@ -60,6 +63,27 @@ pub trait JobDatabase: sqlx::Database + sealed::Sealed {
         unique_key: Option<&'a str>,
         key_held_for_good: bool,
     ) -> Insert<'a>;
+
+    /// Inserts plain jobs of type `queue` (`(id, args, max attempts, run
+    /// at)`), in one statement where the engine can.
+    #[doc(hidden)]
+    fn insert_many<'a>(
+        connection: &'a mut Self::Connection,
+        queue: &'static str,
+        rows: Rows,
+    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>>;
+}
+
+/// apalis's task for a job, without a unique key (both engines store the
+/// same task type).
+fn task(id: JobId, args: Vec<u8>, max_attempts: u32, run_at: Option<SystemTime>) -> TaskBuilder<Vec<u8>> {
+    let builder = TaskBuilder::new(args)
+        .task_id(TaskId::from_string(id.to_string()))
+        .max_attempts(max_attempts as usize);
+    match run_at {
+        Some(at) => builder.run_at_time(at),
+        None => builder,
+    }
 }
 
 mod sealed {
@@ -78,6 +102,23 @@ fn parse_id(id: &str) -> Result<JobId, JobError> {
 
 #[cfg(feature = "sqlite")]
 impl JobDatabase for sqlx::Sqlite {
+    fn insert_many<'a>(
+        connection: &'a mut sqlx::SqliteConnection,
+        queue: &'static str,
+        rows: Rows,
+    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+        Box::pin(async move {
+            let tasks: Vec<_> = rows
+                .into_iter()
+                .map(|(id, args, attempts, at)| task(id, args, attempts, at).build())
+                .collect();
+            // A prepared statement per row, in the caller's transaction.
+            apalis_sqlite::queries::push_tasks(connection, queue, &tasks)
+                .await
+                .map_err(JobError::database)
+        })
+    }
+
     const ENGINE: &'static str = "sqlite";
 
     fn insert<'a>(
@@ -91,12 +132,7 @@ impl JobDatabase for sqlx::Sqlite {
         key_held_for_good: bool,
     ) -> Insert<'a> {
         Box::pin(async move {
-            let mut builder = TaskBuilder::new(args)
-                .task_id(TaskId::from_string(id.to_string()))
-                .max_attempts(max_attempts as usize);
-            if let Some(at) = run_at {
-                builder = builder.run_at_time(at);
-            }
+            let builder = task(id, args, max_attempts, run_at);
             let Some(key) = unique_key else {
                 let task = builder.build();
                 apalis_sqlite::queries::push_tasks(connection, queue, &[task])
@@ -150,6 +186,23 @@ impl JobDatabase for sqlx::Sqlite {
 
 #[cfg(feature = "postgres")]
 impl JobDatabase for sqlx::Postgres {
+    fn insert_many<'a>(
+        connection: &'a mut sqlx::PgConnection,
+        queue: &'static str,
+        rows: Rows,
+    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+        Box::pin(async move {
+            let tasks = rows
+                .into_iter()
+                .map(|(id, args, attempts, at)| task(id, args, attempts, at).build())
+                .collect();
+            // One statement for them all (`unnest`).
+            apalis_postgres::queries::push_tasks(connection, queue, tasks)
+                .await
+                .map_err(JobError::database)
+        })
+    }
+
     const ENGINE: &'static str = "postgres";
 
     fn insert<'a>(
@@ -165,12 +218,7 @@ impl JobDatabase for sqlx::Postgres {
         use sqlx::Connection;
 
         Box::pin(async move {
-            let mut builder = TaskBuilder::new(args)
-                .task_id(TaskId::from_string(id.to_string()))
-                .max_attempts(max_attempts as usize);
-            if let Some(at) = run_at {
-                builder = builder.run_at_time(at);
-            }
+            let builder = task(id, args, max_attempts, run_at);
             let Some(key) = unique_key else {
                 let task = builder.build();
                 apalis_postgres::queries::push_tasks(connection, queue, vec![task])

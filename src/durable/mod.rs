@@ -104,6 +104,7 @@
 compile_error!("feature `durable` needs an engine: enable `sqlite` or `postgres`");
 
 mod announce;
+mod batch;
 mod encoded;
 mod enqueue;
 mod error;

@@ -9,9 +9,10 @@ use apalis_core::task::status::Status;
 use apalis_core::task::task_id::TaskId;
 
 use super::announce::Announcer;
+use super::batch::Batcher;
 use super::encoded::EncodedJob;
 use super::error::JobError;
-use super::insert::{Inserted, JobDatabase};
+use super::insert::Inserted;
 use super::job::{Job, JobId};
 use super::stats::{JobCounters, JobStats};
 
@@ -40,6 +41,8 @@ pub struct JobQueue {
     pub(crate) counters: Arc<JobCounters>,
     /// Tells this queue's workers (in this process) of its pushes.
     pub(crate) announcer: Arc<Announcer>,
+    /// Stores concurrent pushes in shared commits.
+    batcher: Arc<Batcher>,
 }
 
 /// The database behind a [`JobQueue`].
@@ -170,6 +173,7 @@ impl JobQueue {
             engine,
             counters: Arc::default(),
             announcer: Arc::default(),
+            batcher: Arc::default(),
         }
     }
 
@@ -228,26 +232,9 @@ impl JobQueue {
         }
     }
 
+    /// Stores `job` in the next group commit (see [`super::batch`]).
     pub(crate) async fn push_encoded(&self, job: &EncodedJob) -> Result<Inserted, JobError> {
-        let (args, key) = (job.args.clone(), job.unique_key.as_deref());
-        let (queue, id, attempts, at) = (job.queue, job.id, job.max_attempts, job.run_at);
-        let for_good = job.key_held_for_good;
-        match &self.engine {
-            #[cfg(feature = "sqlite")]
-            Engine::Sqlite(pool) => {
-                let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                let holder =
-                    sqlx::Sqlite::insert(&mut conn, queue, id, args, attempts, at, key, for_good);
-                Ok(Inserted::of(id, holder.await?))
-            }
-            #[cfg(feature = "postgres")]
-            Engine::Postgres(pool) => {
-                let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                let holder =
-                    sqlx::Postgres::insert(&mut conn, queue, id, args, attempts, at, key, for_good);
-                Ok(Inserted::of(id, holder.await?))
-            }
-        }
+        self.batcher.push(&self.engine, job.clone()).await
     }
 
     /// What became of job `id` (of type `J`).

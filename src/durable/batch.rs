@@ -1,0 +1,147 @@
+//! Group commit: pushes that arrive while another commit is in flight are
+//! stored together, in one transaction, by one flusher task per queue.
+//!
+//! A push hands its job to the flusher and waits for the commit that holds
+//! it, so the guarantee of [`JobQueue::push`](super::JobQueue::push) is
+//! unchanged: when it returns `Ok`, the job is stored. A lone push does not
+//! wait for company (the flusher takes what is there and commits at once);
+//! under concurrency, the pushes that queued during one commit share the
+//! next, so the commits per second stay about the same while the jobs per
+//! commit grow. The flusher is a task of its own so that a caller that is
+//! dropped mid-commit (a client that went away) cannot leave the others'
+//! jobs half-stored.
+
+use std::sync::Mutex;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::encoded::EncodedJob;
+use super::error::JobError;
+use super::insert::{Inserted, JobDatabase, Rows};
+use super::job::JobId;
+use super::queue::Engine;
+
+/// The most jobs one commit holds.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// One push waiting for its commit.
+struct Request {
+    job: EncodedJob,
+    done: oneshot::Sender<Result<Inserted, String>>,
+}
+
+/// The way to a queue's flusher, which is started on the first push (on
+/// the runtime of that push) and again if its runtime has gone.
+#[derive(Debug, Default)]
+pub(crate) struct Batcher {
+    sender: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("job", &self.job.id).finish()
+    }
+}
+
+impl Batcher {
+    /// Stores `job` in the next commit, and says what that commit did.
+    pub(crate) async fn push(&self, engine: &Engine, job: EncodedJob) -> Result<Inserted, JobError> {
+        let (done, committed) = oneshot::channel();
+        let mut request = Request { job, done };
+        {
+            let mut sender = self.sender.lock().unwrap_or_else(|poison| poison.into_inner());
+            loop {
+                if let Some(flusher) = sender.as_ref() {
+                    match flusher.send(request) {
+                        Ok(()) => break,
+                        // The flusher's runtime has gone: start another.
+                        Err(mpsc::error::SendError(returned)) => request = returned,
+                    }
+                }
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(flush_all(engine.clone(), rx));
+                *sender = Some(tx);
+            }
+        }
+        match committed.await {
+            Ok(Ok(inserted)) => Ok(inserted),
+            Ok(Err(message)) => Err(JobError::database(std::io::Error::other(message))),
+            Err(_) => Err(JobError::database(std::io::Error::other(
+                "the job's commit was interrupted (its runtime shut down)",
+            ))),
+        }
+    }
+}
+
+/// The flusher: takes every push waiting (up to [`MAX_BATCH`]) and commits
+/// them together, until every sender has gone.
+async fn flush_all(engine: Engine, mut requests: mpsc::UnboundedReceiver<Request>) {
+    let mut batch = Vec::new();
+    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs: Vec<&EncodedJob> = batch.iter().map(|request| &request.job).collect();
+        match commit(&engine, &jobs).await {
+            Ok(holders) => {
+                for (request, holder) in batch.drain(..).zip(holders) {
+                    let _ = request.done.send(Ok(Inserted::of(request.job.id, holder)));
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for request in batch.drain(..) {
+                    let _ = request.done.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Stores `jobs` in one transaction; for each, `Some` holder's id if it was
+/// a unique job whose key was held.
+async fn commit(engine: &Engine, jobs: &[&EncodedJob]) -> Result<Vec<Option<JobId>>, JobError> {
+    match engine {
+        #[cfg(feature = "sqlite")]
+        Engine::Sqlite(pool) => commit_on::<sqlx::Sqlite>(pool, jobs).await,
+        #[cfg(feature = "postgres")]
+        Engine::Postgres(pool) => commit_on::<sqlx::Postgres>(pool, jobs).await,
+    }
+}
+
+async fn commit_on<DB: JobDatabase>(
+    pool: &sqlx::Pool<DB>,
+    jobs: &[&EncodedJob],
+) -> Result<Vec<Option<JobId>>, JobError> {
+    let mut tx = pool.begin().await.map_err(JobError::database)?;
+    let mut holders = vec![None; jobs.len()];
+    // Plain jobs of one type go in one statement where the engine can.
+    let mut plain: Vec<&EncodedJob> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        if job.unique_key.is_some() {
+            holders[i] = DB::insert(
+                &mut *tx,
+                job.queue,
+                job.id,
+                job.args.clone(),
+                job.max_attempts,
+                job.run_at,
+                job.unique_key.as_deref(),
+                job.key_held_for_good,
+            )
+            .await?;
+        } else {
+            plain.push(job);
+        }
+    }
+    plain.sort_by_key(|job| job.queue);
+    let mut rest = &plain[..];
+    while let Some(first) = rest.first() {
+        let same_type = rest.iter().take_while(|job| job.queue == first.queue).count();
+        let rows: Rows = rest[..same_type]
+            .iter()
+            .map(|job| (job.id, job.args.clone(), job.max_attempts, job.run_at))
+            .collect();
+        DB::insert_many(&mut *tx, first.queue, rows).await?;
+        rest = &rest[same_type..];
+    }
+    tx.commit().await.map_err(JobError::database)?;
+    Ok(holders)
+}
