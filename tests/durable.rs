@@ -21,6 +21,7 @@
 //! | module | scenario |
 //! |---|---|
 //! | [`parity`] | `job.run()` and a worker's stored result agree, for the four shared jobs and an overflow that fails after every attempt; jobs enqueued by an axum handler are pushed after the response and run |
+//! | [`bulk`] | `push_all` stores 1 000 jobs at once, in order, and a bad job stops the batch before anything is stored; `enqueue_all` pushes them after the response |
 //! | [`crash`] | a worker process SIGKILLed mid-job: another worker runs the job again — **duplicate delivery** (at least once), shown |
 //! | [`no_overlap`] | two worker sets × 4 over 200 jobs: each job runs once, never in two workers at a time |
 //! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
@@ -46,6 +47,8 @@ mod jobs;
 
 // The scenarios' files live in `tests/durable/`, next to this one (a `#[path]`
 // each, so Cargo does not build them as test binaries of their own).
+#[path = "durable/bulk.rs"]
+mod bulk;
 #[path = "durable/crash.rs"]
 mod crash;
 #[path = "durable/db_down.rs"]

@@ -39,17 +39,26 @@ pub(crate) struct Batcher {
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").field("job", &self.job.id).finish()
+        f.debug_struct("Request")
+            .field("job", &self.job.id)
+            .finish()
     }
 }
 
 impl Batcher {
     /// Stores `job` in the next commit, and says what that commit did.
-    pub(crate) async fn push(&self, engine: &Engine, job: EncodedJob) -> Result<Inserted, JobError> {
+    pub(crate) async fn push(
+        &self,
+        engine: &Engine,
+        job: EncodedJob,
+    ) -> Result<Inserted, JobError> {
         let (done, committed) = oneshot::channel();
         let mut request = Request { job, done };
         {
-            let mut sender = self.sender.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut sender = self
+                .sender
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             loop {
                 if let Some(flusher) = sender.as_ref() {
                     match flusher.send(request) {
@@ -97,7 +106,10 @@ async fn flush_all(engine: Engine, mut requests: mpsc::UnboundedReceiver<Request
 
 /// Stores `jobs` in one transaction; for each, `Some` holder's id if it was
 /// a unique job whose key was held.
-async fn commit(engine: &Engine, jobs: &[&EncodedJob]) -> Result<Vec<Option<JobId>>, JobError> {
+pub(crate) async fn commit(
+    engine: &Engine,
+    jobs: &[&EncodedJob],
+) -> Result<Vec<Option<JobId>>, JobError> {
     match engine {
         #[cfg(feature = "sqlite")]
         Engine::Sqlite(pool) => commit_on::<sqlx::Sqlite>(pool, jobs).await,
@@ -134,7 +146,10 @@ async fn commit_on<DB: JobDatabase>(
     plain.sort_by_key(|job| job.queue);
     let mut rest = &plain[..];
     while let Some(first) = rest.first() {
-        let same_type = rest.iter().take_while(|job| job.queue == first.queue).count();
+        let same_type = rest
+            .iter()
+            .take_while(|job| job.queue == first.queue)
+            .count();
         let rows: Rows = rest[..same_type]
             .iter()
             .map(|job| (job.id, job.args.clone(), job.max_attempts, job.run_at))

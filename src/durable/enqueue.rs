@@ -77,31 +77,59 @@ impl JobQueue {
     pub fn enqueue<J: Job>(&self, tasks: &BackgroundTasks, job: J) -> Result<JobId, JobError> {
         let job = EncodedJob::new(&job)?;
         let id = job.id;
+        self.defer(tasks, vec![job])?;
+        Ok(id)
+    }
+
+    /// [`enqueue`](Self::enqueue) for many jobs at once (an import, a
+    /// fan-out): encoded here (the first that cannot be is the error, and
+    /// nothing is queued), pushed after the response together, in one
+    /// transaction ([`push_all`](Self::push_all)), and retried together.
+    /// Returns their ids in order.
+    pub fn enqueue_all<J: Job>(
+        &self,
+        tasks: &BackgroundTasks,
+        jobs: impl IntoIterator<Item = J>,
+    ) -> Result<Vec<JobId>, JobError> {
+        let jobs = jobs
+            .into_iter()
+            .map(|job| EncodedJob::new(&job))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = jobs.iter().map(|job| job.id).collect();
+        if !jobs.is_empty() {
+            self.defer(tasks, jobs)?;
+        }
+        Ok(ids)
+    }
+
+    /// Adds the push of `jobs` to `tasks`.
+    fn defer(&self, tasks: &BackgroundTasks, jobs: Vec<EncodedJob>) -> Result<(), JobError> {
+        let n = jobs.len() as u64;
         let cancel = tasks.cancellation_token();
         // Counted first: a handle used after its response has ended starts
         // the push at once, and `pushed_deferred` must never pass `deferred`.
-        self.counters.deferred();
-        match tasks.try_add(push_until_stored(self.clone(), job, cancel)) {
-            Ok(()) => Ok(id),
+        self.counters.deferred(n);
+        match tasks.try_add(push_until_stored(self.clone(), jobs, cancel)) {
+            Ok(()) => Ok(()),
             Err(error) => {
-                self.counters.not_deferred();
+                self.counters.not_deferred(n);
                 Err(JobError::NotAccepted(error))
             }
         }
     }
 }
 
-/// The deferred push: tries until the database has the job. A guard counts
-/// and logs the job if the task ends any other way (cancelled at the end of
+/// The deferred push: tries until the database has the jobs. A guard counts
+/// and logs them if the task ends any other way (cancelled at the end of
 /// the cleanup period, or aborted at the end of grace).
 async fn push_until_stored(
     queue: JobQueue,
-    job: EncodedJob,
+    jobs: Vec<EncodedJob>,
     cancel: CancellationToken,
 ) -> Result<(), JobError> {
     let mut unstored = Unstored {
         queue: &queue,
-        job: &job,
+        jobs: &jobs,
         stored: false,
     };
     let backoff = Retry::exponential(u32::MAX)
@@ -109,14 +137,20 @@ async fn push_until_stored(
         .max_delay(MAX_PUSH_DELAY);
     let mut attempt = 1;
     loop {
-        let error = match queue.push_encoded(&job).await {
+        let stored = match jobs.as_slice() {
+            [job] => queue.push_encoded(job).await.map(|inserted| vec![inserted]),
+            jobs => queue.push_encoded_all(jobs).await,
+        };
+        let error = match stored {
             Ok(inserted) => {
                 unstored.stored = true;
-                queue.counters.pushed_deferred();
-                queue.announcer.announce();
-                if matches!(inserted, Inserted::Existing(_)) {
-                    queue.counters.deduplicated();
+                for inserted in inserted {
+                    queue.counters.pushed_deferred();
+                    if matches!(inserted, Inserted::Existing(_)) {
+                        queue.counters.deduplicated();
+                    }
                 }
+                queue.announcer.announce();
                 return Ok(());
             }
             Err(error) => error,
@@ -124,8 +158,9 @@ async fn push_until_stored(
         queue.counters.push_retry();
         let delay = backoff.delay_after(attempt);
         tracing::warn!(
-            job.id = %job.id,
-            job.name = job.queue,
+            job.id = %jobs[0].id,
+            job.name = jobs[0].queue,
+            jobs = jobs.len(),
             attempt,
             retry_in = ?delay,
             %error,
@@ -139,10 +174,11 @@ async fn push_until_stored(
     }
 }
 
-/// Counts and logs a deferred job whose push ended without storing it.
+/// Counts and logs the deferred jobs of a push that ended without storing
+/// them.
 struct Unstored<'a> {
     queue: &'a JobQueue,
-    job: &'a EncodedJob,
+    jobs: &'a [EncodedJob],
     stored: bool,
 }
 
@@ -151,12 +187,14 @@ impl Drop for Unstored<'_> {
         if self.stored {
             return;
         }
-        self.queue.counters.abandoned();
-        tracing::error!(
-            job.id = %self.job.id,
-            job.name = self.job.queue,
-            job.args = %String::from_utf8_lossy(&self.job.args),
-            "durable job: shutdown ended before the database took it; job abandoned",
-        );
+        for job in self.jobs {
+            self.queue.counters.abandoned();
+            tracing::error!(
+                job.id = %job.id,
+                job.name = job.queue,
+                job.args = %String::from_utf8_lossy(&job.args),
+                "durable job: shutdown ended before the database took it; job abandoned",
+            );
+        }
     }
 }

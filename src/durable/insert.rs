@@ -76,7 +76,12 @@ pub trait JobDatabase: sqlx::Database + sealed::Sealed {
 
 /// apalis's task for a job, without a unique key (both engines store the
 /// same task type).
-fn task(id: JobId, args: Vec<u8>, max_attempts: u32, run_at: Option<SystemTime>) -> TaskBuilder<Vec<u8>> {
+fn task(
+    id: JobId,
+    args: Vec<u8>,
+    max_attempts: u32,
+    run_at: Option<SystemTime>,
+) -> TaskBuilder<Vec<u8>> {
     let builder = TaskBuilder::new(args)
         .task_id(TaskId::from_string(id.to_string()))
         .max_attempts(max_attempts as usize);

@@ -9,7 +9,7 @@ use apalis_core::task::status::Status;
 use apalis_core::task::task_id::TaskId;
 
 use super::announce::Announcer;
-use super::batch::Batcher;
+use super::batch::{self, Batcher};
 use super::encoded::EncodedJob;
 use super::error::JobError;
 use super::insert::Inserted;
@@ -230,6 +230,41 @@ impl JobQueue {
                 id
             }
         }
+    }
+
+    /// Pushes `jobs` together, in one transaction (on PostgreSQL, one
+    /// statement per job type): all are stored, or none. Returns their ids
+    /// in order (for a [unique](Job::unique_key) job whose key is held, the
+    /// holder's). The first job that cannot be encoded is the error, before
+    /// anything is pushed. For imports and fan-outs; from a handler after
+    /// the response, see [`enqueue_all`](Self::enqueue_all).
+    pub async fn push_all<J: Job>(&self, jobs: &[J]) -> Result<Vec<JobId>, JobError> {
+        let jobs = jobs
+            .iter()
+            .map(EncodedJob::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let inserted = self.push_encoded_all(&jobs).await?;
+        Ok(inserted
+            .into_iter()
+            .map(|inserted| self.count(inserted))
+            .collect())
+    }
+
+    /// Stores `jobs` in one transaction of their own.
+    pub(crate) async fn push_encoded_all(
+        &self,
+        jobs: &[EncodedJob],
+    ) -> Result<Vec<Inserted>, JobError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<&EncodedJob> = jobs.iter().collect();
+        let holders = batch::commit(&self.engine, &refs).await?;
+        Ok(jobs
+            .iter()
+            .zip(holders)
+            .map(|(job, holder)| Inserted::of(job.id, holder))
+            .collect())
     }
 
     /// Stores `job` in the next group commit (see [`super::batch`]).

@@ -63,13 +63,13 @@ impl JobCounters {
         self.deduplicated.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn deferred(&self) {
-        self.deferred.fetch_add(1, Relaxed);
+    pub(crate) fn deferred(&self, n: u64) {
+        self.deferred.fetch_add(n, Relaxed);
     }
 
-    /// Takes back a `deferred` the task set did not accept.
-    pub(crate) fn not_deferred(&self) {
-        self.deferred.fetch_sub(1, Relaxed);
+    /// Takes back `deferred` jobs the task set did not accept.
+    pub(crate) fn not_deferred(&self, n: u64) {
+        self.deferred.fetch_sub(n, Relaxed);
     }
 
     pub(crate) fn pushed_deferred(&self) {

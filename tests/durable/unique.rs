@@ -29,7 +29,7 @@ const PUSHES: usize = 20;
 
 /// An invoice to send: at most one waiting or running per invoice.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct SendInvoice {
+pub(crate) struct SendInvoice {
     invoice: String,
 }
 
@@ -46,7 +46,7 @@ impl Job for SendInvoice {
     }
 }
 
-fn invoice(key: &str) -> SendInvoice {
+pub(crate) fn invoice(key: &str) -> SendInvoice {
     SendInvoice {
         invoice: key.to_owned(),
     }
