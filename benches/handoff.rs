@@ -16,16 +16,10 @@
 //!     type-erased, which means a box each).
 //!   - `one_request_n_tasks`: one request through the layer whose handler
 //!     adds `N` tasks; the body is read to its end, which spawns them.
-//!   - `one_request_n_tasks_wait_idle`: the same, but waiting with
-//!     `Supervisor::wait_idle` (every task's bookkeeping done) and with
-//!     empty task bodies.
 //!   - `n_requests_spawn` (baseline): `N` requests through the same service
 //!     without the layer, each handler calling `tokio::spawn` once.
 //!   - `n_requests_1_task`: `N` requests through the layer, each handler
 //!     adding one task.
-//! - `per_task_current_thread/*` — the same five on a current-thread
-//!   runtime: no work stealing, no worker wake-ups, so the CPU cost alone and
-//!   far less noise.
 //! - `empty_request/*` — one request whose handler queues nothing.
 //!   - `no_layer` (baseline): the bare `service_fn`.
 //!   - `with_layer`: the same service behind the layer.
@@ -55,7 +49,7 @@
 //!     tasks, each holding a guard that ticks a countdown when dropped, then
 //!     every `AbortHandle` aborted; timed until the last guard is dropped.
 //!
-//! Run all of it (about three minutes once built):
+//! Run all of it (under three minutes once built):
 //!
 //! ```text
 //! cargo bench -p benches --bench handoff
@@ -146,25 +140,12 @@ impl Drop for TickOnDrop {
 }
 
 fn per_task(c: &mut Criterion) {
-    per_task_on(c, "per_task", &multi_thread_runtime());
-}
-
-/// The same comparison on a current-thread runtime: no work stealing and no
-/// worker wake-ups, so it shows the CPU cost alone, with far less noise.
-fn per_task_current_thread(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    per_task_on(c, "per_task_current_thread", &runtime);
-}
-
-fn per_task_on(c: &mut Criterion, group_name: &str, runtime: &Runtime) {
+    let runtime = &multi_thread_runtime();
     let supervisor = runtime.block_on(async { Supervisor::new() });
     let uri: Uri = URI.parse().expect("a URI");
     let countdown = Countdown::leaked();
 
-    let mut group = c.benchmark_group(group_name);
+    let mut group = c.benchmark_group("per_task");
     group.throughput(Throughput::Elements(N as u64));
 
     group.bench_function(BenchmarkId::new("raw_spawn", N), |b| {
@@ -225,33 +206,6 @@ fn per_task_on(c: &mut Criterion, group_name: &str, runtime: &Runtime) {
                     countdown.arm(N);
                     serve_one(&mut service, &uri).await;
                     countdown.wait().await;
-                }
-                start.elapsed()
-            })
-        });
-    });
-
-    let monitor = supervisor.monitor();
-    let one_request_empty =
-        supervisor
-            .layer()
-            .layer(service_fn(|request: Request<()>| async move {
-                let tasks = tasks_of(&request);
-                for _ in 0..N {
-                    tasks.add(async {});
-                }
-                Ok::<_, Infallible>(ok())
-            }));
-    group.bench_function(BenchmarkId::new("one_request_n_tasks_wait_idle", N), |b| {
-        b.iter_custom(|iters| {
-            let mut service = one_request_empty.clone();
-            let uri = uri.clone();
-            let monitor = monitor.clone();
-            on_worker(runtime, async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    serve_one(&mut service, &uri).await;
-                    monitor.wait_idle().await;
                 }
                 start.elapsed()
             })
@@ -592,6 +546,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .sample_size(60);
-    targets = per_task, per_task_current_thread, empty_request, shutdown
+    targets = per_task, empty_request, shutdown
 }
 criterion_main!(benches);
