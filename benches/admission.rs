@@ -49,10 +49,8 @@
 //!
 //! This is what `malloc` really takes: each allocation's chunk (the request
 //! plus an 8-byte header, rounded up to 16 bytes, at least 32), and of a
-//! growing `Vec` or `VecDeque` only the pages written so far. A counting
-//! `#[global_allocator]` would report requested bytes instead, but it needs
-//! `unsafe impl GlobalAlloc`, and `unsafe_code = "forbid"` in `[lints]`
-//! applies to benches too (`forbid` cannot be lifted with `allow`).
+//! growing `Vec` or `VecDeque` only the pages written so far (the `memory`
+//! bench counts requested bytes instead).
 //!
 //! The tiny task's future is one byte; the crate boxes it with its output
 //! mapping, an allocation of a few bytes that takes a 32-byte chunk. Probes:
@@ -71,11 +69,7 @@
 //!   elsewhere. Spawned in batches of 1 024, each batch parked before the
 //!   next, so tokio's run queue stays small.
 //!
-//! Each probe runs three times; the figure is the median. Then, once each,
-//! `peak_limited` and `peak_unlimited`: the growth of the peak resident
-//! memory (`VmHWM`) of a fresh process that makes one `all at once` run of a
-//! million tasks on a current-thread runtime, and how much more anonymous
-//! memory is resident once the run is over than before it.
+//! Each probe runs three times; the figure is the median.
 //!
 //! # Running it
 //!
@@ -106,7 +100,9 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_background::{Monitor, Supervisor};
 
 mod support;
-use support::requests::{multi_thread_runtime, ok, request, serve_one, tasks_of, URI};
+use support::requests::{
+    current_thread_runtime, multi_thread_runtime, ok, request, serve_one, tasks_of, URI,
+};
 use support::{median, Mode};
 
 /// The limit of the `limited` variant.
@@ -201,13 +197,6 @@ fn main() {
 
 // ---------------------------------------------------------------------------
 // Throughput
-
-fn current_thread_runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
 
 /// One timed run.
 #[derive(Clone, Copy, Debug)]
@@ -477,22 +466,6 @@ fn memory(settings: &Settings) {
         std::mem::size_of_val(&naive_task(Box::leak(Box::new(Semaphore::new(1))))),
         per_task[4],
     );
-
-    let tasks = settings.requests * settings.tasks_per_request;
-    println!(
-        "\npeak memory of one all-at-once run of {tasks} tasks (growth of VmHWM, fresh \
-         process, current-thread runtime)"
-    );
-    for name in ["peak_limited", "peak_unlimited"] {
-        let measured = run_probe(name, tasks);
-        let kb = (measured.after - measured.before) as f64;
-        println!(
-            "  {name:<15} {:>7.1} MB = {:>6.1} B per task; still resident after the run: {:>6.1} MB",
-            kb / 1024.0,
-            kb * 1024.0 / tasks as f64,
-            measured.retained as f64 / 1024.0,
-        );
-    }
 }
 
 /// Runs `--probe name n` in a child process; what it measured, in kB.
@@ -521,7 +494,6 @@ fn run_probe(name: &str, n: usize) -> Measured {
     Measured {
         before: field("before_kb="),
         after: field("after_kb="),
-        retained: field("retained_kb="),
     }
 }
 
@@ -538,16 +510,6 @@ fn anon_kb() -> (u64, u64) {
             .unwrap_or_else(|| panic!("no {key} in /proc/self/smaps_rollup"))
     };
     (field("Anonymous:"), field("AnonHugePages:"))
-}
-
-/// The peak resident memory of this process so far (`VmHWM`), in kB.
-fn peak_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("the memory probes read /proc/self/status")
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status")
 }
 
 /// Parked tokio tasks of the `tokio_semaphore` probe.
@@ -573,21 +535,18 @@ fn probe(name: &str, n: usize) {
     let measured = runtime.block_on(probe_on(name, n));
     let (_, huge) = anon_kb();
     println!(
-        "probe={name} n={n} before_kb={} after_kb={} retained_kb={} anon_huge_kb={huge}",
-        measured.before, measured.after, measured.retained,
+        "probe={name} n={n} before_kb={} after_kb={} anon_huge_kb={huge}",
+        measured.before, measured.after,
     );
     std::io::stdout().flush().expect("stdout");
     std::process::exit(0);
 }
 
 /// What a probe measured, in kB.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Measured {
     before: u64,
     after: u64,
-    /// `peak_*` only: anonymous memory still resident once the run is over,
-    /// beyond what it was before.
-    retained: u64,
 }
 
 async fn probe_on(name: &str, n: usize) -> Measured {
@@ -603,11 +562,7 @@ async fn probe_on(name: &str, n: usize) -> Measured {
             }
             let (after, _) = anon_kb();
             black_box(&slots);
-            Measured {
-                before,
-                after,
-                ..Measured::default()
-            }
+            Measured { before, after }
         }
         "lane_one_request" | "lane_n_requests" => {
             let supervisor = Supervisor::builder()
@@ -651,11 +606,7 @@ async fn probe_on(name: &str, n: usize) -> Measured {
             assert_eq!(stats.lanes[0].queued, n as u64);
             // Leave the tasks where they are: no shutdown before the exit.
             std::mem::forget(supervisor);
-            Measured {
-                before,
-                after,
-                ..Measured::default()
-            }
+            Measured { before, after }
         }
         "response_one_request" => {
             let supervisor = Supervisor::builder().max_queued(n).build();
@@ -685,11 +636,7 @@ async fn probe_on(name: &str, n: usize) -> Measured {
             );
             // Leave the tasks where they are: no shutdown before the exit.
             std::mem::forget((supervisor, response));
-            Measured {
-                before,
-                after,
-                ..Measured::default()
-            }
+            Measured { before, after }
         }
         "tokio_semaphore" => {
             let semaphore: &'static Semaphore = Box::leak(Box::new(Semaphore::new(1)));
@@ -708,47 +655,7 @@ async fn probe_on(name: &str, n: usize) -> Measured {
             }
             let (after, _) = anon_kb();
             assert_eq!(semaphore.available_permits(), 0);
-            Measured {
-                before,
-                after,
-                ..Measured::default()
-            }
-        }
-        "peak_limited" | "peak_unlimited" => {
-            let limit = if name == "peak_limited" {
-                LIMIT
-            } else {
-                usize::MAX
-            };
-            let supervisor = Supervisor::builder()
-                .max_running(limit)
-                .max_queued(MAX_QUEUED)
-                .build();
-            let per_request = TASKS_PER_REQUEST.min(n);
-            let mut adding =
-                supervisor
-                    .layer()
-                    .layer(service_fn(move |request: Request<()>| async move {
-                        let tasks = tasks_of(&request);
-                        for _ in 0..per_request {
-                            tasks.add(tiny());
-                        }
-                        Ok::<_, Infallible>(ok())
-                    }));
-            let monitor = supervisor.monitor();
-            let requests = n / per_request;
-            let (anon_before, _) = anon_kb();
-            let before = peak_kb();
-            run_once(&mut adding, &monitor, &uri, requests, requests).await;
-            let after = peak_kb();
-            let (anon_after, _) = anon_kb();
-            assert_eq!(RAN.load(Ordering::SeqCst), n, "every task ran once");
-            std::mem::forget(supervisor);
-            Measured {
-                before,
-                after,
-                retained: anon_after.saturating_sub(anon_before),
-            }
+            Measured { before, after }
         }
         other => panic!("no probe named {other}"),
     }

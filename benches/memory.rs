@@ -39,7 +39,7 @@ use tower::{service_fn, Layer};
 use tower_background::Supervisor;
 
 mod support;
-use support::requests::{ok, serve_one, tasks_of, URI};
+use support::requests::{current_thread_runtime, ok, serve_one, tasks_of, URI};
 
 #[global_allocator]
 static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
@@ -127,11 +127,7 @@ fn main() {
         .skip(1)
         .find_map(|arg| arg.parse().ok())
         .unwrap_or(100_000);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async {
+    current_thread_runtime().block_on(async {
         // Warm the runtime's own lazily made state up before any figure.
         tokio_spawn(1_000).await;
         let baseline = tokio_spawn(n).await;

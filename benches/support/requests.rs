@@ -27,6 +27,14 @@ pub(crate) fn multi_thread_runtime() -> Runtime {
         .expect("a tokio runtime")
 }
 
+/// One thread: no work stealing and no worker wake-ups.
+pub(crate) fn current_thread_runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// A `POST` to `uri` with an empty body.
 pub(crate) fn request(uri: &Uri) -> Request<()> {
     let mut request = Request::new(());
