@@ -1,5 +1,5 @@
 //! Durable jobs against in-process background tasks: enqueue throughput
-//! (jobs/s) and enqueue→start latency, SQLite and PostgreSQL, in one run.
+//! (jobs/s) and enqueue → start latency, SQLite and PostgreSQL, in one run.
 //!
 //! Not a criterion benchmark (`harness = false`): the modes are interleaved
 //! round after round so that all of them see the same moments of a noisy
@@ -9,14 +9,14 @@
 //! # Throughput
 //!
 //! P producers (1 and 16), each a tokio task sending requests one after the
-//! other through the real layer (`tower::ServiceExt::oneshot`, the response
-//! body read to its end), N requests in all. Each handler does one of:
+//! other through the real layer, the response body read to its end, N
+//! requests in all. Each handler does one of:
 //!
 //! - `add`: `tasks.add` of a trivial task (the in-process baseline);
-//! - `enqueue_now`: `queue.push(&job).await` (the job is in the
-//!   database when the handler returns);
-//! - `enqueue`: `queue.enqueue(&tasks, job)` (returns at once; a task pushes the job
-//!   after the response, retrying until it is stored).
+//! - `enqueue_now`: `queue.push(&job).await` (the job is in the database
+//!   when the handler returns);
+//! - `enqueue`: `queue.enqueue(&tasks, job)` (returns at once; a task pushes
+//!   the job after the response, retrying until it is stored).
 //!
 //! "Accepted/s" is N over the time until every producer has its last
 //! response. For `enqueue`, "stored/s" is N over the time until the queue's
@@ -28,35 +28,12 @@
 //!
 //! # Latency, enqueue → start
 //!
-//! K jobs enqueued one every W / K (an open loop: each request is its own
-//! tokio task) over a window W, to an idle queue with in-process workers
-//! started fresh for each run (4 jobs at a time). The latency of a job is
-//! the time from just before the handler's enqueue call to the moment the
-//! job's handler starts (for `add`: the task's first poll).
-//!
-//! An idle apalis 1.0 worker on a SQL backend fetches again only when
-//! something wakes it: one of its jobs completing, its heartbeat timer
-//! (30 s by default), or a poll strategy (`PollWith`). `Workers` uses its
-//! own strategy (`src/durable/wake_up.rs`): a `DEFAULT_POLL_INTERVAL`
-//! (100 ms) tick and, on PostgreSQL, `LISTEN` on apalis's insert trigger.
-//! The modes:
-//!
-//! - `Workers (defaults)`: `Workers::new(&queue).register::<J>().spawn(..)`,
-//!   what the crate does, with `enqueue_now` and with `enqueue`;
-//! - prototypes of other wake-ups, apalis workers built here as
-//!   `workers.rs` builds its own (queue, heartbeat, concurrency): SQLite's
-//!   `SqliteStorage::connect_with_callback` (an update hook on the pool's
-//!   connections; those jobs are pushed through that pool, as
-//!   `JobQueue::push` pushes), a possible next step; and apalis's own
-//!   `PostgresStorage::with_pubsub`, which loses wake-ups (kept to show it).
-//!   The bench's first runs also had its prototype of `WakeUp`; once the
-//!   crate adopted it, it is what `Workers` measures.
-//!
-//! All of these run with W = 1 s, interleaved, every round. Then, once per
-//! round, a sparse run: K jobs over a long window (`--quick`: 10 s, else
-//! 30 s, the default heartbeat), `Workers` and pubsub all at once, each on its own queue (their latencies are tens of milliseconds
-//! or more, which a little contention cannot move). It shows whether a
-//! worker ever misses its wake-up and falls back to its heartbeat.
+//! K jobs enqueued one every W / K over W = 1 s (an open loop: each request
+//! is its own tokio task), to an idle queue with `Workers` started fresh
+//! for each run with its defaults
+//! (`Workers::new(&queue).register::<J>().spawn(..)`). The latency of a job
+//! is the time from just before the handler's enqueue call to the moment
+//! the job's handler starts (for `add`: the task's first poll).
 //!
 //! # PostgreSQL
 //!
@@ -67,51 +44,35 @@
 //! under `/usr/lib/postgresql/*/bin`, then on `PATH`. If neither works, it
 //! prints `PostgreSQL skipped: <why>` and goes on with SQLite. The server
 //! runs with PostgreSQL's defaults (`fsync`, `synchronous_commit` on).
-//!
-//! # SQLite
-//!
-//! `JobQueue::sqlite` on a file in a temporary directory. apalis-sqlite's
-//! `setup` sets WAL and `synchronous = OFF`, but through `execute(&pool)`:
-//! `synchronous` is a per-connection setting, so it holds on the one pooled
-//! connection that ran it; the bench prints what each connection of a pool
-//! opened the same way reports.
+//! SQLite is `JobQueue::sqlite` on a file in a temporary directory.
 //!
 //! # Running it
 //!
 //! ```text
-//! cargo bench -p benches --bench durable              # 5 rounds, about 6 min
+//! cargo bench -p benches --bench durable              # 5 rounds
 //! cargo bench -p benches --bench durable -- --quick   # 1 round, under a minute
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--jobs N` (per throughput
-//! run), `--latency-jobs K`, `--no-slow` (skip the sparse runs),
-//! `--json PATH`. Prints Markdown tables to stdout (progress to stderr) and
-//! writes JSON to `$CARGO_TARGET_DIR/durable-bench.json` (default
-//! `target/durable-bench.json`). Run without `--bench` (as `cargo test
-//! --benches` does) it makes one small pass and writes no JSON. Every wait
-//! is bounded; everything stops by itself.
+//! run), `--latency-jobs K`. Prints a progress line per run to stderr, then
+//! the tables to stdout. Run without `--bench` (as `cargo test --benches`
+//! does) it makes one small pass. Every wait is bounded; everything stops
+//! by itself.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use apalis::prelude::{WorkerBuilder, WorkerBuilderExt, WorkerError};
-use apalis_core::task::builder::TaskBuilder;
-use apalis_core::task::task_id::TaskId;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 use tokio::time::{sleep, sleep_until};
-use tokio_util::sync::CancellationToken;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_background::durable::{
     Job, JobFailure, JobQueue, Workers, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL,
@@ -120,12 +81,10 @@ use tower_background::Supervisor;
 
 mod support;
 use support::requests::{ok, tasks_of};
-use support::{parse, Flags, Mode};
+use support::{parse, print_table, Flags, Mode};
 
-/// Jobs each worker runs at once (`Workers`' default).
-const CONCURRENCY: usize = 4;
-/// The window over which the fast latency modes enqueue their jobs.
-const FAST_WINDOW: Duration = Duration::from_secs(1);
+/// The window over which a latency run enqueues its jobs.
+const WINDOW: Duration = Duration::from_secs(1);
 /// Time for freshly started workers to register and go idle.
 const SETTLE: Duration = Duration::from_millis(300);
 /// Bounds on waits.
@@ -169,12 +128,8 @@ macro_rules! probes {
 probes! {
     // Throughput: never run (no worker registers it).
     Filler = "bench_fill",
-    SlowNow = "bench_slow_now",
-    SlowNotified = "bench_slow_notified",
-    FastNow = "bench_fast_now",
-    FastDeferred = "bench_fast_deferred",
-    Hooked = "bench_hooked",
-    Notified = "bench_notified",
+    Pushed = "bench_pushed",
+    Deferred = "bench_deferred",
 }
 
 /// When each job was enqueued and first started, by sequence number.
@@ -236,31 +191,29 @@ struct Config {
     rounds: usize,
     jobs: usize,
     latency_jobs: usize,
-    slow: bool,
-    slow_window: Duration,
-    json: Option<PathBuf>,
 }
 
 impl Config {
     fn from_args() -> Self {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mode = Mode::from_args(&args);
-        let mut config = match mode {
-            Mode::Smoke => Self::preset(mode, 1, 64, 8, false, 0),
-            Mode::Quick => Self::preset(mode, 1, 400, 30, true, 10),
-            Mode::Full => Self::preset(mode, 5, 2000, 60, true, 30),
+        let (rounds, jobs, latency_jobs) = match mode {
+            Mode::Smoke => (1, 64, 8),
+            Mode::Quick => (1, 400, 30),
+            Mode::Full => (5, 2000, 60),
         };
-        if mode.measures() {
-            config.json = Some(support::default_json_path("durable-bench.json"));
-        }
+        let mut config = Self {
+            mode,
+            rounds,
+            jobs,
+            latency_jobs,
+        };
         let mut flags = Flags::new("durable", args);
         while let Some(flag) = flags.next() {
             match flag.as_str() {
                 "--rounds" => config.rounds = parse(&flags.value("--rounds")),
                 "--jobs" => config.jobs = parse(&flags.value("--jobs")),
                 "--latency-jobs" => config.latency_jobs = parse(&flags.value("--latency-jobs")),
-                "--no-slow" => config.slow = false,
-                "--json" => config.json = Some(PathBuf::from(flags.value("--json"))),
                 other => flags.ignore(other),
             }
         }
@@ -268,25 +221,6 @@ impl Config {
         config.jobs = config.jobs.clamp(16, 100_000);
         config.latency_jobs = config.latency_jobs.clamp(2, 10_000);
         config
-    }
-
-    fn preset(
-        mode: Mode,
-        rounds: usize,
-        jobs: usize,
-        latency_jobs: usize,
-        slow: bool,
-        slow_window_s: u64,
-    ) -> Self {
-        Self {
-            mode,
-            rounds,
-            jobs,
-            latency_jobs,
-            slow,
-            slow_window: Duration::from_secs(slow_window_s),
-            json: None,
-        }
     }
 }
 
@@ -308,12 +242,10 @@ impl Engine {
     }
 }
 
-/// An engine's queue, plus a pool of our own for counting and deleting rows
-/// and for the prototypes' workers.
+/// An engine's queue, plus a pool of our own for counting and deleting rows.
 struct Database {
     engine: Engine,
     queue: JobQueue,
-    url: String,
     admin: Admin,
 }
 
@@ -371,7 +303,6 @@ async fn open_sqlite(dir: &Path) -> Database {
     Database {
         engine: Engine::Sqlite,
         queue,
-        url: format!("sqlite://{}", path.display()),
         admin: Admin::Sqlite(admin),
     }
 }
@@ -388,49 +319,8 @@ async fn open_postgres(url: &str) -> Result<Database, String> {
     Ok(Database {
         engine: Engine::Postgres,
         queue,
-        url: url.to_owned(),
         admin: Admin::Postgres(admin),
     })
-}
-
-/// What `PRAGMA synchronous` and `journal_mode` report on each connection of
-/// a pool set up the way apalis-sqlite's own examples do it (`connect_with`,
-/// then `setup` on that pool), four connections held at once: the reason
-/// `JobQueue::sqlite` runs `setup` on a connection of its own (its unit test
-/// checks that every connection of its pool keeps `FULL`).
-async fn sqlite_pragmas(dir: &Path) -> Value {
-    let path = dir.join("pragmas.db");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .connect_with(options)
-        .await
-        .expect("a pool");
-    apalis_sqlite::SqliteStorage::setup(&pool)
-        .await
-        .expect("setup");
-    let mut held = Vec::new();
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        let mut conn = pool.acquire().await.expect("a connection");
-        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&mut *conn)
-            .await
-            .expect("PRAGMA synchronous");
-        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&mut *conn)
-            .await
-            .expect("PRAGMA journal_mode");
-        seen.push(json!({
-            "synchronous": match synchronous { 0 => "OFF", 1 => "NORMAL", 2 => "FULL", 3 => "EXTRA", _ => "?" },
-            "journal_mode": journal,
-        }));
-        held.push(conn);
-    }
-    drop(held);
-    pool.close().await;
-    Value::Array(seen)
 }
 
 // ---------------------------------------------------------------------------
@@ -763,26 +653,12 @@ async fn throughput(
 // ---------------------------------------------------------------------------
 // Latency.
 
-/// How a latency mode's workers learn of new jobs.
-#[derive(Clone, Copy, Debug)]
-enum Wake {
-    /// In-process tasks: no worker.
-    Task,
-    /// `Workers::spawn` with its defaults (what the crate does).
-    Workers,
-    /// Prototype: SQLite update hook (`connect_with_callback`).
-    SqliteHook,
-    /// Prototype: PostgreSQL `LISTEN`/`NOTIFY` (`with_pubsub`).
-    Pubsub,
-}
-
 #[derive(Clone, Debug)]
 struct LatencyRun {
     key: String,
     /// Sorted latencies, µs.
     latencies: Vec<f64>,
     missing: usize,
-    window: Duration,
 }
 
 impl LatencyRun {
@@ -791,55 +667,25 @@ impl LatencyRun {
     }
 }
 
-fn latency_key(engine: Option<Engine>, path: Call, wake: Wake) -> String {
-    let wake = match wake {
-        Wake::Task => "task".to_owned(),
-        Wake::Workers => "Workers (defaults)".to_owned(),
-        Wake::SqliteHook => "update hook".to_owned(),
-        Wake::Pubsub => "pubsub".to_owned(),
-    };
-    // The update hook's jobs are pushed through the hooked pool directly.
-    let path = match wake.as_str() {
-        "update hook" => "push",
-        _ => path.key(),
-    };
-    format!("{}/{path}/{wake}", engine.map_or("task", Engine::key))
-}
-
-async fn latency<J: Probe>(
-    database: Option<&Database>,
-    path: Call,
-    wake: Wake,
-    jobs: usize,
-    window: Duration,
-) -> LatencyRun {
-    let mut key = latency_key(database.map(|d| d.engine), path, wake);
-    if window > FAST_WINDOW {
-        key += &format!(", {} s window", window.as_secs());
-    }
+/// `jobs` requests through the layer over [`WINDOW`], each doing `path`
+/// with a job `J` (or, without a database, adding a task), and when each
+/// job started: workers registered for `J` alone, started fresh and idle.
+async fn latency<J: Probe>(database: Option<&Database>, path: Call, jobs: usize) -> LatencyRun {
+    let key = format!(
+        "{}/{}",
+        database.map_or("task", |d| d.engine.key()),
+        path.key()
+    );
     let supervisor = Arc::new(Supervisor::new());
-    let stop = CancellationToken::new();
-    let mut prototype = None;
-    let mut hooked_pool = None;
-    let run_name = format!("bench-{}-{}", J::NAME, next_seq());
-    match (wake, database) {
-        (Wake::Task, _) => {}
-        (Wake::Workers, Some(database)) => {
-            Workers::new(&database.queue)
-                .register::<J>()
-                .name(run_name)
-                .spawn(&supervisor);
-        }
-        (wake, Some(database)) => {
-            let (handle, pool) = spawn_prototype::<J>(database, wake, &run_name, stop.clone());
-            prototype = Some(handle);
-            hooked_pool = pool;
-        }
-        (_, None) => unreachable!("workers need a database"),
+    if let Some(database) = database {
+        Workers::new(&database.queue)
+            .register::<J>()
+            .name(format!("bench-{}-{}", J::NAME, next_seq()))
+            .spawn(&supervisor);
     }
     sleep(SETTLE).await;
 
-    let gap = window / jobs as u32;
+    let gap = WINDOW / jobs as u32;
     let t0 = tokio::time::Instant::now();
     let mut seqs = Vec::with_capacity(jobs);
     let mut requests = Vec::with_capacity(jobs);
@@ -849,19 +695,10 @@ async fn latency<J: Probe>(
         let seq = next_seq();
         seqs.push(seq);
         let mut service = service.clone();
-        let hooked_pool = hooked_pool.clone();
         requests.push(tokio::spawn(async move {
-            match hooked_pool {
-                Some(pool) => {
-                    enqueued(seq);
-                    push_direct::<J>(&pool, seq).await;
-                }
-                None => {
-                    let mut request = Request::new(());
-                    request.extensions_mut().insert(Seq(seq));
-                    send(&mut service, request).await;
-                }
-            }
+            let mut request = Request::new(());
+            request.extensions_mut().insert(Seq(seq));
+            send(&mut service, request).await;
         }));
     }
     for request in requests {
@@ -876,10 +713,6 @@ async fn latency<J: Probe>(
     }
     let (latencies, missing) = latencies(&seqs);
 
-    stop.cancel();
-    if let Some(handle) = prototype {
-        let _ = tokio::time::timeout(STOP_TIMEOUT, handle).await;
-    }
     let supervisor = Arc::into_inner(supervisor).expect("the requests are done");
     let _ = tokio::time::timeout(STOP_TIMEOUT, supervisor.shutdown()).await;
     if let Some(database) = database {
@@ -889,84 +722,7 @@ async fn latency<J: Probe>(
         key,
         latencies,
         missing,
-        window,
     }
-}
-
-/// Starts an apalis worker for `J` configured as `src/durable/workers.rs`
-/// configures its own (queue, heartbeat, concurrency), plus the wake-up
-/// strategy `wake`. Returns the worker's task and, for the update hook, the
-/// pool the jobs must be pushed through.
-fn spawn_prototype<J: Probe>(
-    database: &Database,
-    wake: Wake,
-    name: &str,
-    stop: CancellationToken,
-) -> (tokio::task::JoinHandle<()>, Option<sqlx::SqlitePool>) {
-    let handler = |job: J| async move { job.run().await };
-    let stopped = async move {
-        stop.cancelled().await;
-        Ok::<(), WorkerError>(())
-    };
-    let name = name.to_owned();
-    match (wake, &database.admin) {
-        (Wake::SqliteHook, Admin::Sqlite(_)) => {
-            let (pool, listener) =
-                apalis_sqlite::SqliteStorage::connect_with_callback(&database.url)
-                    .expect("a hooked pool");
-            let config = apalis_sqlite::Config::default()
-                .queue(J::NAME)
-                .heartbeat_interval(DEFAULT_HEARTBEAT);
-            let storage = apalis_sqlite::SqliteStorage::<J>::new(&pool)
-                .with_config(config)
-                .with_callback(listener);
-            let worker = WorkerBuilder::new(name)
-                .backend(storage)
-                .concurrency(CONCURRENCY)
-                .build(handler);
-            let handle = tokio::spawn(boxed(worker.run_until(stopped)));
-            (handle, Some(pool))
-        }
-        (Wake::Pubsub, Admin::Postgres(pool)) => {
-            let config = apalis_postgres::Config::default()
-                .queue(J::NAME)
-                .heartbeat_interval(DEFAULT_HEARTBEAT);
-            let storage = apalis_postgres::PostgresStorage::<J>::new(pool)
-                .with_config(config)
-                .with_pubsub();
-            let worker = WorkerBuilder::new(name)
-                .backend(storage)
-                .concurrency(CONCURRENCY)
-                .build(handler);
-            let handle = tokio::spawn(boxed(worker.run_until(stopped)));
-            (handle, None)
-        }
-        (wake, _) => panic!("no prototype {wake:?} for {}", database.engine.key()),
-    }
-}
-
-/// A worker's run as a boxed `Send` future whose result is ignored (as in
-/// `workers.rs`, boxing settles the handler's lifetimes for `tokio::spawn`).
-fn boxed(
-    run: impl Future<Output = Result<(), WorkerError>> + Send + 'static,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    let run: Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>> = Box::pin(run);
-    Box::pin(async move {
-        let _ = run.await;
-    })
-}
-
-/// Pushes `J` number `seq` through `pool` as `JobQueue::push` does.
-async fn push_direct<J: Probe>(pool: &sqlx::SqlitePool, seq: u64) {
-    let args = serde_json::to_vec(&J::with_seq(seq)).expect("JSON");
-    let task = TaskBuilder::new(args)
-        .task_id(TaskId::from_string(ulid::Ulid::generate().to_string()))
-        .max_attempts(J::MAX_ATTEMPTS as usize)
-        .build();
-    let mut conn = pool.acquire().await.expect("a connection");
-    apalis_sqlite::queries::push_tasks(&mut *conn, J::NAME, &[task])
-        .await
-        .expect("push");
 }
 
 // ---------------------------------------------------------------------------
@@ -979,9 +735,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// The median of the finite values, the lower of the middle two for an
-/// even count. Not `support::median`, which keeps NaN and averages the
-/// middle two: this one leaves out a round with no figure (NaN), and
-/// either change would move the durable tables' figures.
+/// even count (unlike `support::median`): a round with no figure (NaN) is
+/// left out.
 fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| v.is_finite());
     values.sort_by(f64::total_cmp);
@@ -1013,15 +768,15 @@ fn main() {
 
     // PostgreSQL: DATABASE_URL, or a private server, or skipped.
     let mut server = None;
-    let mut postgres_note = String::new();
+    let mut postgres_note = "skipped";
     let postgres_url = match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            postgres_note = "DATABASE_URL".to_owned();
+            postgres_note = "DATABASE_URL";
             Some(url)
         }
         _ => match PgServer::start() {
             Ok((started, url)) => {
-                postgres_note = "a private server started by the bench".to_owned();
+                postgres_note = "a private server started by the bench";
                 server = Some(started);
                 Some(url)
             }
@@ -1032,24 +787,25 @@ fn main() {
         },
     };
 
-    let (sqlite, postgres, pragmas) = runtime.block_on(async {
+    let (sqlite, postgres) = runtime.block_on(async {
         let sqlite = open_sqlite(dir.path()).await;
         let postgres = match &postgres_url {
             Some(url) => match open_postgres(url).await {
                 Ok(database) => Some(database),
                 Err(why) => {
                     println!("PostgreSQL skipped: {why}");
+                    postgres_note = "skipped";
                     None
                 }
             },
             None => None,
         };
-        (sqlite, postgres, sqlite_pragmas(dir.path()).await)
+        (sqlite, postgres)
     });
     let databases: Vec<&Database> = std::iter::once(&sqlite).chain(postgres.as_ref()).collect();
     eprintln!(
         "durable ({} mode): {} round(s), {} jobs per throughput run, {} per latency run; \
-         engines: {}; {} cores; SQLite pragmas per pooled connection: {pragmas}",
+         engines: {}; {cores} cores",
         config.mode,
         config.rounds,
         config.jobs,
@@ -1059,7 +815,6 @@ fn main() {
             .map(|d| d.engine.key())
             .collect::<Vec<_>>()
             .join(", "),
-        cores,
     );
 
     let started = Instant::now();
@@ -1095,48 +850,20 @@ fn main() {
             throughput_rounds.push(runs);
 
             let k = config.latency_jobs;
-            let w = FAST_WINDOW;
-            let now = Call::EnqueueNow;
-            let later = Call::Enqueue;
-            let mut runs = vec![latency::<Filler>(None, Call::Add, Wake::Task, k, w).await];
-            runs.push(latency::<FastNow>(Some(&sqlite), now, Wake::Workers, k, w).await);
-            runs.push(latency::<FastDeferred>(Some(&sqlite), later, Wake::Workers, k, w).await);
-            runs.push(latency::<Hooked>(Some(&sqlite), now, Wake::SqliteHook, k, w).await);
-            if let Some(pg) = &postgres {
-                runs.push(latency::<FastNow>(Some(pg), now, Wake::Workers, k, w).await);
-                runs.push(latency::<FastDeferred>(Some(pg), later, Wake::Workers, k, w).await);
-                runs.push(latency::<Notified>(Some(pg), now, Wake::Pubsub, k, w).await);
-            }
-            if config.slow {
-                // Sparse jobs over a long window, every wake-up at once
-                // (each on its own queue): does a worker ever miss one?
-                let w = config.slow_window;
-                let sqlite_runs = latency::<SlowNow>(Some(&sqlite), now, Wake::Workers, k, w);
-                let postgres_runs = async {
-                    match &postgres {
-                        Some(pg) => {
-                            let (a, b) = tokio::join!(
-                                latency::<SlowNow>(Some(pg), now, Wake::Workers, k, w),
-                                latency::<SlowNotified>(Some(pg), now, Wake::Pubsub, k, w),
-                            );
-                            vec![a, b]
-                        }
-                        None => Vec::new(),
-                    }
-                };
-                let (sqlite_run, more) = tokio::join!(sqlite_runs, postgres_runs);
-                runs.push(sqlite_run);
-                runs.extend(more);
+            let mut runs = vec![latency::<Filler>(None, Call::Add, k).await];
+            for database in &databases {
+                runs.push(latency::<Pushed>(Some(database), Call::EnqueueNow, k).await);
+                runs.push(latency::<Deferred>(Some(database), Call::Enqueue, k).await);
             }
             for run in &runs {
                 eprintln!(
-                    "round {round} latency {:<36} p50 {:>9}  p99 {:>9}  max {:>9}  ({} jobs over {:?}, {} never started)",
+                    "round {round} latency {:<22} p50 {:>9}  p99 {:>9}  max {:>9}  \
+                     ({} jobs, {} never started)",
                     run.key,
                     time(run.p(0.5)),
                     time(run.p(0.99)),
                     time(run.p(1.0)),
                     run.latencies.len(),
-                    run.window,
                     run.missing,
                 );
             }
@@ -1149,34 +876,21 @@ fn main() {
     drop(runtime);
     drop(server);
 
-    let summary = summarise(&throughput_rounds, &latency_rounds);
-    print_markdown(&config, &summary, &pragmas, &postgres_note, cores, elapsed);
-    let missing: usize = latency_rounds.iter().flatten().map(|r| r.missing).sum();
+    println!();
+    println!(
+        "Durable jobs, {} mode: {} round(s), {} jobs per throughput run, {} per latency run \
+         over {WINDOW:?}; workers poll every {DEFAULT_POLL_INTERVAL:?}; {cores} cores; \
+         PostgreSQL: {postgres_note}; medians over rounds ({:.0} s in all).",
+        config.mode,
+        config.rounds,
+        config.jobs,
+        config.latency_jobs,
+        elapsed.as_secs_f64(),
+    );
+    print_throughput(&throughput_rounds);
+    print_latency(&latency_rounds);
 
-    if let Some(path) = &config.json {
-        let document = json!({
-            "benchmark": "durable",
-            "mode": config.mode.name(),
-            "unix_time": support::unix_time(),
-            "cores": cores,
-            "config": {
-                "rounds": config.rounds,
-                "jobs_per_throughput_run": config.jobs,
-                "jobs_per_latency_run": config.latency_jobs,
-                "worker_concurrency": CONCURRENCY,
-                "default_heartbeat_s": DEFAULT_HEARTBEAT.as_secs_f64(),
-                "poll_interval_ms": DEFAULT_POLL_INTERVAL.as_secs_f64() * 1e3,
-                "slow_window_s": config.slow_window.as_secs_f64(),
-                "postgres": postgres_note,
-            },
-            "sqlite_pragmas_per_connection": pragmas,
-            "elapsed_s": elapsed.as_secs_f64(),
-            "throughput": summary.throughput,
-            "latency": summary.latency,
-            "ratios": summary.ratios,
-        });
-        support::write_json(path, &document);
-    }
+    let missing: usize = latency_rounds.iter().flatten().map(|r| r.missing).sum();
     if config.mode == Mode::Smoke {
         assert_eq!(missing, 0, "jobs never started in the smoke pass");
         eprintln!(
@@ -1187,173 +901,115 @@ fn main() {
     }
 }
 
-struct Summary {
-    throughput: Vec<Value>,
-    latency: Vec<Value>,
-    ratios: Vec<Value>,
+/// The keys of the first round's runs: every round has the same.
+fn keys<'a>(rounds: &'a [Vec<impl Keyed + 'a>]) -> impl Iterator<Item = &'a str> {
+    rounds.first().into_iter().flatten().map(Keyed::key)
 }
 
-fn summarise(throughput: &[Vec<ThroughputRun>], latency: &[Vec<LatencyRun>]) -> Summary {
-    let keys = |first: Option<&Vec<String>>| first.cloned().unwrap_or_default();
-    let throughput_keys = keys(
-        throughput
-            .first()
-            .map(|r| r.iter().map(|m| m.key.clone()).collect())
-            .as_ref(),
-    );
-    let find = |round: &Vec<ThroughputRun>, key: &str| round.iter().find(|m| m.key == key).cloned();
-    let throughput_rows = throughput_keys
-        .iter()
-        .map(|key| {
-            let runs: Vec<ThroughputRun> = throughput.iter().filter_map(|r| find(r, key)).collect();
-            json!({
-                "key": key,
-                "accepted_per_s": median(runs.iter().map(|m| m.accepted_per_s).collect()),
-                "settled_per_s": median(runs.iter().filter_map(|m| m.settled_per_s).collect()),
-                "accepted_per_s_per_round": runs.iter().map(|m| m.accepted_per_s).collect::<Vec<_>>(),
-                "settled_per_s_per_round": runs.iter().map(|m| m.settled_per_s).collect::<Vec<_>>(),
-                "push_retries": runs.iter().map(|m| m.push_retries).sum::<u64>(),
-            })
-        })
-        .collect();
-    // Each durable mode ÷ `add` with the same producers, within a round.
-    let ratios = throughput_keys
-        .iter()
-        .filter(|key| !key.starts_with("task/"))
-        .filter_map(|key| {
-            let producers = key.rsplit('/').next()?;
-            let baseline = format!("task/add/{producers}");
-            let per_round: Vec<f64> = throughput
-                .iter()
-                .filter_map(|r| {
-                    Some(find(r, key)?.accepted_per_s / find(r, &baseline)?.accepted_per_s)
-                })
-                .collect();
-            Some(json!({
-                "what": format!("accepted/s, {key} ÷ {baseline}"),
-                "median": median(per_round.clone()),
-                "per_round": per_round,
-            }))
-        })
-        .collect();
-    let latency_keys: Vec<String> = latency
-        .first()
-        .map(|r| r.iter().map(|m| m.key.clone()).collect())
-        .unwrap_or_default();
-    let latency_rows = latency_keys
-        .iter()
-        .map(|key| {
-            let runs: Vec<&LatencyRun> = latency
-                .iter()
-                .filter_map(|r| r.iter().find(|m| &m.key == key))
-                .collect();
-            let pooled = {
-                let mut all: Vec<f64> = runs
-                    .iter()
-                    .flat_map(|m| m.latencies.iter().copied())
-                    .collect();
-                all.sort_by(f64::total_cmp);
-                all
-            };
-            json!({
-                "key": key,
-                "p50_us": median(runs.iter().map(|m| m.p(0.5)).collect()),
-                "p99_us": median(runs.iter().map(|m| m.p(0.99)).collect()),
-                "max_us": runs.iter().map(|m| m.p(1.0)).fold(f64::NAN, f64::max),
-                "pooled_p50_us": percentile(&pooled, 0.5),
-                "pooled_p99_us": percentile(&pooled, 0.99),
-                "p50_us_per_round": runs.iter().map(|m| m.p(0.5)).collect::<Vec<_>>(),
-                "p99_us_per_round": runs.iter().map(|m| m.p(0.99)).collect::<Vec<_>>(),
-                "jobs": runs.iter().map(|m| m.latencies.len()).sum::<usize>(),
-                "never_started": runs.iter().map(|m| m.missing).sum::<usize>(),
-                "window_s": runs.first().map_or(0.0, |m| m.window.as_secs_f64()),
-            })
-        })
-        .collect();
-    Summary {
-        throughput: throughput_rows,
-        latency: latency_rows,
-        ratios,
+trait Keyed {
+    fn key(&self) -> &str;
+}
+
+impl Keyed for ThroughputRun {
+    fn key(&self) -> &str {
+        &self.key
     }
 }
 
-fn print_markdown(
-    config: &Config,
-    summary: &Summary,
-    pragmas: &Value,
-    postgres: &str,
-    cores: usize,
-    elapsed: Duration,
-) {
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    println!();
-    println!(
-        "Durable jobs, {} mode: {} round(s), {} jobs per throughput run, {} per latency run; \
-         {} cores; PostgreSQL: {}; medians over rounds ({:.0} s in all).",
-        config.mode,
-        config.rounds,
-        config.jobs,
-        config.latency_jobs,
-        cores,
-        if postgres.is_empty() {
-            "skipped"
-        } else {
-            postgres
-        },
-        elapsed.as_secs_f64(),
-    );
-    println!();
-    println!(
-        "SQLite pragmas per pooled connection after apalis's setup on that pool \
-         (not JobQueue::sqlite's pool): {pragmas}"
-    );
-    println!();
-    println!("| mode (engine/path/producers) | accepted/s | stored/s (`enqueue`), done/s (`add`) | push retries | accepted/s per round |");
-    println!("|---|---|---|---|---|");
-    for row in &summary.throughput {
-        let per_round =
-            support::per_round_cell(&row["accepted_per_s_per_round"], |x| format!("{x:.0}"));
-        let settled = f(&row["settled_per_s"]);
-        println!(
-            "| {} | {:.0} | {} | {} | {} |",
-            row["key"].as_str().unwrap_or(""),
-            f(&row["accepted_per_s"]),
+impl Keyed for LatencyRun {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// `key`'s run in each round.
+fn runs_of<'a, R: Keyed>(rounds: &'a [Vec<R>], key: &'a str) -> impl Iterator<Item = &'a R> {
+    rounds
+        .iter()
+        .filter_map(move |round| round.iter().find(|run| run.key() == key))
+}
+
+/// Each throughput mode's medians, and its accepted/s ÷ that of `add` with
+/// as many producers, within a round, then the median.
+fn print_throughput(rounds: &[Vec<ThroughputRun>]) {
+    let mut rows = Vec::new();
+    for key in keys(rounds) {
+        let runs: Vec<&ThroughputRun> = runs_of(rounds, key).collect();
+        let producers = key.rsplit('/').next().unwrap_or("");
+        let baseline = format!("task/add/{producers}");
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|round| {
+                let of = |key: &str| round.iter().find(|run| run.key == key);
+                Some(of(key)?.accepted_per_s / of(&baseline)?.accepted_per_s)
+            })
+            .collect();
+        let settled = median(runs.iter().filter_map(|run| run.settled_per_s).collect());
+        let per_round: Vec<String> = runs
+            .iter()
+            .map(|run| format!("{:.0}", run.accepted_per_s))
+            .collect();
+        rows.push(vec![
+            key.to_owned(),
+            format!(
+                "{:.0}",
+                median(runs.iter().map(|run| run.accepted_per_s).collect())
+            ),
             if settled.is_finite() {
                 format!("{settled:.0}")
             } else {
                 "—".to_owned()
             },
-            row["push_retries"],
-            per_round,
-        );
+            runs.iter()
+                .map(|run| run.push_retries)
+                .sum::<u64>()
+                .to_string(),
+            format!("{:.4}", median(ratios)),
+            per_round.join(" / "),
+        ]);
     }
-    println!();
-    println!("| ratio (median of per-round ratios) | median | per round |");
-    println!("|---|---|---|");
-    for ratio in &summary.ratios {
-        let per_round = support::per_round_cell(&ratio["per_round"], |x| format!("{x:.4}"));
-        println!(
-            "| {} | **{:.4}** | {} |",
-            ratio["what"].as_str().unwrap_or(""),
-            f(&ratio["median"]),
-            per_round,
-        );
+    print_table(
+        &[
+            "engine/path/producers",
+            "accepted/s",
+            "stored/s (enqueue), done/s (add)",
+            "push retries",
+            "accepted ÷ add",
+            "accepted/s per round",
+        ],
+        &rows,
+    );
+}
+
+/// Each latency mode's medians over rounds of p50 and p99, its largest
+/// latency, and how many of its jobs never started.
+fn print_latency(rounds: &[Vec<LatencyRun>]) {
+    let mut rows = Vec::new();
+    for key in keys(rounds) {
+        let runs: Vec<&LatencyRun> = runs_of(rounds, key).collect();
+        let per_round: Vec<String> = runs.iter().map(|run| time(run.p(0.5))).collect();
+        rows.push(vec![
+            key.to_owned(),
+            time(median(runs.iter().map(|run| run.p(0.5)).collect())),
+            time(median(runs.iter().map(|run| run.p(0.99)).collect())),
+            time(runs.iter().map(|run| run.p(1.0)).fold(f64::NAN, f64::max)),
+            format!(
+                "{} ({})",
+                runs.iter().map(|run| run.latencies.len()).sum::<usize>(),
+                runs.iter().map(|run| run.missing).sum::<usize>()
+            ),
+            per_round.join(" / "),
+        ]);
     }
-    println!();
-    println!("| latency mode (engine/path/wake-up) | p50 | p99 | max | jobs (never started) | window | p50 per round |");
-    println!("|---|---|---|---|---|---|---|");
-    for row in &summary.latency {
-        let per_round = support::per_round_cell(&row["p50_us_per_round"], time);
-        println!(
-            "| {} | {} | {} | {} | {} ({}) | {:.0} s | {} |",
-            row["key"].as_str().unwrap_or(""),
-            time(f(&row["p50_us"])),
-            time(f(&row["p99_us"])),
-            time(f(&row["max_us"])),
-            row["jobs"],
-            row["never_started"],
-            f(&row["window_s"]),
-            per_round,
-        );
-    }
+    print_table(
+        &[
+            "enqueue → start",
+            "p50",
+            "p99",
+            "max",
+            "jobs (never started)",
+            "p50 per round",
+        ],
+        &rows,
+    );
 }

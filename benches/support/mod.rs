@@ -1,7 +1,7 @@
 //! What the benches share: how they tell a measurement from the smoke
-//! pass, the statistics their tables are made of, where and how they write
-//! their JSON, and ([`requests`]) how the in-process benches drive a layered
-//! service.
+//! pass, their flags, the statistics their tables are made of and how the
+//! tables are printed, and ([`requests`]) how the in-process benches drive
+//! a layered service.
 //!
 //! Each bench is a crate of its own and takes this file in with
 //! `mod support;` (`load`, a directory, with
@@ -9,9 +9,9 @@
 //! bench target of it: it looks for benches in `benches/*.rs` and
 //! `benches/*/main.rs` only.
 //!
-//! Only what means the same in every bench lives here. What merely looks
-//! alike stays in its bench: durable's `median` (finite values only, the
-//! lower middle of an even count), each bench's way of printing a time.
+//! Only what means the same in every bench lives here; what merely looks
+//! alike (durable's `median`, each bench's way of printing a time) stays in
+//! its bench.
 
 #![allow(dead_code, reason = "each bench uses only a part of this module")]
 
@@ -30,8 +30,7 @@ pub(crate) mod requests;
 /// check, quickly, that it still works.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// Run without `--bench`: one short pass, no figures worth keeping and
-    /// no JSON written.
+    /// Run without `--bench`: one short pass, no figures worth keeping.
     Smoke,
     /// `--bench --quick`: fewer, shorter rounds.
     Quick,
@@ -58,8 +57,7 @@ impl Mode {
         self != Self::Smoke
     }
 
-    /// The mode's name in the progress lines, the tables and the JSON
-    /// (`"test"` for the smoke pass, as they have always said).
+    /// The mode's name in the progress lines and the tables.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Smoke => "test",
@@ -149,6 +147,30 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Prints a plain table, each column padded to its widest cell, after an
+/// empty line.
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    println!();
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
     }
 }
 
