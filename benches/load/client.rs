@@ -54,8 +54,6 @@ impl Pacing {
 pub(crate) struct ClientRun {
     /// Responses completed inside the window.
     pub(crate) completed: u64,
-    /// Responses completed, warm-up and drain included.
-    pub(crate) total: u64,
     /// Latencies (ns) of the requests sent inside the window; for a paced
     /// window, see [`open_loop`].
     pub(crate) latencies: Vec<u64>,
@@ -83,7 +81,6 @@ impl ClientRun {
         let mut all = Self::default();
         for run in runs {
             all.completed += run.completed;
-            all.total += run.total;
             all.unanswered += run.unanswered;
             all.errors += run.errors;
             all.latencies.extend(run.latencies);
@@ -184,7 +181,6 @@ async fn exchange_until(
     match timeout_at(deadline.into(), exchange(sender)).await {
         Ok(Ok((status, body))) if status == StatusCode::OK && body == BODY => {
             let done = Instant::now();
-            run.total += 1;
             if done >= window.start && done < window.end {
                 run.completed += 1;
             }

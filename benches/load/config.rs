@@ -1,18 +1,20 @@
 //! What a run measures: the variants, the options and their presets for
 //! each mode, and the paced rate.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::support::{self, parse, Flags, Mode};
+use crate::support::{parse, Flags, Mode};
+
+/// Worker threads of the server's runtime and of the client's: one each,
+/// so that on a two-core machine the two sides never compete for a core.
+pub(crate) const SERVER_WORKERS: usize = 1;
+pub(crate) const CLIENT_WORKERS: usize = 1;
 
 /// How long variant 6's task sleeps.
 pub(crate) const SLEEP_TASK: Duration = Duration::from_secs(1);
 
 /// The variants measured again at a paced rate after their saturated
-/// window: those whose latencies the issue compares (6 against 3, and their
-/// `tokio::spawn` baselines 6b and 4), and 6c, which asks whether moving
-/// 6's sleeping tasks off the serving runtime brings its p99 to 3's.
+/// window: 6 against 3, their `tokio::spawn` baselines 6b and 4, and 6c.
 pub(crate) const PACED_VARIANTS: [Variant; 5] = [
     Variant::LayerTask,
     Variant::TokioSpawn,
@@ -24,15 +26,12 @@ pub(crate) const PACED_VARIANTS: [Variant; 5] = [
 /// saturated window's last requests end and its queue drains (variants 6,
 /// 6b and 6c wait longer: [`Variant::paced_lead_in`]).
 pub(crate) const PACED_LEAD_IN: Duration = Duration::from_millis(50);
-/// The paced rate, unless `--rate` sets it, as a share of variant 3's
-/// saturated throughput: well below saturation for every paced variant.
-/// Half was tried first: measured at a quiet moment, half of variant 3's
-/// rate came within a third of variant 6's saturation once the machine got
-/// busy, and variant 6 fell behind its schedule (p50 8–11 ms).
-pub(crate) const PACED_SHARE: f64 = 0.25;
+/// The paced rate as a share of variant 3's saturated throughput: well below saturation for every paced variant,
+/// even on a busy machine.
+const PACED_SHARE: f64 = 0.25;
 /// Bounds on the paced rate (requests/s), so that a connection's period is
 /// never zero.
-pub(crate) const RATE_BOUNDS: (f64, f64) = (1.0, 10_000_000.0);
+const RATE_BOUNDS: (f64, f64) = (1.0, 10_000_000.0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Variant {
@@ -65,15 +64,12 @@ impl Variant {
         Self::LayerBlocking,
     ];
 
-    /// Variants measured only when `--variants` names them: experiments
-    /// that answer one question, kept out of the default run so that
+    /// Variants measured only when `--variants` names them, so that
     /// `--quick` stays under a minute.
     const OPT_IN: [Self; 1] = [Self::SpawnBoxedSleep];
 
-    /// `"1"` to `"7"`, and a letter for the variants added after the others
-    /// were numbered: `"2b"`, the floor under variant 2, and `"6b"` and
-    /// `"6c"`, variant 6 without the layer and with its tasks on a runtime
-    /// of their own, and `"6d"` (opt-in), 6b with its future boxed.
+    /// The variant's number in the tables and in `--variants`: a letter
+    /// marks a variant read against the one of its number.
     pub(crate) fn number(self) -> &'static str {
         match self {
             Self::Bare => "1",
@@ -87,22 +83,6 @@ impl Variant {
             Self::LayerSleepOwnRuntime => "6c",
             Self::SpawnBoxedSleep => "6d",
             Self::LayerBlocking => "7",
-        }
-    }
-
-    pub(crate) fn key(self) -> &'static str {
-        match self {
-            Self::Bare => "bare",
-            Self::LayerNoTask => "layer_no_task",
-            Self::ExtensionOnly => "extension_only",
-            Self::LayerTask => "layer_task",
-            Self::TokioSpawn => "tokio_spawn",
-            Self::TaskTracker => "task_tracker",
-            Self::LayerSleep => "layer_sleep_1s",
-            Self::SpawnSleep => "tokio_spawn_sleep_1s",
-            Self::LayerSleepOwnRuntime => "layer_sleep_1s_own_runtime",
-            Self::SpawnBoxedSleep => "tokio_spawn_boxed_sleep_1s",
-            Self::LayerBlocking => "layer_blocking_2ms",
         }
     }
 
@@ -183,31 +163,20 @@ pub(crate) struct Config {
     /// The paced window of the variants in [`PACED_VARIANTS`] (after
     /// [`PACED_LEAD_IN`]); `None` with `--paced-secs 0`.
     pub(crate) paced: Option<Duration>,
-    /// The paced rate, requests/s (`--rate`); `None`: [`PACED_SHARE`] of
-    /// variant 3's throughput before round 1.
-    pub(crate) rate: Option<f64>,
     pub(crate) connections: usize,
-    pub(crate) server_threads: usize,
-    pub(crate) client_threads: usize,
-    pub(crate) blocking_limit: Option<usize>,
     pub(crate) variants: Vec<Variant>,
-    pub(crate) json: Option<PathBuf>,
 }
 
 impl Config {
     pub(crate) fn from_args() -> Self {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mode = Mode::from_args(&args);
-        // `--quick` is to end within a minute: its windows went from 0.7 s
-        // to 0.5 s when variants 2b and 6c made ten.
+        // `--quick` is to end within a minute.
         let mut config = match mode {
             Mode::Smoke => Self::preset(mode, 1, 0.1, 0.2, 0.1, 4),
             Mode::Quick => Self::preset(mode, 3, 0.2, 0.5, 0.3, 64),
             Mode::Full => Self::preset(mode, 6, 0.5, 2.0, 2.0, 64),
         };
-        if mode.measures() {
-            config.json = Some(support::default_json_path("load-bench.json"));
-        }
         let mut flags = Flags::new("load", args);
         while let Some(flag) = flags.next() {
             match flag.as_str() {
@@ -217,24 +186,6 @@ impl Config {
                 "--paced-secs" => {
                     let secs = flags.value("--paced-secs");
                     config.paced = (parse::<f64>(&secs) > 0.0).then(|| seconds(&secs));
-                }
-                "--rate" => {
-                    let rate = parse::<f64>(&flags.value("--rate"));
-                    assert!(rate.is_finite(), "not a rate: {rate}");
-                    config.rate = Some(rate.clamp(RATE_BOUNDS.0, RATE_BOUNDS.1));
-                }
-                "--connections" => {
-                    config.connections = parse::<usize>(&flags.value("--connections")).max(1)
-                }
-                "--server-threads" => {
-                    config.server_threads = parse::<usize>(&flags.value("--server-threads")).max(1);
-                }
-                "--client-threads" => {
-                    config.client_threads = parse::<usize>(&flags.value("--client-threads")).max(1);
-                }
-                "--blocking-limit" => {
-                    config.blocking_limit =
-                        Some(parse::<usize>(&flags.value("--blocking-limit")).max(1));
                 }
                 "--variants" => {
                     config.variants = flags
@@ -250,7 +201,6 @@ impl Config {
                         })
                         .collect();
                 }
-                "--json" => config.json = Some(PathBuf::from(flags.value("--json"))),
                 other => flags.ignore(other),
             }
         }
@@ -259,7 +209,6 @@ impl Config {
         config.paced = config.paced.map(|paced| paced.min(Duration::from_secs(60)));
         config.warm_up = config.warm_up.min(Duration::from_secs(30));
         config.rounds = config.rounds.min(50);
-        config.connections = config.connections.min(1024);
         config
     }
 
@@ -278,11 +227,7 @@ impl Config {
             measure: Duration::from_secs_f64(measure),
             drain: Duration::from_secs(2),
             paced: Some(Duration::from_secs_f64(paced)),
-            rate: None,
             connections,
-            server_threads: 1,
-            client_threads: 1,
-            blocking_limit: None,
             // The smoke run (`cargo test`) also checks that the opt-in
             // variants still serve.
             variants: if mode == Mode::Smoke {
@@ -294,7 +239,6 @@ impl Config {
             } else {
                 Variant::ALL.to_vec()
             },
-            json: None,
         }
     }
 }
@@ -303,26 +247,21 @@ fn seconds(value: &str) -> Duration {
     Duration::from_secs_f64(parse::<f64>(value).clamp(0.01, 600.0))
 }
 
-/// The rate of every paced window in a run.
+/// The rate of every paced window in a run: [`PACED_SHARE`] of variant 3's
+/// throughput in a run before round 1.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PacedRate {
     /// Requests/s, over all connections.
     pub(crate) per_second: f64,
     /// Variant 3's throughput in the run before round 1.
     pub(crate) variant3_rps: f64,
-    /// Set by `--rate` rather than from `variant3_rps`.
-    pub(crate) from_flag: bool,
 }
 
 impl PacedRate {
-    pub(crate) fn source(&self) -> String {
-        if self.from_flag {
-            "set by `--rate`".to_owned()
-        } else {
-            format!(
-                "{PACED_SHARE} × variant 3's {:.0} req/s, measured before round 1",
-                self.variant3_rps
-            )
+    pub(crate) fn new(variant3_rps: f64) -> Self {
+        Self {
+            per_second: (variant3_rps * PACED_SHARE).clamp(RATE_BOUNDS.0, RATE_BOUNDS.1),
+            variant3_rps,
         }
     }
 }

@@ -2,124 +2,89 @@
 //! HTTP/1.1 keep-alive client, comparing the layer with what users do today.
 //!
 //! Ten variants by default (an eleventh on request), all answering `GET /`
-//! with the same two-byte body `ok`:
+//! with the two-byte body `ok`:
 //!
-//! 1. `bare`: the handler alone, no layer;
-//! 2. `layer_no_task`: the layer installed, nothing queued;
+//! 1. the handler alone, no layer;
+//! 2. the layer installed, nothing queued;
 //!
-//!    2b. `extension_only`: instead of ours, a layer that only inserts a
-//!    clone of one shared `Arc` into each request's extensions (tower's
-//!    `MapRequestLayer`), installed the same way, same handler: the least
-//!    any layer that hands the request a handle costs, so the floor under
-//!    variant 2's target; v2b ÷ v1 is that cost, v2 ÷ v2b our layer's own;
-//! 3. `layer_task`: the layer, one trivial async task per request
-//!    (`tasks.add`);
-//! 4. `tokio_spawn`: no layer, the handler calls `tokio::spawn` with the same
-//!    trivial task;
-//! 5. `task_tracker`: no layer, `tokio_util::task::TaskTracker::spawn` of the
-//!    same task (the tracker reaches the handler as axum `State`);
-//! 6. `layer_sleep_1s`: the layer, one task per request that sleeps 1 s and
-//!    ignores the cancellation token, so tens of thousands of sleeping tasks
-//!    are alive while the server answers;
+//!    2b. a layer that only inserts a clone of one shared `Arc` into each
+//!    request's extensions (tower's `MapRequestLayer`): the least any layer
+//!    that hands the handler something costs; v2b ÷ v1 is that floor,
+//!    v2 ÷ v2b our layer's own share;
+//! 3. the layer, one trivial task per request (`tasks.add`);
+//! 4. no layer, the handler `tokio::spawn`s the same task;
+//! 5. no layer, `TaskTracker::spawn` of the same task (the tracker reaches
+//!    the handler as axum `State`);
+//! 6. the layer, one task per request that sleeps 1 s and ignores the
+//!    cancellation token, so tens of thousands of sleeping tasks are alive
+//!    while the server answers;
 //!
-//!    6b. `tokio_spawn_sleep_1s`: no layer, the handler calls `tokio::spawn`
-//!    with the same 1 s sleep: what that many sleeping tasks cost without
-//!    us (tokio's timer, a second poll), so that variant 6's excess over
-//!    variant 3 can be split between tokio and the layer;
+//!    6b. no layer, `tokio::spawn` of the same sleep: what that many
+//!    sleeping tasks cost tokio alone;
 //!
-//!    6c. `layer_sleep_1s_own_runtime`: variant 6 with the supervisor's
-//!    tasks on a second runtime of one worker (`SupervisorBuilder::runtime`),
-//!    their sleep made in the task so that its timer is that runtime's too:
-//!    does keeping the sleeping tasks off the serving runtime bring variant
-//!    6's p99 to variant 3's? That runtime's threads count as the server's;
+//!    6c. 6 with the supervisor's tasks on a second runtime of one worker
+//!    (`SupervisorBuilder::runtime`), the sleep made in the task so that
+//!    its timer is that runtime's; that runtime's threads count as the
+//!    server's;
 //!
-//!    6d. `tokio_spawn_boxed_sleep_1s`, only when `--variants` names it:
-//!    6b with the sleep boxed and type-erased, as a handed-off task's future
-//!    is. v6d ÷ v6b is what that box costs tokio alone, v6 ÷ v6d the rest
-//!    of our share (CPU per request); it is not paced;
-//! 7. `layer_blocking_2ms`: the layer, one `tasks.add_blocking` closure per
-//!    request that burns about 2 ms of CPU (a loop calibrated at start-up).
-//!    It runs in the supervisor's blocking lane (16 at a time by default,
-//!    `--blocking-limit`); the rest wait in the lane's queue. The closure
-//!    returns at once once the cancellation token is cancelled, so the
-//!    backlog drains at shutdown.
+//!    6d. only when `--variants` names it: 6b with the sleep boxed and
+//!    type-erased, as a handed-off task's future is (not paced);
+//! 7. the layer, one `tasks.add_blocking` closure per request that burns
+//!    about 2 ms of CPU (a loop calibrated at start-up), in the blocking
+//!    lane (16 at a time by default); the closure returns at once once the
+//!    token is cancelled, so the backlog drains at shutdown.
 //!
-//! Each variant runs on a fresh server: its own tokio runtime
-//! (`--server-threads` workers, 1 by default), its own listener and, for the
-//! layer variants, its own supervisor (the default limits, grace 200 ms,
-//! cleanup 150 ms; the rejected count is printed after each variant). The client is another tokio runtime
-//! (`--client-threads` workers, 1 by default) in the same process: 64
-//! connections (`--connections`), one task each, sending requests one after
-//! the other on its keep-alive connection with `hyper::client::conn::http1`.
-//! A closed loop: a slow response holds back its connection's next request.
-//! One worker each means the two sides never compete with each other for a
-//! core on a two-core machine, and the server's cost per request is not
-//! blurred by work stealing.
+//! Each variant runs on a fresh server: its own tokio runtime of one
+//! worker, listener and, for the layer variants, supervisor (default
+//! limits, grace 200 ms, cleanup 150 ms). The client is another runtime of
+//! one worker in the same process: 64 connections, each a task sending requests
+//! one after the other on its keep-alive connection
+//! (`hyper::client::conn::http1`), a closed loop. One worker each keeps the
+//! two sides from competing for a core on a two-core machine.
 //!
-//! A variant warms up (`--warm-up`; variants 6, 6b and 6c at least 1.2 s,
+//! A variant warms up (`--warm-up`; the sleeping variants at least 1.2 s,
 //! until their population of sleeping tasks is steady), then is measured
 //! (`--secs`): throughput is the responses completed inside the window,
-//! latency the time from sending a request started inside the window to its
-//! body's end. The CPU time of the server's threads (workers and blocking
-//! pool, and 6c's tasks' runtime) and of the client's is read from
-//! `/proc/self/task/*/schedstat` at the window's start and end (Linux only),
+//! latency the time from sending a request started inside it to its body's
+//! end. The CPU time of the server's threads and of the client's is read
+//! from `/proc/self/task/*/schedstat` (Linux) at the window's start and end
 //! and reported per request: unlike throughput, it hardly moves when other
 //! processes take the cores.
 //!
-//! Variants are interleaved over rounds (round 1: 1..7 with 2b after 2, 6b
-//! and 6c after 6, round 2: the same, ...) so drift on the machine hits all
-//! of them alike; the tables show medians over rounds, and each ratio is
-//! taken within a round, then its median. After each variant the server
-//! stops, `Supervisor::shutdown` runs (and the tracker is closed and waited
-//! for) and the runtime (6c: both runtimes) is shut down.
+//! Variants are interleaved over rounds, each lettered one right after the
+//! variant it is read against, so drift on the machine hits all alike; the
+//! tables show medians over rounds, and each ratio is taken within a round,
+//! then its median.
 //!
 //! **The paced window.** A saturated closed loop keeps about 64 requests
-//! queued, so its latency is about connections ÷ throughput (Little's law):
-//! its p99 mostly measures the server's CPU per request, and a variant that
-//! costs more per request (6 against 3, 6b against 4: a task that sleeps
-//! costs a timer and a second poll) has the higher p99 whether or not a
-//! response ever waits on a task. So variants 3, 4, 6, 6b and 6c
-//! (`PACED_VARIANTS`) are measured a second time at the same offered rate R
-//! for all of them, below saturation: right after the saturated window, on
-//! the same server and the same 64 connections, an open loop. Connection i
-//! has its k-th request due at `end + i/R + k·64/R`; a request due while its
-//! connection is still busy goes as soon as the connection is free
-//! (`MissedTickBehavior::Burst`), so every request of the schedule is sent.
-//! Latency counts from the due time, so waiting behind a slow response counts
-//! (no coordinated omission), less the client's own lateness in sending once
-//! the request was due and its connection free: tokio's timer has a 1 ms
-//! resolution and fires about 1 ms late, more than the server's whole share
-//! at this load. (The time
-//! from the due time alone, and that lateness, are reported too. The same
-//! resolution means the requests due within one millisecond leave together,
-//! about R/1000 at a time.) The schedule's first 50 ms are not measured
-//! (1.05 s for 6, 6b and 6c, until the tasks started at the saturated rate have
-//! ended and the population of sleeping tasks is the paced rate's, R × 1 s),
-//! then `--paced-secs` are. R is `--rate` if given; otherwise a quarter of the
-//! throughput of variant 3 in a run of its own before round 1, which also
-//! warms the process up, so that every round keeps its order and every
-//! paced window of a run has the same R. The paced table reports the rate
-//! achieved, p50 / p99 / p99.9, server CPU per request, and the ratios v6 ÷
-//! v3 (the issue's target), v6c ÷ v3, v6c ÷ v6, v6b ÷ v4 and v6 ÷ v6b of
-//! the paced p99.
+//! queued, so its p99 mostly measures the server's CPU per request. So
+//! variants 3, 4, 6, 6b and 6c are measured a second time, right after
+//! the saturated window on the same server and connections, at one offered
+//! rate R below saturation: an open loop where connection i has its k-th
+//! request due at `end + i/R + k·64/R`, a request due while its connection
+//! is busy going as soon as it is free (`MissedTickBehavior::Burst`).
+//! Latency counts from the due time (no coordinated omission), less the
+//! client's own lateness in sending once the request was due and its
+//! connection free (tokio's timer fires about 1 ms late, more than the
+//! server's share at this load); both are reported too. The schedule's
+//! first 50 ms (1.05 s for the sleeping variants, until the population of
+//! sleeping tasks is the paced rate's) are not measured, then
+//! `--paced-secs` are. R is a quarter of variant 3's throughput in an
+//! unrecorded run before round 1, which also warms the
+//! process up.
 //!
 //! ```text
-//! cargo bench -p benches --bench load               # 6 rounds × ((0.5 s + 2 s) × 10 + paced 2 s × 5), about 4.5 minutes
-//! cargo bench -p benches --bench load -- --quick    # 3 rounds × ((0.2 s + 0.5 s) × 10 + paced 0.3 s × 5), about 55 s
+//! cargo bench -p benches --bench load               # 6 rounds, about 4.5 minutes
+//! cargo bench -p benches --bench load -- --quick    # 3 rounds, under a minute
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--secs S`, `--warm-up S`,
-//! `--paced-secs S` (0: no paced windows), `--rate N` (requests/s),
-//! `--connections N`, `--server-threads N`, `--client-threads N`,
-//! `--blocking-limit N`, `--variants 1,3,4` and `--json PATH`.
+//! `--paced-secs S` (0: no paced windows) and `--variants 1,3,4`.
 //!
-//! Prints Markdown tables to stdout (progress goes to stderr) and writes
-//! JSON to `$CARGO_TARGET_DIR/load-bench.json` (default
-//! `target/load-bench.json`), the paced windows under `paced`. Run without
-//! `--bench` (as `cargo test --benches` does) it makes one short smoke pass,
-//! paced windows included, and writes no JSON. The
-//! server listens on loopback only; every loop and wait is bounded, and
-//! everything stops by itself.
+//! Prints a progress line per variant and round to stderr, then the tables
+//! to stdout. Run without `--bench` (as `cargo test --benches` does) it
+//! makes one short smoke pass. The server listens on loopback only; every
+//! loop and wait is bounded.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -131,20 +96,17 @@ mod support;
 
 mod client;
 mod config;
-mod json;
-mod markdown;
+mod report;
 mod sample;
 mod server;
 mod stats;
-mod summary;
 
 use client::{drive, ClientRun, Phase};
-use config::{Config, PacedRate, Variant, PACED_SHARE, PACED_VARIANTS, RATE_BOUNDS};
-use markdown::{micros, print_markdown, print_paced_markdown};
+use config::{Config, PacedRate, Variant, CLIENT_WORKERS, PACED_VARIANTS, SERVER_WORKERS};
+use report::micros;
 use sample::CLIENT_THREADS;
 use server::{calibrate_burn, Server, BURN_ITERATIONS, TRIVIAL_RAN};
 use stats::{Measured, Paced, WindowStats};
-use summary::summarise;
 use support::Mode;
 
 /// A pause between two variants, for the last one's threads to go quiet.
@@ -166,21 +128,21 @@ fn main() {
         config.variants.len(),
         config.warm_up,
         config.measure,
-        config.server_threads,
-        config.client_threads,
+        SERVER_WORKERS,
+        CLIENT_WORKERS,
         cores,
         BURN_ITERATIONS.load(Ordering::Relaxed),
     );
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.client_threads)
+        .worker_threads(CLIENT_WORKERS)
         .thread_name(CLIENT_THREADS)
         .enable_all()
         .build()
         .expect("the client runtime");
 
     // Before the first round, variant 3 runs once, unrecorded: it warms the
-    // process up (the allocator, page tables, caches) and, unless `--rate`
-    // sets it, fixes the paced rate at a share of its throughput. A run of
+    // process up (the allocator, page tables, caches) and fixes the paced
+    // rate at a share of its throughput. A run of
     // its own rather than round 1's variant 3, so that the rounds keep their
     // order and every paced window of the run has the same rate.
     let warm_up = Config {
@@ -190,13 +152,7 @@ fn main() {
     let variant3_rps = run_variant(Variant::LayerTask, &warm_up, &client_runtime, None)
         .stats
         .rps;
-    let rate = PacedRate {
-        per_second: config
-            .rate
-            .unwrap_or_else(|| (variant3_rps * PACED_SHARE).clamp(RATE_BOUNDS.0, RATE_BOUNDS.1)),
-        variant3_rps,
-        from_flag: config.rate.is_some(),
-    };
+    let rate = PacedRate::new(variant3_rps);
     eprintln!(
         "warm-up (variant 3): {:.0} req/s (not recorded); paced rate {:.0} req/s",
         variant3_rps, rate.per_second,
@@ -209,10 +165,10 @@ fn main() {
         for &variant in &config.variants {
             let m = run_variant(variant, &config, &client_runtime, Some(rate.per_second));
             eprintln!(
-                "round {round} v{} {:<20} {:>9.0} req/s  p50 {:>7} µs  p99 {:>7} µs  \
+                "round {round} v{:<2} {:<36} {:>9.0} req/s  p50 {:>7} µs  p99 {:>7} µs  \
                  p99.9 {:>7} µs  server CPU {} µs/req ({:.2} cores)  errors {} unanswered {}{}",
                 variant.number(),
-                variant.key(),
+                variant.label(),
                 m.stats.rps,
                 micros(m.stats.p50 as f64),
                 micros(m.stats.p99 as f64),
@@ -257,21 +213,14 @@ fn main() {
         rounds.push(this_round);
     }
     drop(client_runtime);
-    let elapsed = started.elapsed();
+    eprintln!("load: {:.0} s", started.elapsed().as_secs_f64());
 
-    let summary = summarise(&config, &rounds);
-    print_markdown(&config, &rounds, &summary, cores, elapsed);
-    print_paced_markdown(&config, &rate, &rounds, &summary);
+    report::print(&config, &rate, &rounds, cores);
     let failures: u64 = rounds
         .iter()
         .flatten()
         .map(|m| m.stats.failures() + m.paced.as_ref().map_or(0, |paced| paced.stats.failures()))
         .sum();
-
-    if let Some(path) = &config.json {
-        let document = json::document(&config, &rate, &rounds, &summary, cores, elapsed);
-        support::write_json(path, &document);
-    }
 
     if config.mode == Mode::Smoke {
         assert_eq!(failures, 0, "requests failed in the smoke pass");
@@ -292,7 +241,7 @@ fn run_variant(
     paced_rate: Option<f64>,
 ) -> Measured {
     TRIVIAL_RAN.store(0, Ordering::Relaxed);
-    let server = Server::start(variant, config);
+    let server = Server::start(variant);
     let warm_up = variant.warm_up(config);
     let paced = paced_rate
         .filter(|_| PACED_VARIANTS.contains(&variant))
@@ -312,7 +261,6 @@ fn run_variant(
         stats: WindowStats::new(window, &ClientRun::merge(runs), &sampled),
         peak_running: sampled.peak_running,
         peak_queued: sampled.peak_queued,
-        submitted: sampled.submitted,
         trivial_ran: TRIVIAL_RAN.load(Ordering::Relaxed),
         teardown,
         paced: paced.map(Paced::from),
@@ -322,6 +270,12 @@ fn run_variant(
 /// Per-variant notes for the progress line.
 fn extra(m: &Measured) -> String {
     let mut notes = String::new();
+    if matches!(
+        m.variant,
+        Variant::LayerTask | Variant::TokioSpawn | Variant::TaskTracker
+    ) {
+        notes += &format!("  trivial tasks run {}", m.trivial_ran);
+    }
     if let Some(peak) = m.peak_running {
         notes += &format!(
             "  peak running {peak} queued {}",

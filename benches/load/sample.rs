@@ -53,8 +53,6 @@ pub(crate) struct Sampled {
     pub(crate) least_running: Option<u64>,
     /// The largest count of tasks waiting for a slot in their lane.
     pub(crate) peak_queued: Option<u64>,
-    /// Tasks submitted by the end of the window (layer variants).
-    pub(crate) submitted: Option<u64>,
     /// CPU time of the server's threads (workers and blocking pool, and
     /// variant 6c's tasks' runtime) and of the client's, inside the window.
     pub(crate) server_cpu: Option<Duration>,
@@ -90,7 +88,6 @@ pub(crate) async fn sample(monitor: Option<Monitor>, window: Window) -> Sampled 
         peak_running: monitor.as_ref().map(|_| peak_running),
         least_running: monitor.as_ref().map(|_| least_running),
         peak_queued: monitor.as_ref().map(|_| peak_queued),
-        submitted: monitor.as_ref().map(|monitor| monitor.stats().submitted),
         server_cpu: used(server_start, SERVER_THREADS),
         client_cpu: used(client_start, CLIENT_THREADS),
     }

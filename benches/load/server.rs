@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tower::util::MapRequestLayer;
 use tower_background::{BackgroundTasks, Monitor, ShutdownReport, Supervisor};
 
-use crate::config::{Config, Variant, SLEEP_TASK};
+use crate::config::{Variant, SERVER_WORKERS, SLEEP_TASK};
 use crate::sample::{SERVER_TASK_THREADS, SERVER_THREADS};
 
 /// Every variant's response body.
@@ -212,9 +212,9 @@ pub(crate) struct Teardown {
 }
 
 impl Server {
-    pub(crate) fn start(variant: Variant, config: &Config) -> Self {
+    pub(crate) fn start(variant: Variant) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.server_threads)
+            .worker_threads(SERVER_WORKERS)
             .thread_name(SERVER_THREADS)
             .enable_all()
             .build()
@@ -239,10 +239,7 @@ impl Server {
                     Some(tasks_runtime) => builder.runtime(tasks_runtime.handle().clone()),
                     None => builder,
                 };
-                match config.blocking_limit {
-                    Some(limit) => builder.blocking_limit(limit).build(),
-                    None => builder.build(),
-                }
+                builder.build()
             });
             let tracker = (variant == Variant::TaskTracker).then(TaskTracker::new);
             let listener = runtime

@@ -18,16 +18,11 @@ pub(crate) struct WindowStats {
     /// window: the paced rate, unless the server or the client fell
     /// behind).
     pub(crate) rps: f64,
-    pub(crate) requests: u64,
-    /// Responses over the whole loop that held the window, its warm-up (or
-    /// lead-in) and drain included.
-    pub(crate) requests_total: u64,
     /// Latency, ns (for a paced window, as
     /// [`open_loop`](crate::client::open_loop) counts it).
     pub(crate) p50: u64,
     pub(crate) p99: u64,
     pub(crate) p999: u64,
-    pub(crate) max: u64,
     pub(crate) errors: u64,
     pub(crate) unanswered: u64,
     pub(crate) first_error: Option<String>,
@@ -47,12 +42,9 @@ impl WindowStats {
         let seconds = (window.end - window.start).as_secs_f64();
         Self {
             rps: requests as f64 / seconds,
-            requests,
-            requests_total: run.total,
             p50: latency_at(&run.latencies, 0.50),
             p99: latency_at(&run.latencies, 0.99),
             p999: latency_at(&run.latencies, 0.999),
-            max: run.latencies.last().copied().unwrap_or(0),
             errors: run.errors,
             unanswered: run.unanswered,
             first_error: run.first_error.clone(),
@@ -76,7 +68,6 @@ pub(crate) struct Measured {
     pub(crate) stats: WindowStats,
     pub(crate) peak_running: Option<u64>,
     pub(crate) peak_queued: Option<u64>,
-    pub(crate) submitted: Option<u64>,
     /// Trivial tasks run over the variant's life: its paced window's
     /// included.
     pub(crate) trivial_ran: u64,
@@ -92,7 +83,6 @@ pub(crate) struct Paced {
     pub(crate) stats: WindowStats,
     /// From when a request was due to its body's end, the client's lateness
     /// included, ns.
-    pub(crate) from_schedule_p50: u64,
     pub(crate) from_schedule_p99: u64,
     /// The client's lateness in sending, ns.
     pub(crate) send_lag_p50: u64,
@@ -113,7 +103,6 @@ impl From<Phase> for Paced {
         let run = ClientRun::merge(runs);
         Self {
             stats: WindowStats::new(window, &run, &sampled),
-            from_schedule_p50: latency_at(&run.from_schedule, 0.50),
             from_schedule_p99: latency_at(&run.from_schedule, 0.99),
             send_lag_p50: latency_at(&run.send_lags, 0.50),
             send_lag_p99: latency_at(&run.send_lags, 0.99),

@@ -16,9 +16,6 @@
 #![allow(dead_code, reason = "each bench uses only a part of this module")]
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-
-use serde_json::Value;
 
 pub(crate) mod requests;
 
@@ -171,52 +168,6 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
-    }
-}
-
-/// A Markdown table's "per round" cell: each number of the JSON array
-/// `values` (a summary row's per-round figures) shown by `show`, joined by
-/// ` / `; what is not a number shows as NaN. The tables print from the same
-/// summary the JSON holds.
-pub(crate) fn per_round_cell(values: &Value, show: impl Fn(f64) -> String) -> String {
-    let shown: Vec<String> = values
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| show(v.as_f64().unwrap_or(f64::NAN)))
-        .collect();
-    shown.join(" / ")
-}
-
-/// Where a bench writes its JSON unless `--json` says otherwise:
-/// `file_name` in `$CARGO_TARGET_DIR`, or in the workspace's `target/`
-/// (this package sits one level below the workspace root), where cargo's
-/// own output goes and git does not look.
-pub(crate) fn default_json_path(file_name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join(file_name)
-}
-
-/// Seconds since the Unix epoch, for the JSON's `unix_time`: which run a
-/// file holds, once several have been kept.
-pub(crate) fn unix_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Writes `document` to `path`, pretty-printed, creating its folder. A
-/// failure is said on stderr rather than panicking: the tables are printed
-/// by then, and a run of minutes should not end in a panic over a path.
-pub(crate) fn write_json(path: &Path, document: &Value) {
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(path, serde_json::to_string_pretty(document).expect("JSON")) {
-        Ok(()) => eprintln!("wrote {}", path.display()),
-        Err(error) => eprintln!("could not write {}: {error}", path.display()),
     }
 }
 
