@@ -137,10 +137,16 @@ async fn push_until_stored(
         .max_delay(MAX_PUSH_DELAY);
     let mut attempt = 1;
     loop {
-        let stored = match jobs.as_slice() {
+        let mut stored = match jobs.as_slice() {
             [job] => queue.push_encoded(job).await.map(|inserted| vec![inserted]),
             jobs => queue.push_encoded_all(jobs).await,
         };
+        if stored.is_err() && committed_after_all(&queue, &jobs).await {
+            // The commit went through but its answer was lost (the
+            // connection broke after it): pushing again would fail on the
+            // jobs' own ids forever.
+            stored = Ok(jobs.iter().map(|job| Inserted::New(job.id)).collect());
+        }
         let error = match stored {
             Ok(inserted) => {
                 unstored.stored = true;
@@ -172,6 +178,17 @@ async fn push_until_stored(
         }
         attempt = attempt.saturating_add(1);
     }
+}
+
+/// Whether a push that failed was committed all the same. The jobs of one
+/// push are stored in one transaction, so one plain job found stored means
+/// they all are (a unique job's own id is not stored when its key is held,
+/// and pushing it again is harmless anyway).
+async fn committed_after_all(queue: &JobQueue, jobs: &[EncodedJob]) -> bool {
+    let Some(plain) = jobs.iter().find(|job| job.unique_key.is_none()) else {
+        return false;
+    };
+    matches!(queue.job_type(plain.id).await, Ok(Some(_)))
 }
 
 /// Counts and logs the deferred jobs of a push that ended without storing

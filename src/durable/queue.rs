@@ -322,7 +322,7 @@ impl JobQueue {
     /// The job type (queue name) job `id` was pushed under, if the database
     /// has it. Reads apalis's job table directly: apalis has no lookup by
     /// id that leaves the type out.
-    async fn job_type(&self, id: JobId) -> Result<Option<String>, JobError> {
+    pub(crate) async fn job_type(&self, id: JobId) -> Result<Option<String>, JobError> {
         let id = id.to_string();
         match &self.engine {
             #[cfg(feature = "sqlite")]

@@ -6,6 +6,9 @@
 //!   works again once the database is back.
 //! - A deferred push (`enqueue`) is retried, counted in `push_retries`, and
 //!   delivered when the database returns; the job then runs to the end.
+//! - A burst of deferred pushes during the outage (their group commits
+//!   failing together) is stored once each when the database returns: none
+//!   lost, none twice.
 //! - If shutdown's grace period ends while the database is still away, the
 //!   deferred job is counted `abandoned` and logged at `ERROR` with its
 //!   JSON; the database never got it.
@@ -28,7 +31,11 @@ use crate::support::{on_each_engine, wait_until, Db, LogCapture, HEARTBEAT, POLL
 on_each_engine!(
     enqueue_now_while_down_is_a_503,
     deferred_push_is_retried_until_database_returns,
+    a_burst_deferred_during_an_outage_is_stored_once_each,
 );
+
+/// How many requests the outage burst sends at once.
+const BURST: usize = 200;
 
 const JOB: Add = Add { x: 41, y: 1 };
 
@@ -145,6 +152,40 @@ async fn deferred_push_is_retried_until_database_returns(db: Db) {
         "{stats:?}"
     );
     assert!(stats.push_retries > 0, "{stats:?}");
+    assert!(supervisor.shutdown().await.is_complete());
+}
+
+async fn a_burst_deferred_during_an_outage_is_stored_once_each(db: Db) {
+    let (queue, mut outage) = db.cuttable_queue().await;
+    let supervisor = Supervisor::new();
+    let app = routes(&supervisor, &queue);
+
+    outage.begin().await;
+    let responses = futures_util::future::join_all(
+        (0..BURST).map(|_| async { status_and_json(post_to(&app, "/later").await).await }),
+    )
+    .await;
+    assert!(responses
+        .iter()
+        .all(|(status, _)| *status == StatusCode::OK));
+    wait_until("the pushes fail and are retried", || {
+        queue.stats().push_retries > 0
+    })
+    .await;
+    assert_eq!(queue.stats().pushed_deferred, 0);
+
+    outage.end().await;
+    wait_until("every deferred job is stored", || {
+        queue.stats().pushed_deferred == BURST as u64
+    })
+    .await;
+    assert_eq!(db.stored_jobs().await, BURST as i64, "lost or doubled jobs");
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.deferred, stats.pushed_deferred, stats.abandoned),
+        (BURST as u64, BURST as u64, 0),
+        "{stats:?}"
+    );
     assert!(supervisor.shutdown().await.is_complete());
 }
 
