@@ -18,11 +18,8 @@
 //! > Ir per unit = (Ir for n = 22 000 − Ir for n = 2 000) ÷ 20 000,
 //!
 //! so that what a run costs whatever its `n` (start-up, building the
-//! runtime and the services, the shutdown) cancels out. The figures are in
-//! `BENCHMARKS.md`; the earlier ones there came from a scratch driver outside
-//! the repository, which this bench replaces with the same scenarios under
-//! the same names (its `ax_layer_outerb` and `ax_add_outerb` are
-//! `ax_layer_around` and `ax_add_around` here). Count them all, or some, with
+//! runtime and the services, the shutdown) cancels out. Count them all, or
+//! some, with
 //!
 //! ```text
 //! bash benches/instructions.sh [scenario ...]
@@ -45,21 +42,12 @@
 //! empty body, served in process by `support::requests::serve_one`, which
 //! reads the response body frame by frame as hyper does.
 //!
-//!
 //! - `spawn` (baseline): `n` × `tokio::spawn` of a trivial task; per task.
-//! - `spawn_yield` (baseline): the same with a task that yields once.
-//! - `spawn_batch` (baseline): `tokio::spawn` in batches of 1 000, waiting
-//!   for each batch to run before the next; per task.
 //! - `batch`: requests through the layer of 1 000 trivial tasks each, each
 //!   request's tasks waited for before the next (as `handoff`'s
 //!   `one_request_n_tasks` does); per task. `n` is a multiple of 1 000.
-//! - `one`: one request through the layer that adds all `n` tasks; per task.
-//! - `lane`: the same through the default lane limited to
-//!   `max_running(1024)` (1 024 run, the rest queue); per task.
-//!   `BENCHMARKS.md` quotes it at n = 10 000 and 110 000.
 //! - `nreq`: `n` requests through the layer, each adding one trivial task;
 //!   per request.
-//! - `nreq_yield`: the same with a task that yields once.
 //! - `nreq_sleep`: the same with a task that sleeps 8 s (all `n` asleep at
 //!   once; the requests yield every 64 so that the tasks start meanwhile).
 //! - `spawn_sleep` (baseline): `n` requests without the layer whose handler
@@ -94,8 +82,7 @@
 //!
 //! Every router gets `.with_state(())` once before it serves, as
 //! `axum::serve` does with a `Router` (`into_make_service`): without it axum
-//! turns each handler into a route again on every request (about 170 Ir more
-//! per request, and 600–700 with `Router::layer`).
+//! would turn each handler into a route again on every request.
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -115,9 +102,9 @@ use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_background::{BackgroundTasks, Supervisor};
 
 mod support;
-use support::requests::{ok, read_to_end, serve_one, tasks_of, URI};
+use support::requests::{current_thread_runtime, ok, read_to_end, serve_one, tasks_of, URI};
 
-/// Tasks per request in `batch`, and per batch in `spawn_batch`.
+/// Tasks per request in `batch`.
 const BATCH: usize = 1000;
 /// Units per scenario in the check pass: one batch.
 const SMOKE_N: usize = BATCH;
@@ -131,13 +118,8 @@ const SMOKE_SLEEP: Duration = Duration::from_millis(1);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
     Spawn,
-    SpawnYield,
-    SpawnBatch,
     Batch,
-    One,
-    Lane,
     Nreq,
-    NreqYield,
     NreqSleep,
     SpawnSleep,
     Empty,
@@ -155,101 +137,28 @@ enum Scenario {
     AxAddAround,
 }
 
-impl Scenario {
-    const ALL: [Self; 23] = [
-        Self::Spawn,
-        Self::SpawnYield,
-        Self::SpawnBatch,
-        Self::Batch,
-        Self::One,
-        Self::Lane,
-        Self::Nreq,
-        Self::NreqYield,
-        Self::NreqSleep,
-        Self::SpawnSleep,
-        Self::Empty,
-        Self::Bare,
-        Self::Ext,
-        Self::NreqSpawn,
-        Self::NreqTracker,
-        Self::AxBare,
-        Self::AxExt,
-        Self::AxLayer,
-        Self::AxAdd,
-        Self::AxSpawn,
-        Self::AxTracker,
-        Self::AxLayerAround,
-        Self::AxAddAround,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Spawn => "spawn",
-            Self::SpawnYield => "spawn_yield",
-            Self::SpawnBatch => "spawn_batch",
-            Self::Batch => "batch",
-            Self::One => "one",
-            Self::Lane => "lane",
-            Self::Nreq => "nreq",
-            Self::NreqYield => "nreq_yield",
-            Self::NreqSleep => "nreq_sleep",
-            Self::SpawnSleep => "spawn_sleep",
-            Self::Empty => "empty",
-            Self::Bare => "bare",
-            Self::Ext => "ext",
-            Self::NreqSpawn => "nreq_spawn",
-            Self::NreqTracker => "nreq_tracker",
-            Self::AxBare => "ax_bare",
-            Self::AxExt => "ax_ext",
-            Self::AxLayer => "ax_layer",
-            Self::AxAdd => "ax_add",
-            Self::AxSpawn => "ax_spawn",
-            Self::AxTracker => "ax_tracker",
-            Self::AxLayerAround => "ax_layer_around",
-            Self::AxAddAround => "ax_add_around",
-        }
-    }
-
-    /// What one unit is, for the usage text (the `//!` comment says more).
-    fn what(self) -> &'static str {
-        match self {
-            Self::Spawn => "tokio::spawn of a trivial task",
-            Self::SpawnYield => "tokio::spawn of a task that yields once",
-            Self::SpawnBatch => "tokio::spawn, in batches of 1000 each waited for",
-            Self::Batch => "a task added, by requests of 1000 each waited for",
-            Self::One => "a task added, all in one request",
-            Self::Lane => "a task added, all in one request, through the default lane",
-            Self::Nreq => "a request through the layer adding one trivial task",
-            Self::NreqYield => "a request through the layer adding a task that yields once",
-            Self::NreqSleep => "a request through the layer adding a task that sleeps",
-            Self::SpawnSleep => "a request, no layer, tokio::spawn of a task that sleeps",
-            Self::Empty => "a request through the layer, the handle looked up, no task added",
-            Self::Bare => "a request, no layer",
-            Self::Ext => "a request through a layer inserting one extension",
-            Self::NreqSpawn => "a request, no layer, tokio::spawn of a trivial task",
-            Self::NreqTracker => "a request, no layer, TaskTracker::spawn of a trivial task",
-            Self::AxBare => "an axum request, no layer",
-            Self::AxExt => "an axum request, Router::layer inserting one extension",
-            Self::AxLayer => "an axum request, Router::layer(supervisor.layer())",
-            Self::AxAdd => "an axum request, Router::layer, one task added",
-            Self::AxSpawn => "an axum request, no layer, tokio::spawn",
-            Self::AxTracker => "an axum request, no layer, TaskTracker::spawn",
-            Self::AxLayerAround => "an axum request, the layer around the router",
-            Self::AxAddAround => "an axum request, the layer around the router, one task added",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|scenario| scenario.name() == name)
-    }
-
-    /// Whether `n` counts tasks handed out in batches of [`BATCH`].
-    fn batched(self) -> bool {
-        matches!(self, Self::Batch | Self::SpawnBatch)
-    }
-}
+/// Every scenario by name, in the order the check pass and
+/// `instructions.sh` run them.
+const SCENARIOS: [(&str, Scenario); 18] = [
+    ("spawn", Scenario::Spawn),
+    ("batch", Scenario::Batch),
+    ("nreq", Scenario::Nreq),
+    ("nreq_sleep", Scenario::NreqSleep),
+    ("spawn_sleep", Scenario::SpawnSleep),
+    ("empty", Scenario::Empty),
+    ("bare", Scenario::Bare),
+    ("ext", Scenario::Ext),
+    ("nreq_spawn", Scenario::NreqSpawn),
+    ("nreq_tracker", Scenario::NreqTracker),
+    ("ax_bare", Scenario::AxBare),
+    ("ax_ext", Scenario::AxExt),
+    ("ax_layer", Scenario::AxLayer),
+    ("ax_add", Scenario::AxAdd),
+    ("ax_spawn", Scenario::AxSpawn),
+    ("ax_tracker", Scenario::AxTracker),
+    ("ax_layer_around", Scenario::AxLayerAround),
+    ("ax_add_around", Scenario::AxAddAround),
+];
 
 // ---------------------------------------------------------------------------
 // The countdown
@@ -265,12 +174,6 @@ fn arm(tasks: usize) {
 /// The trivial task's whole body.
 fn tick() {
     LEFT.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// A task that is pending once before it ticks.
-async fn yield_then_tick() {
-    tokio::task::yield_now().await;
-    tick();
 }
 
 /// Yields to the scheduler until no more than `left` trivial tasks are
@@ -289,8 +192,8 @@ async fn settle() {
 // ---------------------------------------------------------------------------
 // Supervisors and requests
 
-/// The supervisor of every scenario but `lane`: limits high enough that no
-/// task ever waits for a slot or is refused.
+/// The supervisor of every scenario: limits high enough that no task ever
+/// waits for a slot or is refused.
 fn supervisor() -> Supervisor {
     Supervisor::builder()
         .max_running(1 << 20)
@@ -387,11 +290,7 @@ impl Marker {
 /// sleeping tasks sleeping for `sleep`, and returns once all its tasks have
 /// run.
 fn run(scenario: Scenario, n: usize, sleep: Duration) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async move {
+    current_thread_runtime().block_on(async move {
         match scenario {
             Scenario::Spawn => {
                 arm(n);
@@ -400,36 +299,8 @@ fn run(scenario: Scenario, n: usize, sleep: Duration) {
                 }
                 settle().await;
             }
-            Scenario::SpawnYield => {
-                arm(n);
-                for _ in 0..n {
-                    drop(tokio::spawn(yield_then_tick()));
-                }
-                settle().await;
-            }
-            Scenario::SpawnBatch => {
-                arm(n);
-                for batch in 1..=n / BATCH {
-                    for _ in 0..BATCH {
-                        drop(tokio::spawn(async { tick() }));
-                    }
-                    settle_to(n - batch * BATCH).await;
-                }
-            }
             Scenario::Batch => batch(n).await,
-            Scenario::One => one_request(supervisor(), n).await,
-            Scenario::Lane => {
-                one_request(
-                    Supervisor::builder()
-                        .max_running(1024)
-                        .max_queued(1 << 20)
-                        .build(),
-                    n,
-                )
-                .await;
-            }
             Scenario::Nreq => one_task_requests(n, || async { tick() }).await,
-            Scenario::NreqYield => one_task_requests(n, yield_then_tick).await,
             Scenario::NreqSleep => nreq_sleep(n, sleep).await,
             Scenario::SpawnSleep => spawn_sleep(n, sleep).await,
             Scenario::Empty => {
@@ -517,27 +388,8 @@ async fn batch(n: usize) {
     finish(supervisor, n).await;
 }
 
-/// `one` and `lane`: one request through `supervisor`'s layer that adds
-/// `n` trivial tasks.
-async fn one_request(supervisor: Supervisor, n: usize) {
-    let mut service =
-        supervisor
-            .layer()
-            .layer(service_fn(move |request: Request<()>| async move {
-                let tasks = tasks_of(&request);
-                for _ in 0..n {
-                    tasks.add(async { tick() });
-                }
-                Ok::<_, Infallible>(ok())
-            }));
-    arm(n);
-    serve_one(&mut service, &uri()).await;
-    settle().await;
-    finish(supervisor, n).await;
-}
-
-/// `nreq` and `nreq_yield`: `n` requests through the layer, each adding one
-/// task made by `task`, which ticks.
+/// `nreq`: `n` requests through the layer, each adding one task made by
+/// `task`, which ticks.
 async fn one_task_requests<T, F>(n: usize, task: T)
 where
     T: Fn() -> F + Copy + Send + 'static,
@@ -667,15 +519,15 @@ fn smoke(filter: Option<&str>) {
          `bash benches/instructions.sh` counts instructions)"
     );
     let mut ran = 0;
-    for scenario in Scenario::ALL {
-        if filter.is_some_and(|filter| !scenario.name().contains(filter)) {
+    for (name, scenario) in SCENARIOS {
+        if filter.is_some_and(|filter| !name.contains(filter)) {
             continue;
         }
         let started = Instant::now();
         run(scenario, SMOKE_N, SMOKE_SLEEP);
         println!(
             "  {:<16} ok: n = {SMOKE_N} in {:.1?}",
-            scenario.name(),
+            name,
             started.elapsed()
         );
         ran += 1;
@@ -697,18 +549,19 @@ fn usage(problem: &str) -> ExitCode {
     eprintln!("                                    filter) with n = {SMOKE_N}");
     eprintln!("       instructions --list          the scenario names, one a line");
     eprintln!();
-    eprintln!("scenarios, and what one unit is:");
-    for scenario in Scenario::ALL {
-        eprintln!("  {:<16} {}", scenario.name(), scenario.what());
-    }
+    let names: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+    eprintln!(
+        "scenarios (see benches/instructions.rs): {}",
+        names.join(" ")
+    );
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|arg| arg == "--list") {
-        for scenario in Scenario::ALL {
-            println!("{}", scenario.name());
+        for (name, _) in SCENARIOS {
+            println!("{name}");
         }
         return ExitCode::SUCCESS;
     }
@@ -723,13 +576,13 @@ fn main() -> ExitCode {
         [] => smoke(None),
         [filter] => smoke(Some(filter)),
         [name, n] => {
-            let Some(scenario) = Scenario::from_name(name) else {
+            let Some(&(_, scenario)) = SCENARIOS.iter().find(|(known, _)| *known == name) else {
                 return usage(&format!("no scenario named {name:?}"));
             };
             let Ok(n) = n.parse::<usize>() else {
                 return usage(&format!("not a number of units: {n:?}"));
             };
-            if scenario.batched() && n % BATCH != 0 {
+            if scenario == Scenario::Batch && n % BATCH != 0 {
                 return usage(&format!("{name} needs a multiple of {BATCH}, not {n}"));
             }
             run(scenario, n, SLEEP);

@@ -16,11 +16,13 @@
 # build, the counts repeat to the instruction, but for those two, whose timers
 # depend on the clock (a few Ir per unit from run to run).
 #
+# When both ax_add and ax_tracker are counted, it also checks the ceiling
+# BENCHMARKS.md holds the layer to: a one-task request through axum at most
+# 4 100 Ir over one calling TaskTracker::spawn (exit status 1 if not).
+#
 # Environment:
 #   INSTRUCTIONS_N1, INSTRUCTIONS_N2  the two sizes (default 2000 and 22000;
-#                                     BENCHMARKS.md quotes `lane` at 10000
-#                                     and 110000); batch and spawn_batch need
-#                                     multiples of 1000
+#                                     batch needs multiples of 1000)
 #   INSTRUCTIONS_OUT                  a directory to keep the callgrind files
 #                                     in (callgrind.<scenario>.<n>), for
 #                                     callgrind_annotate; build with
@@ -90,8 +92,22 @@ count() {
 echo "binary: $bin" >&2
 echo "counting n = $n1 and n = $n2 for ${#scenarios[@]} scenario(s)..." >&2
 printf '%-16s %12s\n' scenario 'Ir per unit'
+declare -A per_unit
 for scenario in "${scenarios[@]}"; do
     small=$(count "$scenario" "$n1")
     large=$(count "$scenario" "$n2")
-    printf '%-16s %12d\n' "$scenario" $(((large - small) / (n2 - n1)))
+    per_unit[$scenario]=$(((large - small) / (n2 - n1)))
+    printf '%-16s %12d\n' "$scenario" "${per_unit[$scenario]}"
 done
+
+# The TaskTracker ceiling (BENCHMARKS.md, "Where the targets stand").
+ceiling=4100
+if [[ -n ${per_unit[ax_add]:-} && -n ${per_unit[ax_tracker]:-} ]]; then
+    over=$((per_unit[ax_add] - per_unit[ax_tracker]))
+    if ((over <= ceiling)); then
+        echo "ax_add - ax_tracker = $over Ir per request: within the ceiling of $ceiling"
+    else
+        echo "ax_add - ax_tracker = $over Ir per request: OVER the ceiling of $ceiling"
+        exit 1
+    fi
+fi
