@@ -255,16 +255,23 @@ impl SupervisorBuilder {
     /// like `tokio::spawn`.
     pub fn build(self) -> Supervisor {
         let runtime = self.runtime.unwrap_or_else(Handle::current);
-        let mut lanes = vec![
-            Lane::new("default", self.max_running),
-            Lane::new("blocking", self.blocking_limit),
+        crate::metrics::describe();
+        let mut limits = vec![
+            ("default".to_owned(), self.max_running),
+            ("blocking".to_owned(), self.blocking_limit),
         ];
         for (name, limit) in self.lanes {
-            match lanes.iter_mut().find(|lane| *lane.name == *name) {
-                Some(lane) => *lane = Lane::new(&name, limit),
-                None => lanes.push(Lane::new(&name, limit)),
+            match limits.iter_mut().find(|(lane, _)| *lane == name) {
+                Some(lane) => lane.1 = limit,
+                None => limits.push((name, limit)),
             }
         }
+        // Each lane made once, with its final limit: making one registers
+        // its metrics.
+        let lanes = limits
+            .iter()
+            .map(|(name, limit)| Lane::new(name, *limit))
+            .collect();
         let set = Arc::new(TaskSet::new(
             runtime,
             lanes,

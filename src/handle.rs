@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attempt;
 use crate::error::AddError;
+use crate::metrics::{self, Ended};
 use crate::origin::RequestLine;
 use crate::output::TaskOutput;
 use crate::request_queue::{Closed, RequestQueue};
@@ -212,6 +213,7 @@ impl BackgroundTasks {
                     let error = AddError::UnknownLane(name.to_string());
                     if counted {
                         set.reject(&error, &request.line);
+                        metrics::rejected_in_unknown_lane(task.name);
                         request.answer_with(error.clone());
                     }
                     return Err(error);
@@ -227,12 +229,14 @@ impl BackgroundTasks {
     fn offer(&self, task: QueuedTask, counted: bool) -> Result<(), AddError> {
         let request = &self.request;
         let set = &request.set;
+        let lane_of = |lane| &set.lane(lane).metrics;
         match set.admit() {
             Ok(()) => {}
             Err(Refusal::Closed) => {
                 if counted {
                     set.counters.submitted();
                     set.refuse(1, &request.line);
+                    metrics::count_each(lane_of, [(task.lane, task.name())], Ended::Refused);
                     request.answer_with(AddError::ShuttingDown);
                 }
                 return Err(AddError::ShuttingDown);
@@ -243,6 +247,7 @@ impl BackgroundTasks {
                 };
                 if counted {
                     set.reject(&error, &request.line);
+                    metrics::count_each(lane_of, [(task.lane, task.name())], Ended::Rejected);
                     request.answer_with(error.clone());
                 }
                 return Err(error);
@@ -263,6 +268,7 @@ impl BackgroundTasks {
                 if counted {
                     set.counters.submitted();
                     set.discard(1, reason, &request.line);
+                    metrics::count_each(lane_of, [(task.lane, task.name())], Ended::Discarded);
                 }
                 Err(AddError::Discarded)
             }
@@ -297,10 +303,13 @@ impl RequestTasks {
     pub(crate) fn discard(self: &Arc<Self>, reason: DiscardReason) {
         if let Some(tasks) = self.queue.close(Closed::Discarded(reason)) {
             let n = tasks.len() as u64;
+            let set = &self.set;
+            let each = tasks.iter().map(|task| (task.lane, task.name()));
+            metrics::count_each(|lane| &set.lane(lane).metrics, each, Ended::Discarded);
             drop(tasks);
             if n > 0 {
-                self.set.unpend(n);
-                self.set.discard(n, reason, &self.line);
+                set.unpend(n);
+                set.discard(n, reason, &self.line);
             }
         }
     }

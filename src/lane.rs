@@ -12,13 +12,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
+use crate::metrics::{LaneMetrics, Stamp};
 use crate::origin::Origin;
 use crate::work::QueuedTask;
 
 /// Something waiting for a slot.
 pub(crate) enum Waiting {
-    /// A handed-off task, started when a slot frees up.
-    Task(Origin, QueuedTask),
+    /// A handed-off task, started when a slot frees up, and when it was
+    /// handed off (zero bytes without the `metrics` feature).
+    Task(Origin, QueuedTask, Stamp),
     /// A step of a group already running, woken with its slot.
     Step(oneshot::Sender<()>),
 }
@@ -34,6 +36,8 @@ pub(crate) struct Lane {
     queue: Mutex<VecDeque<Waiting>>,
     /// The most slots ever taken at once (for tests and stats).
     high_water: AtomicUsize,
+    /// Its gauges and series, which follow `running` and `queued`.
+    pub(crate) metrics: LaneMetrics,
 }
 
 impl std::fmt::Debug for Lane {
@@ -49,13 +53,15 @@ impl std::fmt::Debug for Lane {
 
 impl Lane {
     pub(crate) fn new(name: &str, limit: usize) -> Self {
+        let limit = limit.max(1);
         Self {
             name: name.into(),
-            limit: limit.max(1),
+            limit,
             running: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
             high_water: AtomicUsize::new(0),
+            metrics: LaneMetrics::new(name, limit),
         }
     }
 
@@ -85,6 +91,7 @@ impl Lane {
                 Ordering::SeqCst,
             ) {
                 Ok(_) => {
+                    self.metrics.claimed();
                     // Read first: a `fetch_max` is a locked write even when
                     // it changes nothing, and this runs for every task.
                     if running + 1 > self.high_water.load(Ordering::Relaxed) {
@@ -109,6 +116,7 @@ impl Lane {
         let mut queue = self.lock();
         queue.push_back(waiting);
         self.queued.fetch_add(1, Ordering::SeqCst);
+        self.metrics.queue_changed(1);
     }
 
     /// Gives back a slot. The caller must then call [`Lane::next`] until it
@@ -116,6 +124,7 @@ impl Lane {
     #[inline]
     pub(crate) fn release(&self) {
         self.running.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.released();
     }
 
     /// Takes a slot for the first waiter, if there is a waiter and a slot.
@@ -129,6 +138,7 @@ impl Lane {
             let mut queue = self.lock();
             if let Some(waiting) = queue.pop_front() {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.queue_changed(-1);
                 return Some(waiting);
             }
             // Another thread took the waiter first: give the slot back and
@@ -144,6 +154,7 @@ impl Lane {
         let mut queue = self.lock();
         let drained: Vec<Waiting> = queue.drain(..).collect();
         self.queued.fetch_sub(drained.len(), Ordering::SeqCst);
+        self.metrics.queue_changed(-(drained.len() as isize));
         drained
     }
 }
@@ -158,10 +169,13 @@ mod tests {
     fn a_task_waiting_for_a_slot_is_small() {
         // What one queued task costs beyond its own future (and its
         // request's shared origin label): the budget is 128 bytes.
+        // With the `metrics` feature a waiting task also keeps when it was
+        // handed off; without it, that stamp is zero bytes.
         let task = std::mem::size_of::<QueuedTask>();
         let waiting = std::mem::size_of::<Waiting>();
+        let stamp = std::mem::size_of::<Stamp>();
         assert!(task <= 40, "Task is {task} bytes");
-        assert!(waiting <= 64, "Waiting is {waiting} bytes");
+        assert!(waiting <= 64 + stamp, "Waiting is {waiting} bytes");
     }
 
     #[test]

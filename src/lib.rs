@@ -179,9 +179,39 @@
 //! | `tracking` | no | [`tracking`]: tasks with ids, status, results and locks over HTTP, and an axum route that starts and reports them (full axum, serde_json, uuid, time, sha2) |
 //! | `sqlite` | no | [`durable`]: jobs stored in a SQLite file before they run, run by [apalis](https://docs.rs/apalis) workers in this process or others on the machine (apalis, sqlx; Rust 1.94) |
 //! | `postgres` | no | [`durable`] on PostgreSQL: jobs shared by servers and workers on many machines (apalis, sqlx; Rust 1.94) |
+//! | `metrics` | no | counters, lane gauges and wait and run histograms on the [`metrics`](https://docs.rs/metrics) facade, for any exporter ([below](#metrics)) |
 //!
 //! With `default-features = false` the crate works with any `tower` HTTP
 //! service: hyper 1, tonic, or your own.
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature the supervisor records, through whichever
+//! recorder the application installs (`metrics-exporter-prometheus`, a
+//! StatsD or OpenTelemetry bridge), the series below; the `metrics` example
+//! serves them at `GET /metrics`. Install the recorder **before**
+//! [`SupervisorBuilder::build`]: the lane gauges and unnamed tasks' series
+//! are registered then, and handles registered with no recorder stay
+//! no-ops. Without the feature none of this is compiled in.
+//!
+//! | metric | kind | labels | what |
+//! |---|---|---|---|
+//! | `background_tasks_total` | counter | `lane`, `name`, `outcome` | tasks by how they ended: `completed`, `failed`, `panicked`, `timed_out`, `cancelled` (the [`Stats`] counters of handed-off tasks), `discarded`, `refused`, `rejected` (tasks that never ran) |
+//! | `background_tasks_running` | gauge | `lane` | slots taken now ([`LaneStats::running`]) |
+//! | `background_tasks_queued` | gauge | `lane` | tasks and group steps waiting for a slot ([`LaneStats::queued`]) |
+//! | `background_tasks_limit` | gauge | `lane` | the lane's limit; absent for a lane without one |
+//! | `background_task_wait_seconds` | histogram | `lane`, `name` | from the hand-off (the response's end) to the task's first poll: its lane's queue and the runtime's own delay |
+//! | `background_task_run_seconds` | histogram | `lane`, `name` | from the first poll to the end, whatever the outcome (a task cancelled before it started has none) |
+//! | `background_task_retries_total` | counter | | [`Stats::retried`] |
+//! | `background_task_steps_skipped_total` | counter | | [`Stats::skipped`] |
+//! | `background_requests_shed_total` | counter | | [`Stats::shed`] |
+//!
+//! Label values are bounded: `lane` is a configured lane (empty for a task
+//! rejected for naming a lane that does not exist), `name` a
+//! [`Task::name`], which is a `&'static str`, or empty for an unnamed task,
+//! and nothing from a request ever becomes a label. A name's series appear,
+//! at zero for every outcome, with its first task. Gauges move by increments,
+//! so two supervisors in one process add up in the same series.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -200,6 +230,7 @@ mod handle;
 mod lane;
 pub mod layer;
 pub mod load_shed;
+mod metrics;
 mod monitor;
 mod origin;
 mod output;

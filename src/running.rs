@@ -15,6 +15,7 @@ use tokio::time::Sleep;
 
 use crate::abort::Registration;
 use crate::lane::Waiting;
+use crate::metrics::{self, Ended, Stamp, TaskMetrics};
 use crate::origin::{Origin, RequestLine};
 use crate::started::Started;
 use crate::stats::Outcome;
@@ -32,19 +33,22 @@ pub(crate) fn spawn_all(set: &Arc<TaskSet>, request: &RequestLine, tasks: Queued
     if !set.enter_running(n) {
         set.unpend(n);
         set.refuse(n, request);
+        let tasks = tasks.iter().map(|task| (task.lane, task.name()));
+        metrics::count_each(|lane| &set.lane(lane).metrics, tasks, Ended::Refused);
         return;
     }
     let origin = request.origin();
+    let handed_off = Stamp::now();
     let mut started = 0;
     for task in tasks {
         let lane_id = task.lane;
         let lane = set.lane(lane_id);
         if lane.try_claim() {
             started += 1;
-            start(set, origin.clone(), task);
+            start(set, origin.clone(), task, handed_off);
         } else {
             set.task_queued();
-            lane.push(Waiting::Task(origin.clone(), task));
+            lane.push(Waiting::Task(origin.clone(), task, handed_off));
             dispatch(set, lane_id);
         }
     }
@@ -52,10 +56,10 @@ pub(crate) fn spawn_all(set: &Arc<TaskSet>, request: &RequestLine, tasks: Queued
 }
 
 /// Spawns `task`, which holds a slot in its lane, on the set's runtime.
-fn start(set: &Arc<TaskSet>, origin: Origin, task: QueuedTask) {
+fn start(set: &Arc<TaskSet>, origin: Origin, task: QueuedTask, handed_off: Stamp) {
     drop(
         set.runtime()
-            .spawn(Running::start(Arc::clone(set), origin, task)),
+            .spawn(Running::start(Arc::clone(set), origin, task, handed_off)),
     );
 }
 
@@ -64,10 +68,10 @@ pub(crate) fn dispatch(set: &Arc<TaskSet>, lane_id: LaneId) {
     let lane = set.lane(lane_id);
     while let Some(waiting) = lane.next() {
         match waiting {
-            Waiting::Task(origin, task) => {
+            Waiting::Task(origin, task, handed_off) => {
                 set.task_dequeued();
                 set.unpend(1);
-                start(set, origin, task);
+                start(set, origin, task, handed_off);
             }
             // A step whose group has gone hands the slot straight back.
             Waiting::Step(step) => {
@@ -120,6 +124,9 @@ pub(crate) struct Running {
     /// Set once the outcome is counted; if the future is dropped before that
     /// (the runtime shut down), `Drop` counts it as cancelled.
     counted: bool,
+    /// When it was handed off and first polled (zero bytes without the
+    /// `metrics` feature).
+    metrics: TaskMetrics,
 }
 
 enum RunningWork {
@@ -163,7 +170,7 @@ impl RunningWork {
 }
 
 impl Running {
-    fn start(set: Arc<TaskSet>, origin: Origin, task: QueuedTask) -> Self {
+    fn start(set: Arc<TaskSet>, origin: Origin, task: QueuedTask, handed_off: Stamp) -> Self {
         let details = task.details;
         let name = details.as_ref().and_then(|details| details.name);
         // A disabled span is not free when `tracing`'s `log` feature is on
@@ -213,6 +220,7 @@ impl Running {
             work,
             registered: None,
             counted: false,
+            metrics: TaskMetrics::new(handed_off),
         }
     }
 
@@ -226,6 +234,9 @@ impl Running {
             set.abort.unregister(registration);
         }
         set.counters.finished(&outcome);
+        let lane = self.lane;
+        self.metrics
+            .ended(|| &set.lane(lane).metrics, self.name, outcome.ended());
         set.report(&outcome, &self.origin, self.name);
         if self.holds_slot {
             release_slot(set, self.lane);
@@ -246,6 +257,8 @@ impl Future for Running {
             this.abort_work();
             return Poll::Ready(());
         }
+        let (set, lane) = (&this.set, this.lane);
+        this.metrics.polled(|| &set.lane(lane).metrics, this.name);
         let polled = match &mut this.work {
             RunningWork::Async(future) => {
                 let _entered = this.span.enter();

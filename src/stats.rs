@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::metrics::{Ended, SetCounters};
+
 /// A snapshot of a supervisor's counters, from
 /// [`Supervisor::stats`](crate::Supervisor::stats) or
 /// [`Monitor::stats`](crate::Monitor::stats).
@@ -176,6 +178,17 @@ impl Outcome {
             Err(message) => Self::Failed(message),
         }
     }
+
+    /// The `outcome` label of the metrics.
+    pub(crate) fn ended(&self) -> Ended {
+        match self {
+            Self::Completed => Ended::Completed,
+            Self::Failed(_) => Ended::Failed,
+            Self::Panicked(_) => Ended::Panicked,
+            Self::TimedOut => Ended::TimedOut,
+            Self::Cancelled => Ended::Cancelled,
+        }
+    }
 }
 
 /// The live counters behind [`Stats`]. Those that are states rather than
@@ -197,6 +210,9 @@ pub(crate) struct Counters {
     no_response: AtomicU64,
     client_disconnected: AtomicU64,
     server_error: AtomicU64,
+    /// The metrics of the events above that have no lane or task name
+    /// (registered with the counters, when the supervisor is built).
+    metrics: SetCounters,
 }
 
 // Plain event counters: no other memory is published through them, so
@@ -222,14 +238,17 @@ impl Counters {
 
     pub(crate) fn skipped(&self, n: u64) {
         add(&self.skipped, n);
+        self.metrics.skipped(n);
     }
 
     pub(crate) fn retried(&self) {
         add(&self.retried, 1);
+        self.metrics.retried();
     }
 
     pub(crate) fn shed(&self) {
         add(&self.shed, 1);
+        self.metrics.shed();
     }
 
     pub(crate) fn discarded(&self, n: u64, reason: DiscardReason) {

@@ -25,6 +25,7 @@ use crate::abort::Abort;
 use crate::error::AddError;
 use crate::failure::{FailureKind, TaskFailure};
 use crate::lane::{Lane, Waiting};
+use crate::metrics::{self, Ended};
 use crate::origin::{Origin, RequestLine};
 use crate::started::Oldest;
 use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
@@ -238,12 +239,13 @@ impl TaskSet {
     fn abort_queued(&self) {
         for lane in self.lanes.iter() {
             for waiting in lane.drain() {
-                if let Waiting::Task(origin, task) = waiting {
+                if let Waiting::Task(origin, task, _) = waiting {
                     self.task_dequeued();
                     self.unpend(1);
-                    let name = task.name();
+                    let (id, name) = (task.lane, task.name());
                     drop(task);
                     self.counters.finished(&Outcome::Cancelled);
+                    metrics::count_each(|_| &lane.metrics, [(id, name)], Ended::Cancelled);
                     self.report(&Outcome::Cancelled, &origin, name);
                     self.finish_running(1);
                 }
