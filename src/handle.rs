@@ -221,7 +221,7 @@ impl BackgroundTasks {
             },
         };
         let work = attempt::work(task.kind, task.timeout, set);
-        self.offer(QueuedTask::new(work, lane, task.name), counted)
+        self.offer(QueuedTask::new(work, lane, task.name, task.key), counted)
     }
 
     /// Offers `task` to the request's queue; `counted` as for

@@ -227,6 +227,7 @@ mod extract;
 mod failure;
 mod group;
 mod handle;
+mod keyed;
 mod lane;
 pub mod layer;
 pub mod load_shed;

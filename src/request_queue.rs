@@ -157,7 +157,7 @@ mod tests {
     use crate::work::{self, Work, DEFAULT_LANE};
 
     fn task() -> QueuedTask {
-        QueuedTask::new(Work::Async(work::boxed(async {})), DEFAULT_LANE, None)
+        QueuedTask::new(Work::Async(work::boxed(async {})), DEFAULT_LANE, None, None)
     }
 
     #[test]

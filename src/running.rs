@@ -14,13 +14,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
 use crate::abort::Registration;
+use crate::keyed::{self, Parked};
 use crate::lane::Waiting;
 use crate::metrics::{self, Ended, Stamp, TaskMetrics};
 use crate::origin::{Origin, RequestLine};
 use crate::started::Started;
 use crate::stats::Outcome;
 use crate::task_set::TaskSet;
-use crate::work::{BlockingWork, BoxedWork, LaneId, Queued, QueuedTask, Work};
+use crate::work::{BlockingWork, BoxedWork, Details, LaneId, Queued, QueuedTask, Work};
 
 /// Hands `tasks` (admitted, queued by `request`) to their lanes: each starts
 /// at once if its lane has a free slot, or waits in the lane's queue. All
@@ -41,18 +42,48 @@ pub(crate) fn spawn_all(set: &Arc<TaskSet>, request: &RequestLine, tasks: Queued
     let handed_off = Stamp::now();
     let mut started = 0;
     for task in tasks {
-        let lane_id = task.lane;
-        let lane = set.lane(lane_id);
-        if lane.try_claim() {
+        let task = (origin.clone(), task, handed_off);
+        // A keyed task takes its key first, or waits for it.
+        let task = match task.1.key() {
+            None => task,
+            Some(_) => match set.keys.take_or_wait(task) {
+                Some(task) => task,
+                None => {
+                    set.task_queued();
+                    continue;
+                }
+            },
+        };
+        if to_lane(set, task) {
             started += 1;
-            start(set, origin.clone(), task, handed_off);
-        } else {
-            set.task_queued();
-            lane.push(Waiting::Task(origin.clone(), task, handed_off));
-            dispatch(set, lane_id);
         }
     }
     set.unpend(started);
+}
+
+/// Starts `task` if its lane has a free slot (`true`), or queues it there.
+fn to_lane(set: &Arc<TaskSet>, (origin, task, handed_off): Parked) -> bool {
+    let lane_id = task.lane;
+    let lane = set.lane(lane_id);
+    if lane.try_claim() {
+        start(set, origin, task, handed_off);
+        return true;
+    }
+    set.task_queued();
+    lane.push(Waiting::Task(origin, task, handed_off));
+    dispatch(set, lane_id);
+    false
+}
+
+/// Gives `key`, whose holder has ended, to the next task waiting for it,
+/// which goes on to its lane.
+fn pass_key_on(set: &Arc<TaskSet>, key: &str) {
+    if let Some(next) = set.keys.pass_on(key) {
+        set.task_dequeued();
+        if to_lane(set, next) {
+            set.unpend(1);
+        }
+    }
 }
 
 /// Spawns `task`, which holds a slot in its lane, on the set's runtime.
@@ -106,7 +137,8 @@ pub(crate) fn release_slot(set: &Arc<TaskSet>, lane_id: LaneId) {
 pub(crate) struct Running {
     set: Arc<TaskSet>,
     origin: Origin,
-    name: Option<&'static str>,
+    /// The task's name and key, if it has either.
+    details: Option<Box<Details>>,
     span: tracing::Span,
     lane: LaneId,
     /// Whether this future gives the lane slot back when it ends. A started
@@ -171,27 +203,37 @@ impl RunningWork {
 
 impl Running {
     fn start(set: Arc<TaskSet>, origin: Origin, task: QueuedTask, handed_off: Stamp) -> Self {
-        let details = task.details;
+        let mut details = task.details;
         let name = details.as_ref().and_then(|details| details.name);
         // A disabled span is not free when `tracing`'s `log` feature is on
         // (axum's default `tower-log` turns it on): it still consults `log`
         // when made, entered, left and dropped. `Span::none` costs nothing.
         let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            let key = details
+                .as_ref()
+                .and_then(|details| details.key.as_deref())
+                .map(keyed::for_log);
             tracing::info_span!(
                 parent: None,
                 "background_task",
                 task.name = name,
+                task.key = key.as_deref(),
                 http.method = origin.method(),
                 http.path = origin.path(),
             )
         } else {
             tracing::Span::none()
         };
-        if let Some(added_in) = details
+        // Linked, then let go of: the request's span ends with the request.
+        if let Some(added_in) = details.as_mut().and_then(|details| details.added_in.take()) {
+            span.follows_from(&added_in);
+        }
+        // Kept only for a name or a key.
+        if details
             .as_ref()
-            .and_then(|details| details.added_in.as_ref())
+            .is_some_and(|details| details.name.is_none() && details.key.is_none())
         {
-            span.follows_from(added_in);
+            details = None;
         }
         let lane = task.lane;
         let mut holds_slot = true;
@@ -213,7 +255,7 @@ impl Running {
         Self {
             set,
             origin,
-            name,
+            details,
             span,
             lane,
             holds_slot,
@@ -235,13 +277,25 @@ impl Running {
         }
         set.counters.finished(&outcome);
         let lane = self.lane;
+        let name = self.name();
         self.metrics
-            .ended(|| &set.lane(lane).metrics, self.name, outcome.ended());
-        set.report(&outcome, &self.origin, self.name);
+            .ended(|| &set.lane(lane).metrics, name, outcome.ended());
+        set.report(&outcome, &self.origin, name);
         if self.holds_slot {
             release_slot(set, self.lane);
         }
+        if let Some(key) = self
+            .details
+            .as_ref()
+            .and_then(|details| details.key.as_deref())
+        {
+            pass_key_on(set, key);
+        }
         set.finish_running(1);
+    }
+
+    fn name(&self) -> Option<&'static str> {
+        self.details.as_ref().and_then(|details| details.name)
     }
 }
 
@@ -258,7 +312,7 @@ impl Future for Running {
             return Poll::Ready(());
         }
         let (set, lane) = (&this.set, this.lane);
-        this.metrics.polled(|| &set.lane(lane).metrics, this.name);
+        this.metrics.polled(|| &set.lane(lane).metrics, this.name());
         let polled = match &mut this.work {
             RunningWork::Async(future) => {
                 let _entered = this.span.enter();
@@ -299,7 +353,7 @@ impl Future for Running {
             }
             Poll::Pending => {
                 if this.registered.is_none() {
-                    let started = Started::now(this.name, &this.origin);
+                    let started = Started::now(this.name(), &this.origin);
                     this.registered = Some(this.set.abort.register(cx.waker(), started));
                     // `fire` may have drained our shard just before.
                     if this.set.is_aborted() {

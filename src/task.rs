@@ -29,7 +29,8 @@ use crate::work::{self, BlockingWork, BoxedWork, Maker};
 /// | [`Task::from(group)`](crate::Group) | the group's steps | the default lane | the group as a whole |
 ///
 /// Every kind can also be given a [`name`](Task::name), which logs, failures
-/// and the shutdown's report show.
+/// and the shutdown's report show, and a [`key`](Task::key), which runs it
+/// one at a time with the other tasks of that key.
 ///
 /// ```
 /// # async fn send_email(_: &str) -> Result<(), std::io::Error> { Ok(()) }
@@ -60,6 +61,7 @@ pub struct Task {
     pub(crate) lane: Option<Cow<'static, str>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) name: Option<&'static str>,
+    pub(crate) key: Option<Box<str>>,
 }
 
 /// What a task runs, before its options are applied.
@@ -81,6 +83,7 @@ impl std::fmt::Debug for Task {
         f.debug_struct("Task")
             .field("kind", &kind)
             .field("name", &self.name)
+            .field("key", &self.key)
             .field("lane", &self.lane)
             .field("timeout", &self.timeout)
             .finish()
@@ -147,6 +150,24 @@ impl Task {
         self
     }
 
+    /// Run one at a time with the other tasks of the same `key` (a customer,
+    /// an account, a document), in the order they were handed off; tasks
+    /// of different keys run side by side within their lanes' limits.
+    ///
+    /// A task waits for its key before it takes a slot in its lane, so a
+    /// key that is busy never holds a slot. While it waits it is pending
+    /// (counted in [`Stats::queued`](crate::Stats::queued), bounded by
+    /// [`max_queued`](crate::SupervisorBuilder::max_queued)) and is drained
+    /// and aborted at shutdown like any queued task. A key that no task
+    /// holds takes no memory. Keys are values, never code, and never
+    /// metric labels; log lines and spans show at most their first 64
+    /// characters. A blocking task that times out gives its key up while
+    /// its closure, which cannot be stopped, may still be running.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into().into_boxed_str());
+        self
+    }
+
     /// Give up after `timeout`: the work is dropped and counted as timed out
     /// (for a retried task, the attempt is, and retried if the policy
     /// allows). What it limits depends on the kind of task; see the table
@@ -162,6 +183,7 @@ impl Task {
             lane: None,
             timeout: None,
             name: None,
+            key: None,
         }
     }
 }

@@ -24,12 +24,13 @@ use tokio_util::sync::CancellationToken;
 use crate::abort::Abort;
 use crate::error::AddError;
 use crate::failure::{FailureKind, TaskFailure};
+use crate::keyed::Keys;
 use crate::lane::{Lane, Waiting};
 use crate::metrics::{self, Ended};
 use crate::origin::{Origin, RequestLine};
 use crate::started::Oldest;
 use crate::stats::{Counters, DiscardReason, LaneStats, Outcome, Stats};
-use crate::work::LaneId;
+use crate::work::{LaneId, QueuedTask};
 
 /// The hook set with `SupervisorBuilder::on_failure`.
 pub(crate) type FailureHook = Arc<dyn Fn(&TaskFailure<'_>) + Send + Sync>;
@@ -48,6 +49,8 @@ pub(crate) struct TaskSet {
     pub(crate) counters: Counters,
     /// The default lane, the blocking lane, then the named ones.
     lanes: Box<[Lane]>,
+    /// The keys keyed tasks hold, and the tasks waiting for them.
+    pub(crate) keys: Keys,
     /// Tasks admitted and not started: waiting for their response or for a
     /// slot. Bounded by `max_pending`, which is what makes `try_add` fail.
     pending: AtomicU64,
@@ -93,6 +96,7 @@ impl TaskSet {
             state: AtomicU64::new(0),
             counters: Counters::default(),
             lanes: lanes.into_boxed_slice(),
+            keys: Keys::default(),
             pending: AtomicU64::new(0),
             max_pending: max_pending as u64,
             queued_tasks: AtomicU64::new(0),
@@ -237,20 +241,34 @@ impl TaskSet {
     /// Empties every lane's queue (at abort): the tasks waiting there never
     /// run and are counted as cancelled.
     fn abort_queued(&self) {
+        // Keys first: a task waiting for its key would otherwise go on to
+        // its lane when the key's holder is aborted.
+        for (origin, task, _) in self.keys.drain() {
+            self.cancel_queued(&origin, task);
+        }
         for lane in self.lanes.iter() {
             for waiting in lane.drain() {
                 if let Waiting::Task(origin, task, _) = waiting {
-                    self.task_dequeued();
-                    self.unpend(1);
-                    let (id, name) = (task.lane, task.name());
-                    drop(task);
-                    self.counters.finished(&Outcome::Cancelled);
-                    metrics::count_each(|_| &lane.metrics, [(id, name)], Ended::Cancelled);
-                    self.report(&Outcome::Cancelled, &origin, name);
-                    self.finish_running(1);
+                    self.cancel_queued(&origin, task);
                 }
             }
         }
+    }
+
+    /// Counts a task that never started as cancelled, and drops it.
+    fn cancel_queued(&self, origin: &Origin, task: QueuedTask) {
+        self.task_dequeued();
+        self.unpend(1);
+        let (id, name) = (task.lane, task.name());
+        drop(task);
+        self.counters.finished(&Outcome::Cancelled);
+        metrics::count_each(
+            |lane| &self.lane(lane).metrics,
+            [(id, name)],
+            Ended::Cancelled,
+        );
+        self.report(&Outcome::Cancelled, origin, name);
+        self.finish_running(1);
     }
 
     pub(crate) fn refuse(&self, n: u64, request: &RequestLine) {

@@ -59,6 +59,8 @@ pub(crate) struct Details {
     pub(crate) added_in: Option<tracing::Span>,
     /// The name given with [`Task::name`](crate::Task::name).
     pub(crate) name: Option<&'static str>,
+    /// The key given with [`Task::key`](crate::Task::key).
+    pub(crate) key: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for QueuedTask {
@@ -70,7 +72,12 @@ impl std::fmt::Debug for QueuedTask {
 }
 
 impl QueuedTask {
-    pub(crate) fn new(work: Work, lane: LaneId, name: Option<&'static str>) -> Self {
+    pub(crate) fn new(
+        work: Work,
+        lane: LaneId,
+        name: Option<&'static str>,
+        key: Option<Box<str>>,
+    ) -> Self {
         // Only the task's own span (at `INFO`) uses it.
         let added_in = if tracing::level_enabled!(tracing::Level::INFO) {
             let current = tracing::Span::current();
@@ -78,8 +85,13 @@ impl QueuedTask {
         } else {
             None
         };
-        let details =
-            (added_in.is_some() || name.is_some()).then(|| Box::new(Details { added_in, name }));
+        let details = (added_in.is_some() || name.is_some() || key.is_some()).then(|| {
+            Box::new(Details {
+                added_in,
+                name,
+                key,
+            })
+        });
         Self {
             work,
             lane,
@@ -89,6 +101,12 @@ impl QueuedTask {
 
     pub(crate) fn name(&self) -> Option<&'static str> {
         self.details.as_ref().and_then(|details| details.name)
+    }
+
+    pub(crate) fn key(&self) -> Option<&str> {
+        self.details
+            .as_ref()
+            .and_then(|details| details.key.as_deref())
     }
 }
 
