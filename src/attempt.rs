@@ -14,6 +14,7 @@ use crate::work::{Maker, Work};
 /// The work to run for `kind` under a time limit. Plain tasks stay as they
 /// are: the extra wrapping (and its allocation) is only for tasks that ask
 /// for a timeout, retries, or are groups.
+#[inline]
 pub(crate) fn work(kind: Kind, timeout: Option<Duration>, set: &Arc<TaskSet>) -> Work {
     match kind {
         Kind::Async(future) => match timeout {

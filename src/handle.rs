@@ -1,5 +1,7 @@
-//! The per-request handle handlers queue their background work on.
+//! The per-request handle handlers queue their background work on, and
+//! [`IntoTask`], what its `add` accepts.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use http::{Method, Uri};
@@ -7,15 +9,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attempt;
 use crate::error::AddError;
+use crate::group::Group;
 use crate::metrics::{self, Ended};
 use crate::origin::RequestLine;
 use crate::output::TaskOutput;
 use crate::request_queue::{Closed, RequestQueue};
 use crate::running;
 use crate::stats::DiscardReason;
-use crate::task::{IntoTask, Kind, Task};
+use crate::task::{Kind, Task};
 use crate::task_set::{Refusal, TaskSet};
-use crate::work::{QueuedTask, BLOCKING_LANE, DEFAULT_LANE};
+use crate::work::{self, BoxedWork, QueuedTask, Work, BLOCKING_LANE, DEFAULT_LANE};
 
 /// A request's background tasks: work queued here starts once the response
 /// body has ended, in the supervisor's task set, detached from the
@@ -129,7 +132,7 @@ impl BackgroundTasks {
     /// (another status, or doing the work inline), use
     /// [`try_add`](Self::try_add), which never touches the response.
     pub fn add(&self, task: impl IntoTask) {
-        let _ = self.submit(task.into_task(), true);
+        let _ = task.add_to(self, true);
     }
 
     /// Like [`add`](Self::add), but returns an error instead of counting a
@@ -150,7 +153,7 @@ impl BackgroundTasks {
     /// # }
     /// ```
     pub fn try_add(&self, task: impl IntoTask) -> Result<(), AddError> {
-        self.submit(task.into_task(), false)
+        task.add_to(self, false)
     }
 
     /// Queues a blocking or CPU-heavy closure: `add(Task::blocking(function))`.
@@ -199,7 +202,7 @@ impl BackgroundTasks {
     /// Resolves `task`'s lane and applies its options, then offers it. With
     /// `counted`, a task that is not accepted is counted (refused, rejected
     /// or discarded) as `add` promises; without, only the error says so.
-    fn submit(&self, task: Task, counted: bool) -> Result<(), AddError> {
+    pub(crate) fn submit(&self, task: Task, counted: bool) -> Result<(), AddError> {
         let request = &self.request;
         let set = &request.set;
         let lane = match &task.lane {
@@ -222,6 +225,15 @@ impl BackgroundTasks {
         };
         let work = attempt::work(task.kind, task.timeout, set);
         self.offer(QueuedTask::new(work, lane, task.name, task.key), counted)
+    }
+
+    /// Offers a plain future to the default lane; `counted` as for
+    /// [`submit`](Self::submit).
+    pub(crate) fn offer_plain(&self, work: BoxedWork, counted: bool) -> Result<(), AddError> {
+        self.offer(
+            QueuedTask::new(Work::Async(work), DEFAULT_LANE, None, None),
+            counted,
+        )
     }
 
     /// Offers `task` to the request's queue; `counted` as for
@@ -312,5 +324,45 @@ impl RequestTasks {
                 set.discard(n, reason, &self.line);
             }
         }
+    }
+}
+
+/// What [`BackgroundTasks::add`](crate::BackgroundTasks::add) accepts: a
+/// future, a [`Task`], or a [`Group`].
+pub trait IntoTask: Sized {
+    /// The task, with its options.
+    fn into_task(self) -> Task;
+
+    /// Offers the task to `tasks`: what `add` (`counted`) and `try_add` do.
+    /// A plain future goes straight to the default lane, without a [`Task`].
+    #[doc(hidden)]
+    fn add_to(self, tasks: &BackgroundTasks, counted: bool) -> Result<(), AddError> {
+        tasks.submit(self.into_task(), counted)
+    }
+}
+
+impl IntoTask for Task {
+    fn into_task(self) -> Task {
+        self
+    }
+}
+
+impl IntoTask for Group {
+    fn into_task(self) -> Task {
+        Task::from(self)
+    }
+}
+
+impl<F> IntoTask for F
+where
+    F: Future + Send + 'static,
+    F::Output: TaskOutput,
+{
+    fn into_task(self) -> Task {
+        Task::new(self)
+    }
+
+    fn add_to(self, tasks: &BackgroundTasks, counted: bool) -> Result<(), AddError> {
+        tasks.offer_plain(work::boxed(self), counted)
     }
 }

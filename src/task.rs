@@ -1,5 +1,5 @@
 //! [`Task`]: a piece of background work and how it runs (its lane, its time
-//! limit, its retries), and [`IntoTask`], what `add` accepts.
+//! limit, its retries, its name and key).
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -191,34 +191,5 @@ impl Task {
 impl From<Group> for Task {
     fn from(group: Group) -> Self {
         Self::of(Kind::Group(group))
-    }
-}
-
-/// What [`BackgroundTasks::add`](crate::BackgroundTasks::add) accepts: a
-/// future, a [`Task`], or a [`Group`].
-pub trait IntoTask {
-    /// The task, with its options.
-    fn into_task(self) -> Task;
-}
-
-impl IntoTask for Task {
-    fn into_task(self) -> Task {
-        self
-    }
-}
-
-impl IntoTask for Group {
-    fn into_task(self) -> Task {
-        Task::from(self)
-    }
-}
-
-impl<F> IntoTask for F
-where
-    F: Future + Send + 'static,
-    F::Output: TaskOutput,
-{
-    fn into_task(self) -> Task {
-        Task::new(self)
     }
 }

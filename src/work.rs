@@ -72,6 +72,7 @@ impl std::fmt::Debug for QueuedTask {
 }
 
 impl QueuedTask {
+    #[inline]
     pub(crate) fn new(
         work: Work,
         lane: LaneId,
