@@ -16,6 +16,13 @@
 //!     type-erased, which means a box each).
 //!   - `one_request_n_tasks`: one request through the layer whose handler
 //!     adds `N` tasks; the body is read to its end, which spawns them.
+//!   - `one_request_n_task_new` (baseline for the keyed ones): the same,
+//!     each task a `Task::new(future)` rather than a plain future.
+//!   - `one_request_n_keyed`: the same, each `Task::new(future).key(k)`
+//!     with `N` distinct keys (made once, cloned per task): what per-key
+//!     order costs a task whose key is free.
+//!   - `one_request_n_one_key`: the same with one key for all: the `N`
+//!     tasks run one after another, each started when the last ends.
 //!   - `n_requests_spawn` (baseline): `N` requests through the same service
 //!     without the layer, each handler calling `tokio::spawn` once.
 //!   - `n_requests_1_task`: `N` requests through the layer, each handler
@@ -66,7 +73,7 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -80,13 +87,22 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_background::layer::ResponseBody;
-use tower_background::{Supervisor, TaskOutput};
+use tower_background::{BackgroundTasks, Supervisor, Task, TaskOutput};
 
 mod support;
 use support::requests::{multi_thread_runtime, ok, read_to_end, request, serve_one, tasks_of, URI};
 
 /// Tasks per timed iteration in the `per_task` group.
 const N: usize = 1000;
+
+/// How a `per_task/one_request_*` handler adds its `N` tasks, each ticking
+/// the countdown.
+type AddN = fn(&BackgroundTasks, &'static Countdown);
+
+/// `N` distinct keys, made once: a keyed variant clones one per task (one
+/// small allocation, as any owned key costs), and formats none.
+static KEYS: LazyLock<Vec<String>> =
+    LazyLock::new(|| (0..N).map(|i| format!("customer-{i:04}")).collect());
 
 /// Runs `timed` as a task on `runtime` (on one of its workers, for a
 /// multi-thread runtime) and returns what it measured.
@@ -186,31 +202,55 @@ fn per_task(c: &mut Criterion) {
         });
     });
 
-    let one_request =
-        supervisor
-            .layer()
-            .layer(service_fn(move |request: Request<()>| async move {
-                let tasks = tasks_of(&request);
-                for _ in 0..N {
-                    tasks.add(async move { countdown.tick() });
-                }
-                Ok::<_, Infallible>(ok())
-            }));
-    group.bench_function(BenchmarkId::new("one_request_n_tasks", N), |b| {
-        b.iter_custom(|iters| {
-            let mut service = one_request.clone();
-            let uri = uri.clone();
-            on_worker(runtime, async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    countdown.arm(N);
-                    serve_one(&mut service, &uri).await;
-                    countdown.wait().await;
-                }
-                start.elapsed()
-            })
+    // The `one_request_*` variants: one request whose handler adds `N`
+    // tasks, each a different way; the same service and timed loop for all.
+    let adders: [(&str, AddN); 4] = [
+        ("one_request_n_tasks", |tasks, countdown| {
+            for _ in 0..N {
+                tasks.add(async move { countdown.tick() });
+            }
+        }),
+        ("one_request_n_task_new", |tasks, countdown| {
+            for _ in 0..N {
+                tasks.add(Task::new(async move { countdown.tick() }));
+            }
+        }),
+        ("one_request_n_keyed", |tasks, countdown| {
+            for key in KEYS.iter() {
+                tasks.add(Task::new(async move { countdown.tick() }).key(key.clone()));
+            }
+        }),
+        ("one_request_n_one_key", |tasks, countdown| {
+            let key = &KEYS[0];
+            for _ in 0..N {
+                tasks.add(Task::new(async move { countdown.tick() }).key(key.clone()));
+            }
+        }),
+    ];
+    for (name, add) in adders {
+        let one_request =
+            supervisor
+                .layer()
+                .layer(service_fn(move |request: Request<()>| async move {
+                    add(tasks_of(&request), countdown);
+                    Ok::<_, Infallible>(ok())
+                }));
+        group.bench_function(BenchmarkId::new(name, N), |b| {
+            b.iter_custom(|iters| {
+                let mut service = one_request.clone();
+                let uri = uri.clone();
+                on_worker(runtime, async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        countdown.arm(N);
+                        serve_one(&mut service, &uri).await;
+                        countdown.wait().await;
+                    }
+                    start.elapsed()
+                })
+            });
         });
-    });
+    }
 
     let spawning = service_fn(move |_request: Request<()>| async move {
         drop(tokio::spawn(async move { countdown.tick() }));
