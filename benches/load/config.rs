@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::recorder;
 use crate::support::{parse, Flags, Mode};
 
 /// Worker threads of the server's runtime and of the client's: one each,
@@ -39,6 +40,7 @@ pub(crate) enum Variant {
     LayerNoTask,
     ExtensionOnly,
     LayerTask,
+    LayerTaskMetrics,
     TokioSpawn,
     TaskTracker,
     LayerSleep,
@@ -65,8 +67,14 @@ impl Variant {
     ];
 
     /// Variants measured only when `--variants` names them, so that
-    /// `--quick` stays under a minute.
-    const OPT_IN: [Self; 1] = [Self::SpawnBoxedSleep];
+    /// `--quick` stays under a minute (3m only in a build with the
+    /// `metrics` feature: [`Self::available`]).
+    const OPT_IN: [Self; 2] = [Self::LayerTaskMetrics, Self::SpawnBoxedSleep];
+
+    /// Whether this build can run the variant.
+    fn available(self) -> bool {
+        self != Self::LayerTaskMetrics || recorder::AVAILABLE
+    }
 
     /// The variant's number in the tables and in `--variants`: a letter
     /// marks a variant read against the one of its number.
@@ -76,6 +84,7 @@ impl Variant {
             Self::LayerNoTask => "2",
             Self::ExtensionOnly => "2b",
             Self::LayerTask => "3",
+            Self::LayerTaskMetrics => "3m",
             Self::TokioSpawn => "4",
             Self::TaskTracker => "5",
             Self::LayerSleep => "6",
@@ -92,6 +101,7 @@ impl Variant {
             Self::LayerNoTask => "layer, no task",
             Self::ExtensionOnly => "extension-only layer, no task",
             Self::LayerTask => "layer, 1 trivial task (`add`)",
+            Self::LayerTaskMetrics => "layer, 1 trivial task, Prometheus recorder",
             Self::TokioSpawn => "no layer, `tokio::spawn`",
             Self::TaskTracker => "no layer, `TaskTracker::spawn`",
             Self::LayerSleep => "layer, 1 task sleeping 1 s",
@@ -145,6 +155,7 @@ impl Variant {
             self,
             Self::LayerNoTask
                 | Self::LayerTask
+                | Self::LayerTaskMetrics
                 | Self::LayerSleep
                 | Self::LayerSleepOwnRuntime
                 | Self::LayerBlocking
@@ -193,11 +204,18 @@ impl Config {
                         .split(',')
                         .map(|n| {
                             let n = n.trim();
-                            *Variant::ALL
+                            let variant = *Variant::ALL
                                 .iter()
                                 .chain(&Variant::OPT_IN)
                                 .find(|variant| variant.number() == n)
-                                .unwrap_or_else(|| panic!("no variant {n} (1–7, 2b, 6b, 6c or 6d)"))
+                                .unwrap_or_else(|| {
+                                    panic!("no variant {n} (1–7, 2b, 3m, 6b, 6c or 6d)")
+                                });
+                            assert!(
+                                variant.available(),
+                                "variant {n} needs `--features metrics`"
+                            );
+                            variant
                         })
                         .collect();
                 }
@@ -235,6 +253,7 @@ impl Config {
                     .iter()
                     .chain(&Variant::OPT_IN)
                     .copied()
+                    .filter(|variant| variant.available())
                     .collect()
             } else {
                 Variant::ALL.to_vec()

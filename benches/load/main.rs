@@ -1,7 +1,7 @@
 //! Load benchmark: a real axum server on `127.0.0.1:0`, driven by a real
 //! HTTP/1.1 keep-alive client, comparing the layer with what users do today.
 //!
-//! Ten variants by default (an eleventh on request), all answering `GET /`
+//! Ten variants by default (two more on request), all answering `GET /`
 //! with the two-byte body `ok`:
 //!
 //! 1. the handler alone, no layer;
@@ -12,6 +12,15 @@
 //!    that hands the handler something costs; v2b ÷ v1 is that floor,
 //!    v2 ÷ v2b our layer's own share;
 //! 3. the layer, one trivial task per request (`tasks.add`);
+//!
+//!    3m. only when `--variants` names it, in a build with `--features
+//!    metrics`: 3 with a Prometheus recorder
+//!    (`metrics-exporter-prometheus`) installed for the server's threads
+//!    (thread-locally, not globally) before the supervisor is built, its
+//!    upkeep run every second; at teardown its count of completed tasks
+//!    must equal the supervisor's. 3m ÷ 3 is what the feature costs when
+//!    it is on (without a recorder it does nothing, and is compiled in for
+//!    every variant of such a build);
 //! 4. no layer, the handler `tokio::spawn`s the same task;
 //! 5. no layer, `TaskTracker::spawn` of the same task (the tracker reaches
 //!    the handler as axum `State`);
@@ -76,6 +85,7 @@
 //! ```text
 //! cargo bench -p benches --bench load               # 6 rounds, about 4.5 minutes
 //! cargo bench -p benches --bench load -- --quick    # 3 rounds, under a minute
+//! cargo bench -p benches --bench load --features metrics -- --variants 3,3m
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--secs S`, `--warm-up S`,
@@ -96,6 +106,7 @@ mod support;
 
 mod client;
 mod config;
+mod recorder;
 mod report;
 mod sample;
 mod server;
@@ -272,7 +283,7 @@ fn extra(m: &Measured) -> String {
     let mut notes = String::new();
     if matches!(
         m.variant,
-        Variant::LayerTask | Variant::TokioSpawn | Variant::TaskTracker
+        Variant::LayerTask | Variant::LayerTaskMetrics | Variant::TokioSpawn | Variant::TaskTracker
     ) {
         notes += &format!("  trivial tasks run {}", m.trivial_ran);
     }
@@ -292,6 +303,9 @@ fn extra(m: &Measured) -> String {
             report.stats.rejected,
             if report.aborted { ", aborted" } else { "" },
         );
+    }
+    if let Some(completed) = m.teardown.recorded_completed {
+        notes += &format!("  recorder: {completed} completed, as the supervisor counted");
     }
     if let Some(wait) = m.teardown.tracker_wait {
         notes += &format!("  tracker wait {wait:.1?}");

@@ -54,12 +54,12 @@ struct Ratio(Variant, Variant, Metric, Option<Target>);
 use Metric::{Cpu, Rps, P99};
 use Target::{AtLeast, AtMost};
 use Variant::{
-    Bare, ExtensionOnly, LayerNoTask, LayerSleep, LayerSleepOwnRuntime, LayerTask, SpawnBoxedSleep,
-    SpawnSleep, TaskTracker, TokioSpawn,
+    Bare, ExtensionOnly, LayerNoTask, LayerSleep, LayerSleepOwnRuntime, LayerTask,
+    LayerTaskMetrics, SpawnBoxedSleep, SpawnSleep, TaskTracker, TokioSpawn,
 };
 
 /// The saturated windows' ratios: against no layer, `tokio::spawn` and
-/// `TaskTracker`, and what a sleeping task adds.
+/// `TaskTracker`, what a recorder adds, and what a sleeping task adds.
 const SATURATED: &[Ratio] = &[
     Ratio(LayerNoTask, Bare, Rps, Some(AtLeast(0.99))),
     Ratio(LayerNoTask, Bare, Cpu, None),
@@ -69,6 +69,8 @@ const SATURATED: &[Ratio] = &[
     Ratio(LayerTask, TokioSpawn, Cpu, None),
     Ratio(LayerTask, TaskTracker, Rps, Some(AtLeast(1.0))),
     Ratio(LayerTask, TaskTracker, Cpu, None),
+    Ratio(LayerTaskMetrics, LayerTask, Rps, None),
+    Ratio(LayerTaskMetrics, LayerTask, Cpu, None),
     Ratio(LayerSleep, LayerTask, P99, Some(AtMost(1.05))),
     Ratio(LayerSleep, LayerTask, Cpu, None),
     Ratio(SpawnSleep, TokioSpawn, P99, None),

@@ -1,7 +1,7 @@
 //! The server side: the axum app of each variant and its handlers, and a
 //! variant's server (its runtime, listener and supervisor, and for
-//! variant 6c the tasks' runtime) started and stopped, the supervisor shut
-//! down.
+//! variant 6c the tasks' runtime, for variant 3m its recorder) started and
+//! stopped, the supervisor shut down.
 
 use std::future::{Future, IntoFuture};
 use std::hint::black_box;
@@ -24,6 +24,7 @@ use tower::util::MapRequestLayer;
 use tower_background::{BackgroundTasks, Monitor, ShutdownReport, Supervisor};
 
 use crate::config::{Variant, SERVER_WORKERS, SLEEP_TASK};
+use crate::recorder::Recorder;
 use crate::sample::{SERVER_TASK_THREADS, SERVER_THREADS};
 
 /// Every variant's response body.
@@ -39,7 +40,7 @@ const CLEANUP: Duration = Duration::from_millis(150);
 /// Bounds on the steps of stopping a server.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Trivial tasks run (variants 3–5); checked after each variant.
+/// Trivial tasks run (variants 3, 3m, 4 and 5); checked after each variant.
 pub(crate) static TRIVIAL_RAN: AtomicU64 = AtomicU64::new(0);
 /// Loop iterations that take about [`BURN`] on one core (calibrated).
 pub(crate) static BURN_ITERATIONS: AtomicU64 = AtomicU64::new(0);
@@ -170,7 +171,9 @@ fn router(
         Variant::ExtensionOnly => Router::new()
             .route("/", get(bare))
             .layer(extension_only_layer()),
-        Variant::LayerTask => Router::new().route("/", get(add_trivial)).layer(layer()),
+        Variant::LayerTask | Variant::LayerTaskMetrics => {
+            Router::new().route("/", get(add_trivial)).layer(layer())
+        }
         Variant::TokioSpawn => Router::new().route("/", get(spawn_trivial)),
         Variant::TaskTracker => Router::new()
             .route("/", get(track_trivial))
@@ -196,6 +199,8 @@ pub(crate) struct Server {
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
     supervisor: Option<Supervisor>,
     tracker: Option<TaskTracker>,
+    /// Variant 3m's.
+    recorder: Option<Recorder>,
 }
 
 /// What stopping a server saw.
@@ -209,16 +214,23 @@ pub(crate) struct Teardown {
     pub(crate) shutdown: Option<ShutdownReport>,
     /// `TaskTracker::close` + `wait`: `None` if it did not end in time.
     pub(crate) tracker_wait: Option<Duration>,
+    /// Variant 3m: the completed tasks its recorder counted, checked equal
+    /// to the supervisor's count.
+    pub(crate) recorded_completed: Option<u64>,
 }
 
 impl Server {
     pub(crate) fn start(variant: Variant) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let recorder = Recorder::for_variant(variant);
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        runtime
             .worker_threads(SERVER_WORKERS)
             .thread_name(SERVER_THREADS)
-            .enable_all()
-            .build()
-            .expect("the server runtime");
+            .enable_all();
+        if let Some(recorder) = recorder {
+            recorder.install_on(&mut runtime);
+        }
+        let runtime = runtime.build().expect("the server runtime");
         // Its threads' names start with the serving runtime's, so that the
         // server's CPU per request counts them too.
         let tasks_runtime = (variant == Variant::LayerSleepOwnRuntime).then(|| {
@@ -239,7 +251,10 @@ impl Server {
                     Some(tasks_runtime) => builder.runtime(tasks_runtime.handle().clone()),
                     None => builder,
                 };
-                builder.build()
+                match recorder {
+                    Some(recorder) => recorder.build(builder),
+                    None => builder.build(),
+                }
             });
             let tracker = (variant == Variant::TaskTracker).then(TaskTracker::new);
             let listener = runtime
@@ -259,6 +274,9 @@ impl Server {
             })
             .into_future();
         let serving = runtime.spawn(serving);
+        if let Some(recorder) = recorder {
+            recorder.spawn_upkeep(&runtime);
+        }
         Self {
             runtime,
             tasks_runtime,
@@ -267,6 +285,7 @@ impl Server {
             serving,
             supervisor,
             tracker,
+            recorder,
         }
     }
 
@@ -286,6 +305,7 @@ impl Server {
             serving,
             supervisor,
             tracker,
+            recorder,
             ..
         } = self;
         let mut teardown = Teardown::default();
@@ -297,7 +317,10 @@ impl Server {
             let stats = supervisor.stats();
             teardown.running_at_shutdown = stats.running;
             teardown.queued_at_shutdown = stats.queued;
-            teardown.shutdown = Some(runtime.block_on(supervisor.shutdown()));
+            let report = runtime.block_on(supervisor.shutdown());
+            teardown.recorded_completed =
+                recorder.map(|recorder| recorder.check(report.stats.completed));
+            teardown.shutdown = Some(report);
         }
         if let Some(tracker) = tracker {
             tracker.close();
