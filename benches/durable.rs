@@ -1,5 +1,6 @@
-//! Durable jobs against in-process background tasks: enqueue throughput
-//! (jobs/s) and enqueue → start latency, SQLite and PostgreSQL, in one run.
+//! Durable jobs against in-process background tasks and against the
+//! database's own limits: enqueue throughput (jobs/s), execution throughput
+//! and enqueue → start latency, SQLite and PostgreSQL, in one run.
 //!
 //! Not a criterion benchmark (`harness = false`): the modes are interleaved
 //! round after round so that all of them see the same moments of a noisy
@@ -35,6 +36,26 @@
 //! is the time from just before the handler's enqueue call to the moment
 //! the job's handler starts (for `add`: the task's first poll).
 //!
+//! # Limits (issue 16)
+//!
+//! Each round also measures, per engine, on the same database, what raw
+//! sqlx statements reach on a scratch table shaped as apalis's job table
+//! (same columns, a primary key on `id`, a partial index on pending rows):
+//!
+//! - **(1), the enqueue ceiling:** E rows inserted by multi-row `INSERT`s,
+//!   512 rows per transaction; and, as the "one commit per job" baseline,
+//!   rows inserted one per commit, one after the other;
+//! - **(2), the execution ceiling:** E pending rows claimed 16 at a time
+//!   (`… LIMIT 16 FOR UPDATE SKIP LOCKED` then `UPDATE … RETURNING`, one
+//!   commit) and marked done (a second commit), until none is left; 4
+//!   loops at once on PostgreSQL, 1 on SQLite (one writer).
+//!
+//! and what the queue reaches of them: `JobQueue::push_all` of E no-op
+//! jobs, 512 per call; then `Workers` with `.concurrency(16)` started on
+//! them, jobs/s from their start until this process counts E succeeded.
+//! The per-engine tables put these beside the throughput and latency
+//! figures above, with issue 16's ratios and targets.
+//!
 //! # PostgreSQL
 //!
 //! `DATABASE_URL` if it is set (a `postgres://` URL); otherwise a private
@@ -54,7 +75,8 @@
 //! ```
 //!
 //! Other options (after `--`): `--rounds N`, `--jobs N` (per throughput
-//! run), `--latency-jobs K`. Prints a progress line per run to stderr, then
+//! run), `--latency-jobs K`, `--exec-jobs E` (per ceiling and execution
+//! run: 20 000, 2 000 with `--quick`). Prints a progress line per run to stderr, then
 //! the tables to stdout. Run without `--bench` (as `cargo test --benches`
 //! does) it makes one small pass. Every wait is bounded; everything stops
 //! by itself.
@@ -130,6 +152,8 @@ probes! {
     Filler = "bench_fill",
     Pushed = "bench_pushed",
     Deferred = "bench_deferred",
+    // Execution: a no-op run by `Workers` with concurrency 16.
+    Noop = "bench_noop",
 }
 
 /// When each job was enqueued and first started, by sequence number.
@@ -191,22 +215,25 @@ struct Config {
     rounds: usize,
     jobs: usize,
     latency_jobs: usize,
+    /// Rows per execution run (the ceiling's and the workers').
+    exec_jobs: usize,
 }
 
 impl Config {
     fn from_args() -> Self {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mode = Mode::from_args(&args);
-        let (rounds, jobs, latency_jobs) = match mode {
-            Mode::Smoke => (1, 64, 8),
-            Mode::Quick => (1, 400, 30),
-            Mode::Full => (5, 2000, 60),
+        let (rounds, jobs, latency_jobs, exec_jobs) = match mode {
+            Mode::Smoke => (1, 64, 8, 64),
+            Mode::Quick => (1, 400, 30, 2000),
+            Mode::Full => (5, 2000, 60, 20_000),
         };
         let mut config = Self {
             mode,
             rounds,
             jobs,
             latency_jobs,
+            exec_jobs,
         };
         let mut flags = Flags::new("durable", args);
         while let Some(flag) = flags.next() {
@@ -214,12 +241,14 @@ impl Config {
                 "--rounds" => config.rounds = parse(&flags.value("--rounds")),
                 "--jobs" => config.jobs = parse(&flags.value("--jobs")),
                 "--latency-jobs" => config.latency_jobs = parse(&flags.value("--latency-jobs")),
+                "--exec-jobs" => config.exec_jobs = parse(&flags.value("--exec-jobs")),
                 other => flags.ignore(other),
             }
         }
         config.rounds = config.rounds.clamp(1, 50);
         config.jobs = config.jobs.clamp(16, 100_000);
         config.latency_jobs = config.latency_jobs.clamp(2, 10_000);
+        config.exec_jobs = config.exec_jobs.clamp(16, 1_000_000);
         config
     }
 }
@@ -249,6 +278,7 @@ struct Database {
     admin: Admin,
 }
 
+#[derive(Clone)]
 enum Admin {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
@@ -293,8 +323,12 @@ impl Database {
 async fn open_sqlite(dir: &Path) -> Database {
     let path = dir.join("jobs.db");
     let queue = JobQueue::sqlite(&path).await.expect("the SQLite queue");
+    // The same durability as the queue's connections: the raw ceilings
+    // must `fsync` as the queue does.
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&path)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5));
     let admin = sqlx::sqlite::SqlitePoolOptions::new()
         .connect_with(options)
@@ -651,6 +685,308 @@ async fn throughput(
 }
 
 // ---------------------------------------------------------------------------
+// The physical limits, and what the queue reaches of them.
+
+/// Rows per transaction of the enqueue ceiling, and jobs per `push_all`
+/// call: the group commit's largest batch.
+const INSERT_BATCH: usize = 512;
+/// Rows claimed at a time by the execution ceiling: as many as the
+/// workers run at once.
+const CLAIM_BATCH: usize = 16;
+/// Loops claiming at once in the PostgreSQL execution ceiling (what `SKIP
+/// LOCKED` is for); SQLite has one writer, so one loop.
+const PG_CLAIMERS: usize = 4;
+/// apalis's figure for graphile-worker on PostgreSQL, no-op jobs/s.
+const GRAPHILE_WORKER: f64 = 41_000.0;
+
+impl Database {
+    /// Creates the ceilings' scratch table if missing, and empties it: the
+    /// row of apalis's job table (id, type, JSON bytes, status, attempts,
+    /// run at, lock), its primary key, and a partial index to fetch
+    /// pending rows by, as apalis's table has.
+    async fn scratch_reset(&self) {
+        let result = match &self.admin {
+            Admin::Sqlite(pool) => {
+                sqlx::raw_sql(
+                    "CREATE TABLE IF NOT EXISTS bench_ceiling (\
+                       id TEXT PRIMARY KEY NOT NULL, job_type TEXT NOT NULL, job BLOB NOT NULL, \
+                       status TEXT NOT NULL DEFAULT 'Pending', attempts INTEGER NOT NULL DEFAULT 0, \
+                       max_attempts INTEGER NOT NULL, \
+                       run_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now')), \
+                       lock_by TEXT, lock_at INTEGER, done_at INTEGER); \
+                     CREATE INDEX IF NOT EXISTS bench_ceiling_fetch \
+                       ON bench_ceiling (job_type, run_at) WHERE status = 'Pending'; \
+                     DELETE FROM bench_ceiling;",
+                )
+                .execute(pool)
+                .await
+                .map(drop)
+            }
+            Admin::Postgres(pool) => {
+                sqlx::raw_sql(
+                    "CREATE TABLE IF NOT EXISTS bench_ceiling (\
+                       id TEXT PRIMARY KEY, job_type TEXT NOT NULL, job BYTEA NOT NULL, \
+                       status TEXT NOT NULL DEFAULT 'Pending', attempts INTEGER NOT NULL DEFAULT 0, \
+                       max_attempts INTEGER NOT NULL, run_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                       lock_by TEXT, lock_at TIMESTAMPTZ, done_at TIMESTAMPTZ); \
+                     CREATE INDEX IF NOT EXISTS bench_ceiling_fetch \
+                       ON bench_ceiling (job_type, run_at) WHERE status = 'Pending'; \
+                     TRUNCATE bench_ceiling;",
+                )
+                .execute(pool)
+                .await
+                .map(drop)
+            }
+        };
+        result.expect("the scratch table");
+    }
+
+    /// Inserts `rows` raw in one multi-row `INSERT`, in one transaction.
+    async fn scratch_insert(&self, rows: &[(String, Vec<u8>)]) {
+        fn values<DB>(builder: &mut sqlx::QueryBuilder<DB>, rows: &[(String, Vec<u8>)])
+        where
+            DB: sqlx::Database,
+            for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+            for<'a> &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+            for<'a> i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        {
+            builder.push_values(rows, |mut row, (id, job)| {
+                row.push_bind(id.as_str())
+                    .push_bind(Noop::NAME)
+                    .push_bind(job.as_slice())
+                    .push_bind(5_i32);
+            });
+        }
+        const INSERT: &str = "INSERT INTO bench_ceiling (id, job_type, job, max_attempts) ";
+        let result = match &self.admin {
+            Admin::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    let mut builder = sqlx::QueryBuilder::new(INSERT);
+                    values(&mut builder, rows);
+                    builder.build().execute(&mut *tx).await?;
+                    tx.commit().await
+                }
+                .await
+            }
+            Admin::Postgres(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    let mut builder = sqlx::QueryBuilder::new(INSERT);
+                    values(&mut builder, rows);
+                    builder.build().execute(&mut *tx).await?;
+                    tx.commit().await
+                }
+                .await
+            }
+        };
+        result.expect("a raw insert");
+    }
+}
+
+impl Admin {
+    /// Claims up to [`CLAIM_BATCH`] pending rows (one commit), then marks
+    /// them done (another): how many it claimed.
+    async fn claim_and_complete(&self) -> usize {
+        let result = match self {
+            Self::Sqlite(pool) => {
+                async {
+                    let ids: Vec<String> = sqlx::query_scalar(
+                        "UPDATE bench_ceiling SET status = 'Running', lock_by = 'bench', \
+                       lock_at = strftime('%s', 'now') \
+                     WHERE rowid IN (SELECT rowid FROM bench_ceiling \
+                       WHERE job_type = ?1 AND status = 'Pending' \
+                       ORDER BY run_at, id LIMIT ?2) \
+                     RETURNING id",
+                    )
+                    .bind(Noop::NAME)
+                    .bind(CLAIM_BATCH as i64)
+                    .fetch_all(pool)
+                    .await?;
+                    if !ids.is_empty() {
+                        let json = format!("[\"{}\"]", ids.join("\",\""));
+                        sqlx::query(
+                            "UPDATE bench_ceiling SET status = 'Done', attempts = 1, \
+                           done_at = strftime('%s', 'now') \
+                         WHERE id IN (SELECT value FROM json_each(?1))",
+                        )
+                        .bind(json)
+                        .execute(pool)
+                        .await?;
+                    }
+                    Ok::<_, sqlx::Error>(ids.len())
+                }
+                .await
+            }
+            Self::Postgres(pool) => {
+                async {
+                    let ids: Vec<String> = sqlx::query_scalar(
+                        "WITH c AS (SELECT id FROM bench_ceiling \
+                       WHERE job_type = $1 AND status = 'Pending' \
+                       ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     UPDATE bench_ceiling t SET status = 'Running', lock_by = 'bench', \
+                       lock_at = now() \
+                     FROM c WHERE t.id = c.id RETURNING t.id",
+                    )
+                    .bind(Noop::NAME)
+                    .bind(CLAIM_BATCH as i64)
+                    .fetch_all(pool)
+                    .await?;
+                    if !ids.is_empty() {
+                        sqlx::query(
+                            "UPDATE bench_ceiling SET status = 'Done', attempts = 1, \
+                           done_at = now() WHERE id = ANY($1)",
+                        )
+                        .bind(&ids)
+                        .execute(pool)
+                        .await?;
+                    }
+                    Ok(ids.len())
+                }
+                .await
+            }
+        };
+        result.expect("a raw claim and complete")
+    }
+}
+
+/// `n` rows (id, JSON bytes) as a job's: a fresh id, `{"seq":N}`.
+fn scratch_rows(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|_| {
+            let seq = next_seq();
+            (
+                format!("{seq:026}"),
+                format!("{{\"seq\":{seq}}}").into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// One round of an engine's limits and of what the queue reaches of them
+/// (the `push` and `enqueue` figures are the throughput runs').
+#[derive(Clone, Debug)]
+struct LimitsRun {
+    engine: Engine,
+    /// (1): raw multi-row `INSERT`s, [`INSERT_BATCH`] rows per commit, rows/s.
+    insert_ceiling: f64,
+    /// Raw single-row `INSERT`s, one commit each, one after the other, rows/s.
+    one_commit: f64,
+    /// `JobQueue::push_all` of [`INSERT_BATCH`] jobs at a time, jobs/s.
+    push_all: f64,
+    /// (2): raw claim-and-complete loops, [`CLAIM_BATCH`] rows at a time, rows/s.
+    claim_ceiling: f64,
+    /// `Workers` with concurrency 16 running no-op jobs, jobs/s.
+    executed: f64,
+}
+
+/// Rows/s of raw inserts: `rows` in transactions of [`INSERT_BATCH`].
+async fn insert_ceiling(database: &Database, rows: usize) -> f64 {
+    database.scratch_reset().await;
+    let rows = scratch_rows(rows);
+    let started = Instant::now();
+    for batch in rows.chunks(INSERT_BATCH) {
+        database.scratch_insert(batch).await;
+    }
+    rows.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Rows/s of raw inserts of one row per commit, one after the other.
+async fn one_commit_per_row(database: &Database, rows: usize) -> f64 {
+    database.scratch_reset().await;
+    let rows = scratch_rows(rows);
+    let started = Instant::now();
+    for row in rows.chunks(1) {
+        database.scratch_insert(row).await;
+    }
+    rows.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Rows/s claimed and completed from `rows` pending rows, by
+/// [`PG_CLAIMERS`] loops on PostgreSQL and one on SQLite.
+async fn claim_ceiling(database: &Database, rows: usize) -> f64 {
+    database.scratch_reset().await;
+    for batch in scratch_rows(rows).chunks(INSERT_BATCH) {
+        database.scratch_insert(batch).await;
+    }
+    let claimers = match database.engine {
+        Engine::Sqlite => 1,
+        Engine::Postgres => PG_CLAIMERS,
+    };
+    let started = Instant::now();
+    let loops: Vec<_> = (0..claimers)
+        .map(|_| {
+            let admin = database.admin.clone();
+            tokio::spawn(async move {
+                let mut done = 0;
+                loop {
+                    match admin.claim_and_complete().await {
+                        0 => break done,
+                        n => done += n,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for claimer in loops {
+        done += claimer.await.expect("a claimer panicked");
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(done, rows, "every row claimed once");
+    rows as f64 / elapsed.as_secs_f64()
+}
+
+/// `JobQueue::push_all` of `jobs` no-op jobs, [`INSERT_BATCH`] at a time
+/// (jobs/s), then `Workers` with concurrency 16 started on them: jobs/s
+/// from the start of the workers until this process counts every job
+/// succeeded.
+async fn push_all_then_execute(database: &Database, jobs: usize) -> (f64, f64) {
+    let queue = &database.queue;
+    let before = queue.stats();
+    let all: Vec<Noop> = (0..jobs).map(|_| Noop::with_seq(next_seq())).collect();
+    let started = Instant::now();
+    for batch in all.chunks(INSERT_BATCH) {
+        queue.push_all(batch).await.expect("push_all");
+    }
+    let pushed = jobs as f64 / started.elapsed().as_secs_f64();
+
+    let supervisor = Supervisor::new();
+    let started = Instant::now();
+    Workers::new(queue)
+        .register::<Noop>()
+        .concurrency(16)
+        .name(format!("bench-noop-{}", next_seq()))
+        .spawn(&supervisor);
+    let deadline = started + DRAIN_TIMEOUT * 5;
+    while queue.stats().succeeded - before.succeeded < jobs as u64 {
+        assert!(Instant::now() < deadline, "the no-op jobs did not finish");
+        sleep(Duration::from_millis(1)).await;
+    }
+    let executed = jobs as f64 / started.elapsed().as_secs_f64();
+    let _ = tokio::time::timeout(STOP_TIMEOUT, supervisor.shutdown()).await;
+    database.delete(Noop::NAME).await;
+    (pushed, executed)
+}
+
+/// One round of `database`'s limits and of what the queue reaches of them.
+async fn limits(database: &Database, config: &Config) -> LimitsRun {
+    let insert_ceiling = insert_ceiling(database, config.exec_jobs).await;
+    let one_commit = one_commit_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
+    let claim_ceiling = claim_ceiling(database, config.exec_jobs).await;
+    database.scratch_reset().await;
+    let (push_all, executed) = push_all_then_execute(database, config.exec_jobs).await;
+    LimitsRun {
+        engine: database.engine,
+        insert_ceiling,
+        one_commit,
+        push_all,
+        claim_ceiling,
+        executed,
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Latency.
 
 #[derive(Clone, Debug)]
@@ -820,6 +1156,7 @@ fn main() {
     let started = Instant::now();
     let mut throughput_rounds: Vec<Vec<ThroughputRun>> = Vec::new();
     let mut latency_rounds: Vec<Vec<LatencyRun>> = Vec::new();
+    let mut limits_rounds: Vec<Vec<LimitsRun>> = Vec::new();
     runtime.block_on(async {
         // Warm-up: one small unrecorded pass of every throughput mode.
         for database in &databases {
@@ -868,9 +1205,28 @@ fn main() {
                 );
             }
             latency_rounds.push(runs);
+
+            let mut runs = Vec::new();
+            for database in &databases {
+                let run = limits(database, &config).await;
+                eprintln!(
+                    "round {round} limits {:<8} insert ceiling {:>7.0}/s  one commit per row \
+                     {:>5.0}/s  push_all {:>7.0}/s  claim ceiling {:>6.0}/s  workers {:>6.0}/s",
+                    run.engine.key(),
+                    run.insert_ceiling,
+                    run.one_commit,
+                    run.push_all,
+                    run.claim_ceiling,
+                    run.executed,
+                );
+                runs.push(run);
+            }
+            limits_rounds.push(runs);
         }
     });
     let elapsed = started.elapsed();
+    let engines: Vec<Engine> = databases.iter().map(|d| d.engine).collect();
+    drop(databases);
     drop(postgres);
     drop(sqlite);
     drop(runtime);
@@ -889,6 +1245,14 @@ fn main() {
     );
     print_throughput(&throughput_rounds);
     print_latency(&latency_rounds);
+    for database in &engines {
+        print_limits(
+            *database,
+            &limits_rounds,
+            &throughput_rounds,
+            &latency_rounds,
+        );
+    }
 
     let missing: usize = latency_rounds.iter().flatten().map(|r| r.missing).sum();
     if config.mode == Mode::Smoke {
@@ -979,6 +1343,118 @@ fn print_throughput(rounds: &[Vec<ThroughputRun>]) {
         ],
         &rows,
     );
+}
+
+/// An engine's limits and what the queue reaches of them: medians over
+/// rounds, and the ratios (each within a round, then the median) with
+/// issue 16's targets.
+fn print_limits(
+    engine: Engine,
+    limits: &[Vec<LimitsRun>],
+    throughput: &[Vec<ThroughputRun>],
+    latency: &[Vec<LatencyRun>],
+) {
+    let e = engine.key();
+    // Per round: the figures by name.
+    let rounds: Vec<HashMap<&str, f64>> = limits
+        .iter()
+        .zip(throughput)
+        .zip(latency)
+        .filter_map(|((limits, throughput), latency)| {
+            let run = limits.iter().find(|run| run.engine == engine)?;
+            let put = |key: String| throughput.iter().find(|run| run.key == key);
+            let lat = |key: String| latency.iter().find(|run| run.key == key);
+            Some(HashMap::from([
+                ("insert", run.insert_ceiling),
+                ("one_commit", run.one_commit),
+                ("push_all", run.push_all),
+                (
+                    "push_p1",
+                    put(format!("{e}/enqueue_now/p1"))?.accepted_per_s,
+                ),
+                (
+                    "push_p16",
+                    put(format!("{e}/enqueue_now/p16"))?.accepted_per_s,
+                ),
+                (
+                    "stored_p16",
+                    put(format!("{e}/enqueue/p16"))?.settled_per_s?,
+                ),
+                ("claim", run.claim_ceiling),
+                ("executed", run.executed),
+                ("lat_now", lat(format!("{e}/enqueue_now"))?.p(0.5)),
+                ("lat_deferred", lat(format!("{e}/enqueue"))?.p(0.5)),
+            ]))
+        })
+        .collect();
+    if rounds.is_empty() {
+        return;
+    }
+    let of = |f: &dyn Fn(&HashMap<&str, f64>) -> f64| -> (f64, String) {
+        let values: Vec<f64> = rounds.iter().map(f).collect();
+        let per_round: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        (median(values), per_round.join(" / "))
+    };
+    let mut rows = Vec::new();
+    let mut rate = |what: &str, key: &str| {
+        let (m, _) = of(&|r| r[key]);
+        let per_round: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r[key])).collect();
+        rows.push(vec![
+            what.to_owned(),
+            format!("{m:.0}"),
+            String::new(),
+            per_round.join(" / "),
+        ]);
+    };
+    rate("(1) raw INSERT, 512 rows per commit, rows/s", "insert");
+    rate("raw INSERT, one commit per row, rows/s", "one_commit");
+    rate("push_all, 512 jobs per call, jobs/s", "push_all");
+    rate("push (enqueue_now), 1 producer, jobs/s", "push_p1");
+    rate("push (enqueue_now), 16 producers, jobs/s", "push_p16");
+    rate("enqueue, 16 producers, stored/s", "stored_p16");
+    rate("(2) raw claim + complete, 16 per batch, rows/s", "claim");
+    rate("Workers, concurrency 16, no-op jobs/s", "executed");
+    let mut ratio = |what: &str, target: &str, f: &dyn Fn(&HashMap<&str, f64>) -> f64| {
+        let (m, per_round) = of(f);
+        rows.push(vec![
+            what.to_owned(),
+            format!("{m:.2}"),
+            target.to_owned(),
+            per_round,
+        ]);
+    };
+    ratio("enqueue stored/s (16 producers) ÷ (1)", "≥ 0.5", &|r| {
+        r["stored_p16"] / r["insert"]
+    });
+    ratio("push, 16 producers ÷ one commit per row", "≥ 5", &|r| {
+        r["push_p16"] / r["one_commit"]
+    });
+    ratio("push, 1 producer ÷ one commit per row", "≈ 1", &|r| {
+        r["push_p1"] / r["one_commit"]
+    });
+    ratio("push_all ÷ (1)", "", &|r| r["push_all"] / r["insert"]);
+    ratio("Workers ÷ (2)", "≥ 0.5", &|r| r["executed"] / r["claim"]);
+    if engine == Engine::Postgres {
+        ratio("Workers ÷ graphile-worker's 41 000/s", "> 1", &|r| {
+            r["executed"] / GRAPHILE_WORKER
+        });
+    }
+    let mut latency = |what: &str, target: &str, key: &str| {
+        let values: Vec<f64> = rounds.iter().map(|r| r[key]).collect();
+        rows.push(vec![
+            what.to_owned(),
+            time(median(values.clone())),
+            target.to_owned(),
+            values.into_iter().map(time).collect::<Vec<_>>().join(" / "),
+        ]);
+    };
+    let target = match engine {
+        Engine::Sqlite => "≤ 5 ms",
+        Engine::Postgres => "~2 ms",
+    };
+    latency("enqueue_now → start, p50", target, "lat_now");
+    latency("enqueue → start, p50", target, "lat_deferred");
+    print_table(&[e, "median", "target", "per round"], &rows);
 }
 
 /// Each latency mode's medians over rounds of p50 and p99, its largest
