@@ -290,8 +290,11 @@ fn start_worker<J: Job>(
     match &queue.engine {
         #[cfg(feature = "sqlite")]
         Engine::Sqlite(pool) => {
+            // One fetch fills every free slot (apalis fetches 10 by
+            // default, one commit per fetch).
             let config = apalis_sqlite::Config::default()
                 .queue(J::NAME)
+                .batch_size(settings.concurrency.max(1))
                 .heartbeat_interval(settings.heartbeat)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             // Without a poll strategy an idle apalis worker looks for new
@@ -314,8 +317,11 @@ fn start_worker<J: Job>(
         }
         #[cfg(feature = "postgres")]
         Engine::Postgres(pool) => {
+            // One fetch fills every free slot (apalis fetches 10 by
+            // default, one commit per fetch).
             let config = apalis_postgres::Config::default()
                 .queue(J::NAME)
+                .batch_size(settings.concurrency.max(1))
                 .heartbeat_interval(settings.heartbeat)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             // New jobs are announced (`LISTEN`, one connection per job
