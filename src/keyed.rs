@@ -7,7 +7,6 @@
 //! so the map holds only keys in use: bounded by the tasks running plus
 //! those pending, which `max_queued` bounds.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -45,13 +44,11 @@ impl Keys {
     /// holds it from now on, or `None`, and the key is free.
     pub(crate) fn pass_on(&self, key: &str) -> Option<Parked> {
         let mut held = self.lock();
-        let Entry::Occupied(mut entry) = held.entry(key.into()) else {
-            // Drained at an abort.
-            return None;
-        };
-        let next = entry.get_mut().pop_front();
+        // `None`: drained at an abort.
+        let waiting = held.get_mut(key)?;
+        let next = waiting.pop_front();
         if next.is_none() {
-            entry.remove();
+            held.remove(key);
         }
         next
     }
