@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::recorder;
 use crate::support::{parse, Flags, Mode};
 
 /// Worker threads of the server's runtime and of the client's: one each,
@@ -73,7 +72,8 @@ impl Variant {
 
     /// Whether this build can run the variant.
     fn available(self) -> bool {
-        self != Self::LayerTaskMetrics || recorder::AVAILABLE
+        // Variant 3m needs the `metrics` feature (see `recorder`).
+        self != Self::LayerTaskMetrics || cfg!(feature = "metrics")
     }
 
     /// The variant's number in the tables and in `--variants`: a letter

@@ -4,13 +4,10 @@
 //! against the supervisor's own count.
 //!
 //! Without the feature `Recorder` has no value, and `--variants 3m` is
-//! refused when the options are read; the only `cfg` for it is in this
-//! file.
+//! refused when the options are read (`Variant::available`, the one `cfg`
+//! for it outside this file).
 
 pub(crate) use imp::Recorder;
-
-/// Whether this build can run variant 3m.
-pub(crate) const AVAILABLE: bool = cfg!(feature = "metrics");
 
 #[cfg(feature = "metrics")]
 mod imp {

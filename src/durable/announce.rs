@@ -2,10 +2,14 @@
 //! the same queue in this process, so that they fetch at once instead of at
 //! their next poll.
 
+#[cfg(feature = "sqlite")]
 use std::future::Future;
+#[cfg(feature = "sqlite")]
 use std::pin::Pin;
+#[cfg(feature = "sqlite")]
 use std::task::{Context, Poll};
 
+#[cfg(feature = "sqlite")]
 use futures_core::Stream;
 use tokio::sync::watch;
 
@@ -30,7 +34,9 @@ impl Announcer {
             .send_modify(|pushes| *pushes = pushes.wrapping_add(1));
     }
 
-    /// The pushes from now on, as a stream a worker's poll strategy reads.
+    /// The pushes from now on, as a stream a worker's poll strategy reads
+    /// (SQLite's workers: PostgreSQL's hear every push through `LISTEN`).
+    #[cfg(feature = "sqlite")]
     pub(crate) fn subscribe(&self) -> Announcements {
         Announcements::Idle(self.pushes.subscribe())
     }
@@ -39,12 +45,14 @@ impl Announcer {
 /// Yields once for every change of the push count since it was last read:
 /// a push made while the worker was busy is not lost, since a watch
 /// remembers that it changed.
+#[cfg(feature = "sqlite")]
 pub(crate) enum Announcements {
     Idle(watch::Receiver<u64>),
     Waiting(Pin<Box<dyn Future<Output = Option<watch::Receiver<u64>>> + Send>>),
     Closed,
 }
 
+#[cfg(feature = "sqlite")]
 impl Stream for Announcements {
     type Item = ();
 
@@ -74,7 +82,7 @@ impl Stream for Announcements {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use std::future::poll_fn;
 
