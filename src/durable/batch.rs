@@ -16,10 +16,10 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::encoded::EncodedJob;
+use super::engine::Engine;
 use super::error::JobError;
 use super::insert::{Inserted, JobDatabase, Rows};
 use super::job::JobId;
-use super::queue::Engine;
 
 /// The most jobs one commit holds.
 pub(crate) const MAX_BATCH: usize = 512;

@@ -106,6 +106,7 @@ compile_error!("feature `durable` needs an engine: enable `sqlite` or `postgres`
 mod announce;
 mod batch;
 mod encoded;
+mod engine;
 mod enqueue;
 mod error;
 mod in_flight;
@@ -129,4 +130,4 @@ pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT, DEFAULT_POLL_
 
 // For `tracking::SqlStore`, which keeps its tables in the queue's database.
 #[cfg(feature = "tracking")]
-pub(crate) use queue::Engine;
+pub(crate) use engine::Engine;

@@ -11,6 +11,7 @@ use apalis_core::task::task_id::TaskId;
 use super::announce::Announcer;
 use super::batch::{self, Batcher};
 use super::encoded::EncodedJob;
+use super::engine::Engine;
 use super::error::JobError;
 use super::insert::Inserted;
 use super::job::{Job, JobId};
@@ -43,15 +44,6 @@ pub struct JobQueue {
     pub(crate) announcer: Arc<Announcer>,
     /// Stores concurrent pushes in shared commits.
     batcher: Arc<Batcher>,
-}
-
-/// The database behind a [`JobQueue`].
-#[derive(Clone, Debug)]
-pub(crate) enum Engine {
-    #[cfg(feature = "sqlite")]
-    Sqlite(apalis_sqlite::SqlitePool),
-    #[cfg(feature = "postgres")]
-    Postgres(apalis_postgres::PgPool),
 }
 
 /// What became of a job, as far as the queue knows.

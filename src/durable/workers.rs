@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use apalis::prelude::{BackendExt, TaskId, WorkerBuilder, WorkerBuilderExt, WorkerError};
 
+use super::engine::Engine;
 use super::in_flight::InFlight;
 use super::job::Job;
-use super::queue::{Engine, JobQueue};
+use super::queue::JobQueue;
 use super::wake_up;
 use crate::resident::Shutdown;
 use crate::supervisor::Supervisor;

@@ -1,5 +1,5 @@
 //! The errors of tracking: [`TrackingError`] (each one a JSON response),
-//! [`StoreError`] and [`SignatureError`].
+//! [`StoreError`], [`SignatureError`] and [`ParseIdempotencyKeyError`].
 
 use std::error::Error;
 use std::fmt;
@@ -12,8 +12,6 @@ use axum::Json;
 use serde_json::json;
 
 use crate::AddError;
-
-use super::idempotency::ParseIdempotencyKeyError;
 
 /// Why a tracked task could not be started or reported. Each is answered
 /// with a JSON body `{"error": "<code>"}` (most with a `"message"` too),
@@ -300,6 +298,42 @@ impl Error for SignatureError {
         Some(&self.0)
     }
 }
+
+/// Why a value is no [`IdempotencyKey`](super::IdempotencyKey); its `Display` says which rule it
+/// breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseIdempotencyKeyError(pub(super) Reason);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reason {
+    Empty,
+    TooLong { max: usize },
+    NotVisibleAscii,
+    Quoting,
+    Repeated,
+}
+
+impl fmt::Display for ParseIdempotencyKeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Reason::Empty => f.write_str("the Idempotency-Key is empty"),
+            Reason::TooLong { max } => {
+                write!(f, "the Idempotency-Key is longer than {max} characters")
+            }
+            Reason::NotVisibleAscii => f.write_str(
+                "an Idempotency-Key is visible ASCII characters only (`!` to `~`: no spaces, \
+                 controls or non-ASCII)",
+            ),
+            Reason::Quoting => f.write_str(
+                "the Idempotency-Key is not a well-formed string: a closing `\"` must end it, \
+                 and only `\\\"` and `\\\\` are escapes",
+            ),
+            Reason::Repeated => f.write_str("the Idempotency-Key header is given more than once"),
+        }
+    }
+}
+
+impl std::error::Error for ParseIdempotencyKeyError {}
 
 #[cfg(test)]
 mod tests {

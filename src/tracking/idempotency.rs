@@ -9,7 +9,7 @@ use axum::extract::OptionalFromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
-use super::error::TrackingError;
+use super::error::{ParseIdempotencyKeyError, Reason, TrackingError};
 use super::signature::Signature;
 
 /// The request header a client names a start with: `idempotency-key`.
@@ -111,7 +111,9 @@ impl FromStr for IdempotencyKey {
             return Err(ParseIdempotencyKeyError(Reason::NotVisibleAscii));
         }
         if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(ParseIdempotencyKeyError(Reason::TooLong));
+            return Err(ParseIdempotencyKeyError(Reason::TooLong {
+                max: MAX_IDEMPOTENCY_KEY_LEN,
+            }));
         }
         Ok(Self(key.into_boxed_str()))
     }
@@ -134,7 +136,9 @@ fn unquote(quoted: &str) -> Result<String, ParseIdempotencyKeyError> {
         }
         // Checked as it grows, so a huge value is not copied whole.
         if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(ParseIdempotencyKeyError(Reason::TooLong));
+            return Err(ParseIdempotencyKeyError(Reason::TooLong {
+                max: MAX_IDEMPOTENCY_KEY_LEN,
+            }));
         }
     }
     if chars.next().is_some() {
@@ -169,43 +173,6 @@ where
         Self::from_headers(&parts.headers)
     }
 }
-
-/// Why a value is no [`IdempotencyKey`]; its `Display` says which rule it
-/// breaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ParseIdempotencyKeyError(Reason);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reason {
-    Empty,
-    TooLong,
-    NotVisibleAscii,
-    Quoting,
-    Repeated,
-}
-
-impl fmt::Display for ParseIdempotencyKeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Reason::Empty => f.write_str("the Idempotency-Key is empty"),
-            Reason::TooLong => write!(
-                f,
-                "the Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LEN} characters"
-            ),
-            Reason::NotVisibleAscii => f.write_str(
-                "an Idempotency-Key is visible ASCII characters only (`!` to `~`: no spaces, \
-                 controls or non-ASCII)",
-            ),
-            Reason::Quoting => f.write_str(
-                "the Idempotency-Key is not a well-formed string: a closing `\"` must end it, \
-                 and only `\\\"` and `\\\\` are escapes",
-            ),
-            Reason::Repeated => f.write_str("the Idempotency-Key header is given more than once"),
-        }
-    }
-}
-
-impl std::error::Error for ParseIdempotencyKeyError {}
 
 /// An [`IdempotencyKey`] as a [`TaskStore`](super::TaskStore) keeps it,
 /// from [`TaskSpec::with_idempotency_key`](super::TaskSpec::with_idempotency_key):
@@ -286,9 +253,19 @@ mod tests {
             );
         }
         let long = "k".repeat(256);
-        assert_eq!(parse(&long), Err(ParseIdempotencyKeyError(Reason::TooLong)));
+        assert_eq!(
+            parse(&long),
+            Err(ParseIdempotencyKeyError(Reason::TooLong {
+                max: MAX_IDEMPOTENCY_KEY_LEN,
+            }))
+        );
         let long = format!("\"{}", "k".repeat(100_000));
-        assert_eq!(parse(&long), Err(ParseIdempotencyKeyError(Reason::TooLong)));
+        assert_eq!(
+            parse(&long),
+            Err(ParseIdempotencyKeyError(Reason::TooLong {
+                max: MAX_IDEMPOTENCY_KEY_LEN,
+            }))
+        );
     }
 
     #[test]

@@ -263,11 +263,10 @@ mod sql_store;
 mod store;
 mod timestamp;
 
-pub use error::{SignatureError, StoreError, TrackingError};
+pub use error::{ParseIdempotencyKeyError, SignatureError, StoreError, TrackingError};
 pub use id::{ParseTaskIdError, TaskId};
 pub use idempotency::{
-    Idempotency, IdempotencyKey, ParseIdempotencyKeyError, IDEMPOTENCY_KEY_HEADER,
-    MAX_IDEMPOTENCY_KEY_LEN,
+    Idempotency, IdempotencyKey, IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY_LEN,
 };
 pub use lock::{Lock, LockKey, LOCK_HEADER};
 pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_CAPACITY, DEFAULT_TTL};
