@@ -27,7 +27,12 @@ impl JobQueue {
     ///
     /// The job is encoded here, so a job that cannot be encoded is an error
     /// now ([`JobError::Encode`]); so is a supervisor that does not accept
-    /// the push (shutting down, queue full: [`JobError::NotAccepted`]).
+    /// the push (shutting down, queue full: [`JobError::NotAccepted`]), and
+    /// a queue whose deferred jobs waiting for the database already number
+    /// [`max_pending`](Self::max_pending) ([`JobError::Full`], a `503` with
+    /// `Retry-After`). `enqueue` never waits for room: a handler that did
+    /// would hold its response back, which is what `enqueue` is for
+    /// avoiding.
     ///
     /// A push that fails (database down, locked, unreachable) is tried again
     /// with exponential backoff (50 ms doubling to 5 s, full jitter) for as
@@ -108,7 +113,11 @@ impl JobQueue {
         let cancel = tasks.cancellation_token();
         // Counted first: a handle used after its response has ended starts
         // the push at once, and `pushed_deferred` must never pass `deferred`.
-        self.counters.deferred(n);
+        if !self.counters.try_defer(n) {
+            return Err(JobError::Full {
+                max_pending: self.counters.max_pending(),
+            });
+        }
         match tasks.try_add(push_until_stored(self.clone(), jobs, cancel)) {
             Ok(()) => Ok(()),
             Err(error) => {

@@ -20,6 +20,13 @@ pub enum JobError {
     Database(Box<dyn std::error::Error + Send + Sync>),
     /// The task set did not accept the deferred push (shutting down, full).
     NotAccepted(AddError),
+    /// [`JobQueue::enqueue`](super::JobQueue::enqueue) was refused: this
+    /// many deferred jobs already wait in memory for the database
+    /// ([`JobQueue::max_pending`](super::JobQueue::max_pending)).
+    Full {
+        /// The limit that was reached.
+        max_pending: usize,
+    },
     /// A `DATABASE_URL` (or path) names no engine this build supports.
     UnsupportedUrl(String),
     /// The job ran and failed on its last attempt (or was never found).
@@ -51,6 +58,7 @@ impl JobError {
             Self::Encode(_) => "job-encoding",
             Self::Database(_) => "job-database-unavailable",
             Self::NotAccepted(error) => error.code(),
+            Self::Full { .. } => "job-queue-full",
             Self::UnsupportedUrl(_) => "unsupported-database-url",
             Self::Failed(_) => "job-failed",
             Self::EngineMismatch { .. } => "job-engine-mismatch",
@@ -64,6 +72,7 @@ impl JobError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Database(_) => Some(Duration::from_secs(2)),
+            Self::Full { .. } => Some(Duration::from_secs(1)),
             Self::NotAccepted(error) => error.retry_after(),
             _ => None,
         }
@@ -76,6 +85,10 @@ impl fmt::Display for JobError {
             Self::Encode(error) => write!(f, "the job could not be encoded as JSON: {error}"),
             Self::Database(error) => write!(f, "the job database is unavailable: {error}"),
             Self::NotAccepted(error) => write!(f, "the job was not accepted: {error}"),
+            Self::Full { max_pending } => write!(
+                f,
+                "{max_pending} deferred jobs already wait for the database; try again later"
+            ),
             Self::UnsupportedUrl(url) => write!(
                 f,
                 "{url:?} is not a database this build supports (features `sqlite`, `postgres`)"

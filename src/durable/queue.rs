@@ -26,6 +26,10 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[cfg(feature = "sqlite")]
 const DEFAULT_SQLITE_CONNECTIONS: u32 = 10;
 
+/// How many deferred jobs ([`JobQueue::enqueue`]) may wait in memory for
+/// the database unless [`JobQueue::max_pending`] says otherwise.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+
 /// The environment variable [`JobQueue::from_env`] reads.
 pub const DATABASE_URL: &str = "DATABASE_URL";
 
@@ -163,10 +167,22 @@ impl JobQueue {
     fn with_engine(engine: Engine) -> Self {
         Self {
             engine,
-            counters: Arc::default(),
+            counters: Arc::new(JobCounters::with_max_pending(DEFAULT_MAX_PENDING)),
             announcer: Arc::default(),
             batcher: Arc::default(),
         }
+    }
+
+    /// Bounds the deferred jobs ([`enqueue`](Self::enqueue)) waiting in
+    /// this process's memory for the database: past `max`, `enqueue`
+    /// answers [`JobError::Full`] (a `503` with `Retry-After`) instead of
+    /// queuing more. The bound is what a database outage can cost in
+    /// memory, and what a crash can lose. Shared by every clone of this
+    /// queue. Default: [`DEFAULT_MAX_PENDING`].
+    #[must_use]
+    pub fn max_pending(self, max: usize) -> Self {
+        self.counters.set_max_pending(max);
+        self
     }
 
     /// Which engine this is: `"sqlite"` or `"postgres"`.

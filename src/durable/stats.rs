@@ -1,6 +1,6 @@
 //! [`JobStats`]: what this process has done with durable jobs.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Counts of what this process has done with durable jobs, from
 /// [`JobQueue::stats`](super::JobQueue::stats). Jobs pushed or run by other
@@ -31,6 +31,13 @@ pub struct JobStats {
     pub push_retries: u64,
     /// Deferred jobs given up at shutdown before the database took them.
     pub abandoned: u64,
+    /// Deferred jobs waiting in this process's memory for the database now
+    /// (`deferred - pushed_deferred - abandoned`), at most
+    /// [`JobQueue::max_pending`](super::JobQueue::max_pending).
+    pub pending: u64,
+    /// Calls to `JobQueue::enqueue` refused because `pending` was at its
+    /// limit (`JobError::Full`): the handler was told, nothing was queued.
+    pub refused_full: u64,
     /// Jobs this process's workers finished with `Ok`.
     pub succeeded: u64,
     /// Job attempts this process's workers finished with `Err` or a panic.
@@ -52,9 +59,19 @@ pub(crate) struct JobCounters {
     succeeded: AtomicU64,
     failed: AtomicU64,
     released: AtomicU64,
+    /// Deferred jobs not yet stored nor abandoned.
+    pending: AtomicU64,
+    refused_full: AtomicU64,
+    max_pending: AtomicUsize,
 }
 
 impl JobCounters {
+    pub(crate) fn with_max_pending(max_pending: usize) -> Self {
+        let counters = Self::default();
+        counters.set_max_pending(max_pending);
+        counters
+    }
+
     pub(crate) fn pushed(&self) {
         self.pushed.fetch_add(1, Relaxed);
     }
@@ -63,18 +80,43 @@ impl JobCounters {
         self.deduplicated.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn deferred(&self, n: u64) {
-        self.deferred.fetch_add(n, Relaxed);
+    pub(crate) fn max_pending(&self) -> usize {
+        self.max_pending.load(Relaxed)
+    }
+
+    pub(crate) fn set_max_pending(&self, max: usize) {
+        self.max_pending.store(max, Relaxed);
+    }
+
+    /// Counts `n` jobs as deferred and pending, unless that would take
+    /// `pending` past its limit: then counts a refusal and says no. One
+    /// read-modify-write decides, so concurrent handlers never overshoot.
+    pub(crate) fn try_defer(&self, n: u64) -> bool {
+        let max = self.max_pending() as u64;
+        let room = self
+            .pending
+            .fetch_update(Relaxed, Relaxed, |pending| {
+                pending.checked_add(n).filter(|&after| after <= max)
+            })
+            .is_ok();
+        if room {
+            self.deferred.fetch_add(n, Relaxed);
+        } else {
+            self.refused_full.fetch_add(1, Relaxed);
+        }
+        room
     }
 
     /// Takes back `deferred` jobs the task set did not accept.
     pub(crate) fn not_deferred(&self, n: u64) {
         self.deferred.fetch_sub(n, Relaxed);
+        self.pending.fetch_sub(n, Relaxed);
     }
 
     pub(crate) fn pushed_deferred(&self) {
         self.pushed.fetch_add(1, Relaxed);
         self.pushed_deferred.fetch_add(1, Relaxed);
+        self.pending.fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn push_retry(&self) {
@@ -83,6 +125,7 @@ impl JobCounters {
 
     pub(crate) fn abandoned(&self) {
         self.abandoned.fetch_add(1, Relaxed);
+        self.pending.fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn finished(&self, ok: bool) {
@@ -108,6 +151,8 @@ impl JobCounters {
             succeeded: self.succeeded.load(Relaxed),
             failed: self.failed.load(Relaxed),
             released: self.released.load(Relaxed),
+            pending: self.pending.load(Relaxed),
+            refused_full: self.refused_full.load(Relaxed),
         }
     }
 }
