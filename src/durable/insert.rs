@@ -37,6 +37,11 @@ impl Inserted {
     }
 }
 
+/// Rows in one of SQLite's multi-row inserts: nine bound values each,
+/// well under SQLite's limit on a statement's variables (32 766).
+#[cfg(feature = "sqlite")]
+const SQLITE_ROWS_PER_STATEMENT: usize = 1_000;
+
 /// How many times a unique insert tries when the key changes hands under
 /// it (its holder finishes between the insert and the look-up).
 const UNIQUE_TRIES: usize = 3;
@@ -113,14 +118,42 @@ impl JobDatabase for sqlx::Sqlite {
         rows: Rows,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
         Box::pin(async move {
+            // The row apalis's own push writes (`queries::push_tasks`, one
+            // statement per row), as multi-row statements: SQLite runs a
+            // statement per call, so rows per statement is what makes a
+            // batch cheap.
+            let now = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
             let tasks: Vec<_> = rows
                 .into_iter()
                 .map(|(id, args, attempts, at)| task(id, args, attempts, at).build())
                 .collect();
-            // A prepared statement per row, in the caller's transaction.
-            apalis_sqlite::queries::push_tasks(connection, queue, &tasks)
-                .await
-                .map_err(JobError::database)
+            for chunk in tasks.chunks(SQLITE_ROWS_PER_STATEMENT) {
+                let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, \
+                     run_at, priority, metadata) ",
+                );
+                insert.push_values(chunk, |mut row, task| {
+                    let id = task.task_id().map(ToString::to_string);
+                    let metadata = serde_json::to_string(task.metadata()).unwrap_or_default();
+                    row.push_bind(task.args.as_slice())
+                        .push_bind(id)
+                        .push_bind(queue)
+                        .push_bind("Pending")
+                        .push_bind(0_i64)
+                        .push_bind(task.max_attempts().unwrap_or(25) as i64)
+                        .push_bind(task.run_at().unwrap_or(now) as i64)
+                        .push_bind(0_i64)
+                        .push_bind(metadata);
+                });
+                insert
+                    .build()
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(JobError::database)?;
+            }
+            Ok(())
         })
     }
 

@@ -113,6 +113,8 @@ mod in_flight;
 mod insert;
 mod job;
 mod periodic;
+#[cfg(feature = "sqlite")]
+mod planner_hints;
 mod queue;
 mod stats;
 mod transaction;

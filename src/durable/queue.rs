@@ -15,6 +15,8 @@ use super::engine::Engine;
 use super::error::JobError;
 use super::insert::Inserted;
 use super::job::{Job, JobId};
+#[cfg(feature = "sqlite")]
+use super::planner_hints;
 use super::stats::{JobCounters, JobStats};
 
 /// The longest a push waits for a database connection before it fails
@@ -100,6 +102,9 @@ impl JobQueue {
         // push ever goes through an unsynced connection.
         let setup = pool(1).await.map_err(JobError::database)?;
         SqliteStorage::setup(&setup)
+            .await
+            .map_err(JobError::database)?;
+        planner_hints::state_lock_by_is_not_selective(&setup)
             .await
             .map_err(JobError::database)?;
         setup.close().await;
