@@ -39,12 +39,16 @@
 //! # Limits (issue 16)
 //!
 //! Each round also measures, per engine, on the same database, what raw
-//! sqlx statements reach on a scratch table shaped as apalis's job table
-//! (same columns, a primary key on `id`, a partial index on pending rows):
+//! sqlx statements reach:
 //!
 //! - **(1), the enqueue ceiling:** E rows inserted by multi-row `INSERT`s,
-//!   512 rows per transaction; and, as the "one commit per job" baseline,
-//!   rows inserted one per commit, one after the other;
+//!   512 rows per transaction, into apalis's own job table, the table the
+//!   queue writes (its indexes and, on PostgreSQL, its per-row
+//!   notification trigger); beside it, the same into a minimal scratch
+//!   table of the same columns (a primary key on `id`, a partial index on
+//!   pending rows), which shows what the job table's indexes cost; and, as
+//!   the "one commit per job" baseline, scratch rows inserted one per
+//!   commit, one after the other;
 //! - **(2), the execution ceiling:** E pending rows claimed 16 at a time
 //!   (`… LIMIT 16 FOR UPDATE SKIP LOCKED` then `UPDATE … RETURNING`, one
 //!   commit) and marked done (a second commit), until none is left; 4
@@ -696,6 +700,8 @@ const CLAIM_BATCH: usize = 16;
 /// Loops claiming at once in the PostgreSQL execution ceiling (what `SKIP
 /// LOCKED` is for); SQLite has one writer, so one loop.
 const PG_CLAIMERS: usize = 4;
+/// The job type of the rows the job-table ceiling inserts (and deletes).
+const CEILING_JOB_TYPE: &str = "bench_ceiling";
 /// apalis's figure for graphile-worker on PostgreSQL, no-op jobs/s.
 const GRAPHILE_WORKER: f64 = 41_000.0;
 
@@ -784,6 +790,62 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Inserts `rows` raw into apalis's own job table (its indexes, and on
+    /// PostgreSQL its per-row notification trigger), as job type
+    /// [`CEILING_JOB_TYPE`], in one multi-row `INSERT` and one transaction.
+    async fn job_table_insert(&self, rows: &[(String, Vec<u8>)]) {
+        let result = match &self.admin {
+            Admin::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    let mut builder = sqlx::QueryBuilder::new(
+                        "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, \
+                         run_at, priority, metadata) ",
+                    );
+                    builder.push_values(rows, |mut row, (id, job)| {
+                        row.push_bind(job.as_slice())
+                            .push_bind(id.as_str())
+                            .push_bind(CEILING_JOB_TYPE)
+                            .push_bind("Pending")
+                            .push_bind(0_i64)
+                            .push_bind(5_i64)
+                            .push_bind(0_i64)
+                            .push_bind(0_i64)
+                            .push_bind("{}");
+                    });
+                    builder.build().execute(&mut *tx).await?;
+                    tx.commit().await
+                }
+                .await
+            }
+            Admin::Postgres(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    let mut builder = sqlx::QueryBuilder::new(
+                        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, \
+                         max_attempts, run_at, priority) ",
+                    );
+                    builder.push_values(rows, |mut row, (id, job)| {
+                        row.push_bind(id.as_str())
+                            .push_bind(CEILING_JOB_TYPE)
+                            .push_bind(job.as_slice())
+                            .push_bind("Pending")
+                            .push_bind(0_i32)
+                            .push_bind(5_i32)
+                            .push_unseparated(", now()")
+                            .push_bind(0_i32);
+                    });
+                    builder.build().execute(&mut *tx).await?;
+                    tx.commit().await
+                }
+                .await
+            }
+        };
+        result.expect("a raw insert into the job table");
+    }
+}
+
 impl Admin {
     /// Claims up to [`CLAIM_BATCH`] pending rows (one commit), then marks
     /// them done (another): how many it claimed.
@@ -868,8 +930,11 @@ fn scratch_rows(n: usize) -> Vec<(String, Vec<u8>)> {
 #[derive(Clone, Debug)]
 struct LimitsRun {
     engine: Engine,
-    /// (1): raw multi-row `INSERT`s, [`INSERT_BATCH`] rows per commit, rows/s.
+    /// (1): raw multi-row `INSERT`s into apalis's job table,
+    /// [`INSERT_BATCH`] rows per commit, rows/s.
     insert_ceiling: f64,
+    /// The same into a minimal table (primary key, one partial index).
+    minimal_insert: f64,
     /// Raw single-row `INSERT`s, one commit each, one after the other, rows/s.
     one_commit: f64,
     /// `JobQueue::push_all` of [`INSERT_BATCH`] jobs at a time, jobs/s.
@@ -880,8 +945,23 @@ struct LimitsRun {
     executed: f64,
 }
 
-/// Rows/s of raw inserts: `rows` in transactions of [`INSERT_BATCH`].
+/// Rows/s of raw inserts into apalis's job table: `rows` in transactions
+/// of [`INSERT_BATCH`].
 async fn insert_ceiling(database: &Database, rows: usize) -> f64 {
+    database.delete(CEILING_JOB_TYPE).await;
+    let rows = scratch_rows(rows);
+    let started = Instant::now();
+    for batch in rows.chunks(INSERT_BATCH) {
+        database.job_table_insert(batch).await;
+    }
+    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    database.delete(CEILING_JOB_TYPE).await;
+    rate
+}
+
+/// Rows/s of raw inserts into the minimal scratch table: `rows` in
+/// transactions of [`INSERT_BATCH`].
+async fn minimal_insert(database: &Database, rows: usize) -> f64 {
     database.scratch_reset().await;
     let rows = scratch_rows(rows);
     let started = Instant::now();
@@ -972,6 +1052,7 @@ async fn push_all_then_execute(database: &Database, jobs: usize) -> (f64, f64) {
 /// One round of `database`'s limits and of what the queue reaches of them.
 async fn limits(database: &Database, config: &Config) -> LimitsRun {
     let insert_ceiling = insert_ceiling(database, config.exec_jobs).await;
+    let minimal_insert = minimal_insert(database, config.exec_jobs).await;
     let one_commit = one_commit_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
     let claim_ceiling = claim_ceiling(database, config.exec_jobs).await;
     database.scratch_reset().await;
@@ -979,6 +1060,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
     LimitsRun {
         engine: database.engine,
         insert_ceiling,
+        minimal_insert,
         one_commit,
         push_all,
         claim_ceiling,
@@ -1210,10 +1292,12 @@ fn main() {
             for database in &databases {
                 let run = limits(database, &config).await;
                 eprintln!(
-                    "round {round} limits {:<8} insert ceiling {:>7.0}/s  one commit per row \
-                     {:>5.0}/s  push_all {:>7.0}/s  claim ceiling {:>6.0}/s  workers {:>6.0}/s",
+                    "round {round} limits {:<8} insert ceiling {:>7.0}/s (minimal table \
+                     {:>7.0}/s)  one commit per row {:>5.0}/s  push_all {:>7.0}/s  claim \
+                     ceiling {:>6.0}/s  workers {:>6.0}/s",
                     run.engine.key(),
                     run.insert_ceiling,
+                    run.minimal_insert,
                     run.one_commit,
                     run.push_all,
                     run.claim_ceiling,
@@ -1366,6 +1450,7 @@ fn print_limits(
             let lat = |key: String| latency.iter().find(|run| run.key == key);
             Some(HashMap::from([
                 ("insert", run.insert_ceiling),
+                ("minimal", run.minimal_insert),
                 ("one_commit", run.one_commit),
                 ("push_all", run.push_all),
                 (
@@ -1406,7 +1491,14 @@ fn print_limits(
             per_round.join(" / "),
         ]);
     };
-    rate("(1) raw INSERT, 512 rows per commit, rows/s", "insert");
+    rate(
+        "(1) raw INSERT into apalis's job table, 512 rows per commit, rows/s",
+        "insert",
+    );
+    rate(
+        "raw INSERT into a minimal table, 512 rows per commit, rows/s",
+        "minimal",
+    );
     rate("raw INSERT, one commit per row, rows/s", "one_commit");
     rate("push_all, 512 jobs per call, jobs/s", "push_all");
     rate("push (enqueue_now), 1 producer, jobs/s", "push_p1");
