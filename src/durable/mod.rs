@@ -128,7 +128,10 @@ pub use job::{Job, JobFailure, JobId};
 pub use periodic::Periodic;
 pub use queue::{JobOutcome, JobQueue, ACQUIRE_TIMEOUT, DATABASE_URL, DEFAULT_MAX_PENDING};
 pub use stats::JobStats;
-pub use workers::{Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL};
+pub use workers::{
+    Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL,
+    DEFAULT_PREFETCH_MULTIPLIER,
+};
 
 // For `tracking::SqlStore`, which keeps its tables in the queue's database.
 #[cfg(feature = "tracking")]

@@ -355,9 +355,10 @@ impl JobQueue {
         }
     }
 
-    /// Returns to the queue the jobs `worker` holds (the ids are those it
-    /// was running): they are run again by another worker. Used when the
-    /// grace period of a shutdown ends with jobs still running.
+    /// Returns to the queue the jobs `worker` holds — the ones it was
+    /// running (`ids`) and those it had fetched and not started — so that
+    /// another worker runs them. Used when the grace period of a shutdown
+    /// ends with jobs still running. How many went back.
     pub(crate) async fn release(
         &self,
         queue: &str,
@@ -382,8 +383,23 @@ impl JobQueue {
             }
             #[cfg(feature = "postgres")]
             Engine::Postgres(pool) => {
+                // The running jobs, and those fetched with them and not
+                // started yet: the worker is stopped, so nothing it holds
+                // changes between the two statements.
                 let mut conn = pool.acquire().await.map_err(JobError::database)?;
-                apalis_postgres::queries::reenqueue_abandoned(&mut *conn, queue, worker, ids)
+                let mut held: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM apalis.jobs WHERE job_type = $1 AND lock_by = $2 \
+                     AND status IN ('Queued', 'Running')",
+                )
+                .bind(queue)
+                .bind(worker)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(JobError::database)?;
+                held.extend(ids.iter().cloned());
+                held.sort_unstable();
+                held.dedup();
+                apalis_postgres::queries::reenqueue_abandoned(&mut *conn, queue, worker, &held)
                     .await
                     .map_err(JobError::database)
             }

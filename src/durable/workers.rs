@@ -20,6 +20,11 @@ use crate::supervisor::Supervisor;
 
 /// Jobs each registered job type runs at once, per process, by default.
 pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// How many jobs one fetch claims, per job a worker runs at once, unless
+/// [`Workers::prefetch`] says otherwise (Celery's prefetch multiplier has
+/// the same default).
+pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 4;
 /// How often a worker tells the database it is alive, by default. A worker
 /// silent for two intervals is taken for dead, and its jobs are given to
 /// other workers.
@@ -87,9 +92,22 @@ pub struct Workers {
 #[derive(Clone, Debug)]
 struct Settings {
     concurrency: usize,
+    /// Jobs claimed per fetch; `None`: [`DEFAULT_PREFETCH_MULTIPLIER`] ×
+    /// `concurrency`.
+    prefetch: Option<usize>,
     heartbeat: Duration,
     poll_interval: Duration,
     name: String,
+}
+
+impl Settings {
+    /// Jobs claimed per fetch (apalis's own default is 10, whatever the
+    /// concurrency).
+    fn fetch_batch(&self) -> usize {
+        self.prefetch
+            .unwrap_or_else(|| self.concurrency.saturating_mul(DEFAULT_PREFETCH_MULTIPLIER))
+            .max(1)
+    }
 }
 
 impl fmt::Debug for Workers {
@@ -116,6 +134,7 @@ impl Workers {
             queue: queue.clone(),
             settings: Settings {
                 concurrency: DEFAULT_CONCURRENCY,
+                prefetch: None,
                 heartbeat: DEFAULT_HEARTBEAT,
                 poll_interval: DEFAULT_POLL_INTERVAL,
                 name: default_name(),
@@ -142,6 +161,21 @@ impl Workers {
     /// (default [`DEFAULT_CONCURRENCY`]; at least 1).
     pub fn concurrency(mut self, jobs: usize) -> Self {
         self.settings.concurrency = jobs.max(1);
+        self
+    }
+
+    /// How many jobs of a type a worker claims from the database at once
+    /// (default [`DEFAULT_PREFETCH_MULTIPLIER`] × the
+    /// [`concurrency`](Self::concurrency); at least 1). Claims and their
+    /// completions are each one commit per batch, so a larger batch runs
+    /// short jobs faster. The jobs claimed but not started yet wait for this
+    /// worker's free slots, though, while another idle worker cannot take
+    /// them: for long jobs spread over several processes, set it to the
+    /// concurrency. Claimed jobs not started when the worker stops go back
+    /// to the queue; a worker that dies holds them until its heartbeat
+    /// expires, like the jobs it was running.
+    pub fn prefetch(mut self, jobs: usize) -> Self {
+        self.settings.prefetch = Some(jobs.max(1));
         self
     }
 
@@ -291,11 +325,9 @@ fn start_worker<J: Job>(
     match &queue.engine {
         #[cfg(feature = "sqlite")]
         Engine::Sqlite(pool) => {
-            // One fetch fills every free slot (apalis fetches 10 by
-            // default, one commit per fetch).
             let config = apalis_sqlite::Config::default()
                 .queue(J::NAME)
-                .batch_size(settings.concurrency.max(1))
+                .batch_size(settings.fetch_batch())
                 .heartbeat_interval(settings.heartbeat)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             // Without a poll strategy an idle apalis worker looks for new
@@ -318,11 +350,9 @@ fn start_worker<J: Job>(
         }
         #[cfg(feature = "postgres")]
         Engine::Postgres(pool) => {
-            // One fetch fills every free slot (apalis fetches 10 by
-            // default, one commit per fetch).
             let config = apalis_postgres::Config::default()
                 .queue(J::NAME)
-                .batch_size(settings.concurrency.max(1))
+                .batch_size(settings.fetch_batch())
                 .heartbeat_interval(settings.heartbeat)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             // New jobs are announced (`LISTEN`, one connection per job
@@ -352,12 +382,15 @@ async fn release(queue: &JobQueue, job: &'static str, worker: &str, in_flight: &
         return;
     }
     match queue.release(job, worker, &ids).await {
-        Ok(released) => {
+        Ok(returned) => {
+            // `returned` also counts the jobs fetched and not started.
+            let released = ids.len() as u64;
             queue.counters.released(released);
             tracing::warn!(
                 worker,
                 job,
                 released,
+                not_started = returned.saturating_sub(released),
                 "durable worker: stopped mid-job; jobs returned to the queue"
             );
         }
