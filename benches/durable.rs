@@ -49,8 +49,9 @@
 //!   pending rows), which shows what the job table's indexes cost; and, as
 //!   the "one commit per job" baseline, scratch rows inserted one per
 //!   commit, one after the other;
-//! - **(2), the execution ceiling:** E pending rows claimed 16 at a time
-//!   (`… LIMIT 16 FOR UPDATE SKIP LOCKED` then `UPDATE … RETURNING`, one
+//! - **(2), the execution ceiling:** E pending rows claimed 64 at a time,
+//!   what the workers below claim per fetch (`… LIMIT 64 FOR UPDATE SKIP
+//!   LOCKED` then `UPDATE … RETURNING`, one
 //!   commit) and marked done (a second commit), until none is left; 4
 //!   loops at once on PostgreSQL, 1 on SQLite (one writer).
 //!
@@ -102,6 +103,7 @@ use tokio::time::{sleep, sleep_until};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_background::durable::{
     Job, JobFailure, JobQueue, Workers, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL,
+    DEFAULT_PREFETCH_MULTIPLIER,
 };
 use tower_background::Supervisor;
 
@@ -695,8 +697,8 @@ async fn throughput(
 /// call: the group commit's largest batch.
 const INSERT_BATCH: usize = 512;
 /// Rows claimed at a time by the execution ceiling: as many as the
-/// workers run at once.
-const CLAIM_BATCH: usize = 16;
+/// workers (concurrency 16, the default prefetch) claim per fetch.
+const CLAIM_BATCH: usize = 16 * DEFAULT_PREFETCH_MULTIPLIER;
 /// Loops claiming at once in the PostgreSQL execution ceiling (what `SKIP
 /// LOCKED` is for); SQLite has one writer, so one loop.
 const PG_CLAIMERS: usize = 4;
@@ -1504,7 +1506,7 @@ fn print_limits(
     rate("push (enqueue_now), 1 producer, jobs/s", "push_p1");
     rate("push (enqueue_now), 16 producers, jobs/s", "push_p16");
     rate("enqueue, 16 producers, stored/s", "stored_p16");
-    rate("(2) raw claim + complete, 16 per batch, rows/s", "claim");
+    rate("(2) raw claim + complete, 64 per batch, rows/s", "claim");
     rate("Workers, concurrency 16, no-op jobs/s", "executed");
     let mut ratio = |what: &str, target: &str, f: &dyn Fn(&HashMap<&str, f64>) -> f64| {
         let (m, per_round) = of(f);
