@@ -27,6 +27,7 @@
 //! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
 //! | [`db_down`] | the database away: `push` from a handler is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
 //! | [`pending`] | deferred jobs waiting for the database are bounded: past `max_pending` a `503`, counted; a full buffer is stored within grace, or abandoned counted and logged |
+//! | [`prefetch`] | a worker claims its prefetch (4 × concurrency by default, or `Workers::prefetch`) and no more; the claimed jobs it had not started go back to the queue at shutdown |
 //! | [`misuse`] | a job that cannot be encoded (`Encode`), at the call |
 //! | [`periodic`] | two servers on one cron schedule store each tick once, workers run them, shutdown stops both loops; a malformed expression is a typed error |
 //! | [`unique`] | a unique job's held key returns its holder (also for two processes pushing at once), a finished holder frees it, a bad key is refused; a delayed job waits for its time |
@@ -64,6 +65,8 @@ mod parity;
 mod pending;
 #[path = "durable/periodic.rs"]
 mod periodic;
+#[path = "durable/prefetch.rs"]
+mod prefetch;
 #[path = "durable/shutdown.rs"]
 mod shutdown;
 #[path = "durable/support.rs"]
