@@ -23,6 +23,7 @@
 //! | [`parity`] | `job.run()` and a worker's stored result agree, for the four shared jobs and an overflow that fails after every attempt; jobs enqueued by an axum handler are pushed after the response and run |
 //! | [`bulk`] | `push_all` stores 1 000 jobs at once, in order, and a bad job stops the batch before anything is stored; `enqueue_all` pushes them after the response |
 //! | [`crash`] | a worker process SIGKILLed mid-job: another worker runs the job again — **duplicate delivery** (at least once), shown |
+//! | [`crash`] | a worker process SIGKILLed with a whole batch running (concurrency 8) and jobs queued behind it: another worker runs every job; the duplicates, counted, are exactly the jobs the killed process had started and not finished |
 //! | [`no_overlap`] | two worker sets × 4 over 200 jobs: each job runs once, never in two workers at a time |
 //! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
 //! | [`db_down`] | the database away: `push` from a handler is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
