@@ -26,6 +26,7 @@
 //! | [`crash`] | a worker process SIGKILLed with a whole batch running (concurrency 8) and jobs queued behind it: another worker runs every job; the duplicates, counted, are exactly the jobs the killed process had started and not finished |
 //! | [`no_overlap`] | two worker sets × 4 over 200 jobs: each job runs once, never in two workers at a time |
 //! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
+//! | [`restart`] | the database restarted while a group commit and a burst of deferred pushes are in flight: every `Ok` push stored once, an `Err` push stored at most once (counted), every deferred job stored once |
 //! | [`db_down`] | the database away: `push` from a handler is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
 //! | [`pending`] | deferred jobs waiting for the database are bounded: past `max_pending` a `503`, counted; a full buffer is stored within grace, or abandoned counted and logged |
 //! | [`prefetch`] | a worker claims its prefetch (4 × concurrency by default, or `Workers::prefetch`) and no more; the claimed jobs it had not started go back to the queue at shutdown |
@@ -68,6 +69,8 @@ mod pending;
 mod periodic;
 #[path = "durable/prefetch.rs"]
 mod prefetch;
+#[path = "durable/restart.rs"]
+mod restart;
 #[path = "durable/shutdown.rs"]
 mod shutdown;
 #[path = "durable/support.rs"]

@@ -72,6 +72,34 @@ impl Db {
         .expect("count the jobs")
     }
 
+    /// Every job the database holds, whatever its state or type: its id
+    /// and its arguments (the job's JSON), to tell jobs apart by payload.
+    pub(crate) async fn stored_args(&self) -> Vec<(JobId, serde_json::Value)> {
+        let rows: Vec<(String, Vec<u8>)> = match self.engine() {
+            Engine::Sqlite => {
+                let mut conn = self.sqlite_connection().await;
+                sqlx::query_as("SELECT id, CAST(job AS BLOB) FROM Jobs")
+                    .fetch_all(&mut conn)
+                    .await
+            }
+            Engine::Postgres => {
+                let mut conn = self.postgres_connection().await;
+                sqlx::query_as("SELECT id, job FROM apalis.jobs")
+                    .fetch_all(&mut conn)
+                    .await
+            }
+        }
+        .expect("list the jobs");
+        rows.into_iter()
+            .map(|(id, args)| {
+                (
+                    id.parse().expect("a job id"),
+                    serde_json::from_slice(&args).expect("a job's JSON"),
+                )
+            })
+            .collect()
+    }
+
     /// Job `id`'s status in apalis's table (`Pending`, `Queued`, `Running`,
     /// `Done`, `Failed`, `Killed`).
     pub(crate) async fn status(&self, id: JobId) -> String {
