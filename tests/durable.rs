@@ -29,6 +29,7 @@
 //! | [`restart`] | the database restarted while a group commit and a burst of deferred pushes are in flight: every `Ok` push stored once, an `Err` push stored at most once (counted), every deferred job stored once |
 //! | [`db_down`] | the database away: `push` from a handler is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
 //! | [`pending`] | deferred jobs waiting for the database are bounded: past `max_pending` a `503`, counted; a full buffer is stored within grace, or abandoned counted and logged |
+//! | [`pool`] | the queue's pool exhausted (PostgreSQL): `push` from a handler is a `503` within `ACQUIRE_TIMEOUT`, not a hang; deferred batches that found no connection are retried and stored once each when the connections come back |
 //! | [`prefetch`] | a worker claims its prefetch (4 × concurrency by default, or `Workers::prefetch`) and no more; the claimed jobs it had not started go back to the queue at shutdown |
 //! | [`misuse`] | a job that cannot be encoded (`Encode`), at the call |
 //! | [`periodic`] | two servers on one cron schedule store each tick once, workers run them, shutdown stops both loops; a malformed expression is a typed error |
@@ -67,6 +68,8 @@ mod parity;
 mod pending;
 #[path = "durable/periodic.rs"]
 mod periodic;
+#[path = "durable/pool.rs"]
+mod pool;
 #[path = "durable/prefetch.rs"]
 mod prefetch;
 #[path = "durable/restart.rs"]
