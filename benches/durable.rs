@@ -710,8 +710,9 @@ const GRAPHILE_WORKER: f64 = 41_000.0;
 impl Database {
     /// Creates the ceilings' scratch table if missing, and empties it: the
     /// row of apalis's job table (id, type, JSON bytes, status, attempts,
-    /// run at, lock), its primary key, and a partial index to fetch
-    /// pending rows by, as apalis's table has.
+    /// run at, lock), its primary key, and a partial index on pending rows
+    /// in the order the claim takes them, so that a claim reads only the
+    /// rows it takes, however many are pending.
     async fn scratch_reset(&self) {
         let result = match &self.admin {
             Admin::Sqlite(pool) => {
@@ -722,8 +723,9 @@ impl Database {
                        max_attempts INTEGER NOT NULL, \
                        run_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now')), \
                        lock_by TEXT, lock_at INTEGER, done_at INTEGER); \
-                     CREATE INDEX IF NOT EXISTS bench_ceiling_fetch \
-                       ON bench_ceiling (job_type, run_at) WHERE status = 'Pending'; \
+                     DROP INDEX IF EXISTS bench_ceiling_fetch; \
+                     CREATE INDEX IF NOT EXISTS bench_ceiling_claim \
+                       ON bench_ceiling (job_type, run_at, id) WHERE status = 'Pending'; \
                      DELETE FROM bench_ceiling;",
                 )
                 .execute(pool)
@@ -737,8 +739,9 @@ impl Database {
                        status TEXT NOT NULL DEFAULT 'Pending', attempts INTEGER NOT NULL DEFAULT 0, \
                        max_attempts INTEGER NOT NULL, run_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
                        lock_by TEXT, lock_at TIMESTAMPTZ, done_at TIMESTAMPTZ); \
-                     CREATE INDEX IF NOT EXISTS bench_ceiling_fetch \
-                       ON bench_ceiling (job_type, run_at) WHERE status = 'Pending'; \
+                     DROP INDEX IF EXISTS bench_ceiling_fetch; \
+                     CREATE INDEX IF NOT EXISTS bench_ceiling_claim \
+                       ON bench_ceiling (job_type, run_at, id) WHERE status = 'Pending'; \
                      TRUNCATE bench_ceiling;",
                 )
                 .execute(pool)
