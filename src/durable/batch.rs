@@ -95,7 +95,12 @@ async fn flush_all(engine: Engine, mut requests: mpsc::UnboundedReceiver<Request
                 }
             }
             Err(error) => {
-                let message = error.to_string();
+                // Each push wraps the cause in its own `JobError::Database`,
+                // so it gets the cause, not this error's text.
+                let message = match error {
+                    JobError::Database(cause) => cause.to_string(),
+                    other => other.to_string(),
+                };
                 for request in batch.drain(..) {
                     let _ = request.done.send(Err(message.clone()));
                 }

@@ -98,6 +98,11 @@ async fn enqueue_now_while_down_is_a_503(db: Db) {
         message.starts_with("the job database is unavailable: "),
         "{message}"
     );
+    assert_eq!(
+        message.matches("unavailable").count(),
+        1,
+        "the cause is named once: {message}"
+    );
 
     // Nothing was stored, nothing is left behind to retry: the error went
     // to the client.
