@@ -31,6 +31,7 @@
 //! | [`pending`] | deferred jobs waiting for the database are bounded: past `max_pending` a `503`, counted; a full buffer is stored within grace, or abandoned counted and logged |
 //! | [`pool`] | the queue's pool exhausted (PostgreSQL): `push` from a handler is a `503` within `ACQUIRE_TIMEOUT`, not a hang; deferred batches that found no connection are retried and stored once each when the connections come back |
 //! | [`prefetch`] | a worker claims its prefetch (4 × concurrency by default, or `Workers::prefetch`) and no more; the claimed jobs it had not started go back to the queue at shutdown |
+//! | [`held_index`] | PostgreSQL: apalis's `lock_by` indexes become one partial index of held jobs, so acknowledgements find jobs by id; servers starting together make the change once |
 //! | [`misuse`] | a job that cannot be encoded (`Encode`), at the call |
 //! | [`periodic`] | two servers on one cron schedule store each tick once, workers run them, shutdown stops both loops; a malformed expression is a typed error |
 //! | [`unique`] | a unique job's held key returns its holder (also for two processes pushing at once), a finished holder frees it, a bad key is refused; a delayed job waits for its time |
@@ -58,6 +59,8 @@ mod bulk;
 mod crash;
 #[path = "durable/db_down.rs"]
 mod db_down;
+#[path = "durable/held_index.rs"]
+mod held_index;
 #[path = "durable/misuse.rs"]
 mod misuse;
 #[path = "durable/no_overlap.rs"]

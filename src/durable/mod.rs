@@ -113,7 +113,6 @@ mod in_flight;
 mod insert;
 mod job;
 mod periodic;
-#[cfg(feature = "sqlite")]
 mod planner_hints;
 mod queue;
 mod stats;

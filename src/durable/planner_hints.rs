@@ -1,46 +1,151 @@
-//! Statistics for SQLite's query planner on apalis's job table, so that a
-//! worker's acknowledgement finds its jobs by id.
+//! What the query planners are told about apalis's job table, so that a
+//! worker's statements read the rows of its batch, not the table.
 //!
-//! apalis acknowledges finished jobs with one `UPDATE … FROM
-//! json_each(?) WHERE Jobs.id = … AND Jobs.lock_by = ?`. Without
-//! statistics, SQLite assumes every index equality matches a handful of
-//! rows and drives that join from the `lock_by` index — which lists every
-//! job the worker ever took, since finished jobs keep their `lock_by` — so
-//! each acknowledgement reads all of a worker's past jobs, and a worker
-//! slows down as its history grows. Real statistics (from `ANALYZE`) say
-//! what is true, that one `lock_by` value matches many rows, and the
-//! planner then looks each job up by its primary key. A new, empty table
-//! has none, so this states it: SQLite documents `sqlite_stat1` as the
-//! application's to fill.
+//! A worker claims a batch (by the fetch index), marks it running, and
+//! records its outcomes, each step naming the batch's jobs by id. Finished
+//! jobs stay in the table with their `status` and `lock_by`, so an index on
+//! either column lists most of the table: a plan that drives one of these
+//! steps from such an index reads every job the worker ever took, or every
+//! pending job, and a worker slows down as the table grows. Both planners
+//! pick such plans when their statistics describe the table at some moment
+//! it was small, which for a queue is most moments: on a fresh table, and
+//! whenever a backlog arrives after the last `ANALYZE`.
+//!
+//! - SQLite reads statistics only from `sqlite_stat1`, which SQLite
+//!   documents as the application's to fill. [`state_sqlite_statistics`]
+//!   writes there what a large queue looks like: ids unique, `status`,
+//!   `job_type` and `lock_by` each shared by many rows. With them, marking
+//!   a batch running and acknowledging it look jobs up by id.
+//! - PostgreSQL's statistics cannot be stated, so the traps are removed
+//!   instead. [`index_postgres_held_jobs`] replaces apalis's two indexes on
+//!   `lock_by` with one partial index of the jobs a worker holds (`Queued`
+//!   or `Running`), which serves every `lock_by` look-up apalis and this
+//!   crate make that is not by id. And every session of the queue's pool
+//!   plans with [`POSTGRES_SESSION`]: each execution of a prepared
+//!   statement is planned for the table as it is now (a generic plan made
+//!   while the table was small would be kept as it grows), and joins are
+//!   nested loops, the plan for a batch of ids. apalis's claim is an SQL
+//!   function whose `LIMIT` is a parameter, so PostgreSQL plans it for a
+//!   tenth of the pending jobs and, given a hash join, reads the whole
+//!   table to claim a batch. The pool runs only the queue's own statements
+//!   (a transaction given to `push_in` is the caller's, with the caller's
+//!   settings).
+//!
+//! The statistics and the index are idempotent and set each time a queue
+//! connects.
 
-use sqlx::SqlitePool;
+/// What `sqlite_stat1` says of apalis's job table: one row for the table
+/// and one per index, each `rows, rows per equal first column, per equal
+/// first two columns, …`. Only the proportions matter to the planner.
+/// An index apalis does not have (any more) is ignored.
+#[cfg(feature = "sqlite")]
+const SQLITE_STATISTICS: &[(Option<&str>, &str)] = &[
+    (None, "1000000"),
+    (Some("sqlite_autoindex_Jobs_1"), "1000000 1"),
+    (Some("LIdx"), "1000000 100000"),
+    (
+        Some("idx_jobs_job_type_status_run_at"),
+        "1000000 100000 20000 2",
+    ),
+    (Some("idx_jobs_status_run_at"), "1000000 200000 2"),
+    (Some("idx_jobs_completed_done_at"), "500000 250000 1 1"),
+    (Some("idx_jobs_running"), "1000 1"),
+    (Some("idx_jobs_idempotency_key"), "1000000 100000 1"),
+    (Some("idx_jobs_pending"), "400000 40000 40000 1 1"),
+    (Some("idx_jobs_failed"), "1000 100 100 1 1"),
+    (Some("idx_jobs_claimable"), "500000 166666 100000"),
+];
 
-/// What `sqlite_stat1` says of the `lock_by` index when the table is
-/// empty: many rows, all sharing one value. Only the ratio of the two
-/// numbers matters to the planner.
-const LOCK_BY_STATISTICS: &str = "1000000 1000000";
-
-/// Gathers statistics on the job table (bounded, as `PRAGMA optimize`
-/// does) and, where they say nothing of the `lock_by` index, states that
-/// it is not selective.
-pub(crate) async fn state_lock_by_is_not_selective(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    let mut connection = pool.acquire().await?;
-    sqlx::raw_sql("PRAGMA analysis_limit = 1000; ANALYZE Jobs;")
-        .execute(&mut *connection)
-        .await?;
-    sqlx::query(
-        "INSERT INTO sqlite_stat1 (tbl, idx, stat) SELECT 'Jobs', 'LIdx', ?1 \
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_stat1 WHERE tbl = 'Jobs' AND idx = 'LIdx')",
+/// Replaces what `sqlite_stat1` says of the job table with
+/// [`SQLITE_STATISTICS`]. Connections opened afterwards plan with them.
+#[cfg(feature = "sqlite")]
+pub(crate) async fn state_sqlite_statistics(pool: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // `ANALYZE` creates `sqlite_stat1` if it is missing; bounded, as
+    // `PRAGMA optimize` runs it.
+    sqlx::raw_sql(
+        "PRAGMA analysis_limit = 1000; ANALYZE Jobs; DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs';",
     )
-    .bind(LOCK_BY_STATISTICS)
-    .execute(&mut *connection)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    for (index, stat) in SQLITE_STATISTICS {
+        sqlx::query("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('Jobs', ?1, ?2)")
+            .bind(index)
+            .bind(stat)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
 }
 
-#[cfg(test)]
+/// Settings of every session of a PostgreSQL queue's pool.
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_SESSION: [(&str, &str); 3] = [
+    ("plan_cache_mode", "force_custom_plan"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
+/// The partial index that replaces apalis's `lock_by` indexes.
+#[cfg(feature = "postgres")]
+const HELD_JOBS_INDEX: &str = "tower_background_held_jobs";
+
+/// Creates [`HELD_JOBS_INDEX`] and drops apalis's full `lock_by` indexes,
+/// once per database; servers starting together take turns.
+#[cfg(feature = "postgres")]
+pub(crate) async fn index_postgres_held_jobs(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    // Checked first without a lock: on every start but the first, nothing
+    // is locked at all.
+    if held_jobs_indexed(pool).await? {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(HELD_JOBS_INDEX)
+        .execute(&mut *tx)
+        .await?;
+    if !held_jobs_indexed(&mut *tx).await? {
+        let statements = format!(
+            "CREATE INDEX IF NOT EXISTS {HELD_JOBS_INDEX} ON apalis.jobs (lock_by) \
+               WHERE status IN ('Queued', 'Running'); \
+             DROP INDEX IF EXISTS apalis.idx_apalis_jobs_lock_by; \
+             DROP INDEX IF EXISTS apalis.lidx;"
+        );
+        // Built from constants only.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Whether [`HELD_JOBS_INDEX`] has replaced apalis's `lock_by` indexes.
+#[cfg(feature = "postgres")]
+async fn held_jobs_indexed<'c>(executor: impl sqlx::PgExecutor<'c>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT to_regclass('apalis.' || $1) IS NOT NULL \
+         AND to_regclass('apalis.idx_apalis_jobs_lock_by') IS NULL \
+         AND to_regclass('apalis.lidx') IS NULL",
+    )
+    .bind(HELD_JOBS_INDEX)
+    .fetch_one(executor)
+    .await
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+// With one engine enabled, matching the queue's engine cannot fail.
+#[allow(irrefutable_let_patterns)]
 mod tests {
-    use crate::durable::{Engine, JobQueue};
+    use crate::durable::engine::Engine;
+    use crate::durable::JobQueue;
+
+    /// apalis-sqlite 1.0's statement marking a batch running
+    /// (`queries/task/lock.sql`).
+    const LOCK: &str = "EXPLAIN QUERY PLAN \
+        UPDATE Jobs SET status = 'Running', lock_at = strftime('%s', 'now'), lock_by = ?2 \
+        WHERE id IN (SELECT value FROM json_each(?1)) \
+          AND (status = 'Queued' OR status = 'Pending' \
+               OR (status = 'Failed' AND attempts < max_attempts))";
 
     /// apalis-sqlite 1.0's acknowledgement (`queries/task/ack.sql`).
     const ACK: &str = "EXPLAIN QUERY PLAN \
@@ -50,15 +155,15 @@ mod tests {
           done_at = strftime('%s', 'now') \
         FROM j WHERE Jobs.id = j.task_id AND Jobs.lock_by = ?2";
 
-    #[tokio::test]
-    async fn a_new_queue_acknowledges_jobs_by_id() {
+    /// The step of `statement`'s plan that reads the job table.
+    async fn plan_on_jobs(statement: &'static str) -> String {
         let dir = tempfile::tempdir().unwrap();
         let queue = JobQueue::sqlite(dir.path().join("jobs.db")).await.unwrap();
         let Engine::Sqlite(pool) = &queue.engine else {
             unreachable!("a SQLite queue")
         };
         // `EXPLAIN QUERY PLAN` rows are (id, parent, unused, detail).
-        let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(ACK)
+        let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(statement)
             .bind("[]")
             .bind("worker")
             .fetch_all(pool)
@@ -67,10 +172,81 @@ mod tests {
             .into_iter()
             .map(|step| step.3)
             .collect();
-        let jobs = plan
-            .iter()
-            .find(|step| step.contains("Jobs"))
-            .unwrap_or_else(|| panic!("no step reads Jobs: {plan:?}"));
-        assert!(jobs.contains("(id=?)"), "{plan:?}");
+        let jobs: Vec<&String> = plan.iter().filter(|step| step.contains("Jobs")).collect();
+        assert_eq!(jobs.len(), 1, "one step reads Jobs: {plan:?}");
+        jobs[0].clone()
+    }
+
+    #[tokio::test]
+    async fn a_new_queue_marks_a_batch_running_by_id() {
+        let step = plan_on_jobs(LOCK).await;
+        assert!(step.contains("(id=?)"), "{step}");
+    }
+
+    #[tokio::test]
+    async fn a_new_queue_acknowledges_jobs_by_id() {
+        let step = plan_on_jobs(ACK).await;
+        assert!(step.contains("(id=?)"), "{step}");
+    }
+}
+
+#[cfg(all(test, feature = "postgres"))]
+#[allow(irrefutable_let_patterns)]
+mod postgres_tests {
+    use sqlx::Connection;
+
+    use super::POSTGRES_SESSION;
+    use crate::durable::engine::Engine;
+    use crate::durable::JobQueue;
+
+    /// Every connection of a PostgreSQL queue plans with
+    /// [`POSTGRES_SESSION`]. Needs `DATABASE_URL` (a database of its own
+    /// is created there and dropped); without it, says so and passes.
+    #[tokio::test]
+    async fn every_postgres_session_plans_for_batches() {
+        let Ok(server) = std::env::var("DATABASE_URL") else {
+            println!("skipped: DATABASE_URL not set");
+            return;
+        };
+        if !server.starts_with("postgres") {
+            println!("skipped: DATABASE_URL is not a PostgreSQL URL");
+            return;
+        }
+        let name = format!("tb_session_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+        let drop_it = format!("DROP DATABASE IF EXISTS {name}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop_it.clone()))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let (base, _) = server.rsplit_once('/').unwrap();
+        let queue = JobQueue::postgres(&format!("{base}/{name}")).await.unwrap();
+        let Engine::Postgres(pool) = &queue.engine else {
+            unreachable!("a PostgreSQL queue")
+        };
+        let mut connections = Vec::new();
+        for _ in 0..3 {
+            connections.push(pool.acquire().await.unwrap());
+        }
+        for connection in &mut connections {
+            for (setting, value) in POSTGRES_SESSION {
+                let shown: String =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+                        .fetch_one(&mut **connection)
+                        .await
+                        .unwrap();
+                assert_eq!(shown, value, "{setting}");
+            }
+        }
+        drop(connections);
+        pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop_it))
+            .execute(&mut admin)
+            .await
+            .unwrap();
     }
 }

@@ -15,7 +15,6 @@ use super::engine::Engine;
 use super::error::JobError;
 use super::insert::Inserted;
 use super::job::{Job, JobId};
-#[cfg(feature = "sqlite")]
 use super::planner_hints;
 use super::stats::{JobCounters, JobStats};
 
@@ -104,7 +103,7 @@ impl JobQueue {
         SqliteStorage::setup(&setup)
             .await
             .map_err(JobError::database)?;
-        planner_hints::state_lock_by_is_not_selective(&setup)
+        planner_hints::state_sqlite_statistics(&setup)
             .await
             .map_err(JobError::database)?;
         setup.close().await;
@@ -123,12 +122,16 @@ impl JobQueue {
     pub async fn postgres(url: &str) -> Result<Self, JobError> {
         use apalis_postgres::PostgresStorage;
 
+        let options: sqlx::postgres::PgConnectOptions = url.parse().map_err(JobError::database)?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
+            .connect_with(options.options(planner_hints::POSTGRES_SESSION))
             .await
             .map_err(JobError::database)?;
         PostgresStorage::setup(&pool)
+            .await
+            .map_err(JobError::database)?;
+        planner_hints::index_postgres_held_jobs(&pool)
             .await
             .map_err(JobError::database)?;
         Ok(Self::with_engine(Engine::Postgres(pool)))
@@ -413,6 +416,8 @@ impl JobQueue {
 }
 
 #[cfg(all(test, feature = "sqlite"))]
+// With one engine enabled, matching the queue's engine cannot fail.
+#[allow(irrefutable_let_patterns)]
 mod tests {
     use super::*;
 
