@@ -49,11 +49,14 @@
 //!   pending rows), which shows what the job table's indexes cost; and, as
 //!   the "one commit per job" baseline, scratch rows inserted one per
 //!   commit, one after the other;
-//! - **(2), the execution ceiling:** E pending rows claimed 64 at a time,
-//!   what the workers below claim per fetch (`… LIMIT 64 FOR UPDATE SKIP
-//!   LOCKED` then `UPDATE … RETURNING`, one
-//!   commit) and marked done (a second commit), until none is left; 4
-//!   loops at once on PostgreSQL, 1 on SQLite (one writer).
+//! - **(2), the execution ceiling:** E pending rows of apalis's job table
+//!   claimed 64 at a time, what the workers below claim per fetch, in
+//!   apalis's claim order, for a registered worker (`… LIMIT 64 FOR UPDATE
+//!   SKIP LOCKED` inside an `UPDATE … RETURNING`, one commit) and marked
+//!   done (a second commit), until none is left; 4 loops at once on
+//!   PostgreSQL, 1 on SQLite (one writer). Beside it, the same on the
+//!   minimal scratch table, which shows what the job table's indexes and
+//!   foreign key cost each claim.
 //!
 //! and what the queue reaches of them: `JobQueue::push_all` of E no-op
 //! jobs, 512 per call; then `Workers` with `.concurrency(16)` started on
@@ -702,8 +705,10 @@ const CLAIM_BATCH: usize = 16 * DEFAULT_PREFETCH_MULTIPLIER;
 /// Loops claiming at once in the PostgreSQL execution ceiling (what `SKIP
 /// LOCKED` is for); SQLite has one writer, so one loop.
 const PG_CLAIMERS: usize = 4;
-/// The job type of the rows the job-table ceiling inserts (and deletes).
+/// The job type of the rows the job-table ceilings insert (and delete).
 const CEILING_JOB_TYPE: &str = "bench_ceiling";
+/// The worker the job-table claim ceiling claims for.
+const CEILING_WORKER: &str = "bench-ceiling";
 /// apalis's figure for graphile-worker on PostgreSQL, no-op jobs/s.
 const GRAPHILE_WORKER: f64 = 41_000.0;
 
@@ -852,8 +857,102 @@ impl Database {
 }
 
 impl Admin {
-    /// Claims up to [`CLAIM_BATCH`] pending rows (one commit), then marks
-    /// them done (another): how many it claimed.
+    /// Claims up to [`CLAIM_BATCH`] pending rows of apalis's job table (job
+    /// type [`CEILING_JOB_TYPE`], in apalis's claim order, for
+    /// [`CEILING_WORKER`]; one commit), then marks them done (another): how
+    /// many it claimed. The claim names the rows by id (`= ANY(ARRAY(…))`),
+    /// a plan that does not depend on the planner's estimates.
+    async fn job_table_claim_and_complete(&self) -> usize {
+        let result = match self {
+            Self::Sqlite(pool) => {
+                async {
+                    let ids: Vec<String> = sqlx::query_scalar(
+                        "UPDATE Jobs SET status = 'Running', lock_by = ?3, \
+                           lock_at = strftime('%s', 'now') \
+                         WHERE rowid IN (SELECT rowid FROM Jobs \
+                           WHERE job_type = ?1 AND status = 'Pending' AND lock_by IS NULL \
+                           ORDER BY priority DESC, run_at ASC, id ASC LIMIT ?2) \
+                         RETURNING id",
+                    )
+                    .bind(CEILING_JOB_TYPE)
+                    .bind(CLAIM_BATCH as i64)
+                    .bind(CEILING_WORKER)
+                    .fetch_all(pool)
+                    .await?;
+                    if !ids.is_empty() {
+                        let json = format!("[\"{}\"]", ids.join("\",\""));
+                        sqlx::query(
+                            "UPDATE Jobs SET status = 'Done', attempts = 1, \
+                               done_at = strftime('%s', 'now') \
+                             WHERE id IN (SELECT value FROM json_each(?1))",
+                        )
+                        .bind(json)
+                        .execute(pool)
+                        .await?;
+                    }
+                    Ok::<_, sqlx::Error>(ids.len())
+                }
+                .await
+            }
+            Self::Postgres(pool) => {
+                async {
+                    let ids: Vec<String> = sqlx::query_scalar(
+                        "UPDATE apalis.jobs SET status = 'Running', lock_by = $3, lock_at = now() \
+                         WHERE id = ANY(ARRAY(SELECT id FROM apalis.jobs \
+                           WHERE job_type = $1 AND status = 'Pending' AND run_at < now() \
+                           ORDER BY priority DESC, run_at ASC LIMIT $2 FOR UPDATE SKIP LOCKED)) \
+                         RETURNING id",
+                    )
+                    .bind(CEILING_JOB_TYPE)
+                    .bind(CLAIM_BATCH as i64)
+                    .bind(CEILING_WORKER)
+                    .fetch_all(pool)
+                    .await?;
+                    if !ids.is_empty() {
+                        sqlx::query(
+                            "UPDATE apalis.jobs SET status = 'Done', attempts = 1, \
+                               done_at = now() WHERE id = ANY($1)",
+                        )
+                        .bind(&ids)
+                        .execute(pool)
+                        .await?;
+                    }
+                    Ok(ids.len())
+                }
+                .await
+            }
+        };
+        result.expect("a raw claim and complete on the job table")
+    }
+
+    /// Registers [`CEILING_WORKER`] in apalis's worker table (a claimed
+    /// job's `lock_by` must name a worker).
+    async fn register_ceiling_worker(&self) {
+        let result = match self {
+            Self::Sqlite(pool) => sqlx::query(
+                "INSERT OR IGNORE INTO Workers (id, worker_type, storage_name, layers) \
+                 VALUES (?1, ?2, 'bench', '')",
+            )
+            .bind(CEILING_WORKER)
+            .bind(CEILING_JOB_TYPE)
+            .execute(pool)
+            .await
+            .map(drop),
+            Self::Postgres(pool) => sqlx::query(
+                "INSERT INTO apalis.workers (id, worker_type, storage_name, layers) \
+                 VALUES ($1, $2, 'bench', '') ON CONFLICT DO NOTHING",
+            )
+            .bind(CEILING_WORKER)
+            .bind(CEILING_JOB_TYPE)
+            .execute(pool)
+            .await
+            .map(drop),
+        };
+        result.expect("registering the ceiling's worker");
+    }
+
+    /// Claims up to [`CLAIM_BATCH`] pending rows of the minimal table (one
+    /// commit), then marks them done (another): how many it claimed.
     async fn claim_and_complete(&self) -> usize {
         let result = match self {
             Self::Sqlite(pool) => {
@@ -944,8 +1043,11 @@ struct LimitsRun {
     one_commit: f64,
     /// `JobQueue::push_all` of [`INSERT_BATCH`] jobs at a time, jobs/s.
     push_all: f64,
-    /// (2): raw claim-and-complete loops, [`CLAIM_BATCH`] rows at a time, rows/s.
+    /// (2): raw claim-and-complete loops on apalis's job table,
+    /// [`CLAIM_BATCH`] rows at a time, rows/s.
     claim_ceiling: f64,
+    /// The same on the minimal table.
+    minimal_claim: f64,
     /// `Workers` with concurrency 16 running no-op jobs, jobs/s.
     executed: f64,
 }
@@ -987,13 +1089,38 @@ async fn one_commit_per_row(database: &Database, rows: usize) -> f64 {
     rows.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Rows/s claimed and completed from `rows` pending rows, by
-/// [`PG_CLAIMERS`] loops on PostgreSQL and one on SQLite.
+/// Rows/s claimed and completed from `rows` pending rows of apalis's job
+/// table, by [`PG_CLAIMERS`] loops on PostgreSQL and one on SQLite.
 async fn claim_ceiling(database: &Database, rows: usize) -> f64 {
+    database.delete(CEILING_JOB_TYPE).await;
+    database.admin.register_ceiling_worker().await;
+    for batch in scratch_rows(rows).chunks(INSERT_BATCH) {
+        database.job_table_insert(batch).await;
+    }
+    let rate = claim_loops(database, rows, Table::Jobs).await;
+    database.delete(CEILING_JOB_TYPE).await;
+    rate
+}
+
+/// The same from `rows` pending rows of the minimal table.
+async fn minimal_claim(database: &Database, rows: usize) -> f64 {
     database.scratch_reset().await;
     for batch in scratch_rows(rows).chunks(INSERT_BATCH) {
         database.scratch_insert(batch).await;
     }
+    claim_loops(database, rows, Table::Minimal).await
+}
+
+/// Which table a claim loop claims from.
+#[derive(Clone, Copy)]
+enum Table {
+    Jobs,
+    Minimal,
+}
+
+/// Rows/s claimed and completed by the claim loops until `table` has no
+/// pending row left; every one of the `rows` claimed once.
+async fn claim_loops(database: &Database, rows: usize, table: Table) -> f64 {
     let claimers = match database.engine {
         Engine::Sqlite => 1,
         Engine::Postgres => PG_CLAIMERS,
@@ -1005,7 +1132,11 @@ async fn claim_ceiling(database: &Database, rows: usize) -> f64 {
             tokio::spawn(async move {
                 let mut done = 0;
                 loop {
-                    match admin.claim_and_complete().await {
+                    let claimed = match table {
+                        Table::Jobs => admin.job_table_claim_and_complete().await,
+                        Table::Minimal => admin.claim_and_complete().await,
+                    };
+                    match claimed {
                         0 => break done,
                         n => done += n,
                     }
@@ -1060,6 +1191,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
     let minimal_insert = minimal_insert(database, config.exec_jobs).await;
     let one_commit = one_commit_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
     let claim_ceiling = claim_ceiling(database, config.exec_jobs).await;
+    let minimal_claim = minimal_claim(database, config.exec_jobs).await;
     database.scratch_reset().await;
     let (push_all, executed) = push_all_then_execute(database, config.exec_jobs).await;
     LimitsRun {
@@ -1069,6 +1201,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
         one_commit,
         push_all,
         claim_ceiling,
+        minimal_claim,
         executed,
     }
 }
@@ -1299,13 +1432,14 @@ fn main() {
                 eprintln!(
                     "round {round} limits {:<8} insert ceiling {:>7.0}/s (minimal table \
                      {:>7.0}/s)  one commit per row {:>5.0}/s  push_all {:>7.0}/s  claim \
-                     ceiling {:>6.0}/s  workers {:>6.0}/s",
+                     ceiling {:>6.0}/s (minimal table {:>6.0}/s)  workers {:>6.0}/s",
                     run.engine.key(),
                     run.insert_ceiling,
                     run.minimal_insert,
                     run.one_commit,
                     run.push_all,
                     run.claim_ceiling,
+                    run.minimal_claim,
                     run.executed,
                 );
                 runs.push(run);
@@ -1471,6 +1605,7 @@ fn print_limits(
                     put(format!("{e}/enqueue/p16"))?.settled_per_s?,
                 ),
                 ("claim", run.claim_ceiling),
+                ("minimal_claim", run.minimal_claim),
                 ("executed", run.executed),
                 ("lat_now", lat(format!("{e}/enqueue_now"))?.p(0.5)),
                 ("lat_deferred", lat(format!("{e}/enqueue"))?.p(0.5)),
@@ -1509,7 +1644,14 @@ fn print_limits(
     rate("push (enqueue_now), 1 producer, jobs/s", "push_p1");
     rate("push (enqueue_now), 16 producers, jobs/s", "push_p16");
     rate("enqueue, 16 producers, stored/s", "stored_p16");
-    rate("(2) raw claim + complete, 64 per batch, rows/s", "claim");
+    rate(
+        "(2) raw claim + complete on apalis's job table, 64 per batch, rows/s",
+        "claim",
+    );
+    rate(
+        "raw claim + complete on a minimal table, 64 per batch, rows/s",
+        "minimal_claim",
+    );
     rate("Workers, concurrency 16, no-op jobs/s", "executed");
     let mut ratio = |what: &str, target: &str, f: &dyn Fn(&HashMap<&str, f64>) -> f64| {
         let (m, per_round) = of(f);
