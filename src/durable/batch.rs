@@ -82,13 +82,27 @@ impl Batcher {
     }
 }
 
-/// The flusher: takes every push waiting (up to [`MAX_BATCH`]) and commits
-/// them together, until every sender has gone.
+/// The flusher: for each round, waits for a push, then for a connection,
+/// then takes every push that queued meanwhile (up to [`MAX_BATCH`]) and
+/// commits them together, until every sender has gone.
+///
+/// The connection comes before the batch is closed so that a push waits
+/// for one connection at most, its own batch's: a push that arrived while
+/// the flusher was waiting for a connection joins that batch, rather than
+/// waiting for the next one to look for a connection all over again. If
+/// no connection comes within the pool's acquire timeout, every push of
+/// the batch fails with that error.
 async fn flush_all(engine: Engine, mut requests: mpsc::UnboundedReceiver<Request>) {
     let mut batch = Vec::new();
-    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let jobs: Vec<&EncodedJob> = batch.iter().map(|request| &request.job).collect();
-        match commit(&engine, &jobs).await {
+    while let Some(first) = requests.recv().await {
+        batch.push(first);
+        let result = match &engine {
+            #[cfg(feature = "sqlite")]
+            Engine::Sqlite(pool) => commit_queued(pool, &mut requests, &mut batch).await,
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(pool) => commit_queued(pool, &mut requests, &mut batch).await,
+        };
+        match result {
             Ok(holders) => {
                 for (request, holder) in batch.drain(..).zip(holders) {
                     let _ = request.done.send(Ok(Inserted::of(request.job.id, holder)));
@@ -109,6 +123,25 @@ async fn flush_all(engine: Engine, mut requests: mpsc::UnboundedReceiver<Request
     }
 }
 
+/// Takes a connection from `pool`, adds to `batch` what queued in
+/// `requests` meanwhile, and commits the batch's jobs on it.
+async fn commit_queued<DB: JobDatabase>(
+    pool: &sqlx::Pool<DB>,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    batch: &mut Vec<Request>,
+) -> Result<Vec<Option<JobId>>, JobError> {
+    let connection = pool.acquire().await;
+    while batch.len() < MAX_BATCH {
+        match requests.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+    let mut connection = connection.map_err(JobError::database)?;
+    let jobs: Vec<&EncodedJob> = batch.iter().map(|request| &request.job).collect();
+    commit_on(&mut connection, &jobs).await
+}
+
 /// Stores `jobs` in one transaction; for each, `Some` holder's id if it was
 /// a unique job whose key was held.
 pub(crate) async fn commit(
@@ -117,17 +150,25 @@ pub(crate) async fn commit(
 ) -> Result<Vec<Option<JobId>>, JobError> {
     match engine {
         #[cfg(feature = "sqlite")]
-        Engine::Sqlite(pool) => commit_on::<sqlx::Sqlite>(pool, jobs).await,
+        Engine::Sqlite(pool) => {
+            let mut connection = pool.acquire().await.map_err(JobError::database)?;
+            commit_on(&mut connection, jobs).await
+        }
         #[cfg(feature = "postgres")]
-        Engine::Postgres(pool) => commit_on::<sqlx::Postgres>(pool, jobs).await,
+        Engine::Postgres(pool) => {
+            let mut connection = pool.acquire().await.map_err(JobError::database)?;
+            commit_on(&mut connection, jobs).await
+        }
     }
 }
 
 async fn commit_on<DB: JobDatabase>(
-    pool: &sqlx::Pool<DB>,
+    connection: &mut sqlx::pool::PoolConnection<DB>,
     jobs: &[&EncodedJob],
 ) -> Result<Vec<Option<JobId>>, JobError> {
-    let mut tx = pool.begin().await.map_err(JobError::database)?;
+    let mut tx = sqlx::Connection::begin(&mut **connection)
+        .await
+        .map_err(JobError::database)?;
     let mut holders = vec![None; jobs.len()];
     // Plain jobs of one type go in one statement where the engine can.
     let mut plain: Vec<&EncodedJob> = Vec::new();

@@ -3,11 +3,12 @@
 //! job table — what a long migration, a backup or a runaway transaction
 //! does), and more work arrives:
 //!
-//! - `push` from a handler, alone in the group commit, waits for a
-//!   connection at most [`ACQUIRE_TIMEOUT`] and ends in a `503`
-//!   (`job-database-unavailable`): it does not hang with the connections
-//!   it waits for. (A push that joins the group commit while the commit
-//!   before it is itself waiting for a connection waits for both.)
+//! - `push` from a handler waits for a connection at most
+//!   [`ACQUIRE_TIMEOUT`] and ends in a `503` (`job-database-unavailable`):
+//!   it does not hang with the connections it waits for. A second push,
+//!   made while the group commit is already waiting for a connection,
+//!   joins that wait rather than starting one of its own after it: it
+//!   fails with the first, sooner than [`ACQUIRE_TIMEOUT`].
 //! - The deferred batches that found no connection are retried, and once
 //!   the connections are released every deferred job is stored, once.
 //!
@@ -45,6 +46,9 @@ const BATCHES: i64 = 16;
 /// What a `503` may take beyond [`ACQUIRE_TIMEOUT`]: the hop to the group
 /// commit's flusher and back, and the response, on a loaded machine.
 const RESPONSE_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long after the first push the second one is made.
+const SECOND_PUSH_AFTER: Duration = Duration::from_secs(3);
 
 mod an_exhausted_pool_is_a_503_and_deferred_pushes_wait {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,16 +144,34 @@ async fn an_exhausted_pool_is_a_503_and_deferred_pushes_wait(db: Db) {
         .expect("timed out waiting until every connection of the pool is held");
 
     let started = Instant::now();
-    let response = tokio::time::timeout(ACQUIRE_TIMEOUT + RESPONSE_MARGIN, post_to(&app, "/now"))
+    let first = async {
+        let response = post_to(&app, "/now").await;
+        (response, started.elapsed())
+    };
+    let second = async {
+        tokio::time::sleep(SECOND_PUSH_AFTER).await;
+        let made = Instant::now();
+        let response = post_to(&app, "/now").await;
+        (response, made.elapsed())
+    };
+    let ((first, waited), (second, second_waited)) =
+        tokio::time::timeout(ACQUIRE_TIMEOUT + RESPONSE_MARGIN, async {
+            tokio::join!(first, second)
+        })
         .await
-        .expect("a push with no connection to be had ends within ACQUIRE_TIMEOUT");
-    let waited = started.elapsed();
-    let (status, body) = status_and_json(response).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"], "job-database-unavailable", "{body}");
-    // From the pool, not from a connection the database dropped.
-    let message = body["message"].as_str().expect("a message");
-    assert!(message.contains("pool timed out"), "{message}");
+        .expect("pushes with no connection to be had end within ACQUIRE_TIMEOUT of the first");
+    assert!(
+        second_waited < ACQUIRE_TIMEOUT + RESPONSE_MARGIN - SECOND_PUSH_AFTER,
+        "the second push waited {second_waited:?}: for a connection wait of its own"
+    );
+    for response in [first, second] {
+        let (status, body) = status_and_json(response).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"], "job-database-unavailable", "{body}");
+        // From the pool, not from a connection the database dropped.
+        let message = body["message"].as_str().expect("a message");
+        assert!(message.contains("pool timed out"), "{message}");
+    }
     assert_eq!(queue.stats().pushed_deferred, 0);
     assert_eq!(
         waiting_on_a_lock(&db).await,
@@ -192,7 +214,7 @@ async fn an_exhausted_pool_is_a_503_and_deferred_pushes_wait(db: Db) {
         assert_eq!(found.get(key), Some(&vec![*id]), "job {key:?} stored once");
     }
     println!(
-        "the push waited {waited:?} for a connection, then 503; \
+        "the pushes waited {waited:?} and {second_waited:?} for a connection, then 503; \
          {} deferred pushes retried; {stats:?}",
         stats.push_retries
     );
