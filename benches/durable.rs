@@ -11,7 +11,10 @@
 //!
 //! P producers (1 and 16), each a tokio task sending requests one after the
 //! other through the real layer, the response body read to its end, N
-//! requests in all. Each handler does one of:
+//! requests in all (10 000, 400 with `--quick`: enough that a run's rate
+//! is the sustained one, not the first and last commits', and no more than
+//! a queue's default `max_pending`, so no deferred job is refused). Each
+//! handler does one of:
 //!
 //! - `add`: `tasks.add` of a trivial task (the in-process baseline);
 //! - `enqueue_now`: `queue.push(&job).await` (the job is in the database
@@ -235,7 +238,7 @@ impl Config {
         let (rounds, jobs, latency_jobs, exec_jobs) = match mode {
             Mode::Smoke => (1, 64, 8, 64),
             Mode::Quick => (1, 400, 30, 2000),
-            Mode::Full => (5, 2000, 60, 20_000),
+            Mode::Full => (5, 10_000, 60, 20_000),
         };
         let mut config = Self {
             mode,
