@@ -860,74 +860,6 @@ impl Database {
 }
 
 impl Admin {
-    /// Claims up to [`CLAIM_BATCH`] pending rows of apalis's job table (job
-    /// type [`CEILING_JOB_TYPE`], in apalis's claim order, for
-    /// [`CEILING_WORKER`]; one commit), then marks them done (another): how
-    /// many it claimed. The claim names the rows by id (`= ANY(ARRAY(…))`),
-    /// a plan that does not depend on the planner's estimates.
-    async fn job_table_claim_and_complete(&self) -> usize {
-        let result = match self {
-            Self::Sqlite(pool) => {
-                async {
-                    let ids: Vec<String> = sqlx::query_scalar(
-                        "UPDATE Jobs SET status = 'Running', lock_by = ?3, \
-                           lock_at = strftime('%s', 'now') \
-                         WHERE rowid IN (SELECT rowid FROM Jobs \
-                           WHERE job_type = ?1 AND status = 'Pending' AND lock_by IS NULL \
-                           ORDER BY priority DESC, run_at ASC, id ASC LIMIT ?2) \
-                         RETURNING id",
-                    )
-                    .bind(CEILING_JOB_TYPE)
-                    .bind(CLAIM_BATCH as i64)
-                    .bind(CEILING_WORKER)
-                    .fetch_all(pool)
-                    .await?;
-                    if !ids.is_empty() {
-                        let json = format!("[\"{}\"]", ids.join("\",\""));
-                        sqlx::query(
-                            "UPDATE Jobs SET status = 'Done', attempts = 1, \
-                               done_at = strftime('%s', 'now') \
-                             WHERE id IN (SELECT value FROM json_each(?1))",
-                        )
-                        .bind(json)
-                        .execute(pool)
-                        .await?;
-                    }
-                    Ok::<_, sqlx::Error>(ids.len())
-                }
-                .await
-            }
-            Self::Postgres(pool) => {
-                async {
-                    let ids: Vec<String> = sqlx::query_scalar(
-                        "UPDATE apalis.jobs SET status = 'Running', lock_by = $3, lock_at = now() \
-                         WHERE id = ANY(ARRAY(SELECT id FROM apalis.jobs \
-                           WHERE job_type = $1 AND status = 'Pending' AND run_at < now() \
-                           ORDER BY priority DESC, run_at ASC LIMIT $2 FOR UPDATE SKIP LOCKED)) \
-                         RETURNING id",
-                    )
-                    .bind(CEILING_JOB_TYPE)
-                    .bind(CLAIM_BATCH as i64)
-                    .bind(CEILING_WORKER)
-                    .fetch_all(pool)
-                    .await?;
-                    if !ids.is_empty() {
-                        sqlx::query(
-                            "UPDATE apalis.jobs SET status = 'Done', attempts = 1, \
-                               done_at = now() WHERE id = ANY($1)",
-                        )
-                        .bind(&ids)
-                        .execute(pool)
-                        .await?;
-                    }
-                    Ok(ids.len())
-                }
-                .await
-            }
-        };
-        result.expect("a raw claim and complete on the job table")
-    }
-
     /// Registers [`CEILING_WORKER`] in apalis's worker table (a claimed
     /// job's `lock_by` must name a worker).
     async fn register_ceiling_worker(&self) {
@@ -954,34 +886,22 @@ impl Admin {
         result.expect("registering the ceiling's worker");
     }
 
-    /// Claims up to [`CLAIM_BATCH`] pending rows of the minimal table (one
-    /// commit), then marks them done (another): how many it claimed.
-    async fn claim_and_complete(&self) -> usize {
+    /// Claims up to [`CLAIM_BATCH`] pending rows of `table` (one commit),
+    /// then marks them done (another): how many it claimed.
+    async fn claim_and_complete(&self, table: Table) -> usize {
         let result = match self {
             Self::Sqlite(pool) => {
                 async {
-                    let ids: Vec<String> = sqlx::query_scalar(
-                        "UPDATE bench_ceiling SET status = 'Running', lock_by = 'bench', \
-                       lock_at = strftime('%s', 'now') \
-                     WHERE rowid IN (SELECT rowid FROM bench_ceiling \
-                       WHERE job_type = ?1 AND status = 'Pending' \
-                       ORDER BY run_at, id LIMIT ?2) \
-                     RETURNING id",
-                    )
-                    .bind(Noop::NAME)
-                    .bind(CLAIM_BATCH as i64)
-                    .fetch_all(pool)
-                    .await?;
+                    let (claim, complete) = table.sqlite_statements();
+                    let ids: Vec<String> = sqlx::query_scalar(claim)
+                        .bind(table.job_type())
+                        .bind(CLAIM_BATCH as i64)
+                        .bind(table.worker())
+                        .fetch_all(pool)
+                        .await?;
                     if !ids.is_empty() {
                         let json = format!("[\"{}\"]", ids.join("\",\""));
-                        sqlx::query(
-                            "UPDATE bench_ceiling SET status = 'Done', attempts = 1, \
-                           done_at = strftime('%s', 'now') \
-                         WHERE id IN (SELECT value FROM json_each(?1))",
-                        )
-                        .bind(json)
-                        .execute(pool)
-                        .await?;
+                        sqlx::query(complete).bind(json).execute(pool).await?;
                     }
                     Ok::<_, sqlx::Error>(ids.len())
                 }
@@ -989,26 +909,15 @@ impl Admin {
             }
             Self::Postgres(pool) => {
                 async {
-                    let ids: Vec<String> = sqlx::query_scalar(
-                        "WITH c AS (SELECT id FROM bench_ceiling \
-                       WHERE job_type = $1 AND status = 'Pending' \
-                       ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                     UPDATE bench_ceiling t SET status = 'Running', lock_by = 'bench', \
-                       lock_at = now() \
-                     FROM c WHERE t.id = c.id RETURNING t.id",
-                    )
-                    .bind(Noop::NAME)
-                    .bind(CLAIM_BATCH as i64)
-                    .fetch_all(pool)
-                    .await?;
-                    if !ids.is_empty() {
-                        sqlx::query(
-                            "UPDATE bench_ceiling SET status = 'Done', attempts = 1, \
-                           done_at = now() WHERE id = ANY($1)",
-                        )
-                        .bind(&ids)
-                        .execute(pool)
+                    let (claim, complete) = table.postgres_statements();
+                    let ids: Vec<String> = sqlx::query_scalar(claim)
+                        .bind(table.job_type())
+                        .bind(CLAIM_BATCH as i64)
+                        .bind(table.worker())
+                        .fetch_all(pool)
                         .await?;
+                    if !ids.is_empty() {
+                        sqlx::query(complete).bind(&ids).execute(pool).await?;
                     }
                     Ok(ids.len())
                 }
@@ -1117,8 +1026,83 @@ async fn minimal_claim(database: &Database, rows: usize) -> f64 {
 /// Which table a claim loop claims from.
 #[derive(Clone, Copy)]
 enum Table {
+    /// apalis's job table: rows of [`CEILING_JOB_TYPE`], in apalis's claim
+    /// order, for [`CEILING_WORKER`]. PostgreSQL's claim names its rows
+    /// with `= ANY(ARRAY(…))`, a plan that does not depend on estimates.
     Jobs,
+    /// The minimal scratch table.
     Minimal,
+}
+
+impl Table {
+    fn job_type(self) -> &'static str {
+        match self {
+            Self::Jobs => CEILING_JOB_TYPE,
+            Self::Minimal => Noop::NAME,
+        }
+    }
+
+    fn worker(self) -> &'static str {
+        match self {
+            Self::Jobs => CEILING_WORKER,
+            Self::Minimal => "bench",
+        }
+    }
+
+    /// SQLite's claim (binds: job type, batch, worker; returns the ids) and
+    /// completion (binds: the ids as a JSON array).
+    fn sqlite_statements(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Jobs => (
+                "UPDATE Jobs SET status = 'Running', lock_by = ?3, \
+                   lock_at = strftime('%s', 'now') \
+                 WHERE rowid IN (SELECT rowid FROM Jobs \
+                   WHERE job_type = ?1 AND status = 'Pending' AND lock_by IS NULL \
+                   ORDER BY priority DESC, run_at ASC, id ASC LIMIT ?2) \
+                 RETURNING id",
+                "UPDATE Jobs SET status = 'Done', attempts = 1, \
+                   done_at = strftime('%s', 'now') \
+                 WHERE id IN (SELECT value FROM json_each(?1))",
+            ),
+            Self::Minimal => (
+                "UPDATE bench_ceiling SET status = 'Running', lock_by = ?3, \
+                   lock_at = strftime('%s', 'now') \
+                 WHERE rowid IN (SELECT rowid FROM bench_ceiling \
+                   WHERE job_type = ?1 AND status = 'Pending' \
+                   ORDER BY run_at, id LIMIT ?2) \
+                 RETURNING id",
+                "UPDATE bench_ceiling SET status = 'Done', attempts = 1, \
+                   done_at = strftime('%s', 'now') \
+                 WHERE id IN (SELECT value FROM json_each(?1))",
+            ),
+        }
+    }
+
+    /// PostgreSQL's claim (binds: job type, batch, worker; returns the ids)
+    /// and completion (binds: the ids).
+    fn postgres_statements(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Jobs => (
+                "UPDATE apalis.jobs SET status = 'Running', lock_by = $3, lock_at = now() \
+                 WHERE id = ANY(ARRAY(SELECT id FROM apalis.jobs \
+                   WHERE job_type = $1 AND status = 'Pending' AND run_at < now() \
+                   ORDER BY priority DESC, run_at ASC LIMIT $2 FOR UPDATE SKIP LOCKED)) \
+                 RETURNING id",
+                "UPDATE apalis.jobs SET status = 'Done', attempts = 1, \
+                   done_at = now() WHERE id = ANY($1)",
+            ),
+            Self::Minimal => (
+                "WITH c AS (SELECT id FROM bench_ceiling \
+                   WHERE job_type = $1 AND status = 'Pending' \
+                   ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE bench_ceiling t SET status = 'Running', lock_by = $3, \
+                   lock_at = now() \
+                 FROM c WHERE t.id = c.id RETURNING t.id",
+                "UPDATE bench_ceiling SET status = 'Done', attempts = 1, \
+                   done_at = now() WHERE id = ANY($1)",
+            ),
+        }
+    }
 }
 
 /// Rows/s claimed and completed by the claim loops until `table` has no
@@ -1135,11 +1119,7 @@ async fn claim_loops(database: &Database, rows: usize, table: Table) -> f64 {
             tokio::spawn(async move {
                 let mut done = 0;
                 loop {
-                    let claimed = match table {
-                        Table::Jobs => admin.job_table_claim_and_complete().await,
-                        Table::Minimal => admin.claim_and_complete().await,
-                    };
-                    match claimed {
+                    match admin.claim_and_complete(table).await {
                         0 => break done,
                         n => done += n,
                     }
