@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::encoded::EncodedJob;
 use super::engine::Engine;
-use super::error::JobError;
+use super::error::{JobError, NoConnection};
 use super::insert::{Inserted, JobDatabase, Rows};
 use super::job::JobId;
 
@@ -27,7 +27,41 @@ pub(crate) const MAX_BATCH: usize = 512;
 /// One push waiting for its commit.
 struct Request {
     job: EncodedJob,
-    done: oneshot::Sender<Result<Inserted, String>>,
+    done: oneshot::Sender<Result<Inserted, Failure>>,
+}
+
+/// Why a batch was not stored, told to each of its pushes.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// No connection came in time: nothing was sent.
+    NoConnection(String),
+    /// The database failed the batch; its commit may have gone through.
+    Database(String),
+}
+
+impl From<JobError> for Failure {
+    fn from(error: JobError) -> Self {
+        // Each push wraps the cause in its own `JobError::Database`, so it
+        // gets the cause, not this error's text.
+        match error {
+            JobError::Database(cause) if cause.is::<NoConnection>() => {
+                Self::NoConnection(cause.to_string())
+            }
+            JobError::Database(cause) => Self::Database(cause.to_string()),
+            other => Self::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<Failure> for JobError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::NoConnection(message) => {
+                JobError::no_connection(std::io::Error::other(message))
+            }
+            Failure::Database(message) => JobError::database(std::io::Error::other(message)),
+        }
+    }
 }
 
 /// The way to a queue's flusher, which is started on the first push (on
@@ -74,7 +108,7 @@ impl Batcher {
         }
         match committed.await {
             Ok(Ok(inserted)) => Ok(inserted),
-            Ok(Err(message)) => Err(JobError::database(std::io::Error::other(message))),
+            Ok(Err(failure)) => Err(failure.into()),
             Err(_) => Err(JobError::database(std::io::Error::other(
                 "the job's commit was interrupted (its runtime shut down)",
             ))),
@@ -109,14 +143,9 @@ async fn flush_all(engine: Engine, mut requests: mpsc::UnboundedReceiver<Request
                 }
             }
             Err(error) => {
-                // Each push wraps the cause in its own `JobError::Database`,
-                // so it gets the cause, not this error's text.
-                let message = match error {
-                    JobError::Database(cause) => cause.to_string(),
-                    other => other.to_string(),
-                };
+                let failure = Failure::from(error);
                 for request in batch.drain(..) {
-                    let _ = request.done.send(Err(message.clone()));
+                    let _ = request.done.send(Err(failure.clone()));
                 }
             }
         }
@@ -137,7 +166,7 @@ async fn commit_queued<DB: JobDatabase>(
             Err(_) => break,
         }
     }
-    let mut connection = connection.map_err(JobError::database)?;
+    let mut connection = connection.map_err(JobError::no_connection)?;
     let jobs: Vec<&EncodedJob> = batch.iter().map(|request| &request.job).collect();
     commit_on(&mut connection, &jobs).await
 }
@@ -151,12 +180,12 @@ pub(crate) async fn commit(
     match engine {
         #[cfg(feature = "sqlite")]
         Engine::Sqlite(pool) => {
-            let mut connection = pool.acquire().await.map_err(JobError::database)?;
+            let mut connection = pool.acquire().await.map_err(JobError::no_connection)?;
             commit_on(&mut connection, jobs).await
         }
         #[cfg(feature = "postgres")]
         Engine::Postgres(pool) => {
-            let mut connection = pool.acquire().await.map_err(JobError::database)?;
+            let mut connection = pool.acquire().await.map_err(JobError::no_connection)?;
             commit_on(&mut connection, jobs).await
         }
     }

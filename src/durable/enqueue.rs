@@ -150,10 +150,13 @@ async fn push_until_stored(
             [job] => queue.push_encoded(job).await.map(|inserted| vec![inserted]),
             jobs => queue.push_encoded_all(jobs).await,
         };
-        if stored.is_err() && committed_after_all(&queue, &jobs).await {
+        let may_have_committed = stored.as_ref().is_err_and(JobError::may_have_committed);
+        if may_have_committed && committed_after_all(&queue, &jobs).await {
             // The commit went through but its answer was lost (the
             // connection broke after it): pushing again would fail on the
-            // jobs' own ids forever.
+            // jobs' own ids forever. A push that got no connection sent
+            // nothing, and is not checked: the check would wait for a
+            // connection from the same exhausted pool, a second time.
             stored = Ok(jobs.iter().map(|job| Inserted::New(job.id)).collect());
         }
         let error = match stored {

@@ -52,6 +52,22 @@ impl JobError {
         Self::Database(Box::new(error))
     }
 
+    /// A [`Database`](Self::Database) error met before any statement was
+    /// sent: the pool gave no connection in time.
+    pub(crate) fn no_connection(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Database(Box::new(NoConnection(Box::new(error))))
+    }
+
+    /// Whether the write that failed may have been committed all the same,
+    /// its answer lost: any database error but one met before a statement
+    /// was sent.
+    pub(crate) fn may_have_committed(&self) -> bool {
+        match self {
+            Self::Database(cause) => !cause.is::<NoConnection>(),
+            _ => false,
+        }
+    }
+
     /// A stable, machine-readable code (the `error` field of the JSON body).
     pub fn code(&self) -> &'static str {
         match self {
@@ -112,6 +128,24 @@ impl std::error::Error for JobError {
             Self::NotAccepted(error) => Some(error),
             _ => None,
         }
+    }
+}
+
+/// The cause of a [`JobError::Database`] met before any statement was sent
+/// (no connection came within the pool's acquire timeout): what was to be
+/// written certainly was not. It shows as the error it wraps.
+#[derive(Debug)]
+pub(crate) struct NoConnection(Box<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Display for NoConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for NoConnection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
