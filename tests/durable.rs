@@ -79,6 +79,8 @@ mod prefetch;
 mod restart;
 #[path = "durable/shutdown.rs"]
 mod shutdown;
+#[path = "durable/stale_statistics.rs"]
+mod stale_statistics;
 #[path = "durable/support.rs"]
 mod support;
 #[path = "durable/transactional.rs"]

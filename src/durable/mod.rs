@@ -114,6 +114,8 @@ mod insert;
 mod job;
 mod periodic;
 mod planner_hints;
+#[cfg(feature = "postgres")]
+mod postgres_backend;
 mod queue;
 mod stats;
 mod transaction;

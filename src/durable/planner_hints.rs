@@ -24,12 +24,14 @@
 //!   plans with [`POSTGRES_SESSION`]: each execution of a prepared
 //!   statement is planned for the table as it is now (a generic plan made
 //!   while the table was small would be kept as it grows), and joins are
-//!   nested loops, the plan for a batch of ids. apalis's claim is an SQL
-//!   function whose `LIMIT` is a parameter, so PostgreSQL plans it for a
-//!   tenth of the pending jobs and, given a hash join, reads the whole
-//!   table to claim a batch. The pool runs only the queue's own statements
-//!   (a transaction given to `push_in` is the caller's, with the caller's
-//!   settings).
+//!   nested loops, the plan for a batch of ids. The pool runs only the
+//!   queue's own statements (a transaction given to `push_in` is the
+//!   caller's, with the caller's settings). One trap is left that neither
+//!   removes: statistics taken while the table held no row make PostgreSQL
+//!   plan every statement for a one-row table, whatever its size now. The
+//!   workers' claim and acknowledgement therefore name their rows by id
+//!   (`postgres_backend.rs`), which no estimate can turn into a walk of
+//!   the table.
 //!
 //! The statistics and the index are idempotent and set each time a queue
 //! connects.

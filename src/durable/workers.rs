@@ -13,6 +13,8 @@ use apalis::prelude::{BackendExt, TaskId, WorkerBuilder, WorkerBuilderExt, Worke
 use super::engine::Engine;
 use super::in_flight::InFlight;
 use super::job::Job;
+#[cfg(feature = "postgres")]
+use super::postgres_backend::PostgresJobs;
 use super::queue::JobQueue;
 use super::wake_up;
 use crate::resident::Shutdown;
@@ -357,14 +359,13 @@ fn start_worker<J: Job>(
                 .missed_heartbeats(MISSED_HEARTBEATS);
             // New jobs are announced (`LISTEN`, one connection per job
             // type, which hears every process's pushes); the tick is the
-            // fallback if that connection is lost.
+            // fallback if that connection is lost. The backend is apalis's
+            // `PostgresStorage` with claims and acknowledgements by id
+            // (`PostgresJobs` says why).
             let announced = apalis_postgres::Pubsub::new(pool.clone(), J::NAME.to_owned());
-            let storage = apalis_postgres::PostgresStorage::<J>::new(pool)
-                .with_config(config)
-                .poll_with_strategy(wake_up::WakeUp::new(
-                    settings.poll_interval,
-                    Some(announced),
-                ));
+            let storage = PostgresJobs::<J>::new(pool, config).poll_with_strategy(
+                wake_up::WakeUp::new(settings.poll_interval, Some(announced)),
+            );
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
