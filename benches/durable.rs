@@ -59,7 +59,9 @@
 //!   done (a second commit), until none is left; 4 loops at once on
 //!   PostgreSQL, 1 on SQLite (one writer). Beside it, the same on the
 //!   minimal scratch table, which shows what the job table's indexes and
-//!   foreign key cost each claim.
+//!   foreign key cost each claim, and on PostgreSQL the same with one
+//!   loop: what one apalis worker per job type, which claims and
+//!   acknowledges one statement after another, could reach at best.
 //!
 //! and what the queue reaches of them: `JobQueue::push_all` of E no-op
 //! jobs, 512 per call; then `Workers` with `.concurrency(16)` started on
@@ -297,6 +299,14 @@ enum Admin {
 }
 
 impl Database {
+    /// Claim loops run at once for (2): one writer on SQLite.
+    fn claimers(&self) -> usize {
+        match self.engine {
+            Engine::Sqlite => 1,
+            Engine::Postgres => PG_CLAIMERS,
+        }
+    }
+
     async fn rows(&self, job_type: &str) -> i64 {
         let result = match &self.admin {
             Admin::Sqlite(pool) => {
@@ -960,6 +970,8 @@ struct LimitsRun {
     claim_ceiling: f64,
     /// The same on the minimal table.
     minimal_claim: f64,
+    /// (2) with one loop (on SQLite, (2) itself).
+    one_loop_claim: f64,
     /// `Workers` with concurrency 16 running no-op jobs, jobs/s.
     executed: f64,
 }
@@ -1002,14 +1014,14 @@ async fn one_commit_per_row(database: &Database, rows: usize) -> f64 {
 }
 
 /// Rows/s claimed and completed from `rows` pending rows of apalis's job
-/// table, by [`PG_CLAIMERS`] loops on PostgreSQL and one on SQLite.
-async fn claim_ceiling(database: &Database, rows: usize) -> f64 {
+/// table by `claimers` loops.
+async fn claim_ceiling(database: &Database, rows: usize, claimers: usize) -> f64 {
     database.delete(CEILING_JOB_TYPE).await;
     database.admin.register_ceiling_worker().await;
     for batch in scratch_rows(rows).chunks(INSERT_BATCH) {
         database.job_table_insert(batch).await;
     }
-    let rate = claim_loops(database, rows, Table::Jobs).await;
+    let rate = claim_loops(database, rows, Table::Jobs, claimers).await;
     database.delete(CEILING_JOB_TYPE).await;
     rate
 }
@@ -1020,7 +1032,7 @@ async fn minimal_claim(database: &Database, rows: usize) -> f64 {
     for batch in scratch_rows(rows).chunks(INSERT_BATCH) {
         database.scratch_insert(batch).await;
     }
-    claim_loops(database, rows, Table::Minimal).await
+    claim_loops(database, rows, Table::Minimal, database.claimers()).await
 }
 
 /// Which table a claim loop claims from.
@@ -1105,13 +1117,9 @@ impl Table {
     }
 }
 
-/// Rows/s claimed and completed by the claim loops until `table` has no
+/// Rows/s claimed and completed by `claimers` loops until `table` has no
 /// pending row left; every one of the `rows` claimed once.
-async fn claim_loops(database: &Database, rows: usize, table: Table) -> f64 {
-    let claimers = match database.engine {
-        Engine::Sqlite => 1,
-        Engine::Postgres => PG_CLAIMERS,
-    };
+async fn claim_loops(database: &Database, rows: usize, table: Table, claimers: usize) -> f64 {
     let started = Instant::now();
     let loops: Vec<_> = (0..claimers)
         .map(|_| {
@@ -1173,8 +1181,12 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
     let insert_ceiling = insert_ceiling(database, config.exec_jobs).await;
     let minimal_insert = minimal_insert(database, config.exec_jobs).await;
     let one_commit = one_commit_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
-    let claim_ceiling = claim_ceiling(database, config.exec_jobs).await;
+    let claim_ceiling = claim_ceiling(database, config.exec_jobs, database.claimers()).await;
     let minimal_claim = minimal_claim(database, config.exec_jobs).await;
+    let one_loop_claim = match database.engine {
+        Engine::Sqlite => claim_ceiling,
+        Engine::Postgres => self::claim_ceiling(database, config.exec_jobs, 1).await,
+    };
     database.scratch_reset().await;
     let (push_all, executed) = push_all_then_execute(database, config.exec_jobs).await;
     LimitsRun {
@@ -1185,6 +1197,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
         push_all,
         claim_ceiling,
         minimal_claim,
+        one_loop_claim,
         executed,
     }
 }
@@ -1415,7 +1428,8 @@ fn main() {
                 eprintln!(
                     "round {round} limits {:<8} insert ceiling {:>7.0}/s (minimal table \
                      {:>7.0}/s)  one commit per row {:>5.0}/s  push_all {:>7.0}/s  claim \
-                     ceiling {:>6.0}/s (minimal table {:>6.0}/s)  workers {:>6.0}/s",
+                     ceiling {:>6.0}/s (minimal table {:>6.0}/s, one loop {:>6.0}/s)  \
+                     workers {:>6.0}/s",
                     run.engine.key(),
                     run.insert_ceiling,
                     run.minimal_insert,
@@ -1423,6 +1437,7 @@ fn main() {
                     run.push_all,
                     run.claim_ceiling,
                     run.minimal_claim,
+                    run.one_loop_claim,
                     run.executed,
                 );
                 runs.push(run);
@@ -1589,6 +1604,7 @@ fn print_limits(
                 ),
                 ("claim", run.claim_ceiling),
                 ("minimal_claim", run.minimal_claim),
+                ("one_loop_claim", run.one_loop_claim),
                 ("executed", run.executed),
                 ("lat_now", lat(format!("{e}/enqueue_now"))?.p(0.5)),
                 ("lat_deferred", lat(format!("{e}/enqueue"))?.p(0.5)),
@@ -1635,6 +1651,12 @@ fn print_limits(
         "raw claim + complete on a minimal table, 64 per batch, rows/s",
         "minimal_claim",
     );
+    if engine == Engine::Postgres {
+        rate(
+            "raw claim + complete on apalis's job table, one loop, rows/s",
+            "one_loop_claim",
+        );
+    }
     rate("Workers, concurrency 16, no-op jobs/s", "executed");
     let mut ratio = |what: &str, target: &str, f: &dyn Fn(&HashMap<&str, f64>) -> f64| {
         let (m, per_round) = of(f);
@@ -1657,6 +1679,9 @@ fn print_limits(
     ratio("push_all ÷ (1)", "", &|r| r["push_all"] / r["insert"]);
     ratio("Workers ÷ (2)", "≥ 0.5", &|r| r["executed"] / r["claim"]);
     if engine == Engine::Postgres {
+        ratio("Workers ÷ (2) with one loop", "", &|r| {
+            r["executed"] / r["one_loop_claim"]
+        });
         ratio("Workers ÷ graphile-worker's 41 000/s", "> 1", &|r| {
             r["executed"] / GRAPHILE_WORKER
         });
