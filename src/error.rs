@@ -106,12 +106,23 @@ pub(crate) fn error_response(
     message: &str,
     retry_after: Option<Duration>,
 ) -> http::Response<bytes::Bytes> {
+    error_response_as(None, code, message, retry_after)
+}
+
+/// [`error_response`] with `status` in place of the one `retry_after`
+/// implies, where one is given.
+pub(crate) fn error_response_as(
+    status: Option<http::StatusCode>,
+    code: &str,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> http::Response<bytes::Bytes> {
     use http::{header, HeaderValue, StatusCode};
 
-    let status = match retry_after {
+    let status = status.unwrap_or(match retry_after {
         Some(_) => StatusCode::SERVICE_UNAVAILABLE,
         None => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    });
     let body = format!(
         r#"{{"error":{},"message":{}}}"#,
         json_string(code),

@@ -171,6 +171,28 @@ async fn commit_queued<DB: JobDatabase>(
     commit_on(&mut connection, &jobs).await
 }
 
+/// The most bytes of job arguments one insert statement carries, so that a
+/// batch of large jobs stays far below what the databases take in one
+/// statement (PostgreSQL: 1 GiB per value, and the job arguments of a
+/// statement are one array).
+const MAX_STATEMENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// How many of `jobs` (sorted by type) the next insert statement takes:
+/// the leading jobs of type `queue`, up to `max_bytes` of arguments, and at
+/// least one.
+fn one_statement(jobs: &[&EncodedJob], queue: &str, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    let mut taken = 0;
+    for job in jobs.iter().take_while(|job| job.queue == queue) {
+        bytes += job.args.len();
+        if taken > 0 && bytes > max_bytes {
+            break;
+        }
+        taken += 1;
+    }
+    taken
+}
+
 /// Stores `jobs` in one transaction; for each, `Some` holder's id if it was
 /// a unique job whose key was held.
 pub(crate) async fn commit(
@@ -221,17 +243,52 @@ async fn commit_on<DB: JobDatabase>(
     plain.sort_by_key(|job| job.queue);
     let mut rest = &plain[..];
     while let Some(first) = rest.first() {
-        let same_type = rest
-            .iter()
-            .take_while(|job| job.queue == first.queue)
-            .count();
-        let rows: Rows = rest[..same_type]
+        let statement = one_statement(rest, first.queue, MAX_STATEMENT_BYTES);
+        let rows: Rows = rest[..statement]
             .iter()
             .map(|job| (job.id, job.args.clone(), job.max_attempts, job.run_at))
             .collect();
         DB::insert_many(&mut *tx, first.queue, rows).await?;
-        rest = &rest[same_type..];
+        rest = &rest[statement..];
     }
     tx.commit().await.map_err(JobError::database)?;
     Ok(holders)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(queue: &'static str, bytes: usize) -> EncodedJob {
+        EncodedJob {
+            id: JobId::new(),
+            queue,
+            args: vec![b'1'; bytes],
+            max_attempts: 1,
+            run_at: None,
+            unique_key: None,
+            key_held_for_good: false,
+        }
+    }
+
+    #[test]
+    fn a_statement_takes_one_type_up_to_its_bytes_and_at_least_one_job() {
+        let jobs = [
+            job("a", 60),
+            job("a", 40),
+            job("a", 1),
+            job("b", 500),
+            job("b", 1),
+        ];
+        let jobs: Vec<&EncodedJob> = jobs.iter().collect();
+        assert_eq!(one_statement(&jobs, "a", 100), 2, "up to the bound");
+        assert_eq!(one_statement(&jobs[2..], "a", 100), 1, "not past the type");
+        assert_eq!(
+            one_statement(&jobs[3..], "b", 100),
+            1,
+            "one job over the bound alone"
+        );
+        assert_eq!(one_statement(&jobs[4..], "b", 100), 1);
+        assert_eq!(one_statement(&jobs, "a", 1_000), 3);
+    }
 }

@@ -9,6 +9,15 @@ use super::job::{Job, JobId};
 /// The longest unique key a job may declare, in bytes.
 pub const MAX_UNIQUE_KEY_LEN: usize = 255;
 
+/// The largest job a queue stores by default, in bytes of its JSON
+/// ([`JobQueue::max_job_bytes`](super::JobQueue::max_job_bytes)).
+pub const DEFAULT_MAX_JOB_BYTES: usize = 1024 * 1024;
+
+/// The most [`JobQueue::max_job_bytes`](super::JobQueue::max_job_bytes)
+/// accepts: a quarter of the largest value PostgreSQL stores (1 GiB), so
+/// that a job the queue accepts is one the database takes.
+pub const MAX_JOB_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+
 /// A job turned into what the queue stores, before it is pushed: encoding
 /// and checking happen in the caller (a handler), so a job that cannot be
 /// stored is an error there and not a failure later.
@@ -28,15 +37,24 @@ pub(crate) struct EncodedJob {
 }
 
 impl EncodedJob {
-    pub(crate) fn new<J: Job>(job: &J) -> Result<Self, JobError> {
+    /// Encodes `job`, refusing a malformed unique key and arguments over
+    /// `max_bytes`.
+    pub(crate) fn new<J: Job>(job: &J, max_bytes: usize) -> Result<Self, JobError> {
         let unique_key = job.unique_key();
         if let Some(key) = &unique_key {
             check_unique_key(key)?;
         }
+        let args = serde_json::to_vec(job).map_err(JobError::Encode)?;
+        if args.len() > max_bytes {
+            return Err(JobError::TooLarge {
+                bytes: args.len(),
+                max: max_bytes,
+            });
+        }
         Ok(Self {
             id: JobId::new(),
             queue: J::NAME,
-            args: serde_json::to_vec(job).map_err(JobError::Encode)?,
+            args,
             max_attempts: J::MAX_ATTEMPTS.max(1),
             run_at: None,
             unique_key,

@@ -80,7 +80,7 @@ impl JobQueue {
     /// # }
     /// ```
     pub fn enqueue<J: Job>(&self, tasks: &BackgroundTasks, job: J) -> Result<JobId, JobError> {
-        let job = EncodedJob::new(&job)?;
+        let job = self.encode(&job)?;
         let id = job.id;
         self.defer(tasks, vec![job])?;
         Ok(id)
@@ -98,7 +98,7 @@ impl JobQueue {
     ) -> Result<Vec<JobId>, JobError> {
         let jobs = jobs
             .into_iter()
-            .map(|job| EncodedJob::new(&job))
+            .map(|job| self.encode(&job))
             .collect::<Result<Vec<_>, _>>()?;
         let ids = jobs.iter().map(|job| job.id).collect();
         if !jobs.is_empty() {

@@ -31,6 +31,16 @@ pub enum JobError {
     UnsupportedUrl(String),
     /// The job ran and failed on its last attempt (or was never found).
     Failed(String),
+    /// The job's JSON is larger than the queue takes
+    /// ([`JobQueue::max_job_bytes`](super::JobQueue::max_job_bytes)). With
+    /// the `axum` feature it is a `413 Payload Too Large`: the usual cause
+    /// is data the request carried.
+    TooLarge {
+        /// The job's size, in bytes of JSON.
+        bytes: usize,
+        /// The queue's limit.
+        max: usize,
+    },
     /// A job's [`unique_key`](super::Job::unique_key) is empty, longer than
     /// [`MAX_UNIQUE_KEY_LEN`](super::MAX_UNIQUE_KEY_LEN) bytes, or holds a
     /// control character: the key (cut and escaped) and what is wrong.
@@ -78,6 +88,7 @@ impl JobError {
             Self::UnsupportedUrl(_) => "unsupported-database-url",
             Self::Failed(_) => "job-failed",
             Self::EngineMismatch { .. } => "job-engine-mismatch",
+            Self::TooLarge { .. } => "job-too-large",
             Self::InvalidUniqueKey(_) => "invalid-unique-key",
             Self::InvalidSchedule(_) => "invalid-schedule",
         }
@@ -110,6 +121,11 @@ impl fmt::Display for JobError {
                 "{url:?} is not a database this build supports (features `sqlite`, `postgres`)"
             ),
             Self::Failed(message) => write!(f, "the job failed: {message}"),
+            Self::TooLarge { bytes, max } => write!(
+                f,
+                "the job is {bytes} bytes of JSON, over the queue's limit of {max} \
+                 (JobQueue::max_job_bytes)"
+            ),
             Self::InvalidUniqueKey(problem) => write!(f, "the job's unique key {problem}"),
             Self::InvalidSchedule(problem) => write!(f, "invalid schedule: {problem}"),
             Self::EngineMismatch { queue, transaction } => write!(
@@ -152,7 +168,11 @@ impl std::error::Error for NoConnection {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for JobError {
     fn into_response(self) -> axum_core::response::Response {
-        crate::error::error_response(self.code(), &self.to_string(), self.retry_after())
+        let status = match self {
+            Self::TooLarge { .. } => Some(http::StatusCode::PAYLOAD_TOO_LARGE),
+            _ => None,
+        };
+        crate::error::error_response_as(status, self.code(), &self.to_string(), self.retry_after())
             .map(axum_core::body::Body::from)
     }
 }

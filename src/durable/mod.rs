@@ -122,7 +122,7 @@ mod transaction;
 mod wake_up;
 mod workers;
 
-pub use encoded::MAX_UNIQUE_KEY_LEN;
+pub use encoded::{DEFAULT_MAX_JOB_BYTES, MAX_JOB_BYTES_LIMIT, MAX_UNIQUE_KEY_LEN};
 pub use error::JobError;
 pub use insert::JobDatabase;
 pub use job::{Job, JobFailure, JobId};

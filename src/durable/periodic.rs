@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
 
-use super::encoded::EncodedJob;
 use super::error::JobError;
 use super::job::Job;
 use super::queue::JobQueue;
@@ -130,7 +129,7 @@ async fn push_tick<J: Job>(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let job = match EncodedJob::new(&make()) {
+    let job = match queue.encode(&make()) {
         Ok(job) => job.at(tick).once(format!("periodic:{}:{seconds}", J::NAME)),
         Err(error) => {
             tracing::error!(job.name = J::NAME, tick = seconds, %error, "periodic job: cannot be encoded");

@@ -1,6 +1,7 @@
 //! [`JobQueue`]: where durable jobs are stored — an apalis storage in SQLite
 //! or PostgreSQL — and what pushing, looking up and releasing them takes.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +11,7 @@ use apalis_core::task::task_id::TaskId;
 
 use super::announce::Announcer;
 use super::batch::{self, Batcher};
-use super::encoded::EncodedJob;
+use super::encoded::{EncodedJob, DEFAULT_MAX_JOB_BYTES, MAX_JOB_BYTES_LIMIT};
 use super::engine::Engine;
 use super::error::JobError;
 use super::insert::Inserted;
@@ -49,6 +50,8 @@ pub struct JobQueue {
     pub(crate) announcer: Arc<Announcer>,
     /// Stores concurrent pushes in shared commits.
     batcher: Arc<Batcher>,
+    /// The largest job accepted, in bytes of JSON.
+    max_job_bytes: Arc<AtomicUsize>,
 }
 
 /// What became of a job, as far as the queue knows.
@@ -178,6 +181,7 @@ impl JobQueue {
             counters: Arc::new(JobCounters::with_max_pending(DEFAULT_MAX_PENDING)),
             announcer: Arc::default(),
             batcher: Arc::default(),
+            max_job_bytes: Arc::new(AtomicUsize::new(DEFAULT_MAX_JOB_BYTES)),
         }
     }
 
@@ -191,6 +195,26 @@ impl JobQueue {
     pub fn max_pending(self, max: usize) -> Self {
         self.counters.set_max_pending(max);
         self
+    }
+
+    /// Bounds the size of a job, in bytes of its JSON: a larger one is
+    /// refused where it is pushed or enqueued, with
+    /// [`JobError::TooLarge`] (a `413` from a handler), so that it is never
+    /// accepted and then refused by the database after the response, nor
+    /// makes the commit it would share with other pushes fail. Shared by
+    /// every clone of this queue. Default: [`DEFAULT_MAX_JOB_BYTES`]
+    /// (1 MiB); at most [`MAX_JOB_BYTES_LIMIT`] (256 MiB). Large inputs are
+    /// better stored elsewhere and named in the job.
+    #[must_use]
+    pub fn max_job_bytes(self, max: usize) -> Self {
+        self.max_job_bytes
+            .store(max.clamp(1, MAX_JOB_BYTES_LIMIT), Ordering::Relaxed);
+        self
+    }
+
+    /// `job` as the queue stores it, checked against this queue's limits.
+    pub(crate) fn encode<J: Job>(&self, job: &J) -> Result<EncodedJob, JobError> {
+        EncodedJob::new(job, self.max_job_bytes.load(Ordering::Relaxed))
     }
 
     /// Which engine this is: `"sqlite"` or `"postgres"`.
@@ -213,7 +237,7 @@ impl JobQueue {
     /// job of the same type that is waiting or running stores nothing and
     /// returns that job's id.
     pub async fn push<J: Job>(&self, job: &J) -> Result<JobId, JobError> {
-        let inserted = self.push_encoded(&EncodedJob::new(job)?).await?;
+        let inserted = self.push_encoded(&self.encode(job)?).await?;
         Ok(self.count(inserted))
     }
 
@@ -221,7 +245,7 @@ impl JobQueue {
     /// the past runs at once). Like [`push`](Self::push) otherwise: the job
     /// is stored when this returns, so a restart does not lose the delay.
     pub async fn push_at<J: Job>(&self, job: &J, at: SystemTime) -> Result<JobId, JobError> {
-        let inserted = self.push_encoded(&EncodedJob::new(job)?.at(at)).await?;
+        let inserted = self.push_encoded(&self.encode(job)?.at(at)).await?;
         Ok(self.count(inserted))
     }
 
@@ -257,7 +281,7 @@ impl JobQueue {
     pub async fn push_all<J: Job>(&self, jobs: &[J]) -> Result<Vec<JobId>, JobError> {
         let jobs = jobs
             .iter()
-            .map(EncodedJob::new)
+            .map(|job| self.encode(job))
             .collect::<Result<Vec<_>, _>>()?;
         let inserted = self.push_encoded_all(&jobs).await?;
         Ok(inserted

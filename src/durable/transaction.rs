@@ -1,7 +1,6 @@
 //! Pushing a job inside the application's own database transaction:
 //! [`JobQueue::push_in`].
 
-use super::encoded::EncodedJob;
 use super::error::JobError;
 use super::insert::{Inserted, JobDatabase};
 use super::job::{Job, JobId};
@@ -61,7 +60,7 @@ impl JobQueue {
                 transaction: DB::ENGINE,
             });
         }
-        let job = EncodedJob::new(job)?;
+        let job = self.encode(job)?;
         let holder = DB::insert(
             &mut **tx,
             job.queue,

@@ -1,6 +1,7 @@
 //! A mistake a handler can make, reported as an error and never as a lost
-//! job: a job that cannot be encoded (`JobError::Encode`, at the call,
-//! before anything is stored). Enqueueing with no queue cannot be written:
+//! job: a job that cannot be encoded (`JobError::Encode`), or one larger
+//! than the queue takes (`JobError::TooLarge`, a `413`), each at the call,
+//! before anything is stored. Enqueueing with no queue cannot be written:
 //! `enqueue` is a method of the queue.
 
 use axum::body::Body;
@@ -17,6 +18,7 @@ use tower_background::{BackgroundTasks, Supervisor};
 use crate::support::{on_each_engine, Db};
 
 on_each_engine!(unencodable_job_is_an_error_at_the_call);
+on_each_engine!(oversized_job_is_an_error_at_the_call);
 
 /// A job whose arguments refuse to be serialized.
 #[derive(Debug, Deserialize)]
@@ -60,6 +62,34 @@ impl Default for Unencodable {
     }
 }
 
+/// A job whose JSON is [`LIMIT`] + 1 bytes, once the queue's limit is
+/// [`LIMIT`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Oversized {
+    text: String,
+}
+
+/// The limit the oversized test sets.
+const LIMIT: usize = 1_000;
+
+impl Default for Oversized {
+    fn default() -> Self {
+        // `{"text":"…"}` is 11 bytes around the text.
+        Self {
+            text: "x".repeat(LIMIT + 1 - 11),
+        }
+    }
+}
+
+impl Job for Oversized {
+    const NAME: &'static str = "oversized";
+    type Output = ();
+
+    async fn run(self) -> Result<(), JobFailure> {
+        Ok(())
+    }
+}
+
 /// Posts to `path`; the status and the JSON body's `error` and `message`.
 async fn post_to(app: &Router, path: &str) -> (StatusCode, String, String) {
     let request = Request::post(path).body(Body::empty()).expect("request");
@@ -100,4 +130,52 @@ async fn unencodable_job_is_an_error_at_the_call(db: Db) {
         "{stats:?}"
     );
     assert_eq!(db.stored_jobs().await, 0);
+}
+
+async fn oversized_job_is_an_error_at_the_call(db: Db) {
+    let queue = db.queue().await.max_job_bytes(LIMIT);
+    let job = Oversized::default();
+    assert_eq!(serde_json::to_vec(&job).unwrap().len(), LIMIT + 1);
+    let pushed = queue.push(&job).await;
+    assert!(
+        matches!(pushed, Err(JobError::TooLarge { bytes, max }) if bytes == LIMIT + 1 && max == LIMIT),
+        "{pushed:?}"
+    );
+    let all = queue
+        .push_all(&[
+            Oversized {
+                text: "small".into(),
+            },
+            job,
+        ])
+        .await;
+    assert!(matches!(all, Err(JobError::TooLarge { .. })), "{all:?}");
+
+    let supervisor = Supervisor::new();
+    let app = routes::<Oversized>(&supervisor, &queue);
+    for path in ["/later", "/now"] {
+        let (status, error, message) = post_to(&app, path).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(error, "job-too-large", "{path}");
+        assert!(message.contains("1001 bytes"), "{path}: {message}");
+        assert!(message.contains("limit of 1000"), "{path}: {message}");
+    }
+    assert!(supervisor.shutdown().await.is_complete());
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.pushed, stats.deferred, stats.abandoned),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(db.stored_jobs().await, 0, "nothing of the batch stored");
+
+    // One byte less is a job like any other.
+    let fits = Oversized {
+        text: "x".repeat(LIMIT - 11),
+    };
+    queue
+        .push(&fits)
+        .await
+        .expect("a job at the limit is stored");
+    assert_eq!(db.stored_jobs().await, 1);
 }
