@@ -127,7 +127,9 @@ pub use error::JobError;
 pub use insert::JobDatabase;
 pub use job::{Job, JobFailure, JobId};
 pub use periodic::Periodic;
-pub use queue::{JobOutcome, JobQueue, ACQUIRE_TIMEOUT, DATABASE_URL, DEFAULT_MAX_PENDING};
+pub use queue::{
+    JobOutcome, JobQueue, ACQUIRE_TIMEOUT, DATABASE_URL, DEFAULT_MAX_PENDING, LOCK_TIMEOUT,
+};
 pub use stats::JobStats;
 pub use workers::{
     Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL,

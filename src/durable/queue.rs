@@ -24,6 +24,14 @@ use super::stats::{JobCounters, JobStats};
 /// database is down.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest a statement of a PostgreSQL queue waits for a lock held by
+/// someone else (a migration's `ALTER TABLE`, a `VACUUM FULL`, a long
+/// transaction) before it fails ([`JobError::Database`]). With
+/// [`ACQUIRE_TIMEOUT`], a `push` answers within 20 s, under the 30 s that
+/// many clients and proxies give a request. (SQLite's writers wait for the
+/// file lock [`ACQUIRE_TIMEOUT`], its busy timeout.)
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Connections in a SQLite queue's pool (sqlx's default).
 #[cfg(feature = "sqlite")]
 const DEFAULT_SQLITE_CONNECTIONS: u32 = 10;
@@ -126,15 +134,25 @@ impl JobQueue {
         use apalis_postgres::PostgresStorage;
 
         let options: sqlx::postgres::PgConnectOptions = url.parse().map_err(JobError::database)?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.options(planner_hints::POSTGRES_SESSION))
+        let options = options.options(planner_hints::POSTGRES_SESSION);
+        let pool = |options| {
+            sqlx::postgres::PgPoolOptions::new()
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+        };
+        // The migrations and the held-jobs index wait for each other's
+        // locks across servers starting together, however long one takes:
+        // they run on a connection of their own, without `lock_timeout`.
+        let setup = pool(options.clone()).await.map_err(JobError::database)?;
+        PostgresStorage::setup(&setup)
             .await
             .map_err(JobError::database)?;
-        PostgresStorage::setup(&pool)
+        planner_hints::index_postgres_held_jobs(&setup)
             .await
             .map_err(JobError::database)?;
-        planner_hints::index_postgres_held_jobs(&pool)
+        setup.close().await;
+        let lock_timeout = format!("{}ms", LOCK_TIMEOUT.as_millis());
+        let pool = pool(options.options([("lock_timeout", lock_timeout.as_str())]))
             .await
             .map_err(JobError::database)?;
         Ok(Self::with_engine(Engine::Postgres(pool)))

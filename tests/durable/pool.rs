@@ -15,6 +15,10 @@
 //!   connection again). Once the connections are released every deferred
 //!   job is stored, once.
 //!
+//! The lock is held for about [`ACQUIRE_TIMEOUT`], well under
+//! [`LOCK_TIMEOUT`](tower_background::durable::LOCK_TIMEOUT), after which
+//! the blocked inserts would fail of themselves ([`crate::locked`]).
+//!
 //! PostgreSQL only. A SQLite queue's connections can only be held by
 //! writers waiting on the file lock, and each gives its connection back
 //! when its busy timeout expires: an exhausted SQLite pool is the locked

@@ -1,0 +1,67 @@
+//! PostgreSQL: a push that waits for a lock on the job table (a migration's
+//! `ALTER TABLE`, a `VACUUM FULL`) fails after [`LOCK_TIMEOUT`] rather than
+//! wait as long as the lock is held; a deferred push waiting meanwhile is
+//! stored once the lock is gone, once.
+//!
+//! SQLite's side is the locked file of [`crate::db_down`]: its writers wait
+//! the busy timeout.
+
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use tower_background::durable::{JobError, LOCK_TIMEOUT};
+use tower_background::Supervisor;
+
+use crate::jobs::Add;
+use crate::support::{bounded, wait_until, Db};
+
+/// What the push may take beyond [`LOCK_TIMEOUT`] on a loaded machine.
+const MARGIN: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    bounded(a_push_blocked_by_a_lock_fails_after_lock_timeout(db)).await;
+}
+
+async fn a_push_blocked_by_a_lock_fails_after_lock_timeout(db: Db) {
+    let queue = db.queue().await;
+    let supervisor = Supervisor::new();
+    let tasks = supervisor.tasks();
+
+    let mut migration = db.postgres_connection().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE apalis.jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut migration)
+        .await
+        .expect("lock the job table");
+    let deferred = queue
+        .enqueue(&tasks, Add { x: 1, y: 1 })
+        .expect("enqueue while the table is locked");
+
+    let started = Instant::now();
+    let pushed = tokio::time::timeout(LOCK_TIMEOUT + MARGIN, queue.push(&Add { x: 2, y: 2 }))
+        .await
+        .expect("a push blocked by a lock answers within LOCK_TIMEOUT");
+    let waited = started.elapsed();
+    let error = pushed.expect_err("the table is locked");
+    assert!(matches!(error, JobError::Database(_)), "{error:?}");
+    assert!(error.to_string().contains("lock timeout"), "{error}");
+    assert_eq!(queue.stats().pushed_deferred, 0);
+    println!("the push waited {waited:?}, then: {error}");
+
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut migration)
+        .await
+        .expect("release the lock");
+    let _ = migration.close().await;
+    wait_until("the deferred job is stored", || {
+        queue.stats().pushed_deferred == 1
+    })
+    .await;
+    assert!(supervisor.shutdown().await.is_complete());
+    let stored = db.stored_args().await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].0, deferred);
+}
