@@ -34,7 +34,7 @@
 //! | [`held_index`] | PostgreSQL: apalis's `lock_by` indexes become one partial index of held jobs, so acknowledgements find jobs by id; servers starting together make the change once |
 //! | [`stale_statistics`] | PostgreSQL: a burst after the job table was analyzed empty is claimed and acknowledged by id (primary-key reads counted), not by a walk of the table per batch |
 //! | [`locked`] | PostgreSQL: a push blocked by a lock on the job table fails after `LOCK_TIMEOUT`; a deferred push stored once the lock is gone |
-//! | [`misuse`] | a job that cannot be encoded (`Encode`) or is over `max_job_bytes` (`TooLarge`, a `413`), at the call |
+//! | [`misuse`] | a job that cannot be encoded (`Encode`), does not decode back (`Undecodable`) or is over `max_job_bytes` (`TooLarge`, a `413`), at the call |
 //! | [`periodic`] | two servers on one cron schedule store each tick once, workers run them, shutdown stops both loops; a malformed expression is a typed error |
 //! | [`unique`] | a unique job's held key returns its holder (also for two processes pushing at once), a finished holder frees it, a bad key is refused; a delayed job waits for its time |
 //! | [`wake`] | a push wakes the same queue's idle workers in this process at once (a poll interval of an hour does not delay it) |

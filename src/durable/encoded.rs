@@ -37,8 +37,9 @@ pub(crate) struct EncodedJob {
 }
 
 impl EncodedJob {
-    /// Encodes `job`, refusing a malformed unique key and arguments over
-    /// `max_bytes`.
+    /// Encodes `job`, refusing a malformed unique key, arguments over
+    /// `max_bytes`, and arguments that do not decode back into a `J` (its
+    /// worker, which decodes them the same way, could never run it).
     pub(crate) fn new<J: Job>(job: &J, max_bytes: usize) -> Result<Self, JobError> {
         let unique_key = job.unique_key();
         if let Some(key) = &unique_key {
@@ -51,6 +52,7 @@ impl EncodedJob {
                 max: max_bytes,
             });
         }
+        serde_json::from_slice::<J>(&args).map_err(JobError::Undecodable)?;
         Ok(Self {
             id: JobId::new(),
             queue: J::NAME,

@@ -16,6 +16,11 @@ use crate::error::AddError;
 pub enum JobError {
     /// The job could not be turned into JSON (or its output read back).
     Encode(serde_json::Error),
+    /// The job's JSON does not decode back into the job (its `Serialize`
+    /// and `Deserialize` disagree, e.g. a field skipped when serialized but
+    /// required when deserialized): its worker could never run it, so it
+    /// is refused where it is pushed or enqueued.
+    Undecodable(serde_json::Error),
     /// The database refused or could not be reached.
     Database(Box<dyn std::error::Error + Send + Sync>),
     /// The task set did not accept the deferred push (shutting down, full).
@@ -82,6 +87,7 @@ impl JobError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Encode(_) => "job-encoding",
+            Self::Undecodable(_) => "job-undecodable",
             Self::Database(_) => "job-database-unavailable",
             Self::NotAccepted(error) => error.code(),
             Self::Full { .. } => "job-queue-full",
@@ -110,6 +116,10 @@ impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Encode(error) => write!(f, "the job could not be encoded as JSON: {error}"),
+            Self::Undecodable(error) => write!(
+                f,
+                "the job's JSON does not decode back into the job, so no worker could run it: {error}"
+            ),
             Self::Database(error) => write!(f, "the job database is unavailable: {error}"),
             Self::NotAccepted(error) => write!(f, "the job was not accepted: {error}"),
             Self::Full { max_pending } => write!(
@@ -139,7 +149,7 @@ impl fmt::Display for JobError {
 impl std::error::Error for JobError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Encode(error) => Some(error),
+            Self::Encode(error) | Self::Undecodable(error) => Some(error),
             Self::Database(error) => Some(&**error),
             Self::NotAccepted(error) => Some(error),
             _ => None,

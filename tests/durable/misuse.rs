@@ -1,7 +1,9 @@
 //! A mistake a handler can make, reported as an error and never as a lost
-//! job: a job that cannot be encoded (`JobError::Encode`), or one larger
-//! than the queue takes (`JobError::TooLarge`, a `413`), each at the call,
-//! before anything is stored. Enqueueing with no queue cannot be written:
+//! job: a job that cannot be encoded (`JobError::Encode`), one whose JSON
+//! does not decode back into it, so that no worker could run it
+//! (`JobError::Undecodable`), or one larger than the queue takes
+//! (`JobError::TooLarge`, a `413`), each at the call, before anything is
+//! stored. Enqueueing with no queue cannot be written:
 //! `enqueue` is a method of the queue.
 
 use axum::body::Body;
@@ -19,6 +21,7 @@ use crate::support::{on_each_engine, Db};
 
 on_each_engine!(unencodable_job_is_an_error_at_the_call);
 on_each_engine!(oversized_job_is_an_error_at_the_call);
+on_each_engine!(undecodable_job_is_an_error_at_the_call);
 
 /// A job whose arguments refuse to be serialized.
 #[derive(Debug, Deserialize)]
@@ -59,6 +62,22 @@ fn routes<J: Job + Default>(supervisor: &Supervisor, queue: &JobQueue) -> Router
 impl Default for Unencodable {
     fn default() -> Self {
         Self
+    }
+}
+
+/// A job that serializes without a field it needs to deserialize.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Undecodable {
+    #[serde(skip_serializing)]
+    needed: u32,
+}
+
+impl Job for Undecodable {
+    const NAME: &'static str = "undecodable";
+    type Output = u32;
+
+    async fn run(self) -> Result<u32, JobFailure> {
+        Ok(self.needed)
     }
 }
 
@@ -178,4 +197,33 @@ async fn oversized_job_is_an_error_at_the_call(db: Db) {
         .await
         .expect("a job at the limit is stored");
     assert_eq!(db.stored_jobs().await, 1);
+}
+
+async fn undecodable_job_is_an_error_at_the_call(db: Db) {
+    let queue = db.queue().await;
+    let pushed = queue.push(&Undecodable::default()).await;
+    assert!(
+        matches!(pushed, Err(JobError::Undecodable(_))),
+        "{pushed:?}"
+    );
+
+    let supervisor = Supervisor::new();
+    let app = routes::<Undecodable>(&supervisor, &queue);
+    for path in ["/later", "/now"] {
+        let (status, error, message) = post_to(&app, path).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+        assert_eq!(error, "job-undecodable", "{path}");
+        assert!(
+            message.contains("missing field `needed`"),
+            "{path}: {message}"
+        );
+    }
+    assert!(supervisor.shutdown().await.is_complete());
+    let stats = queue.stats();
+    assert_eq!(
+        (stats.pushed, stats.deferred, stats.abandoned),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(db.stored_jobs().await, 0);
 }
