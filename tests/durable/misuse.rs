@@ -125,21 +125,24 @@ async fn post_to(app: &Router, path: &str) -> (StatusCode, String, String) {
     (status, field("error"), field("message"))
 }
 
-async fn unencodable_job_is_an_error_at_the_call(db: Db) {
-    let queue = db.queue().await;
-    let pushed = queue.push(&Unencodable).await;
-    assert!(matches!(pushed, Err(JobError::Encode(_))), "{pushed:?}");
-
+/// Posts to both routes for `J`, each of which must answer `status` with
+/// error `code` and a message holding every one of `says`; then checks
+/// that the queue neither pushed, deferred nor abandoned anything.
+async fn refused_by_both_routes<J: Job + Default>(
+    queue: &JobQueue,
+    status: StatusCode,
+    code: &str,
+    says: &[&str],
+) {
     let supervisor = Supervisor::new();
-    let app = routes::<Unencodable>(&supervisor, &queue);
+    let app = routes::<J>(&supervisor, queue);
     for path in ["/later", "/now"] {
-        let (status, error, message) = post_to(&app, path).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
-        assert_eq!(error, "job-encoding", "{path}");
-        assert!(
-            message.contains("this job refuses to be encoded"),
-            "{path}: {message}"
-        );
+        let (answered, error, message) = post_to(&app, path).await;
+        assert_eq!(answered, status, "{path}");
+        assert_eq!(error, code, "{path}");
+        for said in says {
+            assert!(message.contains(said), "{path}: {message}");
+        }
     }
     assert!(supervisor.shutdown().await.is_complete());
     let stats = queue.stats();
@@ -148,6 +151,20 @@ async fn unencodable_job_is_an_error_at_the_call(db: Db) {
         (0, 0, 0),
         "{stats:?}"
     );
+}
+
+async fn unencodable_job_is_an_error_at_the_call(db: Db) {
+    let queue = db.queue().await;
+    let pushed = queue.push(&Unencodable).await;
+    assert!(matches!(pushed, Err(JobError::Encode(_))), "{pushed:?}");
+
+    refused_by_both_routes::<Unencodable>(
+        &queue,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "job-encoding",
+        &["this job refuses to be encoded"],
+    )
+    .await;
     assert_eq!(db.stored_jobs().await, 0);
 }
 
@@ -170,22 +187,13 @@ async fn oversized_job_is_an_error_at_the_call(db: Db) {
         .await;
     assert!(matches!(all, Err(JobError::TooLarge { .. })), "{all:?}");
 
-    let supervisor = Supervisor::new();
-    let app = routes::<Oversized>(&supervisor, &queue);
-    for path in ["/later", "/now"] {
-        let (status, error, message) = post_to(&app, path).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
-        assert_eq!(error, "job-too-large", "{path}");
-        assert!(message.contains("1001 bytes"), "{path}: {message}");
-        assert!(message.contains("limit of 1000"), "{path}: {message}");
-    }
-    assert!(supervisor.shutdown().await.is_complete());
-    let stats = queue.stats();
-    assert_eq!(
-        (stats.pushed, stats.deferred, stats.abandoned),
-        (0, 0, 0),
-        "{stats:?}"
-    );
+    refused_by_both_routes::<Oversized>(
+        &queue,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "job-too-large",
+        &["1001 bytes", "limit of 1000"],
+    )
+    .await;
     assert_eq!(db.stored_jobs().await, 0, "nothing of the batch stored");
 
     // One byte less is a job like any other.
@@ -207,23 +215,12 @@ async fn undecodable_job_is_an_error_at_the_call(db: Db) {
         "{pushed:?}"
     );
 
-    let supervisor = Supervisor::new();
-    let app = routes::<Undecodable>(&supervisor, &queue);
-    for path in ["/later", "/now"] {
-        let (status, error, message) = post_to(&app, path).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
-        assert_eq!(error, "job-undecodable", "{path}");
-        assert!(
-            message.contains("missing field `needed`"),
-            "{path}: {message}"
-        );
-    }
-    assert!(supervisor.shutdown().await.is_complete());
-    let stats = queue.stats();
-    assert_eq!(
-        (stats.pushed, stats.deferred, stats.abandoned),
-        (0, 0, 0),
-        "{stats:?}"
-    );
+    refused_by_both_routes::<Undecodable>(
+        &queue,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "job-undecodable",
+        &["missing field `needed`"],
+    )
+    .await;
     assert_eq!(db.stored_jobs().await, 0);
 }
