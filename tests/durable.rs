@@ -25,6 +25,7 @@
 //! | [`crash`] | a worker process SIGKILLed mid-job: another worker runs the job again — **duplicate delivery** (at least once), shown |
 //! | [`crash`] | a worker process SIGKILLed with a whole batch running (concurrency 8) and jobs queued behind it: another worker runs every job; the duplicates, counted, are exactly the jobs the killed process had started and not finished |
 //! | [`no_overlap`] | two worker sets × 4 over 200 jobs: each job runs once, never in two workers at a time |
+//! | [`overlapped`] | PostgreSQL: while the write of one job's outcome waits for a row lock, the worker claims and runs the next job |
 //! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
 //! | [`restart`] | the database restarted while a group commit and a burst of deferred pushes are in flight: every `Ok` push stored once, an `Err` push stored at most once (counted), every deferred job stored once |
 //! | [`db_down`] | the database away: `push` from a handler is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
@@ -69,6 +70,8 @@ mod locked;
 mod misuse;
 #[path = "durable/no_overlap.rs"]
 mod no_overlap;
+#[path = "durable/overlapped.rs"]
+mod overlapped;
 #[path = "durable/parity.rs"]
 mod parity;
 #[path = "durable/pending.rs"]

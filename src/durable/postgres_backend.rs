@@ -1,6 +1,6 @@
-//! [`PostgresJobs`]: the backend PostgreSQL workers run on. It is apalis's
-//! own driver ([`Persisted`]) over a [`Persistence`] whose claim and
-//! acknowledgement find their rows by id.
+//! [`PostgresJobs`]: the backend PostgreSQL workers run on: a
+//! [`Pipeline`] (claims and writes overlapped) over statements that find
+//! their rows by id.
 //!
 //! apalis's `PostgresStorage` claims through `apalis.get_jobs` and
 //! acknowledges with a statement that joins the job table to the batch.
@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 
 use apalis_codec::json::JsonCodec;
 use apalis_core::backend::finalize::Durable;
-use apalis_core::backend::persistence::{Persisted, Persistence, TaskEvent, TaskPersistLayer};
+use apalis_core::backend::persistence::{Persistence, TaskEvent};
 use apalis_core::backend::{Backend, BackendConfig, TaskResult, WireFormatBackend};
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::metadata::MetadataStore;
@@ -40,6 +40,9 @@ use sqlx::postgres::types::PgHstore;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use ulid::Ulid;
+
+use super::job_events::ReportLayer;
+use super::pipeline::Pipeline;
 
 /// The `storage_name` workers register under.
 const STORAGE_NAME: &str = "PgStorage";
@@ -90,18 +93,21 @@ const ACKNOWLEDGE: &str = "\
 /// `PostgresStorage` is.
 #[derive(Debug)]
 pub(crate) struct PostgresJobs<Args> {
-    persistence: Persisted<ById>,
+    pipeline: Pipeline<ById>,
+    config: Config,
     codec: JsonCodec,
     _args: PhantomData<fn() -> Args>,
 }
 
 impl<Args> PostgresJobs<Args> {
     pub(crate) fn new(pool: &PgPool, config: Config) -> Self {
+        let statements = ById {
+            pool: pool.clone(),
+            config: config.clone(),
+        };
         Self {
-            persistence: Persisted::new(ById {
-                pool: pool.clone(),
-                config,
-            }),
+            pipeline: Pipeline::new(statements, config.batch_size, config.heartbeat_interval),
+            config,
             codec: JsonCodec::default(),
             _args: PhantomData,
         }
@@ -117,8 +123,7 @@ impl<Args> Backend for PostgresJobs<Args> {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Result<(), Self::Error>> {
-        let heartbeat = self.persistence.config.heartbeat_interval;
-        self.persistence.poll_ready(cx, worker, heartbeat)
+        self.pipeline.poll_ready(cx, worker)
     }
 
     fn poll_next(
@@ -126,7 +131,7 @@ impl<Args> Backend for PostgresJobs<Args> {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Option<Result<PgTask, Self::Error>>> {
-        self.persistence.poll_next(cx, worker)
+        self.pipeline.poll_next(cx, worker)
     }
 
     fn poll_close(
@@ -134,7 +139,7 @@ impl<Args> Backend for PostgresJobs<Args> {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Result<(), Self::Error>> {
-        self.persistence.poll_close(cx, worker)
+        self.pipeline.poll_close(cx, worker)
     }
 }
 
@@ -143,18 +148,19 @@ impl<Args> BackendConfig for PostgresJobs<Args> {
     type Id = Ulid;
     type Kind = Durable;
     type Config = Config;
-    type Layer = TaskPersistLayer<JsonCodec<Value>, Value>;
+    type Layer = ReportLayer<JsonCodec<Value>, Value>;
 
     fn config(&self) -> &Config {
-        &self.persistence.config
+        &self.config
     }
 
     fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
-        let config = self.persistence.config.clone();
-        self.persistence
-            .layer(JsonCodec::<Value>::default(), config.batch_size)
-            .persist_results(config.persist_results)
-            .lock_tasks(config.lock_tasks)
+        ReportLayer::new(
+            self.pipeline.reports(),
+            JsonCodec::<Value>::default(),
+            self.config.persist_results,
+            self.config.lock_tasks,
+        )
     }
 }
 

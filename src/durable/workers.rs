@@ -61,6 +61,12 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// id, job, a counter), so a restarted process never collides with its own
 /// previous registration (apalis #504, apalis-sqlite #58).
 ///
+/// On PostgreSQL, a worker claims its next batch while the outcomes of the
+/// previous one are being written, so a slow or blocked write does not
+/// stop it from running jobs. Each job type's worker holds one connection
+/// of the queue's pool for `LISTEN`, and a busy one borrows up to three
+/// more at a time (a claim, a write, a heartbeat), for milliseconds each.
+///
 /// ```no_run
 /// # #[cfg(feature = "sqlite")]
 /// # async fn example() -> Result<(), tower_background::durable::JobError> {
@@ -170,7 +176,8 @@ impl Workers {
     /// (default [`DEFAULT_PREFETCH_MULTIPLIER`] × the
     /// [`concurrency`](Self::concurrency); at least 1). Claims and their
     /// completions are each one commit per batch, so a larger batch runs
-    /// short jobs faster. The jobs claimed but not started yet wait for this
+    /// short jobs faster. A worker claims again only once every job it
+    /// claimed has been handed to a free slot. The jobs claimed but not started yet wait for this
     /// worker's free slots, though, while another idle worker cannot take
     /// them: for long jobs spread over several processes, set it to the
     /// concurrency. Claimed jobs not started when the worker stops go back

@@ -1,0 +1,369 @@
+//! [`Pipeline`]: drives a [`Persistence`] for one worker, claiming the next
+//! batch of jobs while the outcomes of the previous one are being written.
+//!
+//! apalis's own driver (`Persisted`) makes one call at a time: claim a
+//! batch, hand it out, write the outcomes, claim again. A worker then waits
+//! for both statements, each with its commit, once per batch. Here the
+//! claim and the write run at once, on two connections of the pool.
+//!
+//! What the driver promises is what `Persisted` promises:
+//! - the worker registers before its first claim, and heartbeats every
+//!   interval;
+//! - a job is claimed only once every job claimed before it has been handed
+//!   out, so a worker holds at most its batch beyond the jobs it runs;
+//! - a job's start is written no later than its outcome (writes leave in
+//!   the order jobs reported, one at a time);
+//! - at close, a claim in flight is awaited, claimed jobs never handed out
+//!   are given back, and every reported outcome is written;
+//! - after an error the worker stops, and the error is returned.
+//!
+//! Bounds: at most one claim and one write are in flight, and while
+//! [`BACKLOG_BATCHES`] batches of reports wait to be written, nothing is
+//! claimed. Reports are written once the batch has been handed out, once a
+//! batch's worth has gathered, or [`WRITE_DELAY`] after the first one,
+//! whichever comes first.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::future::BoxSyncFuture;
+use apalis_core::backend::persistence::{Persistence, TaskEvent};
+use apalis_core::task::Task;
+use apalis_core::worker::context::WorkerContext;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::time::{Instant, Sleep};
+
+/// How long a reported outcome may wait for others to share its write.
+const WRITE_DELAY: Duration = Duration::from_millis(20);
+
+/// A job reports its start and its outcome.
+const EVENTS_PER_JOB: usize = 2;
+
+/// How many batches of outcomes may wait to be written before the worker
+/// stops claiming (apalis's driver buffers four).
+const BACKLOG_BATCHES: usize = 4;
+
+type Call<T, E> = BoxSyncFuture<Result<T, E>>;
+
+/// A claimed job.
+type Claimed<P> = Task<<P as Persistence>::Compact>;
+
+/// A claim in flight: the jobs it claimed.
+type ClaimCall<P> = Call<Vec<Claimed<P>>, <P as Persistence>::Error>;
+
+/// Claims, hands out and acknowledges the jobs of one worker.
+pub(crate) struct Pipeline<P: Persistence> {
+    persistence: P,
+    batch_size: usize,
+    heartbeat_interval: Duration,
+    registration: Registration<P::Error>,
+    next_heartbeat: Pin<Box<Sleep>>,
+    heartbeat: Option<Call<(), P::Error>>,
+    /// Claimed, not handed out yet, in claim order.
+    claimed: VecDeque<Claimed<P>>,
+    claim: Option<ClaimCall<P>>,
+    /// The last claim found no job, and no claim has been asked for since.
+    found_none: bool,
+    events: Option<UnboundedReceiver<TaskEvent<P::Response>>>,
+    /// Received from the jobs, not written yet.
+    reported: Vec<TaskEvent<P::Response>>,
+    /// When `reported` is written at the latest.
+    write_by: Option<Pin<Box<Sleep>>>,
+    /// The write in flight, and how many reports it carries.
+    write: Option<(Call<(), P::Error>, usize)>,
+    /// At close: claimed jobs never handed out, going back to the queue.
+    give_back: Option<Call<u64, P::Error>>,
+    stopped: bool,
+}
+
+impl<P: Persistence> std::fmt::Debug for Pipeline<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("batch_size", &self.batch_size)
+            .field("claimed", &self.claimed.len())
+            .field("claiming", &self.claim.is_some())
+            .field("reported", &self.reported.len())
+            .field("writing", &self.write.as_ref().map(|(_, count)| *count))
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Registration<E> {
+    NotStarted,
+    InFlight(Call<(), E>),
+    Done,
+}
+
+impl<P> Pipeline<P>
+where
+    P: Persistence,
+    P::Compact: Send + 'static,
+    P::Response: Send + 'static,
+    P::Error: Send + 'static,
+{
+    pub(crate) fn new(persistence: P, batch_size: usize, heartbeat_interval: Duration) -> Self {
+        Self {
+            persistence,
+            batch_size: batch_size.max(1),
+            heartbeat_interval,
+            registration: Registration::NotStarted,
+            next_heartbeat: Box::pin(tokio::time::sleep(heartbeat_interval)),
+            heartbeat: None,
+            claimed: VecDeque::new(),
+            claim: None,
+            found_none: false,
+            events: None,
+            reported: Vec::new(),
+            write_by: None,
+            write: None,
+            give_back: None,
+            stopped: false,
+        }
+    }
+
+    /// The sending end of the channel jobs report on (for
+    /// [`ReportLayer`](super::job_events::ReportLayer)).
+    pub(crate) fn reports(&mut self) -> UnboundedSender<TaskEvent<P::Response>> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.events = Some(receiver);
+        sender
+    }
+
+    /// Ready once the worker is registered; moves every call in flight
+    /// along without waiting for it.
+    pub(crate) fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), P::Error>> {
+        if self.stopped {
+            return Poll::Ready(Ok(()));
+        }
+        let result = match self.poll_registered(cx, worker) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(())) => self
+                .poll_heartbeat(cx, worker)
+                .and_then(|()| self.poll_claim(cx))
+                .and_then(|()| self.poll_write(cx, worker, false).map(|_| ())),
+            Poll::Ready(Err(error)) => Err(error),
+        };
+        if result.is_err() {
+            self.stopped = true;
+        }
+        Poll::Ready(result)
+    }
+
+    /// The next claimed job, claiming a batch when none is left.
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<Claimed<P>, P::Error>>> {
+        loop {
+            if self.stopped {
+                return Poll::Ready(None);
+            }
+            if let Err(error) = self.poll_claim(cx) {
+                self.stopped = true;
+                return Poll::Ready(Some(Err(error)));
+            }
+            if let Some(task) = self.claimed.pop_front() {
+                return Poll::Ready(Some(Ok(task)));
+            }
+            if self.claim.is_some() {
+                return Poll::Pending;
+            }
+            if std::mem::take(&mut self.found_none) {
+                // The last claim found nothing: sleep until the worker is
+                // woken (a new job, the poll interval, a call answering).
+                return Poll::Pending;
+            }
+            if !self.start_claim(worker) {
+                // Too many outcomes wait: the write in flight wakes us.
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Gives back what was claimed and not handed out, and writes every
+    /// reported event, before the worker stops.
+    pub(crate) fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), P::Error>> {
+        if let Registration::InFlight(_) = self.registration {
+            std::task::ready!(self.poll_registered(cx, worker))?;
+        }
+        if let Some(heartbeat) = &mut self.heartbeat {
+            let result = std::task::ready!(heartbeat.poll_unpin(cx));
+            self.heartbeat = None;
+            result?;
+        }
+        self.poll_claim(cx)?;
+        if self.claim.is_some() {
+            return Poll::Pending;
+        }
+        if self.give_back.is_none() && !self.claimed.is_empty() {
+            let tasks = Vec::from(std::mem::take(&mut self.claimed));
+            let mut persistence = self.persistence.clone();
+            let worker = worker.clone();
+            self.give_back = Some(call(async move {
+                persistence.reenqueue_abandoned(tasks, &worker).await
+            }));
+        }
+        if let Some(give_back) = &mut self.give_back {
+            let result = std::task::ready!(give_back.poll_unpin(cx));
+            self.give_back = None;
+            result?;
+        }
+        match self.poll_write(cx, worker, true) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_registered(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), P::Error>> {
+        loop {
+            match &mut self.registration {
+                Registration::Done => return Poll::Ready(Ok(())),
+                Registration::NotStarted => {
+                    let mut persistence = self.persistence.clone();
+                    let worker = worker.clone();
+                    self.registration =
+                        Registration::InFlight(call(
+                            async move { persistence.register(&worker).await },
+                        ));
+                }
+                Registration::InFlight(register) => {
+                    std::task::ready!(register.poll_unpin(cx))?;
+                    self.registration = Registration::Done;
+                    self.alive(cx, worker);
+                }
+            }
+        }
+    }
+
+    fn poll_heartbeat(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Result<(), P::Error> {
+        if self.heartbeat.is_none() && self.next_heartbeat.as_mut().poll(cx).is_ready() {
+            let mut persistence = self.persistence.clone();
+            let beating = worker.clone();
+            self.heartbeat = Some(call(async move { persistence.heartbeat(&beating).await }));
+        }
+        if let Some(heartbeat) = &mut self.heartbeat {
+            if let Poll::Ready(result) = heartbeat.poll_unpin(cx) {
+                self.heartbeat = None;
+                result?;
+                self.alive(cx, worker);
+            }
+        }
+        Ok(())
+    }
+
+    /// The worker's liveness was written: tell apalis, and arm the next
+    /// heartbeat.
+    fn alive(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) {
+        worker.heartbeat(cx);
+        let next = Instant::now() + self.heartbeat_interval;
+        self.next_heartbeat.as_mut().reset(next);
+        let _ = self.next_heartbeat.as_mut().poll(cx);
+    }
+
+    /// Starts a claim unless one is in flight or too many outcomes wait.
+    fn start_claim(&mut self, worker: &WorkerContext) -> bool {
+        if self.claim.is_some() {
+            return true;
+        }
+        let waiting = self.reported.len() + self.write.as_ref().map_or(0, |(_, n)| *n);
+        if waiting >= BACKLOG_BATCHES * EVENTS_PER_JOB * self.batch_size {
+            return false;
+        }
+        let mut persistence = self.persistence.clone();
+        let worker = worker.clone();
+        self.found_none = false;
+        self.claim = Some(call(async move { persistence.fetch_next(&worker).await }));
+        true
+    }
+
+    /// Moves the claim in flight along.
+    fn poll_claim(&mut self, cx: &mut Context<'_>) -> Result<(), P::Error> {
+        let Some(claim) = &mut self.claim else {
+            return Ok(());
+        };
+        let Poll::Ready(result) = claim.poll_unpin(cx) else {
+            return Ok(());
+        };
+        self.claim = None;
+        let tasks = result?;
+        self.found_none = tasks.is_empty();
+        self.claimed.extend(tasks);
+        Ok(())
+    }
+
+    /// Writes reported events when they are due; `flush` writes them all
+    /// now. `true` once nothing is left to write.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+        flush: bool,
+    ) -> Result<bool, P::Error> {
+        loop {
+            if let Some(events) = &mut self.events {
+                while let Ok(event) = events.try_recv() {
+                    self.reported.push(event);
+                }
+            }
+            if let Some((write, _)) = &mut self.write {
+                let Poll::Ready(result) = write.poll_unpin(cx) else {
+                    return Ok(false);
+                };
+                self.write = None;
+                result?;
+                continue;
+            }
+            if self.reported.is_empty() {
+                self.write_by = None;
+                return Ok(true);
+            }
+            let due = flush
+                || self.claimed.is_empty()
+                || self.reported.len() >= EVENTS_PER_JOB * self.batch_size
+                || self
+                    .write_by
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_DELAY)))
+                    .as_mut()
+                    .poll(cx)
+                    .is_ready();
+            if !due {
+                return Ok(false);
+            }
+            self.write_by = None;
+            let events = std::mem::take(&mut self.reported);
+            let count = events.len();
+            let mut persistence = self.persistence.clone();
+            let worker = worker.clone();
+            self.write = Some((
+                call(async move { persistence.handle_events(events, &worker).await }),
+                count,
+            ));
+        }
+    }
+}
+
+fn call<T>(future: impl Future<Output = T> + Send + 'static) -> BoxSyncFuture<T> {
+    BoxSyncFuture::new(Box::pin(future))
+}
