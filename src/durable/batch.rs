@@ -7,13 +7,18 @@
 //! wait for company (the flusher takes what is there and commits at once);
 //! under concurrency, the pushes that queued during one commit share the
 //! next, so the commits per second stay about the same while the jobs per
-//! commit grow. The flusher is a task of its own so that a caller that is
-//! dropped mid-commit (a client that went away) cannot leave the others'
-//! jobs half-stored.
+//! commit grow. A commit that stalls (behind a lock, on a slow disk) holds
+//! up only its own pushes: the next batch waits for it [`STALLED_COMMIT`]
+//! at most, then commits on a connection of its own. Each commit is a task
+//! of its own so that a caller that is dropped mid-commit (a client that
+//! went away) cannot leave the others' jobs half-stored.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::encoded::EncodedJob;
 use super::engine::Engine;
@@ -116,9 +121,17 @@ impl Batcher {
     }
 }
 
-/// The flusher: for each round, waits for a push, then for a connection,
-/// then takes every push that queued meanwhile (up to [`MAX_BATCH`]) and
-/// commits them together, until every sender has gone.
+/// How long the next batch waits for the commit in flight before it starts
+/// on a connection of its own. A commit normally takes milliseconds, so
+/// batches still form behind it; one stuck behind a lock (up to
+/// [`LOCK_TIMEOUT`](super::LOCK_TIMEOUT)) or a slow disk no longer makes
+/// the pushes after it wait for it and then for their own commit.
+const STALLED_COMMIT: Duration = Duration::from_millis(100);
+
+/// The flusher: for each round, waits for a push, lets the commit in flight
+/// finish (for at most [`STALLED_COMMIT`]), waits for a connection, then
+/// takes every push that queued meanwhile (up to [`MAX_BATCH`]) and commits
+/// them together in a task of their own, until every sender has gone.
 ///
 /// The connection comes before the batch is closed so that a push waits
 /// for one connection at most, its own batch's: a push that arrived while
@@ -127,38 +140,36 @@ impl Batcher {
 /// no connection comes within the pool's acquire timeout, every push of
 /// the batch fails with that error.
 async fn flush_all(engine: Engine, mut requests: mpsc::UnboundedReceiver<Request>) {
-    let mut batch = Vec::new();
+    let mut in_flight: Option<(Instant, JoinHandle<()>)> = None;
     while let Some(first) = requests.recv().await {
-        batch.push(first);
-        let result = match &engine {
-            #[cfg(feature = "sqlite")]
-            Engine::Sqlite(pool) => commit_queued(pool, &mut requests, &mut batch).await,
-            #[cfg(feature = "postgres")]
-            Engine::Postgres(pool) => commit_queued(pool, &mut requests, &mut batch).await,
-        };
-        match result {
-            Ok(holders) => {
-                for (request, holder) in batch.drain(..).zip(holders) {
-                    let _ = request.done.send(Ok(Inserted::of(request.job.id, holder)));
-                }
-            }
-            Err(error) => {
-                let failure = Failure::from(error);
-                for request in batch.drain(..) {
-                    let _ = request.done.send(Err(failure.clone()));
+        if let Some((started, mut commit)) = in_flight.take() {
+            if !commit.is_finished() {
+                tokio::select! {
+                    _ = &mut commit => {}
+                    // Left to finish on its own; its pushes wait for it.
+                    () = tokio::time::sleep_until(started + STALLED_COMMIT) => {}
                 }
             }
         }
+        let batch = vec![first];
+        let commit = match &engine {
+            #[cfg(feature = "sqlite")]
+            Engine::Sqlite(pool) => start_commit(pool, &mut requests, batch).await,
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(pool) => start_commit(pool, &mut requests, batch).await,
+        };
+        in_flight = commit.map(|commit| (Instant::now(), commit));
     }
 }
 
 /// Takes a connection from `pool`, adds to `batch` what queued in
-/// `requests` meanwhile, and commits the batch's jobs on it.
-async fn commit_queued<DB: JobDatabase>(
+/// `requests` meanwhile, and starts the commit of the batch's jobs on it;
+/// `None` if no connection came (the batch's pushes have been told).
+async fn start_commit<DB: JobDatabase>(
     pool: &sqlx::Pool<DB>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
-    batch: &mut Vec<Request>,
-) -> Result<Vec<Option<JobId>>, JobError> {
+    mut batch: Vec<Request>,
+) -> Option<JoinHandle<()>> {
     let connection = pool.acquire().await;
     while batch.len() < MAX_BATCH {
         match requests.try_recv() {
@@ -166,9 +177,35 @@ async fn commit_queued<DB: JobDatabase>(
             Err(_) => break,
         }
     }
-    let mut connection = connection.map_err(JobError::no_connection)?;
-    let jobs: Vec<&EncodedJob> = batch.iter().map(|request| &request.job).collect();
-    commit_on(&mut connection, &jobs).await
+    match connection {
+        Ok(mut connection) => Some(tokio::spawn(async move {
+            let jobs: Vec<&EncodedJob> = batch.iter().map(|request| &request.job).collect();
+            let result = commit_on(&mut connection, &jobs).await;
+            drop(jobs);
+            reply(batch, result);
+        })),
+        Err(error) => {
+            reply(batch, Err(JobError::no_connection(error)));
+            None
+        }
+    }
+}
+
+/// Tells each push of `batch` what its commit did.
+fn reply(batch: Vec<Request>, result: Result<Vec<Option<JobId>>, JobError>) {
+    match result {
+        Ok(holders) => {
+            for (request, holder) in batch.into_iter().zip(holders) {
+                let _ = request.done.send(Ok(Inserted::of(request.job.id, holder)));
+            }
+        }
+        Err(error) => {
+            let failure = Failure::from(error);
+            for request in batch {
+                let _ = request.done.send(Err(failure.clone()));
+            }
+        }
+    }
 }
 
 /// The most bytes of job arguments one insert statement carries, so that a

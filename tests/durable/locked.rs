@@ -1,7 +1,9 @@
 //! PostgreSQL: a push that waits for a lock on the job table (a migration's
 //! `ALTER TABLE`, a `VACUUM FULL`) fails after [`LOCK_TIMEOUT`] rather than
-//! wait as long as the lock is held; a deferred push waiting meanwhile is
-//! stored once the lock is gone, once.
+//! wait as long as the lock is held, even behind a deferred push whose
+//! commit already waits for the lock (it does not wait for that commit and
+//! then for its own); the deferred push is stored once the lock is gone,
+//! once.
 //!
 //! SQLite's side is the locked file of [`crate::db_down`]: its writers wait
 //! the busy timeout.
@@ -39,6 +41,8 @@ async fn a_push_blocked_by_a_lock_fails_after_lock_timeout(db: Db) {
     let deferred = queue
         .enqueue(&tasks, Add { x: 1, y: 1 })
         .expect("enqueue while the table is locked");
+    // The deferred push's commit is the one in flight when `push` comes.
+    wait_until_blocked(&db, 1).await;
 
     let started = Instant::now();
     let pushed = tokio::time::timeout(LOCK_TIMEOUT + MARGIN, queue.push(&Add { x: 2, y: 2 }))
@@ -64,4 +68,23 @@ async fn a_push_blocked_by_a_lock_fails_after_lock_timeout(db: Db) {
     let stored = db.stored_args().await;
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0].0, deferred);
+}
+
+/// Waits until `n` statements of the test's database wait for a lock.
+async fn wait_until_blocked(db: &Db, n: i64) {
+    let mut observer = db.postgres_connection().await;
+    for _ in 0..500 {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .expect("count the blocked statements");
+        if blocked >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no statement came to wait for the lock");
 }
