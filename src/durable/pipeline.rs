@@ -125,6 +125,11 @@ where
         }
     }
 
+    /// The statements the pipeline drives.
+    pub(crate) fn persistence(&self) -> &P {
+        &self.persistence
+    }
+
     /// The sending end of the channel jobs report on (for
     /// [`ReportLayer`](super::job_events::ReportLayer)).
     pub(crate) fn reports(&mut self) -> UnboundedSender<TaskEvent<P::Response>> {

@@ -94,20 +94,19 @@ const ACKNOWLEDGE: &str = "\
 #[derive(Debug)]
 pub(crate) struct PostgresJobs<Args> {
     pipeline: Pipeline<ById>,
-    config: Config,
     codec: JsonCodec,
     _args: PhantomData<fn() -> Args>,
 }
 
 impl<Args> PostgresJobs<Args> {
     pub(crate) fn new(pool: &PgPool, config: Config) -> Self {
+        let (batch_size, heartbeat) = (config.batch_size, config.heartbeat_interval);
         let statements = ById {
             pool: pool.clone(),
-            config: config.clone(),
+            config,
         };
         Self {
-            pipeline: Pipeline::new(statements, config.batch_size, config.heartbeat_interval),
-            config,
+            pipeline: Pipeline::new(statements, batch_size, heartbeat),
             codec: JsonCodec::default(),
             _args: PhantomData,
         }
@@ -151,15 +150,16 @@ impl<Args> BackendConfig for PostgresJobs<Args> {
     type Layer = ReportLayer<JsonCodec<Value>, Value>;
 
     fn config(&self) -> &Config {
-        &self.config
+        &self.pipeline.persistence().config
     }
 
     fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        let (results, starts) = (self.config().persist_results, self.config().lock_tasks);
         ReportLayer::new(
             self.pipeline.reports(),
             JsonCodec::<Value>::default(),
-            self.config.persist_results,
-            self.config.lock_tasks,
+            results,
+            starts,
         )
     }
 }

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use sqlx::Connection;
-use tower_background::durable::{Workers, LOCK_TIMEOUT};
+use tower_background::durable::{JobId, Workers, LOCK_TIMEOUT};
 use tower_background::Supervisor;
 
 use crate::support::{bounded, runs, wait_until, Db, Slow, HEARTBEAT};
@@ -47,16 +47,12 @@ async fn a_waiting_write_does_not_hold_up_claims(db: Db) {
         })
         .await
         .expect("push A");
-    wait_until("A's start is written", || !runs(&log_a).is_empty()).await;
-    let mut status = db.status(a).await;
-    for _ in 0..500 {
-        if status == "Running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        status = db.status(a).await;
-    }
-    assert_eq!(status, "Running", "A's start is written");
+    wait_until("A starts", || !runs(&log_a).is_empty()).await;
+    assert_eq!(
+        status_becomes(&db, a, "Running").await,
+        "Running",
+        "A's start is written"
+    );
 
     let mut holder = db.postgres_connection().await;
     sqlx::query("BEGIN")
@@ -100,16 +96,31 @@ async fn a_waiting_write_does_not_hold_up_claims(db: Db) {
         .await
         .expect("rollback");
     let _ = holder.close().await;
-    let mut done = (String::new(), String::new());
-    for _ in 0..1_000 {
-        done = (db.status(a).await, db.status(b).await);
-        if done.0 == "Done" && done.1 == "Done" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(done, ("Done".to_owned(), "Done".to_owned()));
+    assert_eq!(
+        status_becomes(&db, a, "Done").await,
+        "Done",
+        "A's outcome is written"
+    );
+    assert_eq!(
+        status_becomes(&db, b, "Done").await,
+        "Done",
+        "B's outcome is written"
+    );
     assert_eq!(runs(&log_a).len(), 1, "A ran once");
     assert_eq!(runs(&log_b).len(), 1, "B ran once");
     assert!(supervisor.shutdown().await.is_complete());
+}
+
+/// Job `id`'s status once it reads `wanted`, or the last one read after
+/// a bounded wait.
+async fn status_becomes(db: &Db, id: JobId, wanted: &str) -> String {
+    let mut status = db.status(id).await;
+    for _ in 0..1_000 {
+        if status == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = db.status(id).await;
+    }
+    status
 }
