@@ -112,15 +112,15 @@ mod error;
 mod in_flight;
 mod insert;
 mod job;
-#[cfg(feature = "postgres")]
 mod job_events;
 mod periodic;
-#[cfg(feature = "postgres")]
 mod pipeline;
 mod planner_hints;
 #[cfg(feature = "postgres")]
 mod postgres_backend;
 mod queue;
+#[cfg(feature = "sqlite")]
+mod sqlite_backend;
 mod stats;
 mod transaction;
 mod wake_up;

@@ -6,6 +6,13 @@
 //! for both statements, each with its commit, once per batch. Here the
 //! claim and the write run at once, on two connections of the pool.
 //!
+//! A database with one writer at a time (SQLite, [`Statements::ONE_WRITER`])
+//! cannot run them at once: a second writer only waits for the first, and
+//! SQLite's busy handler makes it sleep. There the pipeline makes one call
+//! at a time, and the claim carries the reports waiting to be written into
+//! its own transaction: one commit per batch where apalis's driver makes
+//! several.
+//!
 //! What the driver promises is what `Persisted` promises:
 //! - the worker registers before its first claim, and heartbeats every
 //!   interval;
@@ -21,7 +28,8 @@
 //! [`BACKLOG_BATCHES`] batches of reports wait to be written, nothing is
 //! claimed. Reports are written once the batch has been handed out, once a
 //! batch's worth has gathered, or [`WRITE_DELAY`] after the first one,
-//! whichever comes first.
+//! whichever comes first; with one writer, with the next claim or
+//! [`WRITE_DELAY`] after the first one.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -48,6 +56,31 @@ const BACKLOG_BATCHES: usize = 4;
 
 type Call<T, E> = BoxSyncFuture<Result<T, E>>;
 
+/// What a [`Pipeline`] asks of its statements beyond apalis's
+/// [`Persistence`].
+pub(crate) trait Statements: Persistence {
+    /// The database runs one writing transaction at a time (SQLite): the
+    /// pipeline then makes one call at a time, and a claim carries the
+    /// reports waiting to be written, into the same transaction.
+    const ONE_WRITER: bool = false;
+
+    /// Writes `events`, then claims the next batch: in one transaction
+    /// where the statements can (called only when [`Self::ONE_WRITER`]).
+    fn write_and_claim(
+        &mut self,
+        events: Vec<TaskEvent<Self::Response>>,
+        worker: &WorkerContext,
+    ) -> impl Future<Output = Result<Vec<Task<Self::Compact>>, Self::Error>> + Send
+    where
+        Self::Response: Send,
+    {
+        async move {
+            self.handle_events(events, worker).await?;
+            self.fetch_next(worker).await
+        }
+    }
+}
+
 /// A claimed job.
 type Claimed<P> = Task<<P as Persistence>::Compact>;
 
@@ -55,10 +88,12 @@ type Claimed<P> = Task<<P as Persistence>::Compact>;
 type ClaimCall<P> = Call<Vec<Claimed<P>>, <P as Persistence>::Error>;
 
 /// Claims, hands out and acknowledges the jobs of one worker.
-pub(crate) struct Pipeline<P: Persistence> {
+pub(crate) struct Pipeline<P: Statements> {
     persistence: P,
     batch_size: usize,
     heartbeat_interval: Duration,
+    /// A claim may run while a write is in flight (and the other way round).
+    overlap: bool,
     registration: Registration<P::Error>,
     next_heartbeat: Pin<Box<Sleep>>,
     heartbeat: Option<Call<(), P::Error>>,
@@ -79,7 +114,7 @@ pub(crate) struct Pipeline<P: Persistence> {
     stopped: bool,
 }
 
-impl<P: Persistence> std::fmt::Debug for Pipeline<P> {
+impl<P: Statements> std::fmt::Debug for Pipeline<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
             .field("batch_size", &self.batch_size)
@@ -100,7 +135,7 @@ enum Registration<E> {
 
 impl<P> Pipeline<P>
 where
-    P: Persistence,
+    P: Statements,
     P::Compact: Send + 'static,
     P::Response: Send + 'static,
     P::Error: Send + 'static,
@@ -110,6 +145,7 @@ where
             persistence,
             batch_size: batch_size.max(1),
             heartbeat_interval,
+            overlap: !P::ONE_WRITER,
             registration: Registration::NotStarted,
             next_heartbeat: Box::pin(tokio::time::sleep(heartbeat_interval)),
             heartbeat: None,
@@ -292,6 +328,9 @@ where
         if self.claim.is_some() {
             return true;
         }
+        if !self.overlap && self.write.is_some() {
+            return false;
+        }
         let waiting = self.reported.len() + self.write.as_ref().map_or(0, |(_, n)| *n);
         if waiting >= BACKLOG_BATCHES * EVENTS_PER_JOB * self.batch_size {
             return false;
@@ -299,7 +338,15 @@ where
         let mut persistence = self.persistence.clone();
         let worker = worker.clone();
         self.found_none = false;
-        self.claim = Some(call(async move { persistence.fetch_next(&worker).await }));
+        if self.overlap || self.reported.is_empty() {
+            self.claim = Some(call(async move { persistence.fetch_next(&worker).await }));
+        } else {
+            let events = std::mem::take(&mut self.reported);
+            self.write_by = None;
+            self.claim = Some(call(async move {
+                persistence.write_and_claim(events, &worker).await
+            }));
+        }
         true
     }
 
@@ -344,16 +391,19 @@ where
                 self.write_by = None;
                 return Ok(true);
             }
+            // With one writer, the next claim carries the reports; until
+            // it starts, only the delay makes them due.
             let due = flush
-                || self.claimed.is_empty()
-                || self.reported.len() >= EVENTS_PER_JOB * self.batch_size
+                || (self.overlap
+                    && (self.claimed.is_empty()
+                        || self.reported.len() >= EVENTS_PER_JOB * self.batch_size))
                 || self
                     .write_by
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_DELAY)))
                     .as_mut()
                     .poll(cx)
                     .is_ready();
-            if !due {
+            if !due || (!self.overlap && self.claim.is_some()) {
                 return Ok(false);
             }
             self.write_by = None;
@@ -371,4 +421,246 @@ where
 
 fn call<T>(future: impl Future<Output = T> + Send + 'static) -> BoxSyncFuture<T> {
     BoxSyncFuture::new(Box::pin(future))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use apalis_core::backend::TaskResult;
+    use apalis_core::task::builder::TaskBuilder;
+    use apalis_core::task::status::Status;
+    use apalis_core::task::task_id::TaskId;
+
+    use super::*;
+
+    /// What a fake database was asked, in order.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Asked {
+        Register,
+        Claim { reports: usize, claimed: usize },
+        Write { reports: usize },
+        GiveBack { jobs: usize },
+    }
+
+    /// A job table of `pending` jobs; every call takes a millisecond, and
+    /// records whether another call was in flight meanwhile.
+    #[derive(Clone, Debug)]
+    struct FakeDatabase<const ONE_WRITER: bool> {
+        batch: usize,
+        pending: Arc<AtomicUsize>,
+        asked: Arc<Mutex<Vec<Asked>>>,
+        in_flight: Arc<AtomicUsize>,
+        overlapped: Arc<AtomicBool>,
+    }
+
+    impl<const ONE_WRITER: bool> FakeDatabase<ONE_WRITER> {
+        fn new(batch: usize, pending: usize) -> Self {
+            Self {
+                batch,
+                pending: Arc::new(AtomicUsize::new(pending)),
+                asked: Arc::default(),
+                in_flight: Arc::default(),
+                overlapped: Arc::default(),
+            }
+        }
+
+        async fn call(&self, asked: Asked) {
+            if self.in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
+                self.overlapped.store(true, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.asked.lock().unwrap().push(asked);
+        }
+
+        fn take_batch(&self) -> Vec<Task<Vec<u8>>> {
+            let mut taken = 0;
+            let _ = self
+                .pending
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    taken = left.min(self.batch);
+                    Some(left - taken)
+                });
+            (0..taken)
+                .map(|_| {
+                    TaskBuilder::new(Vec::new())
+                        .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
+                        .build()
+                })
+                .collect()
+        }
+
+        fn asked(&self) -> Vec<Asked> {
+            self.asked.lock().unwrap().clone()
+        }
+    }
+
+    impl<const ONE_WRITER: bool> Persistence for FakeDatabase<ONE_WRITER> {
+        type Compact = Vec<u8>;
+        type Error = std::io::Error;
+        type Response = ();
+
+        async fn register(&mut self, _: &WorkerContext) -> Result<(), Self::Error> {
+            self.call(Asked::Register).await;
+            Ok(())
+        }
+
+        async fn heartbeat(&mut self, _: &WorkerContext) -> Result<(), Self::Error> {
+            Ok(())
+        }
+
+        async fn fetch_next(
+            &mut self,
+            _: &WorkerContext,
+        ) -> Result<Vec<Task<Vec<u8>>>, Self::Error> {
+            let claimed = self.take_batch();
+            let asked = Asked::Claim {
+                reports: 0,
+                claimed: claimed.len(),
+            };
+            self.call(asked).await;
+            Ok(claimed)
+        }
+
+        async fn reenqueue_abandoned(
+            &mut self,
+            tasks: Vec<Task<Vec<u8>>>,
+            _: &WorkerContext,
+        ) -> Result<u64, Self::Error> {
+            self.call(Asked::GiveBack { jobs: tasks.len() }).await;
+            Ok(tasks.len() as u64)
+        }
+
+        async fn handle_events(
+            &mut self,
+            events: Vec<TaskEvent<()>>,
+            _: &WorkerContext,
+        ) -> Result<(), Self::Error> {
+            let reports = events.len();
+            self.call(Asked::Write { reports }).await;
+            Ok(())
+        }
+
+        async fn push_tasks(&mut self, _: Vec<Task<Vec<u8>>>) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    impl<const ONE_WRITER: bool> Statements for FakeDatabase<ONE_WRITER> {
+        const ONE_WRITER: bool = ONE_WRITER;
+
+        async fn write_and_claim(
+            &mut self,
+            events: Vec<TaskEvent<()>>,
+            _: &WorkerContext,
+        ) -> Result<Vec<Task<Vec<u8>>>, Self::Error> {
+            let claimed = self.take_batch();
+            let asked = Asked::Claim {
+                reports: events.len(),
+                claimed: claimed.len(),
+            };
+            self.call(asked).await;
+            Ok(claimed)
+        }
+    }
+
+    /// Runs `jobs` jobs as apalis's worker would (ready, then next), each
+    /// reporting its start and its outcome at once, then closes.
+    async fn run_jobs<const ONE_WRITER: bool>(database: &FakeDatabase<ONE_WRITER>, jobs: usize) {
+        let worker = WorkerContext::new("pipeline-test");
+        let mut pipeline = Pipeline::new(database.clone(), database.batch, Duration::from_secs(60));
+        let reports = pipeline.reports();
+        for _ in 0..jobs {
+            let task = poll_fn(|cx| {
+                std::task::ready!(pipeline.poll_ready(cx, &worker))?;
+                pipeline.poll_next(cx, &worker).map(Option::transpose)
+            })
+            .await
+            .expect("no call fails")
+            .expect("a job is left");
+            let task_id = task.task_id().cloned().expect("claimed jobs have ids");
+            reports
+                .send(TaskEvent::Lock {
+                    task_id: task_id.clone(),
+                })
+                .unwrap();
+            let outcome = TaskResult {
+                task_id,
+                attempt: 1,
+                status: Status::Done,
+                result: Ok(()),
+            };
+            reports.send(TaskEvent::Complete(outcome)).unwrap();
+        }
+        poll_fn(|cx| pipeline.poll_close(cx, &worker))
+            .await
+            .expect("no call fails");
+    }
+
+    fn reports_written(asked: &[Asked]) -> usize {
+        asked
+            .iter()
+            .map(|asked| match asked {
+                Asked::Claim { reports, .. } | Asked::Write { reports } => *reports,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn with_one_writer_claims_carry_the_reports_and_calls_never_overlap() {
+        let database = FakeDatabase::<true>::new(4, 12);
+        run_jobs(&database, 12).await;
+        let asked = database.asked();
+        assert!(!database.overlapped.load(Ordering::SeqCst), "{asked:?}");
+        assert_eq!(
+            &asked[..4],
+            [
+                Asked::Register,
+                Asked::Claim {
+                    reports: 0,
+                    claimed: 4
+                },
+                Asked::Claim {
+                    reports: 8,
+                    claimed: 4
+                },
+                Asked::Claim {
+                    reports: 8,
+                    claimed: 4
+                },
+            ],
+            "each claim writes what the batch before it reported: {asked:?}",
+        );
+        assert_eq!(
+            reports_written(&asked),
+            24,
+            "every report written once: {asked:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_several_writers_claims_and_writes_are_separate_calls() {
+        let database = FakeDatabase::<false>::new(4, 12);
+        run_jobs(&database, 12).await;
+        let asked = database.asked();
+        let claims = asked
+            .iter()
+            .filter(|asked| matches!(asked, Asked::Claim { .. }))
+            .collect::<Vec<_>>();
+        assert!(
+            claims
+                .iter()
+                .all(|claim| matches!(claim, Asked::Claim { reports: 0, .. })),
+            "{asked:?}"
+        );
+        assert_eq!(
+            reports_written(&asked),
+            24,
+            "every report written once: {asked:?}"
+        );
+    }
 }

@@ -42,7 +42,7 @@ use sqlx::{PgPool, Row};
 use ulid::Ulid;
 
 use super::job_events::ReportLayer;
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, Statements};
 
 /// The `storage_name` workers register under.
 const STORAGE_NAME: &str = "PgStorage";
@@ -298,6 +298,9 @@ impl Persistence for ById {
         Ok(())
     }
 }
+
+/// PostgreSQL runs a claim and a write at once: the pipeline overlaps them.
+impl Statements for ById {}
 
 /// The outcomes of finished jobs, as the columns [`ACKNOWLEDGE`] binds.
 #[derive(Default)]

@@ -16,6 +16,8 @@ use super::job::Job;
 #[cfg(feature = "postgres")]
 use super::postgres_backend::PostgresJobs;
 use super::queue::JobQueue;
+#[cfg(feature = "sqlite")]
+use super::sqlite_backend::SqliteJobs;
 use super::wake_up;
 use crate::resident::Shutdown;
 use crate::supervisor::Supervisor;
@@ -66,6 +68,9 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// stop it from running jobs. Each job type's worker holds one connection
 /// of the queue's pool for `LISTEN`, and a busy one borrows up to three
 /// more at a time (a claim, a write, a heartbeat), for milliseconds each.
+/// SQLite has one writer at a time: there a worker writes the previous
+/// batch's outcomes in the transaction that claims the next batch, one
+/// commit per batch, and outcomes wait at most 20 ms for that claim.
 ///
 /// ```no_run
 /// # #[cfg(feature = "sqlite")]
@@ -344,12 +349,9 @@ fn start_worker<J: Job>(
             // This queue's own pushes are announced in-process; pushes from
             // other processes are not, and the tick finds them.
             let announced = queue.announcer.subscribe();
-            let storage = apalis_sqlite::SqliteStorage::<J>::new(pool)
-                .with_config(config)
-                .poll_with_strategy(wake_up::WakeUp::new(
-                    settings.poll_interval,
-                    Some(announced),
-                ));
+            let storage = SqliteJobs::<J>::new(pool, config).poll_with_strategy(
+                wake_up::WakeUp::new(settings.poll_interval, Some(announced)),
+            );
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
