@@ -391,7 +391,8 @@ where
                 self.write_by = None;
                 return Ok(true);
             }
-            // With one writer, the next claim carries the reports; until
+            // With one writer, the next claim carries the reports (the
+            // worker asks for a job, so claims, whenever a job ends); until
             // it starts, only the delay makes them due.
             let due = flush
                 || (self.overlap
@@ -567,6 +568,18 @@ mod tests {
         }
     }
 
+    /// The next job, asked for as apalis's worker asks: ready, then next.
+    async fn next_job<const ONE_WRITER: bool>(
+        pipeline: &mut Pipeline<FakeDatabase<ONE_WRITER>>,
+        worker: &WorkerContext,
+    ) -> Result<Option<Task<Vec<u8>>>, std::io::Error> {
+        poll_fn(|cx| {
+            std::task::ready!(pipeline.poll_ready(cx, worker))?;
+            pipeline.poll_next(cx, worker).map(Option::transpose)
+        })
+        .await
+    }
+
     /// Runs `jobs` jobs as apalis's worker would (ready, then next), each
     /// reporting its start and its outcome at once, then closes.
     async fn run_jobs<const ONE_WRITER: bool>(database: &FakeDatabase<ONE_WRITER>, jobs: usize) {
@@ -574,13 +587,10 @@ mod tests {
         let mut pipeline = Pipeline::new(database.clone(), database.batch, Duration::from_secs(60));
         let reports = pipeline.reports();
         for _ in 0..jobs {
-            let task = poll_fn(|cx| {
-                std::task::ready!(pipeline.poll_ready(cx, &worker))?;
-                pipeline.poll_next(cx, &worker).map(Option::transpose)
-            })
-            .await
-            .expect("no call fails")
-            .expect("a job is left");
+            let task = next_job(&mut pipeline, &worker)
+                .await
+                .expect("no call fails")
+                .expect("a job is left");
             let task_id = task.task_id().cloned().expect("claimed jobs have ids");
             reports
                 .send(TaskEvent::Lock {
@@ -598,6 +608,44 @@ mod tests {
         poll_fn(|cx| pipeline.poll_close(cx, &worker))
             .await
             .expect("no call fails");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_one_writer_a_lone_outcome_rides_on_the_next_claim_at_once() {
+        let database = FakeDatabase::<true>::new(4, 1);
+        let worker = WorkerContext::new("pipeline-test");
+        let mut pipeline = Pipeline::new(database.clone(), 4, Duration::from_secs(60));
+        let reports = pipeline.reports();
+        let task = next_job(&mut pipeline, &worker)
+            .await
+            .expect("no call fails")
+            .expect("the job");
+        let task_id = task.task_id().cloned().expect("claimed jobs have ids");
+        // The worker asks for more: the claim carries nothing yet and finds
+        // the queue empty.
+        let waited =
+            tokio::time::timeout(Duration::from_millis(5), next_job(&mut pipeline, &worker)).await;
+        assert!(waited.is_err(), "no second job: {waited:?}");
+        let outcome = TaskResult {
+            task_id: task_id.clone(),
+            attempt: 1,
+            status: Status::Done,
+            result: Ok(()),
+        };
+        reports.send(TaskEvent::Lock { task_id }).unwrap();
+        reports.send(TaskEvent::Complete(outcome)).unwrap();
+        // The job's end wakes the worker, which asks for a job again.
+        let reported = Instant::now();
+        while reports_written(&database.asked()) < 2 {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(1), next_job(&mut pipeline, &worker))
+                    .await;
+            assert!(
+                reported.elapsed() < WRITE_DELAY,
+                "the outcome waited for the write delay: {:?}",
+                database.asked()
+            );
+        }
     }
 
     fn reports_written(asked: &[Asked]) -> usize {
