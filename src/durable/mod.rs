@@ -124,6 +124,7 @@ mod sqlite_backend;
 mod stats;
 mod transaction;
 mod wake_up;
+mod worker_backend;
 mod workers;
 
 pub use encoded::{DEFAULT_MAX_JOB_BYTES, MAX_JOB_BYTES_LIMIT, MAX_UNIQUE_KEY_LEN};

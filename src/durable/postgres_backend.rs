@@ -1,6 +1,6 @@
-//! [`PostgresJobs`]: the backend PostgreSQL workers run on: a
-//! [`Pipeline`] (claims and writes overlapped) over statements that find
-//! their rows by id.
+//! [`postgres_jobs`]: the backend PostgreSQL workers run on: a
+//! [`Pipeline`](super::pipeline::Pipeline) (claims and writes overlapped)
+//! over statements that find their rows by id.
 //!
 //! apalis's `PostgresStorage` claims through `apalis.get_jobs` and
 //! acknowledges with a statement that joins the job table to the batch.
@@ -19,13 +19,9 @@
 //! the queue's own look-ups read them as before.
 
 use std::collections::HashSet;
-use std::marker::PhantomData;
-use std::task::{Context, Poll};
 
-use apalis_codec::json::JsonCodec;
-use apalis_core::backend::finalize::Durable;
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
-use apalis_core::backend::{Backend, BackendConfig, TaskResult, WireFormatBackend};
+use apalis_core::backend::TaskResult;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::metadata::MetadataStore;
 use apalis_core::task::status::Status;
@@ -41,8 +37,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use ulid::Ulid;
 
-use super::job_events::ReportLayer;
-use super::pipeline::{Pipeline, Statements};
+use super::pipeline::Statements;
+use super::worker_backend::{EngineStatements, Options, WorkerBackend};
 
 /// The `storage_name` workers register under.
 const STORAGE_NAME: &str = "PgStorage";
@@ -89,93 +85,25 @@ const ACKNOWLEDGE: &str = "\
     FROM UNNEST($1::TEXT[], $2::INT4[], $3::TEXT[], $4::JSONB[]) AS done(id, attempt, status, result) \
     WHERE jobs.id = ANY($1) AND jobs.id = done.id AND jobs.lock_by = $5";
 
-/// A PostgreSQL backend for jobs of type `Args`, configured as apalis's
-/// `PostgresStorage` is.
-#[derive(Debug)]
-pub(crate) struct PostgresJobs<Args> {
-    pipeline: Pipeline<ById>,
-    codec: JsonCodec,
-    _args: PhantomData<fn() -> Args>,
+/// The backend a PostgreSQL worker for jobs of type `Args` runs on,
+/// configured as apalis's `PostgresStorage` is.
+pub(crate) fn postgres_jobs<Args>(pool: &PgPool, config: Config) -> WorkerBackend<ById, Args> {
+    let options = Options {
+        batch_size: config.batch_size,
+        heartbeat_interval: config.heartbeat_interval,
+        results: config.persist_results,
+        starts: config.lock_tasks,
+    };
+    let statements = ById {
+        pool: pool.clone(),
+        config,
+    };
+    WorkerBackend::new(statements, options)
 }
 
-impl<Args> PostgresJobs<Args> {
-    pub(crate) fn new(pool: &PgPool, config: Config) -> Self {
-        let (batch_size, heartbeat) = (config.batch_size, config.heartbeat_interval);
-        let statements = ById {
-            pool: pool.clone(),
-            config,
-        };
-        Self {
-            pipeline: Pipeline::new(statements, batch_size, heartbeat),
-            codec: JsonCodec::default(),
-            _args: PhantomData,
-        }
-    }
-}
-
-impl<Args> Backend for PostgresJobs<Args> {
-    type Task = PgTask;
-    type Error = Error;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        self.pipeline.poll_ready(cx, worker)
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Option<Result<PgTask, Self::Error>>> {
-        self.pipeline.poll_next(cx, worker)
-    }
-
-    fn poll_close(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        self.pipeline.poll_close(cx, worker)
-    }
-}
-
-impl<Args> BackendConfig for PostgresJobs<Args> {
-    type Args = Args;
-    type Id = Ulid;
-    type Kind = Durable;
-    type Config = Config;
-    type Layer = ReportLayer<JsonCodec<Value>, Value>;
-
-    fn config(&self) -> &Config {
-        &self.pipeline.persistence().config
-    }
-
-    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
-        let (results, starts) = (self.config().persist_results, self.config().lock_tasks);
-        ReportLayer::new(
-            self.pipeline.reports(),
-            JsonCodec::<Value>::default(),
-            results,
-            starts,
-        )
-    }
-}
-
-impl<Args> WireFormatBackend for PostgresJobs<Args> {
-    type Codec = JsonCodec;
-    type Compact = Vec<u8>;
-
-    fn codec(&self) -> &JsonCodec {
-        &self.codec
-    }
-}
-
-/// The statements of [`PostgresJobs`].
+/// The statements of [`postgres_jobs`].
 #[derive(Clone, Debug)]
-struct ById {
+pub(crate) struct ById {
     pool: PgPool,
     config: Config,
 }
@@ -301,6 +229,14 @@ impl Persistence for ById {
 
 /// PostgreSQL runs a claim and a write at once: the pipeline overlaps them.
 impl Statements for ById {}
+
+impl EngineStatements for ById {
+    type Config = Config;
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+}
 
 /// The outcomes of finished jobs, as the columns [`ACKNOWLEDGE`] binds.
 #[derive(Default)]

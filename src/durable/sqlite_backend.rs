@@ -1,6 +1,7 @@
-//! [`SqliteJobs`]: the backend SQLite workers run on: a [`Pipeline`] over
-//! apalis-sqlite's own statements, with a worker's reports written in the
-//! transaction of its next claim.
+//! [`sqlite_jobs`]: the backend SQLite workers run on: a
+//! [`Pipeline`](super::pipeline::Pipeline) over apalis-sqlite's own
+//! statements, with a worker's reports written in the transaction of its
+//! next claim.
 //!
 //! apalis's `SqliteStorage` writes the jobs' starts and outcomes whenever
 //! the worker asks for its next job and some are waiting: several small
@@ -18,13 +19,9 @@
 //! before.
 
 use std::collections::HashSet;
-use std::marker::PhantomData;
-use std::task::{Context, Poll};
 
-use apalis_codec::json::JsonCodec;
-use apalis_core::backend::finalize::Durable;
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
-use apalis_core::backend::{Backend, BackendConfig, WireFormatBackend, WorkerFilter};
+use apalis_core::backend::WorkerFilter;
 use apalis_core::worker::context::WorkerContext;
 use apalis_sqlite::queries::{
     ack_tasks, fetch_next, keep_alive, lock_tasks, push_tasks, reenqueue_abandoned,
@@ -32,107 +29,41 @@ use apalis_sqlite::queries::{
 };
 use apalis_sqlite::{Config, Error, SqlitePool, SqliteTask};
 use serde_json::Value;
-use ulid::Ulid;
 
-use super::job_events::ReportLayer;
-use super::pipeline::{Pipeline, Statements as PipelineStatements};
+use super::pipeline::Statements;
+use super::worker_backend::{EngineStatements, Options, WorkerBackend};
 
 /// The `storage_name` workers register under (apalis-sqlite's).
 const STORAGE_NAME: &str = "SqliteStorage";
 
-/// A SQLite backend for jobs of type `Args`, configured as apalis's
-/// `SqliteStorage` is.
-#[derive(Debug)]
-pub(crate) struct SqliteJobs<Args> {
-    pipeline: Pipeline<Statements>,
-    codec: JsonCodec,
-    _args: PhantomData<fn() -> Args>,
-}
-
-impl<Args> SqliteJobs<Args> {
-    pub(crate) fn new(pool: &SqlitePool, config: Config) -> Self {
-        let (batch_size, heartbeat) = (config.batch_size, config.heartbeat_interval);
-        let statements = Statements {
-            pool: pool.clone(),
-            config,
-        };
-        Self {
-            pipeline: Pipeline::new(statements, batch_size, heartbeat),
-            codec: JsonCodec::default(),
-            _args: PhantomData,
-        }
-    }
-}
-
-impl<Args> Backend for SqliteJobs<Args> {
-    type Task = SqliteTask;
-    type Error = Error;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        self.pipeline.poll_ready(cx, worker)
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Option<Result<SqliteTask, Self::Error>>> {
-        self.pipeline.poll_next(cx, worker)
-    }
-
-    fn poll_close(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        self.pipeline.poll_close(cx, worker)
-    }
-}
-
-impl<Args> BackendConfig for SqliteJobs<Args> {
-    type Args = Args;
-    type Id = Ulid;
-    type Kind = Durable;
-    type Config = Config;
-    type Layer = ReportLayer<JsonCodec<Value>, Value>;
-
-    fn config(&self) -> &Config {
-        &self.pipeline.persistence().config
-    }
-
-    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
-        let (results, starts) = (self.config().persist_results, self.config().lock_tasks);
-        ReportLayer::new(
-            self.pipeline.reports(),
-            JsonCodec::<Value>::default(),
-            results,
-            starts,
-        )
-    }
-}
-
-impl<Args> WireFormatBackend for SqliteJobs<Args> {
-    type Codec = JsonCodec;
-    type Compact = Vec<u8>;
-
-    fn codec(&self) -> &JsonCodec {
-        &self.codec
-    }
+/// The backend a SQLite worker for jobs of type `Args` runs on, configured
+/// as apalis's `SqliteStorage` is.
+pub(crate) fn sqlite_jobs<Args>(
+    pool: &SqlitePool,
+    config: Config,
+) -> WorkerBackend<SqliteStatements, Args> {
+    let options = Options {
+        batch_size: config.batch_size,
+        heartbeat_interval: config.heartbeat_interval,
+        results: config.persist_results,
+        starts: config.lock_tasks,
+    };
+    let statements = SqliteStatements {
+        pool: pool.clone(),
+        config,
+    };
+    WorkerBackend::new(statements, options)
 }
 
 /// apalis-sqlite's statements, each call in a transaction of its own, as
 /// apalis-sqlite runs them, except that a claim may carry reports.
 #[derive(Clone, Debug)]
-struct Statements {
+pub(crate) struct SqliteStatements {
     pool: SqlitePool,
     config: Config,
 }
 
-impl Persistence for Statements {
+impl Persistence for SqliteStatements {
     type Compact = Vec<u8>;
     type Error = Error;
     type Response = Value;
@@ -210,7 +141,15 @@ impl Persistence for Statements {
     }
 }
 
-impl PipelineStatements for Statements {
+impl EngineStatements for SqliteStatements {
+    type Config = Config;
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Statements for SqliteStatements {
     const ONE_WRITER: bool = true;
 
     async fn write_and_claim(

@@ -14,10 +14,10 @@ use super::engine::Engine;
 use super::in_flight::InFlight;
 use super::job::Job;
 #[cfg(feature = "postgres")]
-use super::postgres_backend::PostgresJobs;
+use super::postgres_backend::postgres_jobs;
 use super::queue::JobQueue;
 #[cfg(feature = "sqlite")]
-use super::sqlite_backend::SqliteJobs;
+use super::sqlite_backend::sqlite_jobs;
 use super::wake_up;
 use crate::resident::Shutdown;
 use crate::supervisor::Supervisor;
@@ -349,9 +349,10 @@ fn start_worker<J: Job>(
             // This queue's own pushes are announced in-process; pushes from
             // other processes are not, and the tick finds them.
             let announced = queue.announcer.subscribe();
-            let storage = SqliteJobs::<J>::new(pool, config).poll_with_strategy(
-                wake_up::WakeUp::new(settings.poll_interval, Some(announced)),
-            );
+            let storage = sqlite_jobs::<J>(pool, config).poll_with_strategy(wake_up::WakeUp::new(
+                settings.poll_interval,
+                Some(announced),
+            ));
             let worker = WorkerBuilder::new(name)
                 .backend(storage)
                 .catch_panic()
@@ -370,9 +371,9 @@ fn start_worker<J: Job>(
             // type, which hears every process's pushes); the tick is the
             // fallback if that connection is lost. The backend is apalis's
             // `PostgresStorage` with claims and acknowledgements by id
-            // (`PostgresJobs` says why).
+            // (`postgres_backend` says why).
             let announced = apalis_postgres::Pubsub::new(pool.clone(), J::NAME.to_owned());
-            let storage = PostgresJobs::<J>::new(pool, config).poll_with_strategy(
+            let storage = postgres_jobs::<J>(pool, config).poll_with_strategy(
                 wake_up::WakeUp::new(settings.poll_interval, Some(announced)),
             );
             let worker = WorkerBuilder::new(name)
