@@ -30,6 +30,12 @@
 //! batch's worth has gathered, or [`WRITE_DELAY`] after the first one,
 //! whichever comes first; with one writer, with the next claim or
 //! [`WRITE_DELAY`] after the first one.
+//!
+//! A job's start mark waits for the job's outcome, which makes it
+//! unnecessary: a job that ends within [`START_WAIT`] costs one row update,
+//! its outcome. A job that runs longer is marked started by the next write
+//! after that, and [`WRITE_DELAY`] after its start at the latest (plus the
+//! write in flight).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,6 +45,7 @@ use std::time::Duration;
 
 use apalis_core::backend::future::BoxSyncFuture;
 use apalis_core::backend::persistence::{Persistence, TaskEvent};
+use apalis_core::task::task_id::TaskId;
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -46,6 +53,13 @@ use tokio::time::{Instant, Sleep};
 
 /// How long a reported outcome may wait for others to share its write.
 const WRITE_DELAY: Duration = Duration::from_millis(20);
+
+/// How long a start mark waits before it goes out with any write: its job
+/// ends sooner, most of the time, and then only the outcome is written.
+/// Past [`WRITE_DELAY`] the oldest start makes a write due, which takes
+/// along every start this old, so starts alone cause at most one write
+/// per `START_WAIT`.
+const START_WAIT: Duration = Duration::from_millis(10);
 
 /// A job reports its start and its outcome.
 const EVENTS_PER_JOB: usize = 2;
@@ -103,10 +117,18 @@ pub(crate) struct Pipeline<P: Statements> {
     /// The last claim found no job, and no claim has been asked for since.
     found_none: bool,
     events: Option<UnboundedReceiver<TaskEvent<P::Response>>>,
-    /// Received from the jobs, not written yet.
+    /// Received from the jobs, not written yet (start marks aside).
     reported: Vec<TaskEvent<P::Response>>,
-    /// When `reported` is written at the latest.
-    write_by: Option<Pin<Box<Sleep>>>,
+    /// When the first of `reported` arrived.
+    reported_since: Option<Instant>,
+    /// The start marks of running jobs, not written yet, oldest first, with
+    /// when each arrived: a start waits for its job's outcome, which makes
+    /// it unnecessary (see [`START_WAIT`]).
+    starting: VecDeque<(Instant, TaskId)>,
+    /// Wakes the pipeline when `reported` or the oldest start is due.
+    write_by: Pin<Box<Sleep>>,
+    /// The deadline `write_by` is armed for.
+    write_by_armed: Option<Instant>,
     /// The write in flight, and how many reports it carries.
     write: Option<(Call<(), P::Error>, usize)>,
     /// At close: claimed jobs never handed out, going back to the queue.
@@ -121,6 +143,7 @@ impl<P: Statements> std::fmt::Debug for Pipeline<P> {
             .field("claimed", &self.claimed.len())
             .field("claiming", &self.claim.is_some())
             .field("reported", &self.reported.len())
+            .field("starting", &self.starting.len())
             .field("writing", &self.write.as_ref().map(|(_, count)| *count))
             .field("stopped", &self.stopped)
             .finish_non_exhaustive()
@@ -154,7 +177,10 @@ where
             found_none: false,
             events: None,
             reported: Vec::new(),
-            write_by: None,
+            reported_since: None,
+            starting: VecDeque::new(),
+            write_by: Box::pin(tokio::time::sleep(WRITE_DELAY)),
+            write_by_armed: None,
             write: None,
             give_back: None,
             stopped: false,
@@ -338,16 +364,96 @@ where
         let mut persistence = self.persistence.clone();
         let worker = worker.clone();
         self.found_none = false;
-        if self.overlap || self.reported.is_empty() {
-            self.claim = Some(call(async move { persistence.fetch_next(&worker).await }));
+        let events = if self.overlap {
+            Vec::new()
         } else {
-            let events = std::mem::take(&mut self.reported);
-            self.write_by = None;
-            self.claim = Some(call(async move {
-                persistence.write_and_claim(events, &worker).await
-            }));
-        }
+            self.take_due(false)
+        };
+        self.claim = Some(if events.is_empty() {
+            call(async move { persistence.fetch_next(&worker).await })
+        } else {
+            call(async move { persistence.write_and_claim(events, &worker).await })
+        });
         true
+    }
+
+    /// Takes the events the jobs reported since the last call: a start mark
+    /// waits in `starting`, and an outcome takes its job's start mark out.
+    fn receive(&mut self) {
+        let Some(events) = &mut self.events else {
+            return;
+        };
+        while let Ok(event) = events.try_recv() {
+            match event {
+                TaskEvent::Lock { task_id } => {
+                    self.starting.push_back((Instant::now(), task_id));
+                    continue;
+                }
+                TaskEvent::Complete(ref result) => {
+                    if let Some(at) = self
+                        .starting
+                        .iter()
+                        .position(|(_, id)| *id == result.task_id)
+                    {
+                        self.starting.remove(at);
+                    }
+                }
+                _ => {}
+            }
+            if self.reported.is_empty() {
+                self.reported_since = Some(Instant::now());
+            }
+            self.reported.push(event);
+        }
+    }
+
+    /// How many of the oldest start marks have waited [`START_WAIT`]: all
+    /// of them with `all`.
+    fn due_starts(&self, all: bool) -> usize {
+        if all {
+            return self.starting.len();
+        }
+        let now = Instant::now();
+        self.starting
+            .iter()
+            .take_while(|(at, _)| now.duration_since(*at) >= START_WAIT)
+            .count()
+    }
+
+    /// Takes what is to be written: the start marks that waited
+    /// [`START_WAIT`] (all of them with `all`), then every other report.
+    fn take_due(&mut self, all: bool) -> Vec<TaskEvent<P::Response>> {
+        let due = self.due_starts(all);
+        let mut events: Vec<_> = self
+            .starting
+            .drain(..due)
+            .map(|(_, task_id)| TaskEvent::Lock { task_id })
+            .collect();
+        events.append(&mut self.reported);
+        self.reported_since = None;
+        events
+    }
+
+    /// Arms `write_by` for the earliest of the reports' and the oldest
+    /// start's deadlines (or keeps it armed for an earlier one), and
+    /// registers the waker; `true` once it has fired.
+    fn poll_write_by(&mut self, cx: &mut Context<'_>) -> bool {
+        let reports = self.reported_since.map(|at| at + WRITE_DELAY);
+        let start = self.starting.front().map(|(at, _)| *at + WRITE_DELAY);
+        let Some(deadline) = reports.into_iter().chain(start).min() else {
+            self.write_by_armed = None;
+            return false;
+        };
+        // Deadlines only grow as jobs start, so a timer armed earlier than
+        // needed is left to fire, rather than re-armed with every job.
+        let armed = self
+            .write_by_armed
+            .filter(|armed| *armed <= deadline && !self.write_by.is_elapsed());
+        if armed.is_none() {
+            self.write_by.as_mut().reset(deadline);
+            self.write_by_armed = Some(deadline);
+        }
+        self.write_by.as_mut().poll(cx).is_ready()
     }
 
     /// Moves the claim in flight along.
@@ -374,11 +480,7 @@ where
         flush: bool,
     ) -> Result<bool, P::Error> {
         loop {
-            if let Some(events) = &mut self.events {
-                while let Ok(event) = events.try_recv() {
-                    self.reported.push(event);
-                }
-            }
+            self.receive();
             if let Some((write, _)) = &mut self.write {
                 let Poll::Ready(result) = write.poll_unpin(cx) else {
                     return Ok(false);
@@ -387,8 +489,8 @@ where
                 result?;
                 continue;
             }
-            if self.reported.is_empty() {
-                self.write_by = None;
+            if self.reported.is_empty() && self.starting.is_empty() {
+                self.write_by_armed = None;
                 return Ok(true);
             }
             // With one writer, the next claim carries the reports (the
@@ -396,19 +498,18 @@ where
             // it starts, only the delay makes them due.
             let due = flush
                 || (self.overlap
-                    && (self.claimed.is_empty()
-                        || self.reported.len() >= EVENTS_PER_JOB * self.batch_size))
-                || self
-                    .write_by
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_DELAY)))
-                    .as_mut()
-                    .poll(cx)
-                    .is_ready();
+                    && !self.reported.is_empty()
+                    && (self.claimed.is_empty() || self.reported.len() >= self.batch_size))
+                || self.poll_write_by(cx);
             if !due || (!self.overlap && self.claim.is_some()) {
                 return Ok(false);
             }
-            self.write_by = None;
-            let events = std::mem::take(&mut self.reported);
+            let events = self.take_due(flush);
+            if events.is_empty() {
+                // Only young start marks wait: `write_by` wakes us for them.
+                let _ = self.poll_write_by(cx);
+                return Ok(false);
+            }
             let count = events.len();
             let mut persistence = self.persistence.clone();
             let worker = worker.clone();
@@ -636,7 +737,7 @@ mod tests {
         reports.send(TaskEvent::Complete(outcome)).unwrap();
         // The job's end wakes the worker, which asks for a job again.
         let reported = Instant::now();
-        while reports_written(&database.asked()) < 2 {
+        while reports_written(&database.asked()) < 1 {
             let _ =
                 tokio::time::timeout(Duration::from_millis(1), next_job(&mut pipeline, &worker))
                     .await;
@@ -673,20 +774,20 @@ mod tests {
                     claimed: 4
                 },
                 Asked::Claim {
-                    reports: 8,
+                    reports: 4,
                     claimed: 4
                 },
                 Asked::Claim {
-                    reports: 8,
+                    reports: 4,
                     claimed: 4
                 },
             ],
-            "each claim writes what the batch before it reported: {asked:?}",
+            "each claim writes the outcomes of the batch before it: {asked:?}",
         );
         assert_eq!(
             reports_written(&asked),
-            24,
-            "every report written once: {asked:?}"
+            12,
+            "every outcome written once, and no start of a finished job: {asked:?}"
         );
     }
 
@@ -707,8 +808,104 @@ mod tests {
         );
         assert_eq!(
             reports_written(&asked),
-            24,
-            "every report written once: {asked:?}"
+            12,
+            "every outcome written once, and no start of a finished job: {asked:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_that_waited_rides_with_the_next_outcome() {
+        let database = FakeDatabase::<false>::new(2, 2);
+        let worker = WorkerContext::new("pipeline-test");
+        let mut pipeline = Pipeline::new(database.clone(), 2, Duration::from_secs(60));
+        let reports = pipeline.reports();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let task = next_job(&mut pipeline, &worker)
+                .await
+                .expect("no call fails")
+                .expect("a job is left");
+            let task_id = task.task_id().cloned().expect("claimed jobs have ids");
+            reports
+                .send(TaskEvent::Lock {
+                    task_id: task_id.clone(),
+                })
+                .unwrap();
+            ids.push(task_id);
+        }
+        // Longer than a start waits, shorter than the write delay.
+        tokio::time::sleep(WRITE_DELAY - Duration::from_millis(5)).await;
+        // The second job ends; the first still runs.
+        reports
+            .send(TaskEvent::Complete(TaskResult {
+                task_id: ids[1].clone(),
+                attempt: 1,
+                status: Status::Done,
+                result: Ok(()),
+            }))
+            .unwrap();
+        let _ =
+            tokio::time::timeout(Duration::from_millis(3), next_job(&mut pipeline, &worker)).await;
+        let writes: Vec<_> = database
+            .asked()
+            .into_iter()
+            .filter(|asked| matches!(asked, Asked::Write { .. }))
+            .collect();
+        assert_eq!(
+            writes,
+            [Asked::Write { reports: 2 }],
+            "the outcome, with the start of the job still running: {:?}",
+            database.asked()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_jobs_start_is_written_after_the_write_delay() {
+        let database = FakeDatabase::<false>::new(4, 1);
+        let worker = WorkerContext::new("pipeline-test");
+        let mut pipeline = Pipeline::new(database.clone(), 4, Duration::from_secs(60));
+        let reports = pipeline.reports();
+        let task = next_job(&mut pipeline, &worker)
+            .await
+            .expect("no call fails")
+            .expect("the job");
+        let task_id = task.task_id().cloned().expect("claimed jobs have ids");
+        reports
+            .send(TaskEvent::Lock {
+                task_id: task_id.clone(),
+            })
+            .unwrap();
+        let started = Instant::now();
+        // The worker waits for a job while this one runs.
+        let mut waited = Duration::ZERO;
+        while reports_written(&database.asked()) == 0 {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(1), next_job(&mut pipeline, &worker))
+                    .await;
+            waited = started.elapsed();
+            assert!(waited < 10 * WRITE_DELAY, "the start was never written");
+        }
+        assert!(
+            waited >= WRITE_DELAY,
+            "the start was written before its job had run the write delay ({waited:?}): {:?}",
+            database.asked()
+        );
+        reports
+            .send(TaskEvent::Complete(TaskResult {
+                task_id,
+                attempt: 1,
+                status: Status::Done,
+                result: Ok(()),
+            }))
+            .unwrap();
+        poll_fn(|cx| pipeline.poll_close(cx, &worker))
+            .await
+            .expect("no call fails");
+        assert_eq!(
+            reports_written(&database.asked()),
+            2,
+            "the start, then the outcome: {:?}",
+            database.asked()
         );
     }
 }
