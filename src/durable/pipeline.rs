@@ -127,8 +127,6 @@ pub(crate) struct Pipeline<P: Statements> {
     starting: VecDeque<(Instant, TaskId)>,
     /// Wakes the pipeline when `reported` or the oldest start is due.
     write_by: Pin<Box<Sleep>>,
-    /// The deadline `write_by` is armed for.
-    write_by_armed: Option<Instant>,
     /// The write in flight, and how many reports it carries.
     write: Option<(Call<(), P::Error>, usize)>,
     /// At close: claimed jobs never handed out, going back to the queue.
@@ -180,7 +178,6 @@ where
             reported_since: None,
             starting: VecDeque::new(),
             write_by: Box::pin(tokio::time::sleep(WRITE_DELAY)),
-            write_by_armed: None,
             write: None,
             give_back: None,
             stopped: false,
@@ -441,17 +438,12 @@ where
         let reports = self.reported_since.map(|at| at + WRITE_DELAY);
         let start = self.starting.front().map(|(at, _)| *at + WRITE_DELAY);
         let Some(deadline) = reports.into_iter().chain(start).min() else {
-            self.write_by_armed = None;
             return false;
         };
         // Deadlines only grow as jobs start, so a timer armed earlier than
         // needed is left to fire, rather than re-armed with every job.
-        let armed = self
-            .write_by_armed
-            .filter(|armed| *armed <= deadline && !self.write_by.is_elapsed());
-        if armed.is_none() {
+        if self.write_by.deadline() > deadline || self.write_by.is_elapsed() {
             self.write_by.as_mut().reset(deadline);
-            self.write_by_armed = Some(deadline);
         }
         self.write_by.as_mut().poll(cx).is_ready()
     }
@@ -490,7 +482,6 @@ where
                 continue;
             }
             if self.reported.is_empty() && self.starting.is_empty() {
-                self.write_by_armed = None;
                 return Ok(true);
             }
             // With one writer, the next claim carries the reports (the
@@ -681,6 +672,35 @@ mod tests {
         .await
     }
 
+    /// Takes the next job and reports its start; returns its id.
+    async fn start_next_job<const ONE_WRITER: bool>(
+        pipeline: &mut Pipeline<FakeDatabase<ONE_WRITER>>,
+        worker: &WorkerContext,
+        reports: &UnboundedSender<TaskEvent<()>>,
+    ) -> TaskId {
+        let task = next_job(pipeline, worker)
+            .await
+            .expect("no call fails")
+            .expect("a job is left");
+        let task_id = task.task_id().cloned().expect("claimed jobs have ids");
+        reports
+            .send(TaskEvent::Lock {
+                task_id: task_id.clone(),
+            })
+            .unwrap();
+        task_id
+    }
+
+    /// A job's successful outcome.
+    fn done(task_id: TaskId) -> TaskEvent<()> {
+        TaskEvent::Complete(TaskResult {
+            task_id,
+            attempt: 1,
+            status: Status::Done,
+            result: Ok(()),
+        })
+    }
+
     /// Runs `jobs` jobs as apalis's worker would (ready, then next), each
     /// reporting its start and its outcome at once, then closes.
     async fn run_jobs<const ONE_WRITER: bool>(database: &FakeDatabase<ONE_WRITER>, jobs: usize) {
@@ -688,23 +708,8 @@ mod tests {
         let mut pipeline = Pipeline::new(database.clone(), database.batch, Duration::from_secs(60));
         let reports = pipeline.reports();
         for _ in 0..jobs {
-            let task = next_job(&mut pipeline, &worker)
-                .await
-                .expect("no call fails")
-                .expect("a job is left");
-            let task_id = task.task_id().cloned().expect("claimed jobs have ids");
-            reports
-                .send(TaskEvent::Lock {
-                    task_id: task_id.clone(),
-                })
-                .unwrap();
-            let outcome = TaskResult {
-                task_id,
-                attempt: 1,
-                status: Status::Done,
-                result: Ok(()),
-            };
-            reports.send(TaskEvent::Complete(outcome)).unwrap();
+            let task_id = start_next_job(&mut pipeline, &worker, &reports).await;
+            reports.send(done(task_id)).unwrap();
         }
         poll_fn(|cx| pipeline.poll_close(cx, &worker))
             .await
@@ -727,14 +732,12 @@ mod tests {
         let waited =
             tokio::time::timeout(Duration::from_millis(5), next_job(&mut pipeline, &worker)).await;
         assert!(waited.is_err(), "no second job: {waited:?}");
-        let outcome = TaskResult {
-            task_id: task_id.clone(),
-            attempt: 1,
-            status: Status::Done,
-            result: Ok(()),
-        };
-        reports.send(TaskEvent::Lock { task_id }).unwrap();
-        reports.send(TaskEvent::Complete(outcome)).unwrap();
+        reports
+            .send(TaskEvent::Lock {
+                task_id: task_id.clone(),
+            })
+            .unwrap();
+        reports.send(done(task_id)).unwrap();
         // The job's end wakes the worker, which asks for a job again.
         let reported = Instant::now();
         while reports_written(&database.asked()) < 1 {
@@ -819,31 +822,12 @@ mod tests {
         let worker = WorkerContext::new("pipeline-test");
         let mut pipeline = Pipeline::new(database.clone(), 2, Duration::from_secs(60));
         let reports = pipeline.reports();
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            let task = next_job(&mut pipeline, &worker)
-                .await
-                .expect("no call fails")
-                .expect("a job is left");
-            let task_id = task.task_id().cloned().expect("claimed jobs have ids");
-            reports
-                .send(TaskEvent::Lock {
-                    task_id: task_id.clone(),
-                })
-                .unwrap();
-            ids.push(task_id);
-        }
+        let _running = start_next_job(&mut pipeline, &worker, &reports).await;
+        let ending = start_next_job(&mut pipeline, &worker, &reports).await;
         // Longer than a start waits, shorter than the write delay.
         tokio::time::sleep(WRITE_DELAY - Duration::from_millis(5)).await;
         // The second job ends; the first still runs.
-        reports
-            .send(TaskEvent::Complete(TaskResult {
-                task_id: ids[1].clone(),
-                attempt: 1,
-                status: Status::Done,
-                result: Ok(()),
-            }))
-            .unwrap();
+        reports.send(done(ending)).unwrap();
         let _ =
             tokio::time::timeout(Duration::from_millis(3), next_job(&mut pipeline, &worker)).await;
         let writes: Vec<_> = database
@@ -865,16 +849,7 @@ mod tests {
         let worker = WorkerContext::new("pipeline-test");
         let mut pipeline = Pipeline::new(database.clone(), 4, Duration::from_secs(60));
         let reports = pipeline.reports();
-        let task = next_job(&mut pipeline, &worker)
-            .await
-            .expect("no call fails")
-            .expect("the job");
-        let task_id = task.task_id().cloned().expect("claimed jobs have ids");
-        reports
-            .send(TaskEvent::Lock {
-                task_id: task_id.clone(),
-            })
-            .unwrap();
+        let task_id = start_next_job(&mut pipeline, &worker, &reports).await;
         let started = Instant::now();
         // The worker waits for a job while this one runs.
         let mut waited = Duration::ZERO;
@@ -890,14 +865,7 @@ mod tests {
             "the start was written before its job had run the write delay ({waited:?}): {:?}",
             database.asked()
         );
-        reports
-            .send(TaskEvent::Complete(TaskResult {
-                task_id,
-                attempt: 1,
-                status: Status::Done,
-                result: Ok(()),
-            }))
-            .unwrap();
+        reports.send(done(task_id)).unwrap();
         poll_fn(|cx| pipeline.poll_close(cx, &worker))
             .await
             .expect("no call fails");
