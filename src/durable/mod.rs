@@ -119,6 +119,8 @@ mod planner_hints;
 #[cfg(feature = "postgres")]
 mod postgres_backend;
 mod queue;
+#[cfg(all(test, feature = "postgres"))]
+mod scratch_postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite_backend;
 mod stats;

@@ -195,38 +195,18 @@ mod tests {
 #[cfg(all(test, feature = "postgres"))]
 #[allow(irrefutable_let_patterns)]
 mod postgres_tests {
-    use sqlx::Connection;
-
     use super::POSTGRES_SESSION;
     use crate::durable::engine::Engine;
-    use crate::durable::JobQueue;
+    use crate::durable::scratch_postgres::ScratchDatabase;
 
     /// Every connection of a PostgreSQL queue plans with
-    /// [`POSTGRES_SESSION`]. Needs `DATABASE_URL` (a database of its own
-    /// is created there and dropped); without it, says so and passes.
+    /// [`POSTGRES_SESSION`]. Needs `DATABASE_URL`; without it, says so and
+    /// passes.
     #[tokio::test]
     async fn every_postgres_session_plans_for_batches() {
-        let Ok(server) = std::env::var("DATABASE_URL") else {
-            println!("skipped: DATABASE_URL not set");
+        let Some((database, queue)) = ScratchDatabase::queue("session").await else {
             return;
         };
-        if !server.starts_with("postgres") {
-            println!("skipped: DATABASE_URL is not a PostgreSQL URL");
-            return;
-        }
-        let name = format!("tb_session_{}", std::process::id());
-        let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
-        let drop_it = format!("DROP DATABASE IF EXISTS {name}");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(drop_it.clone()))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let (base, _) = server.rsplit_once('/').unwrap();
-        let queue = JobQueue::postgres(&format!("{base}/{name}")).await.unwrap();
         let Engine::Postgres(pool) = &queue.engine else {
             unreachable!("a PostgreSQL queue")
         };
@@ -245,10 +225,6 @@ mod postgres_tests {
             }
         }
         drop(connections);
-        pool.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(drop_it))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        database.remove(queue).await;
     }
 }
