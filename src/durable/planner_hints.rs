@@ -17,10 +17,12 @@
 //!   `job_type` and `lock_by` each shared by many rows. With them, marking
 //!   a batch running and acknowledging it look jobs up by id.
 //! - PostgreSQL's statistics cannot be stated, so the traps are removed
-//!   instead. [`index_postgres_held_jobs`] replaces apalis's two indexes on
+//!   instead. [`index_postgres_jobs`] replaces apalis's two indexes on
 //!   `lock_by` with one partial index of the jobs a worker holds (`Queued`
 //!   or `Running`), which serves every `lock_by` look-up apalis and this
-//!   crate make that is not by id. And every session of the queue's pool
+//!   crate make that is not by id. (It also drops `unique_job_id`, a copy
+//!   of the primary key that every insert and update of a job maintained
+//!   a second time.) And every session of the queue's pool
 //!   plans with [`POSTGRES_SESSION`]: each execution of a prepared
 //!   statement is planned for the table as it is now (a generic plan made
 //!   while the table was small would be kept as it grows), and joins are
@@ -92,13 +94,14 @@ pub(crate) const POSTGRES_SESSION: [(&str, &str); 3] = [
 #[cfg(feature = "postgres")]
 const HELD_JOBS_INDEX: &str = "tower_background_held_jobs";
 
-/// Creates [`HELD_JOBS_INDEX`] and drops apalis's full `lock_by` indexes,
-/// once per database; servers starting together take turns.
+/// Creates [`HELD_JOBS_INDEX`], drops apalis's full `lock_by` indexes and
+/// its second unique index on `id` (the primary key already is one), once
+/// per database; servers starting together take turns.
 #[cfg(feature = "postgres")]
-pub(crate) async fn index_postgres_held_jobs(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+pub(crate) async fn index_postgres_jobs(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     // Checked first without a lock: on every start but the first, nothing
     // is locked at all.
-    if held_jobs_indexed(pool).await? {
+    if postgres_jobs_indexed(pool).await? {
         return Ok(());
     }
     let mut tx = pool.begin().await?;
@@ -106,12 +109,13 @@ pub(crate) async fn index_postgres_held_jobs(pool: &sqlx::PgPool) -> Result<(), 
         .bind(HELD_JOBS_INDEX)
         .execute(&mut *tx)
         .await?;
-    if !held_jobs_indexed(&mut *tx).await? {
+    if !postgres_jobs_indexed(&mut *tx).await? {
         let statements = format!(
             "CREATE INDEX IF NOT EXISTS {HELD_JOBS_INDEX} ON apalis.jobs (lock_by) \
                WHERE status IN ('Queued', 'Running'); \
              DROP INDEX IF EXISTS apalis.idx_apalis_jobs_lock_by; \
-             DROP INDEX IF EXISTS apalis.lidx;"
+             DROP INDEX IF EXISTS apalis.lidx; \
+             DROP INDEX IF EXISTS apalis.unique_job_id;"
         );
         // Built from constants only.
         sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
@@ -121,13 +125,16 @@ pub(crate) async fn index_postgres_held_jobs(pool: &sqlx::PgPool) -> Result<(), 
     tx.commit().await
 }
 
-/// Whether [`HELD_JOBS_INDEX`] has replaced apalis's `lock_by` indexes.
+/// Whether the job table's indexes are those [`index_postgres_jobs`] leaves.
 #[cfg(feature = "postgres")]
-async fn held_jobs_indexed<'c>(executor: impl sqlx::PgExecutor<'c>) -> Result<bool, sqlx::Error> {
+async fn postgres_jobs_indexed<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT to_regclass('apalis.' || $1) IS NOT NULL \
          AND to_regclass('apalis.idx_apalis_jobs_lock_by') IS NULL \
-         AND to_regclass('apalis.lidx') IS NULL",
+         AND to_regclass('apalis.lidx') IS NULL \
+         AND to_regclass('apalis.unique_job_id') IS NULL",
     )
     .bind(HELD_JOBS_INDEX)
     .fetch_one(executor)

@@ -147,7 +147,7 @@ impl JobQueue {
         PostgresStorage::setup(&setup)
             .await
             .map_err(JobError::database)?;
-        planner_hints::index_postgres_held_jobs(&setup)
+        planner_hints::index_postgres_jobs(&setup)
             .await
             .map_err(JobError::database)?;
         setup.close().await;

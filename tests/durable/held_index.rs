@@ -2,8 +2,10 @@
 //! partial index of the jobs a worker holds, so that a worker's
 //! acknowledgement finds its batch by primary key rather than through
 //! every job it ever finished (SQLite's side, planner statistics, is
-//! checked by the unit tests of `src/durable/planner_hints.rs`). Servers
-//! starting together each make the change or find it made.
+//! checked by the unit tests of `src/durable/planner_hints.rs`), and drops
+//! apalis's copy of the primary key (`unique_job_id`), which every write
+//! maintained twice. Servers starting together each make the change or
+//! find it made.
 
 use sqlx::Connection;
 use tower_background::durable::JobQueue;
@@ -33,7 +35,15 @@ async fn postgres() {
         .fetch_all(&mut connection)
         .await
         .unwrap();
+        let on_id: Vec<String> = sqlx::query_scalar(
+            "SELECT indexname FROM pg_indexes \
+             WHERE schemaname = 'apalis' AND tablename = 'jobs' AND indexdef LIKE '%(id)'",
+        )
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
         let _ = connection.close().await;
+        assert_eq!(on_id, ["jobs_pkey"], "one index on id: the primary key");
         assert_eq!(on_lock_by.len(), 1, "{on_lock_by:?}");
         let (name, definition) = &on_lock_by[0];
         assert_eq!(name, "tower_background_held_jobs");
