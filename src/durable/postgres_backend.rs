@@ -389,14 +389,24 @@ mod tests {
         .execute(pool)
         .await
         .unwrap();
-        let statistics: [(&str, &[&str]); 2] = [
-            // What autovacuum records of a queue that has just drained.
+        let statistics: [(&str, &[&str]); 3] = [
+            // What autovacuum records of a queue that has just drained:
+            // no row, on the pages the table keeps or on none.
             (
                 "taken while the table held no row",
                 &[
                     FILL,
                     "DELETE FROM apalis.jobs",
                     "VACUUM (TRUNCATE false, ANALYZE) apalis.jobs",
+                    FILL,
+                ],
+            ),
+            (
+                "taken while the table held no row and no page",
+                &[
+                    FILL,
+                    "DELETE FROM apalis.jobs",
+                    "VACUUM ANALYZE apalis.jobs",
                     FILL,
                 ],
             ),
