@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::encoded::EncodedJob;
 use super::engine::Engine;
-use super::error::{JobError, NoConnection};
+use super::error::{JobError, NothingCommitted};
 use super::insert::{Inserted, JobDatabase, Rows};
 use super::job::JobId;
 
@@ -40,7 +40,9 @@ struct Request {
 enum Failure {
     /// No connection came in time: nothing was sent.
     NoConnection(String),
-    /// The database failed the batch; its commit may have gone through.
+    /// A statement gave up waiting for a lock: nothing was committed.
+    LockWait(String),
+    /// The batch failed otherwise; its commit may have gone through.
     Database(String),
 }
 
@@ -48,12 +50,16 @@ impl From<JobError> for Failure {
     fn from(error: JobError) -> Self {
         // Each push wraps the cause in its own `JobError::Database`, so it
         // gets the cause, not this error's text.
-        match error {
-            JobError::Database(cause) if cause.is::<NoConnection>() => {
+        let why = error.nothing_committed_because();
+        match (error, why) {
+            (JobError::Database(cause), Some(NothingCommitted::NoConnection)) => {
                 Self::NoConnection(cause.to_string())
             }
-            JobError::Database(cause) => Self::Database(cause.to_string()),
-            other => Self::Database(other.to_string()),
+            (JobError::Database(cause), Some(NothingCommitted::LockWait)) => {
+                Self::LockWait(cause.to_string())
+            }
+            (JobError::Database(cause), None) => Self::Database(cause.to_string()),
+            (other, _) => Self::Database(other.to_string()),
         }
     }
 }
@@ -64,6 +70,7 @@ impl From<Failure> for JobError {
             Failure::NoConnection(message) => {
                 JobError::no_connection(std::io::Error::other(message))
             }
+            Failure::LockWait(message) => JobError::lock_wait(std::io::Error::other(message)),
             Failure::Database(message) => JobError::database(std::io::Error::other(message)),
         }
     }

@@ -156,7 +156,9 @@ async fn push_until_stored(
             // connection broke after it): pushing again would fail on the
             // jobs' own ids forever. A push that got no connection sent
             // nothing, and is not checked: the check would wait for a
-            // connection from the same exhausted pool, a second time.
+            // connection from the same exhausted pool, a second time. Nor
+            // is one that gave up waiting for a lock: it was rolled back,
+            // and the check would wait behind the same lock.
             stored = Ok(jobs.iter().map(|job| Inserted::New(job.id)).collect());
         }
         let error = match stored {

@@ -70,16 +70,48 @@ impl JobError {
     /// A [`Database`](Self::Database) error met before any statement was
     /// sent: the pool gave no connection in time.
     pub(crate) fn no_connection(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::Database(Box::new(NoConnection(Box::new(error))))
+        Self::nothing_committed(NothingCommitted::NoConnection, error)
+    }
+
+    /// A [`Database`](Self::Database) error met when a statement gave up
+    /// waiting for a lock: the transaction was rolled back.
+    pub(crate) fn lock_wait(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::nothing_committed(NothingCommitted::LockWait, error)
+    }
+
+    fn nothing_committed(
+        why: NothingCommitted,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Database(Box::new(Uncommitted {
+            why,
+            cause: Box::new(error),
+        }))
     }
 
     /// Whether the write that failed may have been committed all the same,
     /// its answer lost: any database error but one met before a statement
-    /// was sent.
+    /// was sent or when a statement gave up waiting for a lock. (Other
+    /// errors the database answers with are checked too: a push retried
+    /// after a commit whose answer was lost fails on its own job's id.)
     pub(crate) fn may_have_committed(&self) -> bool {
-        match self {
-            Self::Database(cause) => !cause.is::<NoConnection>(),
-            _ => false,
+        matches!(self, Self::Database(_)) && self.nothing_committed_because().is_none()
+    }
+
+    /// Why nothing of the write that failed was committed, when that is
+    /// certain.
+    pub(crate) fn nothing_committed_because(&self) -> Option<NothingCommitted> {
+        let Self::Database(cause) = self else {
+            return None;
+        };
+        if let Some(uncommitted) = cause.downcast_ref::<Uncommitted>() {
+            return Some(uncommitted.why);
+        }
+        match sqlx_error(&**cause) {
+            Some(sqlx::Error::Database(error)) if gave_up_on_a_lock(&**error) => {
+                Some(NothingCommitted::LockWait)
+            }
+            _ => None,
         }
     }
 
@@ -157,22 +189,67 @@ impl std::error::Error for JobError {
     }
 }
 
-/// The cause of a [`JobError::Database`] met before any statement was sent
-/// (no connection came within the pool's acquire timeout): what was to be
-/// written certainly was not. It shows as the error it wraps.
-#[derive(Debug)]
-pub(crate) struct NoConnection(Box<dyn std::error::Error + Send + Sync>);
+/// Why a failed write certainly committed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NothingCommitted {
+    /// No connection came within the pool's acquire timeout: no statement
+    /// was sent.
+    NoConnection,
+    /// A statement gave up waiting for a lock (PostgreSQL's
+    /// `lock_timeout`, SQLite's busy timeout): the transaction was rolled
+    /// back.
+    LockWait,
+}
 
-impl fmt::Display for NoConnection {
+/// The cause of a [`JobError::Database`] known to have committed nothing,
+/// and why. It shows as the error it wraps.
+#[derive(Debug)]
+struct Uncommitted {
+    why: NothingCommitted,
+    cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl fmt::Display for Uncommitted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        self.cause.fmt(f)
     }
 }
 
-impl std::error::Error for NoConnection {
+impl std::error::Error for Uncommitted {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        self.cause.source()
     }
+}
+
+/// Whether the database failed a statement because it waited too long for
+/// a lock: PostgreSQL's `lock_not_available` (`lock_timeout`), SQLite's
+/// `SQLITE_BUSY` or `SQLITE_LOCKED` (any extended code).
+fn gave_up_on_a_lock(error: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = error.code() else {
+        return false;
+    };
+    code == "55P03"
+        || code
+            .parse::<i32>()
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+}
+
+/// The sqlx error `cause` is, or that apalis's error wraps.
+fn sqlx_error<'e>(
+    cause: &'e (dyn std::error::Error + Send + Sync + 'static),
+) -> Option<&'e sqlx::Error> {
+    if let Some(error) = cause.downcast_ref::<sqlx::Error>() {
+        return Some(error);
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(apalis_postgres::Error::Database(error)) = cause.downcast_ref() {
+        return Some(error);
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(apalis_sqlite::Error::Database(error)) = cause.downcast_ref() {
+        return Some(error);
+    }
+    None
 }
 
 #[cfg(feature = "axum")]

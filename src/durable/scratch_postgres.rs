@@ -43,6 +43,8 @@ impl ScratchDatabase {
     }
 
     /// Closes `queue` and drops the database.
+    // With one engine enabled, matching the queue's engine cannot fail.
+    #[allow(irrefutable_let_patterns)]
     pub(crate) async fn remove(mut self, queue: JobQueue) {
         if let super::engine::Engine::Postgres(pool) = &queue.engine {
             pool.close().await;

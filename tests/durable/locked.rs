@@ -2,8 +2,9 @@
 //! `ALTER TABLE`, a `VACUUM FULL`) fails after [`LOCK_TIMEOUT`] rather than
 //! wait as long as the lock is held, even behind a deferred push whose
 //! commit already waits for the lock (it does not wait for that commit and
-//! then for its own); the deferred push is stored once the lock is gone,
-//! once.
+//! then for its own); the deferred push, failed by the same timeout,
+//! retries without first waiting behind the lock to check whether it was
+//! stored, and is stored once the lock is gone, once.
 //!
 //! SQLite's side is the locked file of [`crate::db_down`]: its writers wait
 //! the busy timeout.
@@ -54,6 +55,20 @@ async fn a_push_blocked_by_a_lock_fails_after_lock_timeout(db: Db) {
     assert!(error.to_string().contains("lock timeout"), "{error}");
     assert_eq!(queue.stats().pushed_deferred, 0);
     println!("the push waited {waited:?}, then: {error}");
+
+    // The deferred push's commit timed out too, before the push's. A lock
+    // timeout rolls the transaction back: nothing was committed, so the
+    // deferred push goes straight to its retry, without looking for its
+    // job first (a look-up that would wait behind the same lock).
+    let retried = Instant::now();
+    while queue.stats().push_retries == 0 {
+        assert!(
+            retried.elapsed() < MARGIN,
+            "the deferred push still waits, {:?} after its commit timed out",
+            started.elapsed() + retried.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut migration)
