@@ -37,41 +37,36 @@ struct Request {
 
 /// Why a batch was not stored, told to each of its pushes.
 #[derive(Clone, Debug)]
-enum Failure {
-    /// No connection came in time: nothing was sent.
-    NoConnection(String),
-    /// A statement gave up waiting for a lock: nothing was committed.
-    LockWait(String),
-    /// The batch failed otherwise; its commit may have gone through.
-    Database(String),
+struct Failure {
+    /// The cause's text (each push wraps it in a `JobError` of its own).
+    message: String,
+    /// Why nothing was committed, when that is certain; otherwise the
+    /// commit may have gone through.
+    nothing_committed: Option<NothingCommitted>,
 }
 
 impl From<JobError> for Failure {
     fn from(error: JobError) -> Self {
+        let nothing_committed = error.nothing_committed_because();
         // Each push wraps the cause in its own `JobError::Database`, so it
         // gets the cause, not this error's text.
-        let why = error.nothing_committed_because();
-        match (error, why) {
-            (JobError::Database(cause), Some(NothingCommitted::NoConnection)) => {
-                Self::NoConnection(cause.to_string())
-            }
-            (JobError::Database(cause), Some(NothingCommitted::LockWait)) => {
-                Self::LockWait(cause.to_string())
-            }
-            (JobError::Database(cause), None) => Self::Database(cause.to_string()),
-            (other, _) => Self::Database(other.to_string()),
+        let message = match error {
+            JobError::Database(cause) => cause.to_string(),
+            other => other.to_string(),
+        };
+        Self {
+            message,
+            nothing_committed,
         }
     }
 }
 
 impl From<Failure> for JobError {
     fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::NoConnection(message) => {
-                JobError::no_connection(std::io::Error::other(message))
-            }
-            Failure::LockWait(message) => JobError::lock_wait(std::io::Error::other(message)),
-            Failure::Database(message) => JobError::database(std::io::Error::other(message)),
+        let cause = std::io::Error::other(failure.message);
+        match failure.nothing_committed {
+            Some(why) => JobError::nothing_committed(why, cause),
+            None => JobError::database(cause),
         }
     }
 }

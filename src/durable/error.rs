@@ -73,13 +73,9 @@ impl JobError {
         Self::nothing_committed(NothingCommitted::NoConnection, error)
     }
 
-    /// A [`Database`](Self::Database) error met when a statement gave up
-    /// waiting for a lock: the transaction was rolled back.
-    pub(crate) fn lock_wait(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::nothing_committed(NothingCommitted::LockWait, error)
-    }
-
-    fn nothing_committed(
+    /// A [`Database`](Self::Database) error known to have committed
+    /// nothing, for the reason `why`.
+    pub(crate) fn nothing_committed(
         why: NothingCommitted,
         error: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {

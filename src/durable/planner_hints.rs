@@ -200,11 +200,9 @@ mod tests {
 }
 
 #[cfg(all(test, feature = "postgres"))]
-#[allow(irrefutable_let_patterns)]
 mod postgres_tests {
     use super::POSTGRES_SESSION;
-    use crate::durable::engine::Engine;
-    use crate::durable::scratch_postgres::ScratchDatabase;
+    use crate::durable::scratch_postgres::{self, ScratchDatabase};
 
     /// Every connection of a PostgreSQL queue plans with
     /// [`POSTGRES_SESSION`]. Needs `DATABASE_URL`; without it, says so and
@@ -214,9 +212,7 @@ mod postgres_tests {
         let Some((database, queue)) = ScratchDatabase::queue("session").await else {
             return;
         };
-        let Engine::Postgres(pool) = &queue.engine else {
-            unreachable!("a PostgreSQL queue")
-        };
+        let pool = scratch_postgres::pool(&queue);
         let mut connections = Vec::new();
         for _ in 0..3 {
             connections.push(pool.acquire().await.unwrap());

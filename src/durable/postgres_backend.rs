@@ -339,8 +339,6 @@ fn task_from_row(row: &PgRow) -> Result<PgTask, Error> {
 }
 
 #[cfg(test)]
-// With one engine enabled, matching the queue's engine cannot fail.
-#[allow(irrefutable_let_patterns)]
 mod tests {
     use apalis_core::backend::TaskResult;
     use apalis_core::task::status::Status;
@@ -349,8 +347,7 @@ mod tests {
     use sqlx::PgPool;
 
     use super::{Outcomes, ACKNOWLEDGE};
-    use crate::durable::engine::Engine;
-    use crate::durable::scratch_postgres::ScratchDatabase;
+    use crate::durable::scratch_postgres::{self, ScratchDatabase};
 
     const WORKER: &str = "plan-probe";
 
@@ -378,9 +375,7 @@ mod tests {
         let Some((database, queue)) = ScratchDatabase::queue("acknowledge_plan").await else {
             return;
         };
-        let Engine::Postgres(pool) = &queue.engine else {
-            unreachable!("a PostgreSQL queue")
-        };
+        let pool = scratch_postgres::pool(&queue);
         sqlx::query(
             "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen) \
              VALUES ($1, 'probe', 'PgStorage', '', NOW())",

@@ -43,12 +43,8 @@ impl ScratchDatabase {
     }
 
     /// Closes `queue` and drops the database.
-    // With one engine enabled, matching the queue's engine cannot fail.
-    #[allow(irrefutable_let_patterns)]
     pub(crate) async fn remove(mut self, queue: JobQueue) {
-        if let super::engine::Engine::Postgres(pool) = &queue.engine {
-            pool.close().await;
-        }
+        pool(&queue).close().await;
         drop(queue);
         self.drop_if_exists().await;
     }
@@ -60,4 +56,14 @@ impl ScratchDatabase {
             .await
             .unwrap();
     }
+}
+
+/// The pool of a PostgreSQL queue.
+// With one engine enabled, matching the queue's engine cannot fail.
+#[allow(irrefutable_let_patterns)]
+pub(crate) fn pool(queue: &JobQueue) -> &sqlx::PgPool {
+    let super::engine::Engine::Postgres(pool) = &queue.engine else {
+        unreachable!("a PostgreSQL queue")
+    };
+    pool
 }
