@@ -22,18 +22,16 @@
 //!   or `Running`), which serves every `lock_by` look-up apalis and this
 //!   crate make that is not by id. (It also drops `unique_job_id`, a copy
 //!   of the primary key that every insert and update of a job maintained
-//!   a second time.) And every session of the queue's pool
-//!   plans with [`POSTGRES_SESSION`]: each execution of a prepared
-//!   statement is planned for the table as it is now (a generic plan made
-//!   while the table was small would be kept as it grows), and joins are
-//!   nested loops, the plan for a batch of ids. The pool runs only the
-//!   queue's own statements (a transaction given to `push_in` is the
-//!   caller's, with the caller's settings). One trap is left that neither
-//!   removes: statistics taken while the table held no row make PostgreSQL
-//!   plan every statement for a one-row table, whatever its size now. The
-//!   workers' claim and acknowledgement therefore name their rows by id
-//!   (`postgres_backend.rs`), which no estimate can turn into a walk of
-//!   the table.
+//!   a second time.) And every session of the queue's pool plans with
+//!   [`POSTGRES_SESSION`]: no sort where an index gives the order, and
+//!   joins by nested loops, the plan for a batch of ids. The pool runs
+//!   only the queue's own statements (a transaction given to `push_in` is
+//!   the caller's, with the caller's settings). One trap is left that
+//!   neither removes: statistics taken while the table held no row make
+//!   PostgreSQL plan every statement for a one-row table, whatever its
+//!   size now. The workers' claim and acknowledgement therefore name their
+//!   rows by id (`postgres_backend.rs`), which no estimate can turn into a
+//!   walk of the table.
 //!
 //! The statistics and the index are idempotent and set each time a queue
 //! connects.
@@ -83,9 +81,22 @@ pub(crate) async fn state_sqlite_statistics(pool: &sqlx::SqlitePool) -> Result<(
 }
 
 /// Settings of every session of a PostgreSQL queue's pool.
+///
+/// - No sort where an index gives the order: a claim takes the first jobs
+///   in the fetch index's order. Under statistics taken while the table
+///   held no row, PostgreSQL would rather read every job of the type and
+///   sort them, once per claim.
+/// - Joins by nested loops: the queue's statements join a batch of ids (or
+///   a few workers) to the job table's indexes, which a hash or merge join
+///   would read whole.
+///
+/// Prepared statements keep PostgreSQL's choice of plan (`plan_cache_mode`
+/// left alone): planned at each execution, the foreign-key check that a
+/// claim runs for each job it claims (`lock_by` names a worker) would be
+/// planned again for every job.
 #[cfg(feature = "postgres")]
 pub(crate) const POSTGRES_SESSION: [(&str, &str); 3] = [
-    ("plan_cache_mode", "force_custom_plan"),
+    ("enable_sort", "off"),
     ("enable_hashjoin", "off"),
     ("enable_mergejoin", "off"),
 ];
@@ -205,8 +216,10 @@ mod postgres_tests {
     use crate::durable::scratch_postgres::{self, ScratchDatabase};
 
     /// Every connection of a PostgreSQL queue plans with
-    /// [`POSTGRES_SESSION`]. Needs `DATABASE_URL`; without it, says so and
-    /// passes.
+    /// [`POSTGRES_SESSION`], and keeps a prepared statement's generic plan
+    /// once PostgreSQL has chosen it (a foreign-key check that runs once
+    /// per claimed job is planned once per session, not once per job).
+    /// Needs `DATABASE_URL`; without it, says so and passes.
     #[tokio::test]
     async fn every_postgres_session_plans_for_batches() {
         let Some((database, queue)) = ScratchDatabase::queue("session").await else {
@@ -226,6 +239,26 @@ mod postgres_tests {
                         .unwrap();
                 assert_eq!(shown, value, "{setting}");
             }
+            // PostgreSQL plans a prepared statement for its parameters five
+            // times, then weighs a generic plan; this one has no better.
+            for _ in 0..8 {
+                sqlx::query("SELECT 1 FROM apalis.workers WHERE id = $1 FOR KEY SHARE")
+                    .bind("no-such-worker")
+                    .fetch_optional(&mut **connection)
+                    .await
+                    .unwrap();
+            }
+            let generic: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(generic_plans), 0) FROM pg_prepared_statements \
+                 WHERE statement LIKE 'SELECT 1 FROM apalis.workers%'",
+            )
+            .fetch_one(&mut **connection)
+            .await
+            .unwrap();
+            assert!(
+                generic > 0,
+                "eight executions of a look-up by primary key were all planned again"
+            );
         }
         drop(connections);
         database.remove(queue).await;

@@ -346,7 +346,7 @@ mod tests {
     use serde_json::Value;
     use sqlx::PgPool;
 
-    use super::{Outcomes, ACKNOWLEDGE};
+    use super::{Outcomes, ACKNOWLEDGE, CLAIM};
     use crate::durable::scratch_postgres::{self, ScratchDatabase};
 
     const WORKER: &str = "plan-probe";
@@ -356,8 +356,9 @@ mod tests {
         INSERT INTO apalis.jobs (id, job_type, job) \
             SELECT 'job-' || g, 'probe', '\\x00' FROM generate_series(1, 20000) AS g";
 
-    /// Jobs the probed acknowledgement writes: a large write (outcomes
-    /// gather while the previous write is in flight).
+    /// Jobs a probed statement claims or acknowledges: a large batch (a
+    /// worker's prefetch may be set this large, and outcomes gather while
+    /// the previous write is in flight).
     const BATCH: i64 = 300;
 
     /// Rows the plan's steps may examine per job written, every repeat
@@ -366,13 +367,38 @@ mod tests {
     /// table, the table's.
     const ROWS_PER_JOB: i64 = 10;
 
+    /// A claim examines a few rows per job, whatever the statistics say:
+    /// it reads its jobs in the fetch index's order rather than every job
+    /// of the type, sorted. Needs `DATABASE_URL`; without it, says so and
+    /// passes.
+    #[tokio::test]
+    async fn a_claim_examines_a_few_rows_per_job() {
+        examines_a_few_rows_per_job("claim_plan", Probed::Claim).await;
+    }
+
     /// The acknowledgement examines a few rows per job, whatever the
     /// statistics say: its cost grows with its batch, not with the batch's
     /// square nor with the table. Needs `DATABASE_URL`; without it, says so
     /// and passes.
     #[tokio::test]
     async fn an_acknowledgement_examines_a_few_rows_per_job() {
-        let Some((database, queue)) = ScratchDatabase::queue("acknowledge_plan").await else {
+        examines_a_few_rows_per_job("acknowledge_plan", Probed::Acknowledge).await;
+    }
+
+    /// A worker statement whose plan is probed.
+    #[derive(Clone, Copy, Debug)]
+    enum Probed {
+        /// [`CLAIM`] of [`BATCH`] jobs.
+        Claim,
+        /// [`ACKNOWLEDGE`] of [`BATCH`] held jobs.
+        Acknowledge,
+    }
+
+    /// Plans and runs `probed` on a queue's pool under each state of the
+    /// statistics a queue's table goes through, with each plan PostgreSQL
+    /// may give it, and bounds the rows each examines per job.
+    async fn examines_a_few_rows_per_job(name: &str, probed: Probed) {
+        let Some((database, queue)) = ScratchDatabase::queue(name).await else {
             return;
         };
         let pool = scratch_postgres::pool(&queue);
@@ -385,8 +411,14 @@ mod tests {
         .await
         .unwrap();
         let statistics: [(&str, &[&str]); 3] = [
-            // What autovacuum records of a queue that has just drained:
-            // no row, on the pages the table keeps or on none.
+            (
+                "taken before any job was held",
+                &[FILL, "ANALYZE apalis.jobs"],
+            ),
+            // What autovacuum records of a queue that has drained since:
+            // no row, on the pages the table keeps or on none (and the
+            // columns as they were, as an `ANALYZE` that samples no row
+            // leaves them).
             (
                 "taken while the table held no row",
                 &[
@@ -405,30 +437,86 @@ mod tests {
                     FILL,
                 ],
             ),
-            (
-                "taken before any job was held",
-                &[FILL, "ANALYZE apalis.jobs"],
-            ),
         ];
         for (statistics, statements) in statistics {
             for statement in statements {
                 // One at a time: `VACUUM` runs outside a transaction.
                 sqlx::raw_sql(*statement).execute(pool).await.unwrap();
             }
-            let plan = acknowledgement_plan(pool).await;
-            let examined: i64 = nodes(&plan).into_iter().map(rows_examined).sum();
-            assert!(
-                examined <= ROWS_PER_JOB * BATCH,
-                "with statistics {statistics}, {BATCH} jobs examined {examined} rows: {plan:#}"
-            );
+            for (planned, plan) in plans(pool, probed).await {
+                let examined: i64 = nodes(&plan).into_iter().map(rows_examined).sum();
+                assert!(
+                    examined <= ROWS_PER_JOB * BATCH,
+                    "{probed:?} {planned}, with statistics {statistics}: {BATCH} jobs \
+                     examined {examined} rows: {plan:#}"
+                );
+            }
         }
         database.remove(queue).await;
     }
 
-    /// Claims [`BATCH`] jobs for [`WORKER`], then plans and runs
-    /// [`ACKNOWLEDGE`] for them in a transaction that is rolled back.
-    async fn acknowledgement_plan(pool: &PgPool) -> Value {
-        let mut tx = pool.begin().await.unwrap();
+    /// Prepares `probed` as the worker's connection does (a statement
+    /// kept by the session), then runs it twice in a transaction that is
+    /// rolled back: planned for its parameters, as its first executions
+    /// are, then with the generic plan PostgreSQL may keep for the later
+    /// ones. The plans, each with how it was planned.
+    async fn plans(pool: &PgPool, probed: Probed) -> Vec<(&'static str, Value)> {
+        let mut connection = pool.acquire().await.unwrap();
+        let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+        let (prepare, execute, arguments) = match probed {
+            Probed::Claim => (
+                format!("PREPARE probed (TEXT, TEXT, INT8) AS {CLAIM}"),
+                "EXECUTE probed (%1$L, 'probe', %2$s)",
+                BATCH.to_string(),
+            ),
+            Probed::Acknowledge => (
+                format!("PREPARE probed (JSONB, TEXT) AS {ACKNOWLEDGE}"),
+                "EXECUTE probed (%2$L::JSONB, %1$L)",
+                held_outcomes(&mut tx).await.to_string(),
+            ),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // `EXECUTE` takes no parameters of its own: its arguments are
+        // quoted into it.
+        let execute: String = sqlx::query_scalar("SELECT format($1, $2, $3)")
+            .bind(execute)
+            .bind(WORKER)
+            .bind(arguments)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let mut plans = Vec::new();
+        for (planned, mode) in [
+            ("planned for its parameters", "force_custom_plan"),
+            ("with a generic plan", "force_generic_plan"),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SET LOCAL plan_cache_mode = {mode}"
+            )))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {execute}");
+            let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            plans.push((planned, plan));
+        }
+        tx.rollback().await.unwrap();
+        sqlx::raw_sql("DEALLOCATE probed")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        plans
+    }
+
+    /// Claims [`BATCH`] jobs for [`WORKER`]; their outcomes, as
+    /// [`ACKNOWLEDGE`] takes them.
+    async fn held_outcomes(tx: &mut sqlx::PgConnection) -> Value {
         let ids: Vec<String> = sqlx::query_scalar(
             "UPDATE apalis.jobs SET status = 'Queued', lock_by = $1, lock_at = NOW() \
              WHERE id IN (SELECT id FROM apalis.jobs ORDER BY id LIMIT $2) RETURNING id",
@@ -448,15 +536,7 @@ mod tests {
             };
             outcomes.push(&done).unwrap();
         }
-        let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {ACKNOWLEDGE}");
-        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
-            .bind(sqlx::types::Json(&outcomes.by_id))
-            .bind(WORKER)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        tx.rollback().await.unwrap();
-        plan
+        Value::Object(outcomes.by_id)
     }
 
     /// Every step of an `EXPLAIN (FORMAT JSON)` plan.
@@ -478,6 +558,7 @@ mod tests {
         let per_loop = |key: &str| node[key].as_f64().unwrap_or_default();
         let rows = per_loop("Actual Rows")
             + per_loop("Rows Removed by Filter")
+            + per_loop("Rows Removed by Index Recheck")
             + per_loop("Rows Removed by Join Filter");
         (rows * per_loop("Actual Loops")).round() as i64
     }
