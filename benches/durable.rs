@@ -13,7 +13,8 @@
 //! other through the real layer, the response body read to its end, N
 //! requests in all (10 000, 400 with `--quick`: enough that a run's rate
 //! is the sustained one, not the first and last commits', and no more than
-//! a queue's default `max_pending`, so no deferred job is refused). Each
+//! a queue's default `max_pending`, so no deferred job is refused: `--jobs`
+//! is capped there). Each
 //! handler does one of:
 //!
 //! - `add`: `tasks.add` of a trivial task (the in-process baseline);
@@ -89,7 +90,10 @@
 //!
 //! Other options (after `--`): `--rounds N`, `--jobs N` (per throughput
 //! run), `--latency-jobs K`, `--exec-jobs E` (per ceiling and execution
-//! run: 20 000, 2 000 with `--quick`). Prints a progress line per run to stderr, then
+//! run: 20 000, 2 000 with `--quick`), `--prefetch N` (a second
+//! workers run with `Workers::prefetch(N)`, reported beside the default's:
+//! graphile-worker's 41 000/s was measured with a local queue of 500 jobs
+//! at concurrency 24, where our default holds 64). Prints a progress line per run to stderr, then
 //! the tables to stdout. Run without `--bench` (as `cargo test --benches`
 //! does) it makes one small pass. Every wait is bounded; everything stops
 //! by itself.
@@ -110,8 +114,8 @@ use tokio::runtime::Runtime;
 use tokio::time::{sleep, sleep_until};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_background::durable::{
-    Job, JobFailure, JobQueue, Workers, DEFAULT_HEARTBEAT, DEFAULT_POLL_INTERVAL,
-    DEFAULT_PREFETCH_MULTIPLIER,
+    Job, JobFailure, JobQueue, Workers, DEFAULT_HEARTBEAT, DEFAULT_MAX_PENDING,
+    DEFAULT_POLL_INTERVAL, DEFAULT_PREFETCH_MULTIPLIER,
 };
 use tower_background::Supervisor;
 
@@ -231,6 +235,9 @@ struct Config {
     latency_jobs: usize,
     /// Rows per execution run (the ceiling's and the workers').
     exec_jobs: usize,
+    /// With `--prefetch N`: a second workers run with `Workers::prefetch(N)`,
+    /// beside the one with the default.
+    prefetch: Option<usize>,
 }
 
 impl Config {
@@ -248,6 +255,7 @@ impl Config {
             jobs,
             latency_jobs,
             exec_jobs,
+            prefetch: None,
         };
         let mut flags = Flags::new("durable", args);
         while let Some(flag) = flags.next() {
@@ -256,13 +264,17 @@ impl Config {
                 "--jobs" => config.jobs = parse(&flags.value("--jobs")),
                 "--latency-jobs" => config.latency_jobs = parse(&flags.value("--latency-jobs")),
                 "--exec-jobs" => config.exec_jobs = parse(&flags.value("--exec-jobs")),
+                "--prefetch" => config.prefetch = Some(parse(&flags.value("--prefetch"))),
                 other => flags.ignore(other),
             }
         }
         config.rounds = config.rounds.clamp(1, 50);
-        config.jobs = config.jobs.clamp(16, 100_000);
+        // More would be refused by the default `max_pending`, which the
+        // `enqueue` runs measure with.
+        config.jobs = config.jobs.clamp(16, DEFAULT_MAX_PENDING);
         config.latency_jobs = config.latency_jobs.clamp(2, 10_000);
         config.exec_jobs = config.exec_jobs.clamp(16, 1_000_000);
+        config.prefetch = config.prefetch.map(|jobs| jobs.clamp(1, 100_000));
         config
     }
 }
@@ -974,6 +986,8 @@ struct LimitsRun {
     one_loop_claim: f64,
     /// `Workers` with concurrency 16 running no-op jobs, jobs/s.
     executed: f64,
+    /// The same with `--prefetch N`'s prefetch.
+    executed_prefetch: Option<f64>,
 }
 
 /// Rows/s of raw inserts into apalis's job table: `rows` in transactions
@@ -1145,10 +1159,14 @@ async fn claim_loops(database: &Database, rows: usize, table: Table, claimers: u
 }
 
 /// `JobQueue::push_all` of `jobs` no-op jobs, [`INSERT_BATCH`] at a time
-/// (jobs/s), then `Workers` with concurrency 16 started on them: jobs/s
-/// from the start of the workers until this process counts every job
-/// succeeded.
-async fn push_all_then_execute(database: &Database, jobs: usize) -> (f64, f64) {
+/// (jobs/s), then `Workers` with concurrency 16 (and `prefetch`, if given)
+/// started on them: jobs/s from the start of the workers until this
+/// process counts every job succeeded.
+async fn push_all_then_execute(
+    database: &Database,
+    jobs: usize,
+    prefetch: Option<usize>,
+) -> (f64, f64) {
     let queue = &database.queue;
     let before = queue.stats();
     let all: Vec<Noop> = (0..jobs).map(|_| Noop::with_seq(next_seq())).collect();
@@ -1160,11 +1178,15 @@ async fn push_all_then_execute(database: &Database, jobs: usize) -> (f64, f64) {
 
     let supervisor = Supervisor::new();
     let started = Instant::now();
-    Workers::new(queue)
+    let workers = Workers::new(queue)
         .register::<Noop>()
         .concurrency(16)
-        .name(format!("bench-noop-{}", next_seq()))
-        .spawn(&supervisor);
+        .name(format!("bench-noop-{}", next_seq()));
+    match prefetch {
+        Some(jobs) => workers.prefetch(jobs),
+        None => workers,
+    }
+    .spawn(&supervisor);
     let deadline = started + DRAIN_TIMEOUT * 5;
     while queue.stats().succeeded - before.succeeded < jobs as u64 {
         assert!(Instant::now() < deadline, "the no-op jobs did not finish");
@@ -1188,7 +1210,15 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
         Engine::Postgres => self::claim_ceiling(database, config.exec_jobs, 1).await,
     };
     database.scratch_reset().await;
-    let (push_all, executed) = push_all_then_execute(database, config.exec_jobs).await;
+    let (push_all, executed) = push_all_then_execute(database, config.exec_jobs, None).await;
+    let executed_prefetch = match config.prefetch {
+        Some(prefetch) => Some(
+            push_all_then_execute(database, config.exec_jobs, Some(prefetch))
+                .await
+                .1,
+        ),
+        None => None,
+    };
     LimitsRun {
         engine: database.engine,
         insert_ceiling,
@@ -1199,6 +1229,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
         minimal_claim,
         one_loop_claim,
         executed,
+        executed_prefetch,
     }
 }
 
@@ -1440,6 +1471,12 @@ fn main() {
                     run.one_loop_claim,
                     run.executed,
                 );
+                if let (Some(prefetch), Some(executed)) = (config.prefetch, run.executed_prefetch) {
+                    eprintln!(
+                        "round {round} limits {:<8} workers at prefetch {prefetch} {executed:>6.0}/s",
+                        run.engine.key(),
+                    );
+                }
                 runs.push(run);
             }
             limits_rounds.push(runs);
@@ -1472,6 +1509,7 @@ fn main() {
             &limits_rounds,
             &throughput_rounds,
             &latency_rounds,
+            config.prefetch,
         );
     }
 
@@ -1574,6 +1612,7 @@ fn print_limits(
     limits: &[Vec<LimitsRun>],
     throughput: &[Vec<ThroughputRun>],
     latency: &[Vec<LatencyRun>],
+    prefetch: Option<usize>,
 ) {
     let e = engine.key();
     // Per round: the figures by name.
@@ -1585,7 +1624,7 @@ fn print_limits(
             let run = limits.iter().find(|run| run.engine == engine)?;
             let put = |key: String| throughput.iter().find(|run| run.key == key);
             let lat = |key: String| latency.iter().find(|run| run.key == key);
-            Some(HashMap::from([
+            let mut figures = HashMap::from([
                 ("insert", run.insert_ceiling),
                 ("minimal", run.minimal_insert),
                 ("one_commit", run.one_commit),
@@ -1608,7 +1647,11 @@ fn print_limits(
                 ("executed", run.executed),
                 ("lat_now", lat(format!("{e}/enqueue_now"))?.p(0.5)),
                 ("lat_deferred", lat(format!("{e}/enqueue"))?.p(0.5)),
-            ]))
+            ]);
+            if let Some(executed) = run.executed_prefetch {
+                figures.insert("executed_prefetch", executed);
+            }
+            Some(figures)
         })
         .collect();
     if rounds.is_empty() {
@@ -1658,6 +1701,13 @@ fn print_limits(
         );
     }
     rate("Workers, concurrency 16, no-op jobs/s", "executed");
+    let prefetch = prefetch.filter(|_| rounds.iter().all(|r| r.contains_key("executed_prefetch")));
+    if let Some(prefetch) = prefetch {
+        rate(
+            &format!("Workers, concurrency 16, prefetch {prefetch}, no-op jobs/s"),
+            "executed_prefetch",
+        );
+    }
     let mut ratio = |what: &str, target: &str, f: &dyn Fn(&HashMap<&str, f64>) -> f64| {
         let (m, per_round) = of(f);
         rows.push(vec![
@@ -1685,6 +1735,20 @@ fn print_limits(
         ratio("Workers ÷ graphile-worker's 41 000/s", "> 1", &|r| {
             r["executed"] / GRAPHILE_WORKER
         });
+    }
+    if let Some(prefetch) = prefetch {
+        ratio(
+            &format!("Workers at prefetch {prefetch} ÷ (2)"),
+            "",
+            &|r| r["executed_prefetch"] / r["claim"],
+        );
+        if engine == Engine::Postgres {
+            ratio(
+                &format!("Workers at prefetch {prefetch} ÷ 41 000/s"),
+                "",
+                &|r| r["executed_prefetch"] / GRAPHILE_WORKER,
+            );
+        }
     }
     let mut latency = |what: &str, target: &str, key: &str| {
         let values: Vec<f64> = rounds.iter().map(|r| r[key]).collect();
