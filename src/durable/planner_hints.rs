@@ -23,8 +23,9 @@
 //!   crate make that is not by id. (It also drops `unique_job_id`, a copy
 //!   of the primary key that every insert and update of a job maintained
 //!   a second time.) And every session of the queue's pool plans with
-//!   [`POSTGRES_SESSION`]: no sort where an index gives the order, and
-//!   joins by nested loops, the plan for a batch of ids. The pool runs
+//!   [`POSTGRES_SESSION`]: no sort where an index gives the order, joins
+//!   by nested loops, the plan for a batch of ids, and no JIT compilation.
+//!   The pool runs
 //!   only the queue's own statements (a transaction given to `push_in` is
 //!   the caller's, with the caller's settings). One trap is left that
 //!   neither removes: statistics taken while the table held no row make
@@ -89,16 +90,22 @@ pub(crate) async fn state_sqlite_statistics(pool: &sqlx::SqlitePool) -> Result<(
 /// - Joins by nested loops: the queue's statements join a batch of ids (or
 ///   a few workers) to the job table's indexes, which a hash or merge join
 ///   would read whole.
+/// - No JIT compilation: every statement of the queue takes a millisecond
+///   or so, and compiling one costs hundreds. The one whose estimate
+///   crosses `jit_above_cost` is sqlx's look-up of the `hstore` type (the
+///   `metadata` column's), which each new connection runs once: compiled,
+///   it held that connection's first push or claim for about 200 ms.
 ///
 /// Prepared statements keep PostgreSQL's choice of plan (`plan_cache_mode`
 /// left alone): planned at each execution, the foreign-key check that a
 /// claim runs for each job it claims (`lock_by` names a worker) would be
 /// planned again for every job.
 #[cfg(feature = "postgres")]
-pub(crate) const POSTGRES_SESSION: [(&str, &str); 3] = [
+pub(crate) const POSTGRES_SESSION: [(&str, &str); 4] = [
     ("enable_sort", "off"),
     ("enable_hashjoin", "off"),
     ("enable_mergejoin", "off"),
+    ("jit", "off"),
 ];
 
 /// The partial index that replaces apalis's `lock_by` indexes.
@@ -216,10 +223,12 @@ mod postgres_tests {
     use crate::durable::scratch_postgres::{self, ScratchDatabase};
 
     /// Every connection of a PostgreSQL queue plans with
-    /// [`POSTGRES_SESSION`], and keeps a prepared statement's generic plan
-    /// once PostgreSQL has chosen it (a foreign-key check that runs once
-    /// per claimed job is planned once per session, not once per job).
-    /// Needs `DATABASE_URL`; without it, says so and passes.
+    /// [`POSTGRES_SESSION`], compiles nothing (a new connection's look-up
+    /// of `hstore` is not held up by LLVM), and keeps a prepared
+    /// statement's generic plan once PostgreSQL has chosen it (a
+    /// foreign-key check that runs once per claimed job is planned once
+    /// per session, not once per job). Needs `DATABASE_URL`; without it,
+    /// says so and passes.
     #[tokio::test]
     async fn every_postgres_session_plans_for_batches() {
         let Some((database, queue)) = ScratchDatabase::queue("session").await else {
@@ -239,6 +248,14 @@ mod postgres_tests {
                         .unwrap();
                 assert_eq!(shown, value, "{setting}");
             }
+            let jit: String = sqlx::query_scalar("SHOW jit")
+                .fetch_one(&mut **connection)
+                .await
+                .unwrap();
+            assert_eq!(
+                jit, "off",
+                "PostgreSQL's default, on, compiles sqlx's type look-up"
+            );
             // PostgreSQL plans a prepared statement for its parameters five
             // times, then weighs a generic plan; this one has no better.
             for _ in 0..8 {
