@@ -54,6 +54,11 @@ pub trait JobDatabase: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const ENGINE: &'static str;
 
+    /// The most rows one [`insert_many`](Self::insert_many) statement
+    /// holds: up to this many plain jobs of one type are one statement.
+    #[doc(hidden)]
+    const ROWS_PER_STATEMENT: usize;
+
     /// Inserts a job on `connection`. With `key_held_for_good`, a unique
     /// key is never given up by a finished job (a periodic job's tick).
     #[doc(hidden)]
@@ -70,7 +75,8 @@ pub trait JobDatabase: sqlx::Database + sealed::Sealed {
     ) -> Insert<'a>;
 
     /// Inserts plain jobs of type `queue` (`(id, args, max attempts, run
-    /// at)`), in one statement where the engine can.
+    /// at)`): one statement for up to
+    /// [`ROWS_PER_STATEMENT`](Self::ROWS_PER_STATEMENT) of them.
     #[doc(hidden)]
     fn insert_many<'a>(
         connection: &'a mut Self::Connection,
@@ -158,6 +164,7 @@ impl JobDatabase for sqlx::Sqlite {
     }
 
     const ENGINE: &'static str = "sqlite";
+    const ROWS_PER_STATEMENT: usize = SQLITE_ROWS_PER_STATEMENT;
 
     fn insert<'a>(
         connection: &'a mut sqlx::SqliteConnection,
@@ -242,6 +249,8 @@ impl JobDatabase for sqlx::Postgres {
     }
 
     const ENGINE: &'static str = "postgres";
+    // apalis's insert binds one array per column (`unnest`).
+    const ROWS_PER_STATEMENT: usize = usize::MAX;
 
     fn insert<'a>(
         connection: &'a mut sqlx::PgConnection,
