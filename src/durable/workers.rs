@@ -182,10 +182,12 @@ impl Workers {
     /// [`concurrency`](Self::concurrency); at least 1). Claims and their
     /// completions are each one commit per batch, so a larger batch runs
     /// short jobs faster. A worker claims again only once every job it
-    /// claimed has been handed to a free slot. The jobs claimed but not started yet wait for this
-    /// worker's free slots, though, while another idle worker cannot take
-    /// them: for long jobs spread over several processes, set it to the
-    /// concurrency. Claimed jobs not started when the worker stops go back
+    /// claimed has been handed to a free slot. The jobs claimed but not
+    /// started yet wait for this worker's free slots, though, while another
+    /// idle worker cannot take them: for long jobs spread over several
+    /// processes, set it to the concurrency. For a stream of short jobs
+    /// the claim is the bound instead: a worker runs at most one batch per
+    /// claim's round trip, and a larger prefetch (hundreds) raises that. Claimed jobs not started when the worker stops go back
     /// to the queue; a worker that dies holds them until its heartbeat
     /// expires, like the jobs it was running.
     pub fn prefetch(mut self, jobs: usize) -> Self {
