@@ -25,12 +25,11 @@
 //!   a second time.) And every session of the queue's pool plans with
 //!   [`POSTGRES_SESSION`]: no sort where an index gives the order, joins
 //!   by nested loops, the plan for a batch of ids, and no JIT compilation.
-//!   The pool runs
-//!   only the queue's own statements (a transaction given to `push_in` is
-//!   the caller's, with the caller's settings). One trap is left that
-//!   neither removes: statistics taken while the table held no row make
-//!   PostgreSQL plan every statement for a one-row table, whatever its
-//!   size now. The workers' claim and acknowledgement therefore name their
+//!   The pool runs only the queue's own statements (a transaction given
+//!   to `push_in` is the caller's, with the caller's settings). One trap
+//!   is left that neither removes: statistics taken while the table held
+//!   no row make PostgreSQL plan every statement for a one-row table,
+//!   whatever its size now. The workers' claim and acknowledgement therefore name their
 //!   rows by id (`postgres_backend.rs`), which no estimate can turn into a
 //!   walk of the table.
 //!
@@ -90,11 +89,11 @@ pub(crate) async fn state_sqlite_statistics(pool: &sqlx::SqlitePool) -> Result<(
 /// - Joins by nested loops: the queue's statements join a batch of ids (or
 ///   a few workers) to the job table's indexes, which a hash or merge join
 ///   would read whole.
-/// - No JIT compilation: every statement of the queue takes a millisecond
-///   or so, and compiling one costs hundreds. The one whose estimate
-///   crosses `jit_above_cost` is sqlx's look-up of the `hstore` type (the
-///   `metadata` column's), which each new connection runs once: compiled,
-///   it held that connection's first push or claim for about 200 ms.
+/// - No JIT compilation: the queue's statements are short, and compiling
+///   one costs far more than running it. The one whose estimate crosses
+///   `jit_above_cost` is sqlx's look-up of the `hstore` type (the
+///   `metadata` column's), which each new connection runs once, before
+///   its first push or claim: compiled, it held that push or claim up.
 ///
 /// Prepared statements keep PostgreSQL's choice of plan (`plan_cache_mode`
 /// left alone): planned at each execution, the foreign-key check that a
