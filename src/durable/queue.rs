@@ -87,6 +87,12 @@ impl JobQueue {
     /// same process or in other processes on the same machine. Every
     /// connection uses WAL with `synchronous = FULL`: a push that returned
     /// `Ok` is on disk, and survives a power loss as well as a crash.
+    ///
+    /// Each time it connects, it also writes SQLite's planner statistics
+    /// for apalis's job table (`sqlite_stat1`, which SQLite leaves to the
+    /// application) as those of a large queue, so that the workers'
+    /// statements look their jobs up by id however many jobs the table
+    /// holds.
     #[cfg(feature = "sqlite")]
     pub async fn sqlite(path: impl AsRef<std::path::Path>) -> Result<Self, JobError> {
         use apalis_sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
@@ -129,6 +135,15 @@ impl JobQueue {
     ///
     /// PostgreSQL is the multi-machine engine: any number of servers and
     /// worker processes share the queue.
+    ///
+    /// Each time it connects, it also replaces apalis's two indexes on
+    /// `lock_by`, and `unique_job_id` (a copy of the primary key), with one
+    /// partial index of the jobs workers hold. Its connections set
+    /// `lock_timeout` to [`LOCK_TIMEOUT`] and turn `enable_sort`,
+    /// `enable_hashjoin`, `enable_mergejoin` and `jit` off: the workers'
+    /// statements then read only their batch's rows, whatever the table's
+    /// size and statistics. A transaction given to
+    /// [`push_in`](Self::push_in) is yours, with your settings.
     #[cfg(feature = "postgres")]
     pub async fn postgres(url: &str) -> Result<Self, JobError> {
         use apalis_postgres::PostgresStorage;
