@@ -86,7 +86,11 @@ impl JobQueue {
     /// SQLite is the embedded engine: one file, no server, workers in the
     /// same process or in other processes on the same machine. Every
     /// connection uses WAL with `synchronous = FULL`: a push that returned
-    /// `Ok` is on disk, and survives a power loss as well as a crash.
+    /// `Ok` is on disk, and survives a power loss as well as a crash. What
+    /// SQLite writes to temporary files by default (statement journals,
+    /// sorts) stays in memory (`temp_store = MEMORY`): none of it is needed
+    /// after a crash, and each statement of the queue touches at most a
+    /// batch's pages.
     ///
     /// Each time it connects, it also writes SQLite's planner statistics
     /// for apalis's job table (`sqlite_stat1`, which SQLite leaves to the
@@ -103,6 +107,13 @@ impl JobQueue {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Inside a transaction, a statement that changes several rows
+            // first copies each page it touches (its statement journal), to
+            // undo that statement alone. By default the copy goes to a
+            // temporary file: one more write per page, on the path of every
+            // worker's claim. In memory it holds the pages of one statement,
+            // and the queue's statements are bounded by a batch.
+            .pragma("temp_store", "memory")
             // Several processes share the file: wait for a writer's lock
             // rather than fail at once.
             .busy_timeout(ACQUIRE_TIMEOUT);
@@ -479,7 +490,8 @@ mod tests {
     use super::*;
 
     /// apalis's setup turns `synchronous` off on the connection it runs
-    /// on; none of the pool's connections may be that one.
+    /// on; none of the pool's connections may be that one. Each keeps its
+    /// temporary data in memory too.
     #[tokio::test]
     async fn every_sqlite_connection_syncs_every_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -500,7 +512,12 @@ mod tests {
                 .fetch_one(&mut **connection)
                 .await
                 .unwrap();
+            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+                .fetch_one(&mut **connection)
+                .await
+                .unwrap();
             assert_eq!((synchronous, journal.as_str()), (2, "wal"), "2 is FULL");
+            assert_eq!(temp_store, 2, "2 is MEMORY");
         }
     }
 }
