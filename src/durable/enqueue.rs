@@ -148,10 +148,14 @@ async fn push_until_stored(
     loop {
         let mut stored = match jobs.as_slice() {
             [job] => queue.push_encoded(job).await.map(|inserted| vec![inserted]),
-            jobs => queue.push_encoded_all(jobs).await,
+            // Boxed, as is the check below: a transaction's future is
+            // large, and every deferred push's task would carry it (and
+            // copy it whenever the task moves), though most push one job
+            // through the group commit and never fail.
+            jobs => Box::pin(queue.push_encoded_all(jobs)).await,
         };
         let may_have_committed = stored.as_ref().is_err_and(JobError::may_have_committed);
-        if may_have_committed && committed_after_all(&queue, &jobs).await {
+        if may_have_committed && Box::pin(committed_after_all(&queue, &jobs)).await {
             // The commit went through but its answer was lost (the
             // connection broke after it): pushing again would fail on the
             // jobs' own ids forever. A push that got no connection sent
@@ -227,5 +231,28 @@ impl Drop for Unstored<'_> {
                 "durable job: shutdown ended before the database took it; job abandoned",
             );
         }
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    /// Every deferred push is a task of its own, boxed when it is added and
+    /// copied whole each time it moves: it must not carry the futures of
+    /// the paths few pushes take (a transaction of several jobs, the check
+    /// after a failed commit), which are several times its size.
+    #[tokio::test]
+    async fn a_deferred_push_carries_only_the_group_commit_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = JobQueue::sqlite(dir.path().join("jobs.db")).await.unwrap();
+        let push = push_until_stored(queue.clone(), Vec::new(), CancellationToken::new());
+        let jobs: &[EncodedJob] = &[];
+        let several = std::mem::size_of_val(&queue.push_encoded_all(jobs));
+        assert!(
+            std::mem::size_of_val(&push) < several / 2,
+            "a deferred push is {} bytes; a push of several jobs alone is {several}",
+            std::mem::size_of_val(&push),
+        );
     }
 }
