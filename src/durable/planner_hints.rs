@@ -23,15 +23,16 @@
 //!   crate make that is not by id. (It also drops `unique_job_id`, a copy
 //!   of the primary key that every insert and update of a job maintained
 //!   a second time.) And every session of the queue's pool plans with
-//!   [`POSTGRES_SESSION`]: no sort where an index gives the order, joins
-//!   by nested loops, the plan for a batch of ids, and no JIT compilation.
+//!   [`POSTGRES_SESSION`]: no sort where an index gives the order, no
+//!   sequential scan where an index serves, joins by nested loops, and no
+//!   JIT compilation.
 //!   The pool runs only the queue's own statements (a transaction given
 //!   to `push_in` is the caller's, with the caller's settings). One trap
 //!   is left that neither removes: statistics taken while the table held
 //!   no row make PostgreSQL plan every statement for a one-row table,
-//!   whatever its size now. The workers' claim and acknowledgement therefore name their
-//!   rows by id (`postgres_backend.rs`), which no estimate can turn into a
-//!   walk of the table.
+//!   whatever its size now. The workers' claim and acknowledgement
+//!   therefore name their rows by id (`postgres_backend.rs`), and with
+//!   sequential scans off no estimate turns that into a walk of the table.
 //!
 //! The statistics and the index are idempotent and set each time a queue
 //! connects.
@@ -89,6 +90,13 @@ pub(crate) async fn state_sqlite_statistics(pool: &sqlx::SqlitePool) -> Result<(
 /// - Joins by nested loops: the queue's statements join a batch of ids (or
 ///   a few workers) to the job table's indexes, which a hash or merge join
 ///   would read whole.
+/// - No sequential scan where an index serves: a session keeps a prepared
+///   statement's generic plan until the table's statistics change, and a
+///   generic plan made while the table had no page (a drained queue that
+///   autovacuum truncated) reads the whole table, which costs nothing
+///   then. Run on the table once it has filled, the claim and the
+///   acknowledgement each compared every job with their batch of ids,
+///   until the next analyze.
 /// - No JIT compilation: the queue's statements are short, and compiling
 ///   one costs far more than running it. The one whose estimate crosses
 ///   `jit_above_cost` is sqlx's look-up of the `hstore` type (the
@@ -100,8 +108,9 @@ pub(crate) async fn state_sqlite_statistics(pool: &sqlx::SqlitePool) -> Result<(
 /// claim runs for each job it claims (`lock_by` names a worker) would be
 /// planned again for every job.
 #[cfg(feature = "postgres")]
-pub(crate) const POSTGRES_SESSION: [(&str, &str); 4] = [
+pub(crate) const POSTGRES_SESSION: [(&str, &str); 5] = [
     ("enable_sort", "off"),
+    ("enable_seqscan", "off"),
     ("enable_hashjoin", "off"),
     ("enable_mergejoin", "off"),
     ("jit", "off"),

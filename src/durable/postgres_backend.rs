@@ -444,15 +444,101 @@ mod tests {
                 sqlx::raw_sql(*statement).execute(pool).await.unwrap();
             }
             for (planned, plan) in plans(pool, probed).await {
-                let examined: i64 = nodes(&plan).into_iter().map(rows_examined).sum();
-                assert!(
-                    examined <= ROWS_PER_JOB * BATCH,
-                    "{probed:?} {planned}, with statistics {statistics}: {BATCH} jobs \
-                     examined {examined} rows: {plan:#}"
+                check_examined(
+                    probed,
+                    &format!("{planned}, with statistics {statistics}"),
+                    &plan,
                 );
             }
         }
+        let plan = generic_plan_made_while_empty(pool, probed).await;
+        check_examined(
+            probed,
+            "with a generic plan made while the table had no page",
+            &plan,
+        );
         database.remove(queue).await;
+    }
+
+    /// Fails unless `plan` examined at most [`ROWS_PER_JOB`] rows per job.
+    fn check_examined(probed: Probed, planned: &str, plan: &Value) {
+        let examined: i64 = nodes(plan).into_iter().map(rows_examined).sum();
+        assert!(
+            examined <= ROWS_PER_JOB * BATCH,
+            "{probed:?} {planned}: {BATCH} jobs examined {examined} rows: {plan:#}"
+        );
+    }
+
+    /// `probed` as the worker's connection prepares it, and its `EXECUTE`,
+    /// a `format` pattern of the worker (`%1$L`) and the arguments (`%2$s`).
+    fn prepared(probed: Probed) -> (String, &'static str) {
+        match probed {
+            Probed::Claim => (
+                format!("PREPARE probed (TEXT, TEXT, INT8) AS {CLAIM}"),
+                "EXECUTE probed (%1$L, 'probe', %2$s)",
+            ),
+            Probed::Acknowledge => (
+                format!("PREPARE probed (JSONB, TEXT) AS {ACKNOWLEDGE}"),
+                "EXECUTE probed (%2$L::JSONB, %1$L)",
+            ),
+        }
+    }
+
+    /// `execute` with its arguments quoted into it: `EXECUTE` takes no
+    /// parameters of its own.
+    async fn quoted(tx: &mut sqlx::PgConnection, execute: &str, arguments: String) -> String {
+        sqlx::query_scalar("SELECT format($1, $2, $3)")
+            .bind(execute)
+            .bind(WORKER)
+            .bind(arguments)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+    }
+
+    /// Runs `probed` with the generic plan PostgreSQL made for it while the
+    /// table had no page (a drained queue that autovacuum truncated), on a
+    /// table that has filled since, in a transaction that is rolled back.
+    /// A session keeps a statement's generic plan until the table's
+    /// statistics change, so this is the plan a worker's connection may
+    /// run for as long as autovacuum leaves the table alone.
+    async fn generic_plan_made_while_empty(pool: &PgPool, probed: Probed) -> Value {
+        for statement in ["DELETE FROM apalis.jobs", "VACUUM ANALYZE apalis.jobs"] {
+            sqlx::raw_sql(statement).execute(pool).await.unwrap();
+        }
+        let mut connection = pool.acquire().await.unwrap();
+        let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+        sqlx::raw_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let (prepare, execute) = prepared(probed);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let nothing = match probed {
+            Probed::Claim => BATCH.to_string(),
+            Probed::Acknowledge => "{}".to_owned(),
+        };
+        let planned_empty = quoted(&mut tx, execute, nothing).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(planned_empty))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::raw_sql(FILL).execute(&mut *tx).await.unwrap();
+        let arguments = match probed {
+            Probed::Claim => BATCH.to_string(),
+            Probed::Acknowledge => held_outcomes(&mut tx).await.to_string(),
+        };
+        let execute = quoted(&mut tx, execute, arguments).await;
+        let plan = explain(&mut tx, &execute).await;
+        tx.rollback().await.unwrap();
+        sqlx::raw_sql("DEALLOCATE probed")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        plan
     }
 
     /// Prepares `probed` as the worker's connection does (a statement
@@ -463,31 +549,16 @@ mod tests {
     async fn plans(pool: &PgPool, probed: Probed) -> Vec<(&'static str, Value)> {
         let mut connection = pool.acquire().await.unwrap();
         let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
-        let (prepare, execute, arguments) = match probed {
-            Probed::Claim => (
-                format!("PREPARE probed (TEXT, TEXT, INT8) AS {CLAIM}"),
-                "EXECUTE probed (%1$L, 'probe', %2$s)",
-                BATCH.to_string(),
-            ),
-            Probed::Acknowledge => (
-                format!("PREPARE probed (JSONB, TEXT) AS {ACKNOWLEDGE}"),
-                "EXECUTE probed (%2$L::JSONB, %1$L)",
-                held_outcomes(&mut tx).await.to_string(),
-            ),
+        let (prepare, execute) = prepared(probed);
+        let arguments = match probed {
+            Probed::Claim => BATCH.to_string(),
+            Probed::Acknowledge => held_outcomes(&mut tx).await.to_string(),
         };
         sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
             .execute(&mut *tx)
             .await
             .unwrap();
-        // `EXECUTE` takes no parameters of its own: its arguments are
-        // quoted into it.
-        let execute: String = sqlx::query_scalar("SELECT format($1, $2, $3)")
-            .bind(execute)
-            .bind(WORKER)
-            .bind(arguments)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+        let execute = quoted(&mut tx, execute, arguments).await;
         let mut plans = Vec::new();
         for (planned, mode) in [
             ("planned for its parameters", "force_custom_plan"),
@@ -499,12 +570,7 @@ mod tests {
             .execute(&mut *tx)
             .await
             .unwrap();
-            let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {execute}");
-            let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
-            plans.push((planned, plan));
+            plans.push((planned, explain(&mut tx, &execute).await));
         }
         tx.rollback().await.unwrap();
         sqlx::raw_sql("DEALLOCATE probed")
@@ -512,6 +578,16 @@ mod tests {
             .await
             .unwrap();
         plans
+    }
+
+    /// Runs `execute` under `EXPLAIN ANALYZE`: its plan, with what each
+    /// step did.
+    async fn explain(tx: &mut sqlx::PgConnection, execute: &str) -> Value {
+        let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {execute}");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
     }
 
     /// Claims [`BATCH`] jobs for [`WORKER`]; their outcomes, as

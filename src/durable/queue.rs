@@ -151,9 +151,10 @@ impl JobQueue {
     /// `lock_by`, and `unique_job_id` (a copy of the primary key), with one
     /// partial index of the jobs workers hold. Its connections set
     /// `lock_timeout` to [`LOCK_TIMEOUT`] and turn `enable_sort`,
-    /// `enable_hashjoin`, `enable_mergejoin` and `jit` off: the workers'
-    /// statements then read only their batch's rows, whatever the table's
-    /// size and statistics. A transaction given to
+    /// `enable_seqscan`, `enable_hashjoin`, `enable_mergejoin` and `jit`
+    /// off: the workers' statements then read only their batch's rows,
+    /// whatever the table's size and statistics, and whatever they were
+    /// when a session planned them. A transaction given to
     /// [`push_in`](Self::push_in) is yours, with your settings.
     #[cfg(feature = "postgres")]
     pub async fn postgres(url: &str) -> Result<Self, JobError> {
