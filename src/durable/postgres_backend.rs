@@ -469,10 +469,11 @@ mod tests {
         );
     }
 
-    /// `probed` as the worker's connection prepares it, and its `EXECUTE`,
-    /// a `format` pattern of the worker (`%1$L`) and the arguments (`%2$s`).
-    fn prepared(probed: Probed) -> (String, &'static str) {
-        match probed {
+    /// Prepares `probed` as the worker's connection does (a statement kept
+    /// by the session); its `EXECUTE`, a `format` pattern of the worker
+    /// (`%1$L`) and the arguments (`%2$s`).
+    async fn prepare(tx: &mut sqlx::PgConnection, probed: Probed) -> &'static str {
+        let (prepare, execute) = match probed {
             Probed::Claim => (
                 format!("PREPARE probed (TEXT, TEXT, INT8) AS {CLAIM}"),
                 "EXECUTE probed (%1$L, 'probe', %2$s)",
@@ -481,6 +482,20 @@ mod tests {
                 format!("PREPARE probed (JSONB, TEXT) AS {ACKNOWLEDGE}"),
                 "EXECUTE probed (%2$L::JSONB, %1$L)",
             ),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        execute
+    }
+
+    /// The arguments `probed` runs with on the filled table: a batch's size,
+    /// or the outcomes of a batch it holds.
+    async fn arguments(tx: &mut sqlx::PgConnection, probed: Probed) -> String {
+        match probed {
+            Probed::Claim => BATCH.to_string(),
+            Probed::Acknowledge => held_outcomes(tx).await.to_string(),
         }
     }
 
@@ -512,11 +527,7 @@ mod tests {
             .execute(&mut *tx)
             .await
             .unwrap();
-        let (prepare, execute) = prepared(probed);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let execute = prepare(&mut tx, probed).await;
         let nothing = match probed {
             Probed::Claim => BATCH.to_string(),
             Probed::Acknowledge => "{}".to_owned(),
@@ -527,10 +538,7 @@ mod tests {
             .await
             .unwrap();
         sqlx::raw_sql(FILL).execute(&mut *tx).await.unwrap();
-        let arguments = match probed {
-            Probed::Claim => BATCH.to_string(),
-            Probed::Acknowledge => held_outcomes(&mut tx).await.to_string(),
-        };
+        let arguments = arguments(&mut tx, probed).await;
         let execute = quoted(&mut tx, execute, arguments).await;
         let plan = explain(&mut tx, &execute).await;
         tx.rollback().await.unwrap();
@@ -549,15 +557,8 @@ mod tests {
     async fn plans(pool: &PgPool, probed: Probed) -> Vec<(&'static str, Value)> {
         let mut connection = pool.acquire().await.unwrap();
         let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
-        let (prepare, execute) = prepared(probed);
-        let arguments = match probed {
-            Probed::Claim => BATCH.to_string(),
-            Probed::Acknowledge => held_outcomes(&mut tx).await.to_string(),
-        };
-        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let execute = prepare(&mut tx, probed).await;
+        let arguments = arguments(&mut tx, probed).await;
         let execute = quoted(&mut tx, execute, arguments).await;
         let mut plans = Vec::new();
         for (planned, mode) in [
