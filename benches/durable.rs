@@ -40,6 +40,12 @@
 //! is the time from just before the handler's enqueue call to the moment
 //! the job's handler starts (for `add`: the task's first poll).
 //!
+//! `enqueue_now/other_queue` pushes the same way through a second
+//! `JobQueue` on the same database, with connections of its own: to the
+//! workers, what another process's pushes are. PostgreSQL's workers hear
+//! them through `LISTEN`; SQLite's find them at their next poll
+//! (`Workers::poll_interval`).
+//!
 //! # Limits (issue 16)
 //!
 //! Each round also measures, per engine, on the same database, what raw
@@ -50,9 +56,12 @@
 //!   queue writes (its indexes and, on PostgreSQL, its per-row
 //!   notification trigger); beside it, the same into a minimal scratch
 //!   table of the same columns (a primary key on `id`, a partial index on
-//!   pending rows), which shows what the job table's indexes cost; and, as
-//!   the "one commit per job" baseline, scratch rows inserted one per
-//!   commit, one after the other;
+//!   pending rows), which shows what the job table's indexes cost; as
+//!   the "one commit per job" baseline of 16 producers' `push`, scratch
+//!   rows inserted one per transaction, one after the other; and as the
+//!   baseline of one producer's `push`, what a lone push sends the
+//!   database: one row of the job table per insert statement, each
+//!   statement its own commit, one after the other;
 //! - **(2), the execution ceiling:** E pending rows of apalis's job table
 //!   claimed 64 at a time, what the workers below claim per fetch, in
 //!   apalis's claim order, for a registered worker (`… LIMIT 64 FOR UPDATE
@@ -301,6 +310,10 @@ impl Engine {
 struct Database {
     engine: Engine,
     queue: JobQueue,
+    /// A second queue on the same database, with connections of its own:
+    /// to the workers of `queue`, its pushes are another process's (no
+    /// in-process announcement reaches them).
+    other_queue: JobQueue,
     admin: Admin,
 }
 
@@ -357,6 +370,9 @@ impl Database {
 async fn open_sqlite(dir: &Path) -> Database {
     let path = dir.join("jobs.db");
     let queue = JobQueue::sqlite(&path).await.expect("the SQLite queue");
+    let other_queue = JobQueue::sqlite(&path)
+        .await
+        .expect("a second SQLite queue");
     // The same durability as the queue's connections: the raw ceilings
     // must `fsync` as the queue does.
     let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -371,6 +387,7 @@ async fn open_sqlite(dir: &Path) -> Database {
     Database {
         engine: Engine::Sqlite,
         queue,
+        other_queue,
         admin: Admin::Sqlite(admin),
     }
 }
@@ -379,6 +396,9 @@ async fn open_postgres(url: &str) -> Result<Database, String> {
     let queue = JobQueue::postgres(url)
         .await
         .map_err(|error| format!("JobQueue::postgres: {error}"))?;
+    let other_queue = JobQueue::postgres(url)
+        .await
+        .map_err(|error| format!("a second JobQueue::postgres: {error}"))?;
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(url)
@@ -387,6 +407,7 @@ async fn open_postgres(url: &str) -> Result<Database, String> {
     Ok(Database {
         engine: Engine::Postgres,
         queue,
+        other_queue,
         admin: Admin::Postgres(admin),
     })
 }
@@ -825,15 +846,25 @@ impl Database {
     }
 }
 
+/// How a raw insert commits.
+#[derive(Clone, Copy)]
+enum Commit {
+    /// Inside `BEGIN` … `COMMIT`, as a batch of statements would.
+    Transaction,
+    /// As the statement alone, its own transaction: one round trip, as
+    /// the queue stores a lone plain job.
+    Statement,
+}
+
 impl Database {
     /// Inserts `rows` raw into apalis's own job table (its indexes, and on
     /// PostgreSQL its per-row notification trigger), as job type
-    /// [`CEILING_JOB_TYPE`], in one multi-row `INSERT` and one transaction.
-    async fn job_table_insert(&self, rows: &[(String, Vec<u8>)]) {
+    /// [`CEILING_JOB_TYPE`], in one multi-row `INSERT`, committed as
+    /// `commit` says.
+    async fn job_table_insert(&self, rows: &[(String, Vec<u8>)], commit: Commit) {
         let result = match &self.admin {
             Admin::Sqlite(pool) => {
                 async {
-                    let mut tx = pool.begin().await?;
                     let mut builder = sqlx::QueryBuilder::new(
                         "INSERT INTO Jobs (job, id, job_type, status, attempts, max_attempts, \
                          run_at, priority, metadata) ",
@@ -849,14 +880,19 @@ impl Database {
                             .push_bind(0_i64)
                             .push_bind("{}");
                     });
-                    builder.build().execute(&mut *tx).await?;
-                    tx.commit().await
+                    match commit {
+                        Commit::Transaction => {
+                            let mut tx = pool.begin().await?;
+                            builder.build().execute(&mut *tx).await?;
+                            tx.commit().await
+                        }
+                        Commit::Statement => builder.build().execute(pool).await.map(drop),
+                    }
                 }
                 .await
             }
             Admin::Postgres(pool) => {
                 async {
-                    let mut tx = pool.begin().await?;
                     let mut builder = sqlx::QueryBuilder::new(
                         "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, \
                          max_attempts, run_at, priority) ",
@@ -871,8 +907,14 @@ impl Database {
                             .push_unseparated(", now()")
                             .push_bind(0_i32);
                     });
-                    builder.build().execute(&mut *tx).await?;
-                    tx.commit().await
+                    match commit {
+                        Commit::Transaction => {
+                            let mut tx = pool.begin().await?;
+                            builder.build().execute(&mut *tx).await?;
+                            tx.commit().await
+                        }
+                        Commit::Statement => builder.build().execute(pool).await.map(drop),
+                    }
                 }
                 .await
             }
@@ -973,8 +1015,13 @@ struct LimitsRun {
     insert_ceiling: f64,
     /// The same into a minimal table (primary key, one partial index).
     minimal_insert: f64,
-    /// Raw single-row `INSERT`s, one commit each, one after the other, rows/s.
+    /// Raw single-row `INSERT`s into the minimal table, one transaction
+    /// each, one after the other, rows/s.
     one_commit: f64,
+    /// Raw single-row `INSERT`s into apalis's job table, each statement
+    /// its own commit, one after the other, rows/s: what a lone `push`
+    /// sends the database.
+    one_statement: f64,
     /// `JobQueue::push_all` of [`INSERT_BATCH`] jobs at a time, jobs/s.
     push_all: f64,
     /// (2): raw claim-and-complete loops on apalis's job table,
@@ -997,7 +1044,7 @@ async fn insert_ceiling(database: &Database, rows: usize) -> f64 {
     let rows = scratch_rows(rows);
     let started = Instant::now();
     for batch in rows.chunks(INSERT_BATCH) {
-        database.job_table_insert(batch).await;
+        database.job_table_insert(batch, Commit::Transaction).await;
     }
     let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
     database.delete(CEILING_JOB_TYPE).await;
@@ -1016,7 +1063,8 @@ async fn minimal_insert(database: &Database, rows: usize) -> f64 {
     rows.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Rows/s of raw inserts of one row per commit, one after the other.
+/// Rows/s of raw inserts of one row per transaction into the minimal
+/// table, one after the other.
 async fn one_commit_per_row(database: &Database, rows: usize) -> f64 {
     database.scratch_reset().await;
     let rows = scratch_rows(rows);
@@ -1027,13 +1075,27 @@ async fn one_commit_per_row(database: &Database, rows: usize) -> f64 {
     rows.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Rows/s of raw single-row insert statements into apalis's job table,
+/// one after the other.
+async fn one_statement_per_row(database: &Database, rows: usize) -> f64 {
+    database.delete(CEILING_JOB_TYPE).await;
+    let rows = scratch_rows(rows);
+    let started = Instant::now();
+    for row in rows.chunks(1) {
+        database.job_table_insert(row, Commit::Statement).await;
+    }
+    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    database.delete(CEILING_JOB_TYPE).await;
+    rate
+}
+
 /// Rows/s claimed and completed from `rows` pending rows of apalis's job
 /// table by `claimers` loops.
 async fn claim_ceiling(database: &Database, rows: usize, claimers: usize) -> f64 {
     database.delete(CEILING_JOB_TYPE).await;
     database.admin.register_ceiling_worker().await;
     for batch in scratch_rows(rows).chunks(INSERT_BATCH) {
-        database.job_table_insert(batch).await;
+        database.job_table_insert(batch, Commit::Transaction).await;
     }
     let rate = claim_loops(database, rows, Table::Jobs, claimers).await;
     database.delete(CEILING_JOB_TYPE).await;
@@ -1203,6 +1265,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
     let insert_ceiling = insert_ceiling(database, config.exec_jobs).await;
     let minimal_insert = minimal_insert(database, config.exec_jobs).await;
     let one_commit = one_commit_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
+    let one_statement = one_statement_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
     let claim_ceiling = claim_ceiling(database, config.exec_jobs, database.claimers()).await;
     let minimal_claim = minimal_claim(database, config.exec_jobs).await;
     let one_loop_claim = match database.engine {
@@ -1224,6 +1287,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
         insert_ceiling,
         minimal_insert,
         one_commit,
+        one_statement,
         push_all,
         claim_ceiling,
         minimal_claim,
@@ -1250,14 +1314,33 @@ impl LatencyRun {
     }
 }
 
+/// Which queue a latency run's requests push through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pusher {
+    /// The workers' own queue.
+    Same,
+    /// [`Database::other_queue`]: as another process would.
+    Other,
+}
+
 /// `jobs` requests through the layer over [`WINDOW`], each doing `path`
-/// with a job `J` (or, without a database, adding a task), and when each
-/// job started: workers registered for `J` alone, started fresh and idle.
-async fn latency<J: Probe>(database: Option<&Database>, path: Call, jobs: usize) -> LatencyRun {
+/// with a job `J` (or, without a database, adding a task) through
+/// `pusher`'s queue, and when each job started: workers registered for `J`
+/// alone on the database's own queue, started fresh and idle.
+async fn latency<J: Probe>(
+    database: Option<&Database>,
+    path: Call,
+    pusher: Pusher,
+    jobs: usize,
+) -> LatencyRun {
     let key = format!(
-        "{}/{}",
+        "{}/{}{}",
         database.map_or("task", |d| d.engine.key()),
-        path.key()
+        path.key(),
+        match pusher {
+            Pusher::Same => "",
+            Pusher::Other => "/other_queue",
+        }
     );
     let supervisor = Arc::new(Supervisor::new());
     if let Some(database) = database {
@@ -1272,7 +1355,11 @@ async fn latency<J: Probe>(database: Option<&Database>, path: Call, jobs: usize)
     let t0 = tokio::time::Instant::now();
     let mut seqs = Vec::with_capacity(jobs);
     let mut requests = Vec::with_capacity(jobs);
-    let service = service::<J>(&supervisor, database.map(|d| &d.queue), path);
+    let queue = database.map(|d| match pusher {
+        Pusher::Same => &d.queue,
+        Pusher::Other => &d.other_queue,
+    });
+    let service = service::<J>(&supervisor, queue, path);
     for i in 0..jobs {
         sleep_until(t0 + gap * i as u32).await;
         let seq = next_seq();
@@ -1434,14 +1521,16 @@ fn main() {
             throughput_rounds.push(runs);
 
             let k = config.latency_jobs;
-            let mut runs = vec![latency::<Filler>(None, Call::Add, k).await];
-            for database in &databases {
-                runs.push(latency::<Pushed>(Some(database), Call::EnqueueNow, k).await);
-                runs.push(latency::<Deferred>(Some(database), Call::Enqueue, k).await);
+            let mut runs = vec![latency::<Filler>(None, Call::Add, Pusher::Same, k).await];
+            for &database in &databases {
+                let database = Some(database);
+                runs.push(latency::<Pushed>(database, Call::EnqueueNow, Pusher::Same, k).await);
+                runs.push(latency::<Deferred>(database, Call::Enqueue, Pusher::Same, k).await);
+                runs.push(latency::<Pushed>(database, Call::EnqueueNow, Pusher::Other, k).await);
             }
             for run in &runs {
                 eprintln!(
-                    "round {round} latency {:<22} p50 {:>9}  p99 {:>9}  max {:>9}  \
+                    "round {round} latency {:<32} p50 {:>9}  p99 {:>9}  max {:>9}  \
                      ({} jobs, {} never started)",
                     run.key,
                     time(run.p(0.5)),
@@ -1458,13 +1547,14 @@ fn main() {
                 let run = limits(database, &config).await;
                 eprintln!(
                     "round {round} limits {:<8} insert ceiling {:>7.0}/s (minimal table \
-                     {:>7.0}/s)  one commit per row {:>5.0}/s  push_all {:>7.0}/s  claim \
+                     {:>7.0}/s)  one commit per row {:>5.0}/s (job table, statement alone {:>5.0}/s)  push_all {:>7.0}/s  claim \
                      ceiling {:>6.0}/s (minimal table {:>6.0}/s, one loop {:>6.0}/s)  \
                      workers {:>6.0}/s",
                     run.engine.key(),
                     run.insert_ceiling,
                     run.minimal_insert,
                     run.one_commit,
+                    run.one_statement,
                     run.push_all,
                     run.claim_ceiling,
                     run.minimal_claim,
@@ -1628,6 +1718,7 @@ fn print_limits(
                 ("insert", run.insert_ceiling),
                 ("minimal", run.minimal_insert),
                 ("one_commit", run.one_commit),
+                ("one_statement", run.one_statement),
                 ("push_all", run.push_all),
                 (
                     "push_p1",
@@ -1647,6 +1738,10 @@ fn print_limits(
                 ("executed", run.executed),
                 ("lat_now", lat(format!("{e}/enqueue_now"))?.p(0.5)),
                 ("lat_deferred", lat(format!("{e}/enqueue"))?.p(0.5)),
+                (
+                    "lat_other",
+                    lat(format!("{e}/enqueue_now/other_queue"))?.p(0.5),
+                ),
             ]);
             if let Some(executed) = run.executed_prefetch {
                 figures.insert("executed_prefetch", executed);
@@ -1681,7 +1776,14 @@ fn print_limits(
         "raw INSERT into a minimal table, 512 rows per commit, rows/s",
         "minimal",
     );
-    rate("raw INSERT, one commit per row, rows/s", "one_commit");
+    rate(
+        "raw INSERT into a minimal table, one commit per row, rows/s",
+        "one_commit",
+    );
+    rate(
+        "raw INSERT into apalis's job table, one statement (its own commit) per row, rows/s",
+        "one_statement",
+    );
     rate("push_all, 512 jobs per call, jobs/s", "push_all");
     rate("push (enqueue_now), 1 producer, jobs/s", "push_p1");
     rate("push (enqueue_now), 16 producers, jobs/s", "push_p16");
@@ -1723,9 +1825,14 @@ fn print_limits(
     ratio("push, 16 producers ÷ one commit per row", "≥ 5", &|r| {
         r["push_p16"] / r["one_commit"]
     });
-    ratio("push, 1 producer ÷ one commit per row", "≈ 1", &|r| {
+    ratio("push, 1 producer ÷ one commit per row", "", &|r| {
         r["push_p1"] / r["one_commit"]
     });
+    ratio(
+        "push, 1 producer ÷ one statement per row into the job table",
+        "≈ 1",
+        &|r| r["push_p1"] / r["one_statement"],
+    );
     ratio("push_all ÷ (1)", "", &|r| r["push_all"] / r["insert"]);
     ratio("Workers ÷ (2)", "≥ 0.5", &|r| r["executed"] / r["claim"]);
     if engine == Engine::Postgres {
@@ -1765,6 +1872,17 @@ fn print_limits(
     };
     latency("enqueue_now → start, p50", target, "lat_now");
     latency("enqueue → start, p50", target, "lat_deferred");
+    // Only PostgreSQL's workers hear other processes' pushes (`LISTEN`);
+    // SQLite's find them at their next poll.
+    let target = match engine {
+        Engine::Sqlite => "",
+        Engine::Postgres => "~2 ms",
+    };
+    latency(
+        "enqueue_now from another queue → start, p50",
+        target,
+        "lat_other",
+    );
     print_table(&[e, "median", "target", "per round"], &rows);
 }
 
