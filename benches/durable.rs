@@ -856,6 +856,30 @@ enum Commit {
     Statement,
 }
 
+impl Commit {
+    /// Runs `builder`'s statement on `pool`, committed as `self` says.
+    async fn execute<DB>(
+        self,
+        pool: &sqlx::Pool<DB>,
+        mut builder: sqlx::QueryBuilder<DB>,
+    ) -> Result<(), sqlx::Error>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+    {
+        match self {
+            Self::Transaction => {
+                let mut tx = pool.begin().await?;
+                builder.build().execute(&mut *tx).await?;
+                tx.commit().await
+            }
+            Self::Statement => builder.build().execute(pool).await.map(drop),
+        }
+    }
+}
+
 impl Database {
     /// Inserts `rows` raw into apalis's own job table (its indexes, and on
     /// PostgreSQL its per-row notification trigger), as job type
@@ -880,14 +904,7 @@ impl Database {
                             .push_bind(0_i64)
                             .push_bind("{}");
                     });
-                    match commit {
-                        Commit::Transaction => {
-                            let mut tx = pool.begin().await?;
-                            builder.build().execute(&mut *tx).await?;
-                            tx.commit().await
-                        }
-                        Commit::Statement => builder.build().execute(pool).await.map(drop),
-                    }
+                    commit.execute(pool, builder).await
                 }
                 .await
             }
@@ -907,14 +924,7 @@ impl Database {
                             .push_unseparated(", now()")
                             .push_bind(0_i32);
                     });
-                    match commit {
-                        Commit::Transaction => {
-                            let mut tx = pool.begin().await?;
-                            builder.build().execute(&mut *tx).await?;
-                            tx.commit().await
-                        }
-                        Commit::Statement => builder.build().execute(pool).await.map(drop),
-                    }
+                    commit.execute(pool, builder).await
                 }
                 .await
             }
