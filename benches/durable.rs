@@ -71,7 +71,12 @@
 //!   minimal scratch table, which shows what the job table's indexes and
 //!   foreign key cost each claim, and on PostgreSQL the same with one
 //!   loop: what one apalis worker per job type, which claims and
-//!   acknowledges one statement after another, could reach at best.
+//!   acknowledges one statement after another, could reach at best; and
+//!   the one loop's 64 rows split across 2 loops of 32 and 4 of 16: no
+//!   more rows held at once than a worker at the default prefetch holds.
+//!   On PostgreSQL each execution run, the workers' included, starts on a
+//!   freshly vacuumed table (the bench's own claims and deletes leave dead
+//!   rows faster than autovacuum clears them).
 //!
 //! and what the queue reaches of them: `JobQueue::push_all` of E no-op
 //! jobs, 512 per call; then `Workers` with `.concurrency(16)` started on
@@ -364,6 +369,25 @@ impl Database {
                 .map(drop),
         };
         result.expect("deleting rows");
+    }
+
+    /// PostgreSQL: clears `table` of the dead rows the bench's own runs
+    /// leave (every claim and delete leaves one per row), so that each
+    /// execution run starts on the same table, not on one that holds
+    /// whatever autovacuum (once a minute) has not cleared yet: claims walk
+    /// the index entries of dead rows too, and a round may leave hundreds
+    /// of thousands. SQLite frees a deleted row at once.
+    async fn vacuum(&self, table: Table) {
+        if let Admin::Postgres(pool) = &self.admin {
+            let vacuum = match table {
+                Table::Jobs => "VACUUM apalis.jobs",
+                Table::Minimal => "VACUUM bench_ceiling",
+            };
+            sqlx::raw_sql(vacuum)
+                .execute(pool)
+                .await
+                .expect("vacuuming the job table");
+        }
     }
 }
 
@@ -751,6 +775,13 @@ const CLAIM_BATCH: usize = 16 * DEFAULT_PREFETCH_MULTIPLIER;
 /// Loops claiming at once in the PostgreSQL execution ceiling (what `SKIP
 /// LOCKED` is for); SQLite has one writer, so one loop.
 const PG_CLAIMERS: usize = 4;
+/// Into how many loops PostgreSQL's raw claim also splits one loop's
+/// [`CLAIM_BATCH`] rows: whether claims of fewer rows at once go faster
+/// than one claim while holding as many rows, which is all a worker at
+/// the default prefetch may hold.
+const SPLIT_LOOPS: [usize; 2] = [2, 4];
+/// The report's keys for the [`SPLIT_LOOPS`] figures.
+const SPLIT_KEYS: [&str; 2] = ["split_2", "split_4"];
 /// The job type of the rows the job-table ceilings insert (and delete).
 const CEILING_JOB_TYPE: &str = "bench_ceiling";
 /// The worker the job-table claim ceiling claims for.
@@ -960,16 +991,16 @@ impl Admin {
         result.expect("registering the ceiling's worker");
     }
 
-    /// Claims up to [`CLAIM_BATCH`] pending rows of `table` (one commit),
-    /// then marks them done (another): how many it claimed.
-    async fn claim_and_complete(&self, table: Table) -> usize {
+    /// Claims up to `batch` pending rows of `table` (one commit), then
+    /// marks them done (another): how many it claimed.
+    async fn claim_and_complete(&self, table: Table, batch: usize) -> usize {
         let result = match self {
             Self::Sqlite(pool) => {
                 async {
                     let (claim, complete) = table.sqlite_statements();
                     let ids: Vec<String> = sqlx::query_scalar(claim)
                         .bind(table.job_type())
-                        .bind(CLAIM_BATCH as i64)
+                        .bind(batch as i64)
                         .bind(table.worker())
                         .fetch_all(pool)
                         .await?;
@@ -986,7 +1017,7 @@ impl Admin {
                     let (claim, complete) = table.postgres_statements();
                     let ids: Vec<String> = sqlx::query_scalar(claim)
                         .bind(table.job_type())
-                        .bind(CLAIM_BATCH as i64)
+                        .bind(batch as i64)
                         .bind(table.worker())
                         .fetch_all(pool)
                         .await?;
@@ -1041,6 +1072,10 @@ struct LimitsRun {
     minimal_claim: f64,
     /// (2) with one loop (on SQLite, (2) itself).
     one_loop_claim: f64,
+    /// PostgreSQL: the [`CLAIM_BATCH`] rows of one loop split across
+    /// [`SPLIT_LOOPS`] loops claiming at once (as many rows held in all),
+    /// rows/s, one figure per entry of [`SPLIT_LOOPS`].
+    split_claims: Vec<f64>,
     /// `Workers` with concurrency 16 running no-op jobs, jobs/s.
     executed: f64,
     /// The same with `--prefetch N`'s prefetch.
@@ -1100,14 +1135,15 @@ async fn one_statement_per_row(database: &Database, rows: usize) -> f64 {
 }
 
 /// Rows/s claimed and completed from `rows` pending rows of apalis's job
-/// table by `claimers` loops.
-async fn claim_ceiling(database: &Database, rows: usize, claimers: usize) -> f64 {
+/// table by `claimers` loops of `batch` rows.
+async fn claim_ceiling(database: &Database, rows: usize, claimers: usize, batch: usize) -> f64 {
     database.delete(CEILING_JOB_TYPE).await;
     database.admin.register_ceiling_worker().await;
     for batch in scratch_rows(rows).chunks(INSERT_BATCH) {
         database.job_table_insert(batch, Commit::Transaction).await;
     }
-    let rate = claim_loops(database, rows, Table::Jobs, claimers).await;
+    database.vacuum(Table::Jobs).await;
+    let rate = claim_loops(database, rows, Table::Jobs, claimers, batch).await;
     database.delete(CEILING_JOB_TYPE).await;
     rate
 }
@@ -1118,7 +1154,15 @@ async fn minimal_claim(database: &Database, rows: usize) -> f64 {
     for batch in scratch_rows(rows).chunks(INSERT_BATCH) {
         database.scratch_insert(batch).await;
     }
-    claim_loops(database, rows, Table::Minimal, database.claimers()).await
+    database.vacuum(Table::Minimal).await;
+    claim_loops(
+        database,
+        rows,
+        Table::Minimal,
+        database.claimers(),
+        CLAIM_BATCH,
+    )
+    .await
 }
 
 /// Which table a claim loop claims from.
@@ -1203,9 +1247,15 @@ impl Table {
     }
 }
 
-/// Rows/s claimed and completed by `claimers` loops until `table` has no
-/// pending row left; every one of the `rows` claimed once.
-async fn claim_loops(database: &Database, rows: usize, table: Table, claimers: usize) -> f64 {
+/// Rows/s claimed and completed by `claimers` loops of `batch` rows until
+/// `table` has no pending row left; every one of the `rows` claimed once.
+async fn claim_loops(
+    database: &Database,
+    rows: usize,
+    table: Table,
+    claimers: usize,
+    batch: usize,
+) -> f64 {
     let started = Instant::now();
     let loops: Vec<_> = (0..claimers)
         .map(|_| {
@@ -1213,7 +1263,7 @@ async fn claim_loops(database: &Database, rows: usize, table: Table, claimers: u
             tokio::spawn(async move {
                 let mut done = 0;
                 loop {
-                    match admin.claim_and_complete(table).await {
+                    match admin.claim_and_complete(table, batch).await {
                         0 => break done,
                         n => done += n,
                     }
@@ -1247,6 +1297,7 @@ async fn push_all_then_execute(
         queue.push_all(batch).await.expect("push_all");
     }
     let pushed = jobs as f64 / started.elapsed().as_secs_f64();
+    database.vacuum(Table::Jobs).await;
 
     let supervisor = Supervisor::new();
     let started = Instant::now();
@@ -1276,11 +1327,20 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
     let minimal_insert = minimal_insert(database, config.exec_jobs).await;
     let one_commit = one_commit_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
     let one_statement = one_statement_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
-    let claim_ceiling = claim_ceiling(database, config.exec_jobs, database.claimers()).await;
-    let minimal_claim = minimal_claim(database, config.exec_jobs).await;
-    let one_loop_claim = match database.engine {
-        Engine::Sqlite => claim_ceiling,
-        Engine::Postgres => self::claim_ceiling(database, config.exec_jobs, 1).await,
+    let rows = config.exec_jobs;
+    let claim_ceiling = claim_ceiling(database, rows, database.claimers(), CLAIM_BATCH).await;
+    let minimal_claim = minimal_claim(database, rows).await;
+    let (one_loop_claim, split_claims) = match database.engine {
+        Engine::Sqlite => (claim_ceiling, Vec::new()),
+        Engine::Postgres => {
+            let one_loop = self::claim_ceiling(database, rows, 1, CLAIM_BATCH).await;
+            let mut split = Vec::new();
+            for loops in SPLIT_LOOPS {
+                let batch = CLAIM_BATCH / loops;
+                split.push(self::claim_ceiling(database, rows, loops, batch).await);
+            }
+            (one_loop, split)
+        }
     };
     database.scratch_reset().await;
     let (push_all, executed) = push_all_then_execute(database, config.exec_jobs, None).await;
@@ -1302,6 +1362,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
         claim_ceiling,
         minimal_claim,
         one_loop_claim,
+        split_claims,
         executed,
         executed_prefetch,
     }
@@ -1571,6 +1632,13 @@ fn main() {
                     run.one_loop_claim,
                     run.executed,
                 );
+                for (loops, rate) in SPLIT_LOOPS.iter().zip(&run.split_claims) {
+                    eprintln!(
+                        "round {round} limits {:<8} claim ceiling, {loops} loops of {} {rate:>6.0}/s",
+                        run.engine.key(),
+                        CLAIM_BATCH / loops,
+                    );
+                }
                 if let (Some(prefetch), Some(executed)) = (config.prefetch, run.executed_prefetch) {
                     eprintln!(
                         "round {round} limits {:<8} workers at prefetch {prefetch} {executed:>6.0}/s",
@@ -1756,6 +1824,9 @@ fn print_limits(
             if let Some(executed) = run.executed_prefetch {
                 figures.insert("executed_prefetch", executed);
             }
+            for (key, rate) in SPLIT_KEYS.iter().zip(&run.split_claims) {
+                figures.insert(key, *rate);
+            }
             Some(figures)
         })
         .collect();
@@ -1811,6 +1882,15 @@ fn print_limits(
             "raw claim + complete on apalis's job table, one loop, rows/s",
             "one_loop_claim",
         );
+        for (loops, key) in SPLIT_LOOPS.iter().zip(SPLIT_KEYS) {
+            rate(
+                &format!(
+                    "the same 64 rows split across {loops} loops of {}, rows/s",
+                    CLAIM_BATCH / loops
+                ),
+                key,
+            );
+        }
     }
     rate("Workers, concurrency 16, no-op jobs/s", "executed");
     let prefetch = prefetch.filter(|_| rounds.iter().all(|r| r.contains_key("executed_prefetch")));
@@ -1852,6 +1932,11 @@ fn print_limits(
         ratio("Workers ÷ graphile-worker's 41 000/s", "> 1", &|r| {
             r["executed"] / GRAPHILE_WORKER
         });
+        ratio(
+            "best raw claim holding 64 rows (one loop or split) ÷ 41 000/s",
+            "",
+            &|r| held_64(r) / GRAPHILE_WORKER,
+        );
     }
     if let Some(prefetch) = prefetch {
         ratio(
@@ -1927,4 +2012,13 @@ fn print_latency(rounds: &[Vec<LatencyRun>]) {
         ],
         &rows,
     );
+}
+
+/// The fastest raw claim arrangement that holds no more rows at once than a
+/// worker at the default prefetch: one loop, or its rows split.
+fn held_64(round: &HashMap<&str, f64>) -> f64 {
+    SPLIT_KEYS
+        .iter()
+        .filter_map(|key| round.get(key))
+        .fold(round["one_loop_claim"], |best, rate| best.max(*rate))
 }
