@@ -61,7 +61,9 @@
 //!   rows inserted one per transaction, one after the other; and as the
 //!   baseline of one producer's `push`, what a lone push sends the
 //!   database: one row of the job table per insert statement, each
-//!   statement its own commit, one after the other;
+//!   statement its own commit, one after the other, in 10 blocks that
+//!   alternate with blocks of as many `JobQueue::push` calls, one after
+//!   the other (the ratio is the median over pairs of blocks);
 //! - **(2), the execution ceiling:** E pending rows of apalis's job table
 //!   claimed 64 at a time, what the workers below claim per fetch, in
 //!   apalis's claim order, for a registered worker (`… LIMIT 64 FOR UPDATE
@@ -1063,6 +1065,11 @@ struct LimitsRun {
     /// its own commit, one after the other, rows/s: what a lone `push`
     /// sends the database.
     one_statement: f64,
+    /// `JobQueue::push` of one job after the other, jobs/s, in blocks
+    /// alternating with those of `one_statement`.
+    lone_push: f64,
+    /// The median over pairs of blocks of `lone_push` ÷ `one_statement`.
+    lone_push_ratio: f64,
     /// `JobQueue::push_all` of [`INSERT_BATCH`] jobs at a time, jobs/s.
     push_all: f64,
     /// (2): raw claim-and-complete loops on apalis's job table,
@@ -1120,18 +1127,60 @@ async fn one_commit_per_row(database: &Database, rows: usize) -> f64 {
     rows.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Rows/s of raw single-row insert statements into apalis's job table,
-/// one after the other.
-async fn one_statement_per_row(database: &Database, rows: usize) -> f64 {
+/// Pairs of blocks in [`lone_pushes`].
+const LONE_PAIRS: usize = 10;
+
+/// A lone push against what it sends the database.
+struct LonePushes {
+    /// Raw single-row insert statements into apalis's job table, one after
+    /// the other, rows/s.
+    statement: f64,
+    /// `JobQueue::push` of one job after the other, jobs/s.
+    push: f64,
+    /// Per pair of blocks, push ÷ statement; their median.
+    ratio: f64,
+}
+
+/// `rows` raw single-row inserts and `rows` lone pushes, in [`LONE_PAIRS`]
+/// pairs of blocks that alternate (and alternate which goes first), so
+/// that both see the same moments of the machine: a commit's `fsync` on
+/// this machine moves by more from one second to the next than the two
+/// differ by.
+async fn lone_pushes(database: &Database, rows: usize) -> LonePushes {
     database.delete(CEILING_JOB_TYPE).await;
-    let rows = scratch_rows(rows);
-    let started = Instant::now();
-    for row in rows.chunks(1) {
-        database.job_table_insert(row, Commit::Statement).await;
+    let block = (rows / LONE_PAIRS).max(1);
+    let (mut statement_time, mut push_time) = (Duration::ZERO, Duration::ZERO);
+    let mut ratios = Vec::with_capacity(LONE_PAIRS);
+    for pair in 0..LONE_PAIRS {
+        let mut statements = Duration::ZERO;
+        let mut pushes = Duration::ZERO;
+        for statements_first in [pair % 2 == 0, pair % 2 == 1] {
+            let started = Instant::now();
+            if statements_first {
+                for row in scratch_rows(block).chunks(1) {
+                    database.job_table_insert(row, Commit::Statement).await;
+                }
+                statements = started.elapsed();
+            } else {
+                for _ in 0..block {
+                    let job = Filler::with_seq(next_seq());
+                    database.queue.push(&job).await.expect("a lone push");
+                }
+                pushes = started.elapsed();
+            }
+        }
+        ratios.push(statements.as_secs_f64() / pushes.as_secs_f64());
+        statement_time += statements;
+        push_time += pushes;
     }
-    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
     database.delete(CEILING_JOB_TYPE).await;
-    rate
+    database.delete(Filler::NAME).await;
+    let done = (block * LONE_PAIRS) as f64;
+    LonePushes {
+        statement: done / statement_time.as_secs_f64(),
+        push: done / push_time.as_secs_f64(),
+        ratio: median(ratios),
+    }
 }
 
 /// Rows/s claimed and completed from `rows` pending rows of apalis's job
@@ -1326,7 +1375,7 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
     let insert_ceiling = insert_ceiling(database, config.exec_jobs).await;
     let minimal_insert = minimal_insert(database, config.exec_jobs).await;
     let one_commit = one_commit_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
-    let one_statement = one_statement_per_row(database, (config.jobs / 4).clamp(16, 500)).await;
+    let lone = lone_pushes(database, (config.jobs / 4).clamp(16, 500)).await;
     let rows = config.exec_jobs;
     let claim_ceiling = claim_ceiling(database, rows, database.claimers(), CLAIM_BATCH).await;
     let minimal_claim = minimal_claim(database, rows).await;
@@ -1357,7 +1406,9 @@ async fn limits(database: &Database, config: &Config) -> LimitsRun {
         insert_ceiling,
         minimal_insert,
         one_commit,
-        one_statement,
+        one_statement: lone.statement,
+        lone_push: lone.push,
+        lone_push_ratio: lone.ratio,
         push_all,
         claim_ceiling,
         minimal_claim,
@@ -1618,7 +1669,8 @@ fn main() {
                 let run = limits(database, &config).await;
                 eprintln!(
                     "round {round} limits {:<8} insert ceiling {:>7.0}/s (minimal table \
-                     {:>7.0}/s)  one commit per row {:>5.0}/s (job table, statement alone {:>5.0}/s)  push_all {:>7.0}/s  claim \
+                     {:>7.0}/s)  one commit per row {:>5.0}/s (job table, statement alone {:>5.0}/s, \
+                     lone push {:>5.0}/s)  push_all {:>7.0}/s  claim \
                      ceiling {:>6.0}/s (minimal table {:>6.0}/s, one loop {:>6.0}/s)  \
                      workers {:>6.0}/s",
                     run.engine.key(),
@@ -1626,6 +1678,7 @@ fn main() {
                     run.minimal_insert,
                     run.one_commit,
                     run.one_statement,
+                    run.lone_push,
                     run.push_all,
                     run.claim_ceiling,
                     run.minimal_claim,
@@ -1797,6 +1850,8 @@ fn print_limits(
                 ("minimal", run.minimal_insert),
                 ("one_commit", run.one_commit),
                 ("one_statement", run.one_statement),
+                ("lone_push", run.lone_push),
+                ("lone_push_ratio", run.lone_push_ratio),
                 ("push_all", run.push_all),
                 (
                     "push_p1",
@@ -1865,6 +1920,10 @@ fn print_limits(
         "raw INSERT into apalis's job table, one statement (its own commit) per row, rows/s",
         "one_statement",
     );
+    rate(
+        "push, one job after the other, in blocks alternating with those, jobs/s",
+        "lone_push",
+    );
     rate("push_all, 512 jobs per call, jobs/s", "push_all");
     rate("push (enqueue_now), 1 producer, jobs/s", "push_p1");
     rate("push (enqueue_now), 16 producers, jobs/s", "push_p16");
@@ -1920,8 +1979,13 @@ fn print_limits(
     });
     ratio(
         "push, 1 producer ÷ one statement per row into the job table",
-        "≈ 1",
+        "",
         &|r| r["push_p1"] / r["one_statement"],
+    );
+    ratio(
+        "lone push ÷ one statement per row, alternating blocks (median of pairs)",
+        "≈ 1",
+        &|r| r["lone_push_ratio"],
     );
     ratio("push_all ÷ (1)", "", &|r| r["push_all"] / r["insert"]);
     ratio("Workers ÷ (2)", "≥ 0.5", &|r| r["executed"] / r["claim"]);
