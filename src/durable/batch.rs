@@ -4,19 +4,22 @@
 //! A push hands its job to the flusher and waits for the commit that holds
 //! it, so the guarantee of [`JobQueue::push`](super::JobQueue::push) is
 //! unchanged: when it returns `Ok`, the job is stored. A lone push does not
-//! wait for company (the flusher takes what is there and commits at once);
-//! under concurrency, the pushes that queued during one commit share the
-//! next, so the commits per second stay about the same while the jobs per
-//! commit grow. A commit that stalls (behind a lock, on a slow disk) holds
-//! up only its own pushes: the next batch waits for it [`STALLED_COMMIT`]
-//! at most, then commits on a connection of its own. Each commit is a task
-//! of its own so that a caller that is dropped mid-commit (a client that
-//! went away) cannot leave the others' jobs half-stored.
+//! wait for company: with no other push under way it commits its job
+//! itself, in its own task ([`Batcher::push`]); under concurrency, the
+//! pushes that queued during one commit share the next, so the commits per
+//! second stay about the same while the jobs per commit grow. A commit that
+//! stalls (behind a lock, on a slow disk) holds up only its own pushes: the
+//! next batch waits for it [`STALLED_COMMIT`] at most, then commits on a
+//! connection of its own. Each of the flusher's commits is a task of its
+//! own so that a caller that is dropped mid-commit (a client that went
+//! away) cannot leave the others' jobs half-stored; a lone push's commit
+//! holds only its own job.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -73,9 +76,41 @@ impl From<Failure> for JobError {
 
 /// The way to a queue's flusher, which is started on the first push (on
 /// the runtime of that push) and again if its runtime has gone.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Batcher {
     sender: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    /// Held by the commit of this queue's pushes in flight, the flusher's
+    /// or a lone push's (one permit).
+    committing: Arc<Semaphore>,
+    /// Pushes begun and not ended (returned or dropped).
+    pushing: AtomicUsize,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Self {
+            sender: Mutex::default(),
+            committing: Arc::new(Semaphore::new(1)),
+            pushing: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Counts a push in [`Batcher::pushing`] while it lives.
+struct Pushing<'a>(&'a AtomicUsize);
+
+impl<'a> Pushing<'a> {
+    /// Counts a push; `true` if no other was under way.
+    fn begin(pushing: &'a AtomicUsize) -> (Self, bool) {
+        let alone = pushing.fetch_add(1, Ordering::AcqRel) == 0;
+        (Self(pushing), alone)
+    }
+}
+
+impl Drop for Pushing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Request {
@@ -88,11 +123,36 @@ impl std::fmt::Debug for Request {
 
 impl Batcher {
     /// Stores `job` in the next commit, and says what that commit did.
+    ///
+    /// A lone push (no other push under way, no commit in flight, and a
+    /// connection free) commits its job itself, in the caller's task: it
+    /// then costs what its insert statement costs, where the way through
+    /// the flusher and back adds two hand-offs between tasks, each a
+    /// wake-up of another thread. The pushes that arrive meanwhile queue
+    /// for the flusher, which waits for this commit as for one of its own.
+    ///
+    /// Pushes that find company go to the flusher, to share its commits:
+    /// the callers a commit wakes push again before the others have
+    /// returned, and none of them may take a commit of its own between two
+    /// of the flusher's. With no connection free, the push goes to the
+    /// flusher too, so that the pushes waiting for a connection wait for
+    /// one together.
     pub(crate) async fn push(
         &self,
         engine: &Engine,
         job: EncodedJob,
     ) -> Result<Inserted, JobError> {
+        let (_pushing, alone) = Pushing::begin(&self.pushing);
+        if alone && engine.has_idle_connection() {
+            if let Ok(alone) = Arc::clone(&self.committing).try_acquire_owned() {
+                // Boxed: every deferred push is a task that holds this
+                // future, and most of them take the flusher's way.
+                let holders = Box::pin(commit(engine, &[&job])).await;
+                drop(alone);
+                let holder = holders?.into_iter().next().flatten();
+                return Ok(Inserted::of(job.id, holder));
+            }
+        }
         let (done, committed) = oneshot::channel();
         let mut request = Request { job, done };
         {
@@ -109,7 +169,8 @@ impl Batcher {
                     }
                 }
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(flush_all(engine.clone(), rx));
+                let committing = Arc::clone(&self.committing);
+                tokio::spawn(flush_all(engine.clone(), rx, committing));
                 *sender = Some(tx);
             }
         }
@@ -135,42 +196,69 @@ const STALLED_COMMIT: Duration = Duration::from_millis(100);
 /// takes every push that queued meanwhile (up to [`MAX_BATCH`]) and commits
 /// them together in a task of their own, until every sender has gone.
 ///
+/// The commit in flight is the flusher's last, or a lone push's (which the
+/// flusher sees only by `committing`'s permit, so it gives that one
+/// [`STALLED_COMMIT`] from the moment it finds it). Once a commit has
+/// stalled, the rounds after it no longer wait for the permit it holds.
+///
 /// The connection comes before the batch is closed so that a push waits
 /// for one connection at most, its own batch's: a push that arrived while
 /// the flusher was waiting for a connection joins that batch, rather than
 /// waiting for the next one to look for a connection all over again. If
 /// no connection comes within the pool's acquire timeout, every push of
 /// the batch fails with that error.
-async fn flush_all(engine: Engine, mut requests: mpsc::UnboundedReceiver<Request>) {
+async fn flush_all(
+    engine: Engine,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    committing: Arc<Semaphore>,
+) {
     let mut in_flight: Option<(Instant, JoinHandle<()>)> = None;
+    // The commit holding the permit overran `STALLED_COMMIT`.
+    let mut stalled = false;
     while let Some(first) = requests.recv().await {
+        let mut deadline = Instant::now() + STALLED_COMMIT;
         if let Some((started, mut commit)) = in_flight.take() {
             if !commit.is_finished() {
+                deadline = started + STALLED_COMMIT;
                 tokio::select! {
                     _ = &mut commit => {}
                     // Left to finish on its own; its pushes wait for it.
-                    () = tokio::time::sleep_until(started + STALLED_COMMIT) => {}
+                    () = tokio::time::sleep_until(deadline) => {}
                 }
             }
         }
+        let permit = match Arc::clone(&committing).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if stalled => None,
+            Err(_) => {
+                let permit = Arc::clone(&committing).acquire_owned();
+                tokio::time::timeout_at(deadline, permit)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+        };
+        stalled = permit.is_none();
         let batch = vec![first];
         let commit = match &engine {
             #[cfg(feature = "sqlite")]
-            Engine::Sqlite(pool) => start_commit(pool, &mut requests, batch).await,
+            Engine::Sqlite(pool) => start_commit(pool, &mut requests, batch, permit).await,
             #[cfg(feature = "postgres")]
-            Engine::Postgres(pool) => start_commit(pool, &mut requests, batch).await,
+            Engine::Postgres(pool) => start_commit(pool, &mut requests, batch, permit).await,
         };
         in_flight = commit.map(|commit| (Instant::now(), commit));
     }
 }
 
 /// Takes a connection from `pool`, adds to `batch` what queued in
-/// `requests` meanwhile, and starts the commit of the batch's jobs on it;
-/// `None` if no connection came (the batch's pushes have been told).
+/// `requests` meanwhile, and starts the commit of the batch's jobs on it,
+/// holding `permit` until the pushes have been told; `None` if no
+/// connection came (the batch's pushes have been told).
 async fn start_commit<DB: JobDatabase>(
     pool: &sqlx::Pool<DB>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     mut batch: Vec<Request>,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Option<JoinHandle<()>> {
     let connection = pool.acquire().await;
     while batch.len() < MAX_BATCH {
@@ -185,6 +273,7 @@ async fn start_commit<DB: JobDatabase>(
             let result = commit_on(&mut connection, &jobs).await;
             drop(jobs);
             reply(batch, result);
+            drop(permit);
         })),
         Err(error) => {
             reply(batch, Err(JobError::no_connection(error)));
@@ -353,6 +442,71 @@ mod tests {
         );
         assert_eq!(one_statement(&jobs[4..], "b", 100), 1);
         assert_eq!(one_statement(&jobs, "a", 1_000), 3);
+    }
+
+    /// A lone push commits in its caller's task: the flusher, and the two
+    /// hand-offs through it, are for the pushes that find a commit in
+    /// flight. Those wait for it, and are stored once it ends.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    // With one engine enabled, matching the queue's engine cannot fail.
+    #[allow(irrefutable_let_patterns)]
+    async fn a_lone_push_commits_without_the_flusher() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let queue = crate::durable::JobQueue::sqlite(path).await.unwrap();
+        let engine = queue.engine.clone();
+        let batcher = Arc::new(Batcher::default());
+        let flusher_started = |batcher: &Batcher| batcher.sender.lock().unwrap().is_some();
+        let idle_connection = || async {
+            // A connection goes back to the pool in a task of its own.
+            while !engine.has_idle_connection() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        for _ in 0..3 {
+            idle_connection().await;
+            batcher.push(&engine, job("a", 10)).await.unwrap();
+        }
+        assert!(
+            !flusher_started(&batcher),
+            "a lone push went through the flusher"
+        );
+
+        // Another push under way: this one shares the flusher's commits.
+        let (other, _) = Pushing::begin(&batcher.pushing);
+        idle_connection().await;
+        batcher.push(&engine, job("a", 10)).await.unwrap();
+        assert!(
+            flusher_started(&batcher),
+            "a push beside another went alone"
+        );
+        drop(other);
+        *batcher.sender.lock().unwrap() = None;
+
+        let in_flight = Arc::clone(&batcher.committing).try_acquire_owned().unwrap();
+        idle_connection().await;
+        let pushing = tokio::spawn({
+            let (batcher, engine) = (Arc::clone(&batcher), engine.clone());
+            async move { batcher.push(&engine, job("a", 10)).await }
+        });
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !flusher_started(&batcher) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a push beside a commit in flight goes to the flusher");
+        drop(in_flight);
+        pushing.await.unwrap().unwrap();
+        let Engine::Sqlite(pool) = &engine else {
+            unreachable!("a SQLite queue")
+        };
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM Jobs WHERE job_type = 'a'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 5);
     }
 
     #[test]
