@@ -153,6 +153,27 @@ impl Batcher {
                 return Ok(Inserted::of(job.id, holder));
             }
         }
+        self.through_flusher(engine, job).await
+    }
+
+    /// Stores `job` in the next of the flusher's commits, however few
+    /// pushes are under way: for deferred pushes, which come in bursts and
+    /// answer no caller, so a commit of one job of its own would only come
+    /// between two shared ones.
+    pub(crate) async fn push_shared(
+        &self,
+        engine: &Engine,
+        job: EncodedJob,
+    ) -> Result<Inserted, JobError> {
+        let _pushing = Pushing::begin(&self.pushing);
+        self.through_flusher(engine, job).await
+    }
+
+    async fn through_flusher(
+        &self,
+        engine: &Engine,
+        job: EncodedJob,
+    ) -> Result<Inserted, JobError> {
         let (done, committed) = oneshot::channel();
         let mut request = Request { job, done };
         {
@@ -445,8 +466,9 @@ mod tests {
     }
 
     /// A lone push commits in its caller's task: the flusher, and the two
-    /// hand-offs through it, are for the pushes that find a commit in
-    /// flight. Those wait for it, and are stored once it ends.
+    /// hand-offs through it, are for the pushes that find another push
+    /// under way or a commit in flight (they wait for it, and are stored
+    /// once it ends), and for deferred pushes.
     #[cfg(feature = "sqlite")]
     #[tokio::test]
     // With one engine enabled, matching the queue's engine cannot fail.
@@ -484,6 +506,12 @@ mod tests {
         drop(other);
         *batcher.sender.lock().unwrap() = None;
 
+        // A deferred push shares the flusher's commits, even alone.
+        idle_connection().await;
+        batcher.push_shared(&engine, job("a", 10)).await.unwrap();
+        assert!(flusher_started(&batcher), "a deferred push went alone");
+        *batcher.sender.lock().unwrap() = None;
+
         let in_flight = Arc::clone(&batcher.committing).try_acquire_owned().unwrap();
         idle_connection().await;
         let pushing = tokio::spawn({
@@ -506,7 +534,7 @@ mod tests {
             .fetch_one(pool)
             .await
             .unwrap();
-        assert_eq!(stored, 5);
+        assert_eq!(stored, 6);
     }
 
     #[test]

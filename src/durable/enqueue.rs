@@ -147,7 +147,10 @@ async fn push_until_stored(
     let mut attempt = 1;
     loop {
         let mut stored = match jobs.as_slice() {
-            [job] => queue.push_encoded(job).await.map(|inserted| vec![inserted]),
+            [job] => queue
+                .push_deferred(job)
+                .await
+                .map(|inserted| vec![inserted]),
             // Boxed, as is the check below: a transaction's future is
             // large, and every deferred push's task would carry it (and
             // copy it whenever the task moves), though most push one job

@@ -357,6 +357,12 @@ impl JobQueue {
         self.batcher.push(&self.engine, job.clone()).await
     }
 
+    /// Stores `job`, a deferred push's, in the next of the group commit's
+    /// shared commits.
+    pub(crate) async fn push_deferred(&self, job: &EncodedJob) -> Result<Inserted, JobError> {
+        self.batcher.push_shared(&self.engine, job.clone()).await
+    }
+
     /// What became of job `id` (of type `J`).
     pub async fn outcome<J: Job>(&self, id: JobId) -> Result<JobOutcome<J::Output>, JobError> {
         if self.job_type(id).await?.as_deref() != Some(J::NAME) {
