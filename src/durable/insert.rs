@@ -237,10 +237,14 @@ impl JobDatabase for sqlx::Postgres {
         rows: Rows,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
         Box::pin(async move {
-            let tasks = rows
+            let mut tasks: Vec<_> = rows
                 .into_iter()
                 .map(|(id, args, attempts, at)| task(id, args, attempts, at).build())
                 .collect();
+            if let [_] = tasks.as_slice() {
+                let task = tasks.pop().expect("one task");
+                return insert_one_postgres(connection, queue, task).await;
+            }
             // One statement for them all (`unnest`).
             apalis_postgres::queries::push_tasks(connection, queue, tasks)
                 .await
@@ -327,6 +331,53 @@ impl JobDatabase for sqlx::Postgres {
     }
 }
 
+/// apalis's PostgreSQL insert (`queries::push_tasks`) of one plain job,
+/// as a row of values. apalis's statement takes one array per column and
+/// unnests them: for many rows one statement, but for one row more work
+/// for PostgreSQL than the row itself, on the path of every lone push.
+/// The values are the ones apalis binds for the job, so the row is the
+/// one apalis writes.
+#[cfg(feature = "postgres")]
+async fn insert_one_postgres(
+    connection: &mut sqlx::PgConnection,
+    queue: &'static str,
+    task: apalis_postgres::PgTask,
+) -> Result<(), JobError> {
+    use sqlx::postgres::types::PgHstore;
+
+    const INSERT_ONE: &str = "\
+        INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, \
+            run_at, priority, metadata, idempotency_key) \
+        VALUES ($1, $2, $3, 'Pending', 0, $4, to_timestamp($5::BIGINT), $6, $7, NULL)";
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let id = task.task_id().map(ToString::to_string);
+    let run_at = task.run_at().unwrap_or(now) as i64;
+    let priority = task.priority().map_or(0, |priority| priority as i32);
+    let max_attempts = task.max_attempts().map_or(25, |attempts| attempts as i32);
+    let metadata = PgHstore(
+        task.metadata()
+            .clone()
+            .into_inner()
+            .into_iter()
+            .map(|(key, value)| (key, Some(value)))
+            .collect(),
+    );
+    sqlx::query(INSERT_ONE)
+        .bind(id)
+        .bind(queue)
+        .bind(task.args)
+        .bind(max_attempts)
+        .bind(run_at)
+        .bind(priority)
+        .bind(metadata)
+        .execute(connection)
+        .await
+        .map(drop)
+        .map_err(JobError::database)
+}
+
 /// Whether apalis's PostgreSQL insert failed on the unique index.
 #[cfg(feature = "postgres")]
 fn is_unique_violation(error: &apalis_postgres::Error) -> bool {
@@ -334,4 +385,65 @@ fn is_unique_violation(error: &apalis_postgres::Error) -> bool {
         error,
         apalis_postgres::Error::Database(sqlx::Error::Database(error)) if error.is_unique_violation()
     )
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod postgres_tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{insert_one_postgres, task};
+    use crate::durable::job::JobId;
+    use crate::durable::scratch_postgres::{self, ScratchDatabase};
+
+    /// A job inserted alone is the row apalis's own insert writes for it:
+    /// every column but the id, the default `run_at` (now) within a
+    /// second. Needs `DATABASE_URL`; without it, says so and passes.
+    #[tokio::test]
+    async fn one_job_is_the_row_apalis_writes() {
+        let Some((database, queue)) = ScratchDatabase::queue("insert_one").await else {
+            return;
+        };
+        let pool = scratch_postgres::pool(&queue);
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        for (max_attempts, run_at) in [(25, None), (3, Some(later))] {
+            let (ours, theirs) = (JobId::new(), JobId::new());
+            let mut connection = pool.acquire().await.unwrap();
+            let job = task(ours, b"{\"n\":1}".to_vec(), max_attempts, run_at).build();
+            insert_one_postgres(&mut connection, "parity", job)
+                .await
+                .unwrap();
+            let job = task(theirs, b"{\"n\":1}".to_vec(), max_attempts, run_at).build();
+            apalis_postgres::queries::push_tasks(&mut *connection, "parity", vec![job])
+                .await
+                .unwrap();
+            let row = |id: JobId| {
+                sqlx::query_as::<
+                    _,
+                    (
+                        String,
+                        Vec<u8>,
+                        String,
+                        i32,
+                        i32,
+                        f64,
+                        i32,
+                        String,
+                        Option<String>,
+                    ),
+                >(
+                    "SELECT job_type, job, status, attempts, max_attempts, \
+                            EXTRACT(EPOCH FROM run_at)::FLOAT8, priority, \
+                            COALESCE(metadata::TEXT, 'NULL'), idempotency_key \
+                     FROM apalis.jobs WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .fetch_one(pool)
+            };
+            let (mut ours, mut theirs) = (row(ours).await.unwrap(), row(theirs).await.unwrap());
+            assert!((ours.5 - theirs.5).abs() <= 1.0, "{ours:?} / {theirs:?}");
+            (ours.5, theirs.5) = (0.0, 0.0);
+            assert_eq!(ours, theirs);
+        }
+        database.remove(queue).await;
+    }
 }
