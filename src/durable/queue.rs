@@ -281,6 +281,11 @@ impl JobQueue {
     /// the database. A [unique](Job::unique_key) job whose key is held by a
     /// job of the same type that is waiting or running stores nothing and
     /// returns that job's id.
+    ///
+    /// Pushes made at once through a queue and its clones share commits: a
+    /// push that finds others under way is stored in the next commit with
+    /// theirs, and returns once that commit has. A push alone commits its
+    /// job at once, in the calling task.
     pub async fn push<J: Job>(&self, job: &J) -> Result<JobId, JobError> {
         let inserted = self.push_encoded(&self.encode(job)?).await?;
         Ok(self.count(inserted))
