@@ -144,11 +144,11 @@ impl Batcher {
     ) -> Result<Inserted, JobError> {
         let (_pushing, alone) = Pushing::begin(&self.pushing);
         if alone && engine.has_idle_connection() {
-            if let Ok(alone) = Arc::clone(&self.committing).try_acquire_owned() {
-                // Boxed: every deferred push is a task that holds this
-                // future, and most of them take the flusher's way.
+            if let Ok(committing) = Arc::clone(&self.committing).try_acquire_owned() {
+                // Boxed: kept out of the size of every push's future, most
+                // of which take the flusher's way.
                 let holders = Box::pin(commit(engine, &[&job])).await;
-                drop(alone);
+                drop(committing);
                 let holder = holders?.into_iter().next().flatten();
                 return Ok(Inserted::of(job.id, holder));
             }

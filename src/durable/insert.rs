@@ -102,6 +102,14 @@ fn task(
     }
 }
 
+/// Now, in whole seconds since the Unix epoch: the `run_at` apalis gives a
+/// job that names none.
+fn unix_seconds_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 mod sealed {
     pub trait Sealed {}
     #[cfg(feature = "sqlite")]
@@ -128,9 +136,7 @@ impl JobDatabase for sqlx::Sqlite {
             // statement per row), as multi-row statements: SQLite runs a
             // statement per call, so rows per statement is what makes a
             // batch cheap.
-            let now = SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_secs());
+            let now = unix_seconds_now();
             let tasks: Vec<_> = rows
                 .into_iter()
                 .map(|(id, args, attempts, at)| task(id, args, attempts, at).build())
@@ -237,14 +243,14 @@ impl JobDatabase for sqlx::Postgres {
         rows: Rows,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
         Box::pin(async move {
-            let mut tasks: Vec<_> = rows
+            let tasks: Vec<_> = rows
                 .into_iter()
                 .map(|(id, args, attempts, at)| task(id, args, attempts, at).build())
                 .collect();
-            if let [_] = tasks.as_slice() {
-                let task = tasks.pop().expect("one task");
-                return insert_one_postgres(connection, queue, task).await;
-            }
+            let tasks = match <[_; 1]>::try_from(tasks) {
+                Ok([task]) => return insert_one_postgres(connection, queue, task).await,
+                Err(tasks) => tasks,
+            };
             // One statement for them all (`unnest`).
             apalis_postgres::queries::push_tasks(connection, queue, tasks)
                 .await
@@ -349,11 +355,8 @@ async fn insert_one_postgres(
         INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, \
             run_at, priority, metadata, idempotency_key) \
         VALUES ($1, $2, $3, 'Pending', 0, $4, to_timestamp($5::BIGINT), $6, $7, NULL)";
-    let now = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
     let id = task.task_id().map(ToString::to_string);
-    let run_at = task.run_at().unwrap_or(now) as i64;
+    let run_at = task.run_at().unwrap_or_else(unix_seconds_now) as i64;
     let priority = task.priority().map_or(0, |priority| priority as i32);
     let max_attempts = task.max_attempts().map_or(25, |attempts| attempts as i32);
     let metadata = PgHstore(
