@@ -537,6 +537,57 @@ mod tests {
         assert_eq!(stored, 6);
     }
 
+    /// A push that joined the flusher's commits is stored even if its
+    /// caller goes away (a handler dropped when its client disconnects),
+    /// as `JobQueue::push`'s cancel safety says.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    // With one engine enabled, matching the queue's engine cannot fail.
+    #[allow(irrefutable_let_patterns)]
+    async fn a_shared_push_dropped_by_its_caller_is_still_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = crate::durable::JobQueue::sqlite(dir.path().join("jobs.db"))
+            .await
+            .unwrap();
+        let engine = queue.engine.clone();
+        let Engine::Sqlite(pool) = &engine else {
+            unreachable!("a SQLite queue")
+        };
+        let batcher = Arc::new(Batcher::default());
+        // A commit in flight sends the push to the flusher, which waits for it.
+        let in_flight = Arc::clone(&batcher.committing).try_acquire_owned().unwrap();
+        let pushing = tokio::spawn({
+            let (batcher, engine) = (Arc::clone(&batcher), engine.clone());
+            async move { batcher.push(&engine, job("dropped", 10)).await }
+        });
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while batcher.sender.lock().unwrap().is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the push reached the flusher");
+        pushing.abort();
+        assert!(pushing.await.unwrap_err().is_cancelled());
+        drop(in_flight);
+        let stored = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let stored: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM Jobs WHERE job_type = 'dropped'")
+                        .fetch_one(pool)
+                        .await
+                        .unwrap();
+                if stored > 0 {
+                    return stored;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the dropped push's job was never stored");
+        assert_eq!(stored, 1);
+    }
+
     #[test]
     fn only_plain_jobs_of_one_type_in_one_statement_skip_the_transaction() {
         let plain = [job("a", 10), job("a", 10), job("a", 10)];

@@ -286,6 +286,19 @@ impl JobQueue {
     /// push that finds others under way is stored in the next commit with
     /// theirs, and returns once that commit has. A push alone commits its
     /// job at once, in the calling task.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it returns, a push may or may not have stored its
+    /// job; a job it stored runs like any other. A push that joined a
+    /// shared commit is stored with it whether or not it is still awaited;
+    /// a push committing alone stops where it is dropped (before its
+    /// statement reached the database, or after). A job stored by a dropped
+    /// push is not in [`stats`](Self::stats), and on SQLite this process's
+    /// workers find it at their next poll rather than at once. hyper drops
+    /// a handler's future when its client disconnects: where the job must
+    /// be stored whatever the client does, [`enqueue`](Self::enqueue) it,
+    /// or `tokio::spawn` the push and await its handle.
     pub async fn push<J: Job>(&self, job: &J) -> Result<JobId, JobError> {
         let inserted = self.push_encoded(&self.encode(job)?).await?;
         Ok(self.count(inserted))
@@ -294,6 +307,10 @@ impl JobQueue {
     /// Pushes `job` to run no earlier than `at` (to the second; a time in
     /// the past runs at once). Like [`push`](Self::push) otherwise: the job
     /// is stored when this returns, so a restart does not lose the delay.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`push`](Self::push)'s.
     pub async fn push_at<J: Job>(&self, job: &J, at: SystemTime) -> Result<JobId, JobError> {
         let inserted = self.push_encoded(&self.encode(job)?.at(at)).await?;
         Ok(self.count(inserted))
@@ -328,6 +345,12 @@ impl JobQueue {
     /// holder's). The first job that cannot be encoded is the error, before
     /// anything is pushed. For imports and fan-outs; from a handler after
     /// the response, see [`enqueue_all`](Self::enqueue_all).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it returns, the transaction holding the jobs may or
+    /// may not have committed: all of them are stored, or none, and those
+    /// stored run like any others (they are not in [`stats`](Self::stats)).
     pub async fn push_all<J: Job>(&self, jobs: &[J]) -> Result<Vec<JobId>, JobError> {
         let jobs = jobs
             .iter()
@@ -369,6 +392,10 @@ impl JobQueue {
     }
 
     /// What became of job `id` (of type `J`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn outcome<J: Job>(&self, id: JobId) -> Result<JobOutcome<J::Output>, JobError> {
         if self.job_type(id).await?.as_deref() != Some(J::NAME) {
             return Ok(JobOutcome::NotFound);
@@ -405,6 +432,11 @@ impl JobQueue {
     /// [`JobError::Failed`] with its last error. A job not found is waited
     /// for too (a deferred job is pushed after its response): bound the
     /// wait with a timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads, so `tokio::time::timeout` around it
+    /// leaves the job as it was.
     pub async fn wait_for<J: Job>(&self, id: JobId, poll: Duration) -> Result<J::Output, JobError> {
         loop {
             match self.outcome::<J>(id).await? {

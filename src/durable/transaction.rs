@@ -45,6 +45,11 @@ impl JobQueue {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it returns, the job may or may not be in `tx`: roll
+    /// `tx` back (drop it) rather than commit it.
     pub async fn push_in<DB, J>(
         &self,
         tx: &mut sqlx::Transaction<'_, DB>,

@@ -251,6 +251,14 @@ impl Workers {
     /// `tokio::signal::ctrl_c()`), then shuts them down within
     /// `grace_period`, as [`spawn`](Self::spawn)ed workers are: for a worker
     /// process of its own.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before `signal` completes, it stops the workers at once, as
+    /// a [`Supervisor`] dropped without its shutdown does: their running
+    /// jobs are aborted and not returned to the queue by this process;
+    /// other workers take them back as they take a dead process's, once
+    /// the heartbeat is two intervals old.
     pub async fn run_until<F>(self, signal: F, grace_period: Duration)
     where
         F: Future,
