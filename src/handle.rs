@@ -1,6 +1,7 @@
 //! The per-request handle handlers queue their background work on, and
 //! [`IntoTask`], what its `add` accepts.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
@@ -195,6 +196,12 @@ impl BackgroundTasks {
         self.request.set.cancel.clone()
     }
 
+    /// Tells, later, whether this handle's supervisor has begun its
+    /// shutdown: for a task that must say why it never started.
+    pub(crate) fn shutdown_probe(&self) -> ShutdownProbe {
+        ShutdownProbe(Arc::clone(&self.request.set))
+    }
+
     pub(crate) fn into_request(self) -> Arc<RequestTasks> {
         self.request
     }
@@ -271,9 +278,21 @@ impl BackgroundTasks {
         };
         match closed {
             Closed::HandedOff => {
+                // Counted first: the task may end before `spawn_all` returns.
                 set.counters.submitted();
-                running::spawn_all(set, &request.line, smallvec::smallvec![task]);
-                Ok(())
+                match running::spawn_all(set, &request.line, smallvec::smallvec![task]) {
+                    Ok(()) => Ok(()),
+                    // Closed since `admit`. Counted as refused even for
+                    // `try_add`, having been counted as submitted; the
+                    // error says so too, so that `Ok` always means taken.
+                    Err(refused) => {
+                        running::refuse_all(set, &request.line, &refused);
+                        if counted {
+                            request.answer_with(AddError::ShuttingDown);
+                        }
+                        Err(AddError::ShuttingDown)
+                    }
+                }
             }
             Closed::Discarded(reason) => {
                 set.unpend(1);
@@ -285,6 +304,24 @@ impl BackgroundTasks {
                 Err(AddError::Discarded)
             }
         }
+    }
+}
+
+/// Whether a supervisor has begun its shutdown (it takes no new task), from
+/// [`BackgroundTasks::shutdown_probe`].
+pub(crate) struct ShutdownProbe(Arc<TaskSet>);
+
+impl ShutdownProbe {
+    pub(crate) fn shutdown_begun(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+impl fmt::Debug for ShutdownProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownProbe")
+            .field("shutdown_begun", &self.shutdown_begun())
+            .finish()
     }
 }
 
@@ -306,7 +343,9 @@ impl RequestTasks {
     /// hand-off or discard of a request has any effect.
     pub(crate) fn hand_off(self: &Arc<Self>) {
         if let Some(tasks) = self.queue.close(Closed::HandedOff) {
-            running::spawn_all(&self.set, &self.line, tasks);
+            if let Err(refused) = running::spawn_all(&self.set, &self.line, tasks) {
+                running::refuse_all(&self.set, &self.line, &refused);
+            }
         }
     }
 

@@ -24,19 +24,21 @@ use crate::task_set::TaskSet;
 use crate::work::{BlockingWork, BoxedWork, Details, LaneId, Queued, QueuedTask, Work};
 
 /// Hands `tasks` (admitted, queued by `request`) to their lanes: each starts
-/// at once if its lane has a free slot, or waits in the lane's queue. All
-/// are refused if the set is closed.
-pub(crate) fn spawn_all(set: &Arc<TaskSet>, request: &RequestLine, tasks: Queued) {
+/// at once if its lane has a free slot, or waits in the lane's queue. If
+/// the set is closed, all are given back, uncounted but no longer pending,
+/// for the caller to count as refused (or not).
+pub(crate) fn spawn_all(
+    set: &Arc<TaskSet>,
+    request: &RequestLine,
+    tasks: Queued,
+) -> Result<(), Queued> {
     let n = tasks.len() as u64;
     if n == 0 {
-        return;
+        return Ok(());
     }
     if !set.enter_running(n) {
         set.unpend(n);
-        set.refuse(n, request);
-        let tasks = tasks.iter().map(|task| (task.lane, task.name()));
-        metrics::count_each(|lane| &set.lane(lane).metrics, tasks, Ended::Refused);
-        return;
+        return Err(tasks);
     }
     let origin = request.origin();
     let handed_off = Stamp::now();
@@ -59,6 +61,14 @@ pub(crate) fn spawn_all(set: &Arc<TaskSet>, request: &RequestLine, tasks: Queued
         }
     }
     set.unpend(started);
+    Ok(())
+}
+
+/// Counts `tasks`, given back by [`spawn_all`], as refused.
+pub(crate) fn refuse_all(set: &TaskSet, request: &RequestLine, tasks: &Queued) {
+    set.refuse(tasks.len() as u64, request);
+    let tasks = tasks.iter().map(|task| (task.lane, task.name()));
+    metrics::count_each(|lane| &set.lane(lane).metrics, tasks, Ended::Refused);
 }
 
 /// Starts `task` if its lane has a free slot (`true`), or queues it there.

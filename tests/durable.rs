@@ -29,6 +29,7 @@
 //! | [`shutdown`] | a job that outlives the grace period goes back to the queue, and the next worker runs it |
 //! | [`restart`] | the database restarted while a group commit and a burst of deferred pushes are in flight: every `Ok` push stored once, an `Err` push stored at most once (counted), every deferred job stored once |
 //! | [`db_down`] | the database away: `push` from a handler is a `503`; a deferred push is retried and delivered, or abandoned and logged if shutdown ends first |
+//! | [`discarded`] | a deferred job whose push never starts (its request's tasks discarded, or refused at the hand-off by a shutdown) is counted `discarded` or `abandoned` and logged with its JSON; one `enqueue` refuses is only an error |
 //! | [`pending`] | deferred jobs waiting for the database are bounded: past `max_pending` a `503`, counted; a full buffer is stored within grace, or abandoned counted and logged |
 //! | [`pool`] | the queue's pool exhausted (PostgreSQL): `push` from a handler is a `503` within `ACQUIRE_TIMEOUT`, not a hang; deferred batches that found no connection are retried and stored once each when the connections come back |
 //! | [`prefetch`] | a worker claims its prefetch (4 × concurrency by default, or `Workers::prefetch`) and no more; the claimed jobs it had not started go back to the queue at shutdown |
@@ -62,6 +63,8 @@ mod bulk;
 mod crash;
 #[path = "durable/db_down.rs"]
 mod db_down;
+#[path = "durable/discarded.rs"]
+mod discarded;
 #[path = "durable/held_index.rs"]
 mod held_index;
 #[path = "durable/locked.rs"]

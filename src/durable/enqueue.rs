@@ -1,6 +1,7 @@
 //! [`JobQueue::enqueue`]: a durable job from a handler, pushed once the
 //! response has been sent, as one of the request's background tasks.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -10,7 +11,7 @@ use super::error::JobError;
 use super::insert::Inserted;
 use super::job::{Job, JobId};
 use super::queue::JobQueue;
-use crate::handle::BackgroundTasks;
+use crate::handle::{BackgroundTasks, ShutdownProbe};
 use crate::retry::Retry;
 
 /// The first wait before pushing a deferred job again; it doubles (with
@@ -47,6 +48,17 @@ impl JobQueue {
     /// crash of this process loses it; for work that must survive a crash
     /// right after the `2xx`, use [`push`](Self::push), which returns once
     /// the database has the job.
+    ///
+    /// The push is one of the request's background tasks and shares their
+    /// fate. If they are discarded before they start (the handler produced
+    /// no response, as when hyper drops it because its client went away,
+    /// or the layer's [`OnDisconnect::Skip`](crate::OnDisconnect::Skip) or
+    /// [`OnServerError::Skip`](crate::OnServerError::Skip) applies), the
+    /// job is never pushed: it is counted in
+    /// [`JobStats::discarded`](super::JobStats::discarded) and logged at
+    /// `WARN` with its JSON. If shutdown has begun when the response ends,
+    /// the push is refused with the rest, counted as abandoned and logged
+    /// at `ERROR`.
     ///
     /// ```
     /// # #[cfg(all(feature = "sqlite", feature = "axum"))]
@@ -118,7 +130,17 @@ impl JobQueue {
                 max_pending: self.counters.max_pending(),
             });
         }
-        match tasks.try_add(push_until_stored(self.clone(), jobs, cancel)) {
+        let deferred = Deferred {
+            queue: self.clone(),
+            jobs,
+            shutdown: tasks.shutdown_probe(),
+            progress: Progress::Queued,
+        };
+        let offered = {
+            let _offering = Offering::begin();
+            tasks.try_add(push_until_stored(deferred, cancel))
+        };
+        match offered {
             Ok(()) => Ok(()),
             Err(error) => {
                 self.counters.not_deferred(n);
@@ -128,19 +150,39 @@ impl JobQueue {
     }
 }
 
-/// The deferred push: tries until the database has the jobs. A guard counts
-/// and logs them if the task ends any other way (cancelled at the end of
-/// the cleanup period, or aborted at the end of grace).
+thread_local! {
+    /// Set while [`JobQueue::defer`] offers a push to a request's tasks.
+    /// `try_add` drops a task it refuses before it returns, and no other
+    /// task: a push dropped meanwhile was refused, and `defer`, told so by
+    /// the error, answers for its jobs (they were never accepted).
+    static OFFERING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as [offering](OFFERING) a push while it lives.
+struct Offering;
+
+impl Offering {
+    fn begin() -> Self {
+        OFFERING.set(true);
+        Self
+    }
+}
+
+impl Drop for Offering {
+    fn drop(&mut self) {
+        OFFERING.set(false);
+    }
+}
+
+/// The deferred push: tries until the database has the jobs. If the task
+/// ends any other way, or never starts, [`Deferred`] counts and logs them.
 async fn push_until_stored(
-    queue: JobQueue,
-    jobs: Vec<EncodedJob>,
+    mut deferred: Deferred,
     cancel: CancellationToken,
 ) -> Result<(), JobError> {
-    let mut unstored = Unstored {
-        queue: &queue,
-        jobs: &jobs,
-        stored: false,
-    };
+    deferred.progress = Progress::Pushing;
+    let queue = &deferred.queue;
+    let jobs = &deferred.jobs;
     let backoff = Retry::exponential(u32::MAX)
         .base_delay(FIRST_PUSH_DELAY)
         .max_delay(MAX_PUSH_DELAY);
@@ -158,7 +200,7 @@ async fn push_until_stored(
             jobs => Box::pin(queue.push_encoded_all(jobs)).await,
         };
         let may_have_committed = stored.as_ref().is_err_and(JobError::may_have_committed);
-        if may_have_committed && Box::pin(committed_after_all(&queue, &jobs)).await {
+        if may_have_committed && Box::pin(committed_after_all(queue, jobs)).await {
             // The commit went through but its answer was lost (the
             // connection broke after it): pushing again would fail on the
             // jobs' own ids forever. A push that got no connection sent
@@ -170,7 +212,7 @@ async fn push_until_stored(
         }
         let error = match stored {
             Ok(inserted) => {
-                unstored.stored = true;
+                deferred.progress = Progress::Stored;
                 for inserted in inserted {
                     queue.counters.pushed_deferred();
                     if matches!(inserted, Inserted::Existing(_)) {
@@ -212,27 +254,62 @@ async fn committed_after_all(queue: &JobQueue, jobs: &[EncodedJob]) -> bool {
     matches!(queue.job_type(plain.id).await, Ok(Some(_)))
 }
 
-/// Counts and logs the deferred jobs of a push that ended without storing
-/// them.
-struct Unstored<'a> {
-    queue: &'a JobQueue,
-    jobs: &'a [EncodedJob],
-    stored: bool,
+/// The jobs of one deferred push, from `enqueue` until the database has
+/// them. Dropped before that, it counts and logs them by why they were
+/// never stored, so that none goes silently.
+struct Deferred {
+    queue: JobQueue,
+    jobs: Vec<EncodedJob>,
+    shutdown: ShutdownProbe,
+    progress: Progress,
 }
 
-impl Drop for Unstored<'_> {
+/// How far a [`Deferred`] push got.
+enum Progress {
+    /// Among its request's tasks, not started.
+    Queued,
+    /// Started: trying until the database has the jobs.
+    Pushing,
+    Stored,
+}
+
+impl Drop for Deferred {
     fn drop(&mut self) {
-        if self.stored {
-            return;
-        }
-        for job in self.jobs {
-            self.queue.counters.abandoned();
-            tracing::error!(
-                job.id = %job.id,
-                job.name = job.queue,
-                job.args = %String::from_utf8_lossy(&job.args),
-                "durable job: shutdown ended before the database took it; job abandoned",
-            );
+        let started = match self.progress {
+            Progress::Stored => return,
+            Progress::Queued if OFFERING.get() => return,
+            Progress::Queued => false,
+            Progress::Pushing => true,
+        };
+        let counters = &self.queue.counters;
+        for job in &self.jobs {
+            let args = String::from_utf8_lossy(&job.args);
+            if started {
+                counters.abandoned();
+                tracing::error!(
+                    job.id = %job.id,
+                    job.name = job.queue,
+                    job.args = %args,
+                    "durable job: shutdown ended before the database took it; job abandoned",
+                );
+            } else if self.shutdown.shutdown_begun() {
+                counters.abandoned();
+                tracing::error!(
+                    job.id = %job.id,
+                    job.name = job.queue,
+                    job.args = %args,
+                    "durable job: shutdown came before its push started; job abandoned",
+                );
+            } else {
+                counters.discarded();
+                tracing::warn!(
+                    job.id = %job.id,
+                    job.name = job.queue,
+                    job.args = %args,
+                    "durable job: its request's background tasks were discarded \
+                     (no response, or a skip policy); job not pushed",
+                );
+            }
         }
     }
 }
@@ -249,7 +326,14 @@ mod tests {
     async fn a_deferred_push_carries_only_the_group_commit_path() {
         let dir = tempfile::tempdir().unwrap();
         let queue = JobQueue::sqlite(dir.path().join("jobs.db")).await.unwrap();
-        let push = push_until_stored(queue.clone(), Vec::new(), CancellationToken::new());
+        let supervisor = crate::Supervisor::new();
+        let deferred = Deferred {
+            queue: queue.clone(),
+            jobs: Vec::new(),
+            shutdown: supervisor.tasks().shutdown_probe(),
+            progress: Progress::Queued,
+        };
+        let push = push_until_stored(deferred, CancellationToken::new());
         let jobs: &[EncodedJob] = &[];
         let several = std::mem::size_of_val(&queue.push_encoded_all(jobs));
         assert!(

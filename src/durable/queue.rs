@@ -297,8 +297,9 @@ impl JobQueue {
     /// push is not in [`stats`](Self::stats), and on SQLite this process's
     /// workers find it at their next poll rather than at once. hyper drops
     /// a handler's future when its client disconnects: where the job must
-    /// be stored whatever the client does, [`enqueue`](Self::enqueue) it,
-    /// or `tokio::spawn` the push and await its handle.
+    /// be stored whatever the client does, `tokio::spawn` the push and
+    /// await its handle (a job from [`enqueue`](Self::enqueue) is
+    /// discarded with its request's tasks).
     pub async fn push<J: Job>(&self, job: &J) -> Result<JobId, JobError> {
         let inserted = self.push_encoded(&self.encode(job)?).await?;
         Ok(self.count(inserted))

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 /// processes are not in it; the database is the shared record.
 ///
 /// Every job a handler enqueued is, at any time, in exactly one of:
-/// waiting to be pushed (`deferred - pushed_deferred - abandoned`), pushed,
-/// or abandoned (the grace period ended while its push was still being
-/// retried; each one is logged at `ERROR` with its JSON, so it can be
-/// pushed by hand).
+/// waiting to be pushed (`pending`), pushed, abandoned (shutdown came
+/// before the database took it), or discarded (with its request's
+/// background tasks, before they started). Each abandoned or discarded
+/// job is logged with its JSON (at `ERROR` and `WARN`), so that it can be
+/// pushed by hand.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -29,10 +30,18 @@ pub struct JobStats {
     pub pushed_deferred: u64,
     /// Push attempts that failed and were tried again.
     pub push_retries: u64,
-    /// Deferred jobs given up at shutdown before the database took them.
+    /// Deferred jobs given up at shutdown before the database took them:
+    /// their push was still being retried when the cleanup period began,
+    /// or had not started when shutdown began.
     pub abandoned: u64,
+    /// Deferred jobs dropped with their request's background tasks before
+    /// those started, as every task of the request is: the handler
+    /// produced no response, or the layer's
+    /// [`OnDisconnect::Skip`](crate::OnDisconnect::Skip) or
+    /// [`OnServerError::Skip`](crate::OnServerError::Skip) applied.
+    pub discarded: u64,
     /// Deferred jobs waiting in this process's memory for the database now
-    /// (`deferred - pushed_deferred - abandoned`), at most
+    /// (`deferred - pushed_deferred - abandoned - discarded`), at most
     /// [`JobQueue::max_pending`](super::JobQueue::max_pending).
     pub pending: u64,
     /// Calls to `JobQueue::enqueue` refused because `pending` was at its
@@ -56,10 +65,11 @@ pub(crate) struct JobCounters {
     pushed_deferred: AtomicU64,
     push_retries: AtomicU64,
     abandoned: AtomicU64,
+    discarded: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
     released: AtomicU64,
-    /// Deferred jobs not yet stored nor abandoned.
+    /// Deferred jobs not yet stored, abandoned nor discarded.
     pending: AtomicU64,
     refused_full: AtomicU64,
     max_pending: AtomicUsize,
@@ -128,6 +138,11 @@ impl JobCounters {
         self.pending.fetch_sub(1, Relaxed);
     }
 
+    pub(crate) fn discarded(&self) {
+        self.discarded.fetch_add(1, Relaxed);
+        self.pending.fetch_sub(1, Relaxed);
+    }
+
     pub(crate) fn finished(&self, ok: bool) {
         if ok {
             self.succeeded.fetch_add(1, Relaxed);
@@ -148,6 +163,7 @@ impl JobCounters {
             pushed_deferred: self.pushed_deferred.load(Relaxed),
             push_retries: self.push_retries.load(Relaxed),
             abandoned: self.abandoned.load(Relaxed),
+            discarded: self.discarded.load(Relaxed),
             succeeded: self.succeeded.load(Relaxed),
             failed: self.failed.load(Relaxed),
             released: self.released.load(Relaxed),
