@@ -193,14 +193,17 @@ impl JobDatabase for sqlx::Sqlite {
             };
             let task = builder.idempotency_key(key).build();
             for _ in 0..UNIQUE_TRIES {
-                // A finished job gives its key up; apalis's insert skips a
-                // key that is still held (its unique index, `ON CONFLICT DO
-                // NOTHING`), and the look-up names whoever holds it.
+                // A finished job gives its key up (one failed with
+                // attempts left waits for its retry: not finished);
+                // apalis's insert skips a key that is still held (its
+                // unique index, `ON CONFLICT DO NOTHING`), and the look-up
+                // names whoever holds it.
                 if !key_held_for_good {
                     sqlx::query(
                         "UPDATE Jobs SET idempotency_key = NULL \
                          WHERE job_type = ?1 AND idempotency_key = ?2 \
-                         AND status IN ('Done', 'Failed', 'Killed')",
+                         AND (status IN ('Done', 'Killed') \
+                         OR (status = 'Failed' AND attempts >= max_attempts))",
                     )
                     .bind(queue)
                     .bind(key)
@@ -289,7 +292,8 @@ impl JobDatabase for sqlx::Postgres {
                     sqlx::query(
                         "UPDATE apalis.jobs SET idempotency_key = NULL \
                          WHERE job_type = $1 AND idempotency_key = $2 \
-                         AND status IN ('Done', 'Failed', 'Killed')",
+                         AND (status IN ('Done', 'Killed') \
+                         OR (status = 'Failed' AND attempts >= max_attempts))",
                     )
                     .bind(queue)
                     .bind(key)

@@ -60,9 +60,10 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
     /// waiting or running (`Some(format!("invoice:{}", self.invoice_id))`):
     /// pushing a job whose key is held stores nothing and returns the
     /// holder's id, atomically across every process sharing the queue (the
-    /// job table's unique index decides). Once the holder is done, failed
-    /// or killed, the key is free again. `None` (the default): every push
-    /// stores a job.
+    /// job table's unique index decides). A holder whose attempt failed
+    /// with attempts left is waiting for its retry, and keeps the key; once
+    /// it is done, has failed its last attempt or was killed, the key is
+    /// free again. `None` (the default): every push stores a job.
     ///
     /// A key is a value, never code: not empty, at most
     /// [`MAX_UNIQUE_KEY_LEN`](super::MAX_UNIQUE_KEY_LEN) bytes, no control

@@ -13,10 +13,11 @@ use tokio::process::Command;
 use tower_background::durable::{Job, JobError, JobFailure, JobId, JobOutcome, JobQueue, Workers};
 use tower_background::Supervisor;
 
-use crate::support::{on_each_engine, Db, HEARTBEAT, POLL};
+use crate::support::{on_each_engine, Db, Engine, HEARTBEAT, POLL};
 
 on_each_engine!(
     a_held_key_returns_its_holder_and_a_free_one_stores_again,
+    a_failed_job_keeps_its_key_while_it_has_attempts_left,
     two_processes_pushing_one_key_store_one_job,
     a_delayed_job_does_not_start_before_its_time
 );
@@ -92,6 +93,48 @@ async fn a_held_key_returns_its_holder_and_a_free_one_stores_again(db: Db) {
         assert_eq!(error.code(), "invalid-unique-key");
     }
     assert_eq!(db.stored_jobs().await, 3);
+}
+
+/// A job that failed with attempts left is waiting for its retry: its key
+/// is held until its last attempt has failed.
+async fn a_failed_job_keeps_its_key_while_it_has_attempts_left(db: Db) {
+    let queue = db.queue().await;
+    let first = queue.push(&invoice("inv-9")).await.unwrap();
+    set_failed(&db, first, 1).await;
+    let again = queue.push(&invoice("inv-9")).await.unwrap();
+    assert_eq!(again, first, "a job waiting for its retry lost its key");
+    assert_eq!(db.stored_jobs().await, 1);
+
+    set_failed(&db, first, SendInvoice::MAX_ATTEMPTS).await;
+    let next = queue.push(&invoice("inv-9")).await.unwrap();
+    assert_ne!(next, first, "a job failed for good kept its key");
+    assert_eq!(db.stored_jobs().await, 2);
+}
+
+/// Marks job `id` as apalis does when an attempt fails: `Failed`, with
+/// `attempts` made.
+async fn set_failed(db: &Db, id: JobId, attempts: u32) {
+    let id = id.to_string();
+    let attempts = i64::from(attempts);
+    let updated = match db.engine() {
+        Engine::Sqlite => {
+            sqlx::query("UPDATE Jobs SET status = 'Failed', attempts = ? WHERE id = ?")
+                .bind(attempts)
+                .bind(id)
+                .execute(&mut db.sqlite_connection().await)
+                .await
+                .map(|done| done.rows_affected())
+        }
+        Engine::Postgres => {
+            sqlx::query("UPDATE apalis.jobs SET status = 'Failed', attempts = $1 WHERE id = $2")
+                .bind(attempts as i32)
+                .bind(id)
+                .execute(&mut db.postgres_connection().await)
+                .await
+                .map(|done| done.rows_affected())
+        }
+    };
+    assert_eq!(updated.expect("the job's row"), 1);
 }
 
 /// Pushes `invoice("shared")` [`PUSHES`] times at once; the ids it got.
