@@ -26,10 +26,15 @@ impl JobQueue {
     /// task: the response never waits for the database. Returns the job's
     /// id at once.
     ///
-    /// The job is encoded here, so a job that cannot be encoded is an error
-    /// now ([`JobError::Encode`]); so is a supervisor that does not accept
-    /// the push (shutting down, queue full: [`JobError::NotAccepted`]), and
-    /// a queue whose deferred jobs waiting for the database already number
+    /// The job is encoded and checked here, so a job that cannot be encoded
+    /// ([`JobError::Encode`]), does not decode back
+    /// ([`JobError::Undecodable`]), is over
+    /// [`max_job_bytes`](Self::max_job_bytes) ([`JobError::TooLarge`], a
+    /// `413`) or has a malformed [unique key](super::Job::unique_key)
+    /// ([`JobError::InvalidUniqueKey`]) is an error now; so is a supervisor
+    /// that does not accept the push (shutting down, queue full:
+    /// [`JobError::NotAccepted`]), and a queue whose deferred jobs waiting
+    /// for the database already number
     /// [`max_pending`](Self::max_pending) ([`JobError::Full`], a `503` with
     /// `Retry-After`). `enqueue` never waits for room: a handler that did
     /// would hold its response back, which is what `enqueue` is for
@@ -103,6 +108,12 @@ impl JobQueue {
     /// nothing is queued), pushed after the response together, in one
     /// transaction ([`push_all`](Self::push_all)), and retried together.
     /// Returns their ids in order.
+    ///
+    /// The batch waits in memory as one: it counts as its number of jobs
+    /// against [`max_pending`](Self::max_pending), so it is refused with
+    /// [`JobError::Full`] (a `503`) if that many would not fit now, and
+    /// with [`JobError::BatchTooLarge`] (a `413`) if more jobs than
+    /// `max_pending` could never fit.
     pub fn enqueue_all<J: Job>(
         &self,
         tasks: &BackgroundTasks,
@@ -121,6 +132,13 @@ impl JobQueue {
 
     /// Adds the push of `jobs` to `tasks`.
     fn defer(&self, tasks: &BackgroundTasks, jobs: Vec<EncodedJob>) -> Result<(), JobError> {
+        let max_pending = self.counters.max_pending();
+        if jobs.len() > max_pending {
+            return Err(JobError::BatchTooLarge {
+                jobs: jobs.len(),
+                max_pending,
+            });
+        }
         let n = jobs.len() as u64;
         let cancel = tasks.cancellation_token();
         // Counted first: a handle used after its response has ended starts

@@ -32,9 +32,21 @@ pub enum JobError {
         /// The limit that was reached.
         max_pending: usize,
     },
+    /// [`JobQueue::enqueue_all`](super::JobQueue::enqueue_all) was given
+    /// more jobs than may ever wait in memory at once
+    /// ([`JobQueue::max_pending`](super::JobQueue::max_pending)), so no
+    /// retry could succeed. With the `axum` feature it is a
+    /// `413 Payload Too Large`. Push such a batch with
+    /// [`push_all`](super::JobQueue::push_all), or in smaller batches.
+    BatchTooLarge {
+        /// The jobs in the batch.
+        jobs: usize,
+        /// The queue's limit.
+        max_pending: usize,
+    },
     /// A `DATABASE_URL` (or path) names no engine this build supports.
     UnsupportedUrl(String),
-    /// The job ran and failed on its last attempt (or was never found).
+    /// The job ran and failed on its last attempt.
     Failed(String),
     /// The job's JSON is larger than the queue takes
     /// ([`JobQueue::max_job_bytes`](super::JobQueue::max_job_bytes)). With
@@ -119,6 +131,7 @@ impl JobError {
             Self::Database(_) => "job-database-unavailable",
             Self::NotAccepted(error) => error.code(),
             Self::Full { .. } => "job-queue-full",
+            Self::BatchTooLarge { .. } => "job-batch-too-large",
             Self::UnsupportedUrl(_) => "unsupported-database-url",
             Self::Failed(_) => "job-failed",
             Self::EngineMismatch { .. } => "job-engine-mismatch",
@@ -153,6 +166,12 @@ impl fmt::Display for JobError {
             Self::Full { max_pending } => write!(
                 f,
                 "{max_pending} deferred jobs already wait for the database; try again later"
+            ),
+            Self::BatchTooLarge { jobs, max_pending } => write!(
+                f,
+                "{jobs} jobs in one batch, over the {max_pending} deferred jobs that may wait \
+                 for the database (JobQueue::max_pending); push them with push_all, or in \
+                 smaller batches"
             ),
             Self::UnsupportedUrl(url) => write!(
                 f,
@@ -252,7 +271,9 @@ fn sqlx_error<'e>(
 impl axum_core::response::IntoResponse for JobError {
     fn into_response(self) -> axum_core::response::Response {
         let status = match self {
-            Self::TooLarge { .. } => Some(http::StatusCode::PAYLOAD_TOO_LARGE),
+            Self::TooLarge { .. } | Self::BatchTooLarge { .. } => {
+                Some(http::StatusCode::PAYLOAD_TOO_LARGE)
+            }
             _ => None,
         };
         crate::error::error_response_as(status, self.code(), &self.to_string(), self.retry_after())

@@ -14,8 +14,8 @@ pub type JobFailure = Box<dyn std::error::Error + Send + Sync>;
 /// in the job table; [`run`](Job::run) is its handler.
 ///
 /// A job may run **more than once** (delivery is at least once): a worker
-/// that dies mid-job, or a job still running when the grace period of a
-/// shutdown ends, is run again by another worker. Write handlers so that a
+/// that dies mid-job, or a job still running when the cleanup period of a
+/// shutdown begins, is run again by another worker. Write handlers so that a
 /// second run does no harm (an idempotency key, an upsert, "if not already
 /// sent").
 ///
@@ -46,8 +46,16 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
     /// jobs already queued under the old name.
     const NAME: &'static str;
 
-    /// How many times the job is tried in all before it is left failed.
-    /// Counts runs cut short by a crash or a shutdown too.
+    /// How many times the job is tried in all before it is left failed:
+    /// each run that returns `Err` or panics is one attempt.
+    ///
+    /// A job given back to the queue because its worker died or was
+    /// stopped by a shutdown has its count of attempts raised too (apalis
+    /// counts the give-back, whether the job had started or was only
+    /// claimed), but it runs again whatever that count says: the limit
+    /// ends retries after failures, not deliveries after crashes. A job
+    /// that kills its worker process each time it runs is delivered again
+    /// each time; find it by its attempts in the job table.
     const MAX_ATTEMPTS: u32 = 5;
 
     /// What a finished job returns; stored with the job as JSON.

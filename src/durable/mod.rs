@@ -18,8 +18,8 @@
 //! - **Workers** ([`Workers`]) run in the server as
 //!   [residents](crate::Supervisor::spawn_resident) of the supervisor, shut
 //!   down with the same grace period as the tasks, or in processes of their
-//!   own with [`Workers::run_until`]. A job still running when the grace
-//!   period ends goes back to the queue.
+//!   own with [`Workers::run_until`]. A job still running when the
+//!   shutdown's cleanup period begins goes back to the queue.
 //!
 //! The module is built on the crate's public API only: a deferred push is a
 //! task added with [`BackgroundTasks::try_add`](crate::BackgroundTasks::try_add),
@@ -35,8 +35,8 @@
 //! # Delivery is at least once
 //!
 //! A job is run again if its worker dies mid-job (after the worker's
-//! heartbeat expires, 2 × [`Workers::heartbeat`]), if a shutdown's grace
-//! period ends while it runs, or if it fails (up to [`Job::MAX_ATTEMPTS`]
+//! heartbeat expires, 2 × [`Workers::heartbeat`]), if a shutdown's cleanup
+//! period begins while it runs, or if it fails (up to [`Job::MAX_ATTEMPTS`]
 //! tries). Two workers never run the same job at the same time (apalis
 //! locks a job to one worker when it fetches it) as long as every process
 //! sharing the queue uses the same heartbeat (see [`Workers::heartbeat`]),

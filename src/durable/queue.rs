@@ -145,7 +145,14 @@ impl JobQueue {
     /// creates or migrates apalis's tables (schema `apalis`).
     ///
     /// PostgreSQL is the multi-machine engine: any number of servers and
-    /// worker processes share the queue.
+    /// worker processes share the queue. The queue's pool holds up to 10
+    /// connections (sqlx's default), shared by its pushes and this
+    /// process's workers: each job type's worker keeps one for `LISTEN`
+    /// and borrows up to three more while busy (see
+    /// [`Workers`](super::Workers)), so with many busy job types, pushes
+    /// wait for a connection (at most [`ACQUIRE_TIMEOUT`]). Give the
+    /// workers a queue of their own (a second `JobQueue::postgres`) to
+    /// keep them apart.
     ///
     /// Each time it connects, it also replaces apalis's two indexes on
     /// `lock_by`, and `unique_job_id` (a copy of the primary key), with one

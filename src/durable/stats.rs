@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 #[non_exhaustive]
 pub struct JobStats {
     /// Jobs stored in the database by this process (by `JobQueue::push`,
-    /// `push_at`, `push_in`, or a deferred push that succeeded), counting a
-    /// unique job found already waiting or running (see `deduplicated`).
+    /// `push_at`, `push_after`, `push_all`, `push_in`, a `Periodic` tick,
+    /// or a deferred push that succeeded), counting a unique job found
+    /// already waiting or running (see `deduplicated`).
     pub pushed: u64,
     /// Pushes of a unique job whose key a waiting or running job of the same
     /// type held: nothing was stored (included in `pushed`).
@@ -51,8 +52,8 @@ pub struct JobStats {
     pub succeeded: u64,
     /// Job attempts this process's workers finished with `Err` or a panic.
     pub failed: u64,
-    /// Jobs this process's workers were running when a shutdown's grace
-    /// period ended, returned to the queue for another worker.
+    /// Jobs this process's workers were running when a shutdown's cleanup
+    /// period began, returned to the queue for another worker.
     pub released: u64,
 }
 

@@ -1,6 +1,7 @@
 //! Bulk pushes: `push_all` stores many jobs together and returns their ids
 //! in order; `enqueue_all` does the same from a handler, after the
-//! response. A job that cannot be stored is an error before anything is.
+//! response. A job that cannot be stored is an error before anything is,
+//! and so is a deferred batch larger than `max_pending`.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -93,6 +94,29 @@ async fn enqueue_all_pushes_after_the_response(db: Db) {
     assert_eq!(
         (stats.pushed_deferred, stats.pushed),
         (JOBS as u64, JOBS as u64)
+    );
+
+    // A batch that could never wait in memory whole is a 413, not a 503
+    // whose retry would fail forever.
+    let queue = queue.max_pending(JOBS as usize - 1);
+    let app = Router::new()
+        .route("/fan-out", post(fan_out))
+        .with_state(queue.clone())
+        .layer(supervisor.layer());
+    let response = app
+        .oneshot(Request::post("/fan-out").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(response.headers().get("retry-after").is_none());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "job-batch-too-large", "{body}");
+    let after = queue.stats();
+    assert_eq!(
+        (after.deferred, after.refused_full, after.pending),
+        (JOBS as u64, 0, 0),
+        "{after:?}"
     );
     supervisor.shutdown().await;
 }
