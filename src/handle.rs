@@ -1,7 +1,6 @@
 //! The per-request handle handlers queue their background work on, and
 //! [`IntoTask`], what its `add` accepts.
 
-use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
@@ -197,7 +196,9 @@ impl BackgroundTasks {
     }
 
     /// Tells, later, whether this handle's supervisor has begun its
-    /// shutdown: for a task that must say why it never started.
+    /// shutdown: for a task that must say why it never started (a
+    /// deferred durable push).
+    #[cfg(feature = "durable")]
     pub(crate) fn shutdown_probe(&self) -> ShutdownProbe {
         ShutdownProbe(Arc::clone(&self.request.set))
     }
@@ -309,16 +310,19 @@ impl BackgroundTasks {
 
 /// Whether a supervisor has begun its shutdown (it takes no new task), from
 /// [`BackgroundTasks::shutdown_probe`].
+#[cfg(feature = "durable")]
 pub(crate) struct ShutdownProbe(Arc<TaskSet>);
 
+#[cfg(feature = "durable")]
 impl ShutdownProbe {
     pub(crate) fn shutdown_begun(&self) -> bool {
         self.0.is_closed()
     }
 }
 
-impl fmt::Debug for ShutdownProbe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+#[cfg(feature = "durable")]
+impl std::fmt::Debug for ShutdownProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShutdownProbe")
             .field("shutdown_begun", &self.shutdown_begun())
             .finish()

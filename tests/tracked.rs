@@ -615,9 +615,9 @@ async fn a_task_discarded_with_its_request_is_cancelled_and_releases_the_lock() 
     assert_eq!(after.status, StatusCode::ACCEPTED, "the lock was released");
 }
 
-/// A start after shutdown began is answered `202` (the registry cannot know
-/// the supervisor is closing) but its task is refused: recorded
-/// `cancelled`, lock released.
+/// A start after shutdown began is answered `503` with `Retry-After`, not
+/// `202`: its task is refused, its record is not left running, and it
+/// holds no lock.
 #[tokio::test]
 async fn a_task_refused_after_shutdown_began_is_cancelled() {
     let supervisor = Supervisor::new();
@@ -697,7 +697,8 @@ async fn bad_and_unknown_ids() {
 }
 
 /// Bad arguments, a body that is not JSON, one too large, and a route
-/// without the supervisor's layer: JSON errors, never plain text.
+/// without the supervisor's layer, a method other than `GET` and `POST`:
+/// JSON errors, never plain text.
 #[tokio::test]
 async fn bad_arguments_are_json_errors() {
     let supervisor = Supervisor::new();
@@ -740,6 +741,14 @@ async fn bad_arguments_are_json_errors() {
     let reply = call(&no_layer, Method::POST, "/hello-single?name=Me").await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(reply.json()["error"], "missing-background-task-layer");
+
+    for method in [Method::PUT, Method::DELETE, Method::PATCH] {
+        let reply = call(&app, method.clone(), "/hello-single?name=Me").await;
+        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(reply.json()["error"], "method-not-allowed", "{method}");
+        assert_eq!(reply.header("allow"), "POST,GET,HEAD", "{method}");
+    }
+    assert!(registry.store().is_empty());
 }
 
 // ---------------------------------------------------------------------------

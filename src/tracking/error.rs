@@ -22,6 +22,7 @@ use crate::AddError;
 /// | [`MissingTaskId`](Self::MissingTaskId) | `400` | `missing-task-id` |
 /// | [`InvalidTaskId`](Self::InvalidTaskId) | `400` | `invalid-task-id` |
 /// | [`TaskNotFound`](Self::TaskNotFound) | `404` | `task-not-found` |
+/// | [`MethodNotAllowed`](Self::MethodNotAllowed) | `405` + `Allow` | `method-not-allowed` |
 /// | [`InvalidArguments`](Self::InvalidArguments) | `400` | `invalid-arguments` |
 /// | [`UnsupportedMediaType`](Self::UnsupportedMediaType) | `415` | `unsupported-media-type` |
 /// | [`PayloadTooLarge`](Self::PayloadTooLarge) | `413` | `payload-too-large` |
@@ -52,6 +53,10 @@ pub enum TrackingError {
     /// retention time ago, or was evicted to make room (or, on a task's own
     /// route, it is another task's id).
     TaskNotFound,
+    /// A request to a tracked route with a method other than `POST` (start)
+    /// and `GET` (report); the method is given. The route's answer carries
+    /// an `Allow` header.
+    MethodNotAllowed(String),
     /// The task's arguments could not be read from the query string or the
     /// JSON body; the message says why.
     InvalidArguments(String),
@@ -96,6 +101,7 @@ impl TrackingError {
             | Self::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TaskNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -114,6 +120,7 @@ impl TrackingError {
             Self::MissingTaskId => "missing-task-id",
             Self::InvalidTaskId => "invalid-task-id",
             Self::TaskNotFound => "task-not-found",
+            Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::InvalidArguments(_) => "invalid-arguments",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::PayloadTooLarge(_) => "payload-too-large",
@@ -135,6 +142,10 @@ impl fmt::Display for TrackingError {
             }
             Self::InvalidTaskId => f.write_str("the task id is not a hyphenated UUID"),
             Self::TaskNotFound => f.write_str("no task has this id (or its record has expired)"),
+            Self::MethodNotAllowed(method) => write!(
+                f,
+                "{method} is not served here: POST starts the task, GET ?task_id= reports it"
+            ),
             Self::InvalidArguments(message) => write!(f, "invalid task arguments: {message}"),
             Self::UnsupportedMediaType => f.write_str(
                 "send the task's arguments in the query string, or as JSON with \

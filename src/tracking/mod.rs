@@ -114,8 +114,9 @@
 //! # HTTP contract
 //!
 //! The field names are apidaora's. Times are RFC 3339, UTC, to the
-//! millisecond. `args_signature` is `null` unless the task locks per
-//! arguments ([`Lock::Args`]), as in apidaora.
+//! millisecond, always with its three digits (`…:00.000Z`).
+//! `args_signature` is `null` unless the task locks per arguments
+//! ([`Lock::Args`]), as in apidaora.
 //!
 //! ```text
 //! POST /hello-single?name=Me

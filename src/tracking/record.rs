@@ -90,7 +90,8 @@ impl fmt::Display for TaskError {
 /// arguments); `end_time` appears once the task has ended, `result` once it
 /// has finished (a task that returns nothing has `"result":null`), and
 /// `error` (`{"message":"…"}`) once it has failed or been cancelled. Times
-/// are RFC 3339 UTC, to the millisecond, from the system clock.
+/// are RFC 3339 UTC, to the millisecond (always three digits), from the
+/// system clock.
 ///
 /// Fields are public to read; a record is made with
 /// [`running`](TaskRecord::running) and ended with
@@ -221,7 +222,7 @@ mod tests {
     fn a_running_record_has_the_fields_of_the_reference() {
         assert_eq!(
             serde_json::to_string(&record()).unwrap(),
-            r#"{"task_id":"4ee301eb-6487-48a0-b6ed-e5f576accfc2","start_time":"1970-01-01T00:00:01Z","status":"running","signature":"36f992696100","args_signature":null}"#
+            r#"{"task_id":"4ee301eb-6487-48a0-b6ed-e5f576accfc2","start_time":"1970-01-01T00:00:01.000Z","status":"running","signature":"36f992696100","args_signature":null}"#
         );
     }
 
@@ -248,8 +249,8 @@ mod tests {
             assert!(record.complete(outcome.clone(), end));
             let mut expected = json!({
                 "task_id": "4ee301eb-6487-48a0-b6ed-e5f576accfc2",
-                "start_time": "1970-01-01T00:00:01Z",
-                "end_time": "1970-01-01T00:00:02Z",
+                "start_time": "1970-01-01T00:00:01.000Z",
+                "end_time": "1970-01-01T00:00:02.000Z",
                 "signature": "36f992696100",
                 "args_signature": null,
             });

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{OriginalUri, Request};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use serde::de::DeserializeOwned;
@@ -113,6 +114,11 @@ impl<St: TaskStore> TaskRegistry<St> {
             starts.start(tasks, request).await
         })
         .get(move |TaskIdQuery(task_id): TaskIdQuery| async move { route.report(task_id).await })
+        // Every answer of the route is JSON, this one too; axum adds the
+        // `Allow` header to it.
+        .fallback(|method: Method| async move {
+            TrackingError::MethodNotAllowed(method.to_string())
+        })
     }
 }
 

@@ -15,17 +15,31 @@ use time::OffsetDateTime;
 const NANOS_PER_SEC: i128 = 1_000_000_000;
 const NANOS_PER_MILLI: i128 = 1_000_000;
 
-/// `time` in RFC 3339, UTC, truncated to the millisecond.
+/// `time` in RFC 3339, UTC, truncated to the millisecond, always with its
+/// three digits of milliseconds: one width for every time, so that the
+/// strings sort as the times do.
 pub(super) fn format(time: SystemTime) -> Result<String, String> {
     let nanos = match time.duration_since(UNIX_EPOCH) {
         Ok(after) => after.as_nanos() as i128,
         Err(before) => -(before.duration().as_nanos() as i128),
     };
     let nanos = nanos - nanos.rem_euclid(NANOS_PER_MILLI);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .map_err(|error| error.to_string())?
-        .format(&Rfc3339)
-        .map_err(|error| format!("{time:?} has no RFC 3339 form: {error}"))
+    let utc =
+        OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|error| error.to_string())?;
+    let year = utc.year();
+    // RFC 3339 has four-digit years only.
+    if !(0..=9999).contains(&year) {
+        return Err(format!("{time:?} has no RFC 3339 form: year {year}"));
+    }
+    Ok(format!(
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        u8::from(utc.month()),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second(),
+        utc.millisecond(),
+    ))
 }
 
 /// Parses an RFC 3339 timestamp, with any offset.
@@ -95,9 +109,11 @@ mod tests {
     fn utc_to_the_millisecond() {
         let time = UNIX_EPOCH + Duration::new(1_777_627_800, 123_456_789);
         assert_eq!(format(time).unwrap(), "2026-05-01T09:30:00.123Z");
-        assert_eq!(format(UNIX_EPOCH).unwrap(), "1970-01-01T00:00:00Z");
+        assert_eq!(format(UNIX_EPOCH).unwrap(), "1970-01-01T00:00:00.000Z");
         let before = UNIX_EPOCH - Duration::from_millis(1500);
-        assert_eq!(format(before).unwrap(), "1969-12-31T23:59:58.5Z");
+        assert_eq!(format(before).unwrap(), "1969-12-31T23:59:58.500Z");
+        let time = UNIX_EPOCH + Duration::from_millis(1_777_627_800_050);
+        assert_eq!(format(time).unwrap(), "2026-05-01T09:30:00.050Z");
     }
 
     #[test]
