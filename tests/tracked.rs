@@ -915,6 +915,51 @@ async fn a_repeated_idempotency_key_answers_303_to_the_same_task_which_runs_once
     assert_eq!(supervisor.shutdown().await.stats.completed, 1);
 }
 
+/// A start refused with a `503` (the supervisor's queue full) invites a
+/// retry; the retry with the same `Idempotency-Key` starts the task,
+/// rather than being sent to the cancelled record of the refused start.
+#[tokio::test]
+async fn a_retry_after_a_503_with_the_same_key_starts_the_task() {
+    let supervisor = Supervisor::builder().max_queued(1).build();
+    let registry = TaskRegistry::new();
+    let gate = AsyncGate::default();
+    gate.open();
+    let (app, runs) = counted_app(&supervisor, &registry, Lock::None, &gate);
+
+    // Holds the supervisor's one queued place until its body is read.
+    let held = within(
+        "the first response",
+        app.clone()
+            .oneshot(post_with("/hello-single?name=First", None, &[]).map(Body::new)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(held.status(), StatusCode::ACCEPTED);
+
+    let key = [("idempotency-key", KEY)];
+    let refused = call_with(&app, post_with("/hello-single?name=Me", None, &key)).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers.contains_key("retry-after"));
+
+    drop(held);
+    supervisor.wait_idle().await;
+    let retried = call_with(&app, post_with("/hello-single?name=Me", None, &key)).await;
+    assert_eq!(retried.status, StatusCode::ACCEPTED, "{:?}", retried.body);
+    let record = ended(&registry, retried.task_id()).await;
+    assert_eq!(record.result, Some(json!("Hello Me!")));
+    let again = call_with(&app, post_with("/hello-single?name=Me", None, &key)).await;
+    assert_eq!(
+        again.status,
+        StatusCode::SEE_OTHER,
+        "the retry's task has the key now"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the first task and the retry's ran; the refused start never did"
+    );
+}
+
 /// The same key with other arguments is a `422` with a JSON error, and
 /// starts nothing.
 #[tokio::test]

@@ -55,6 +55,7 @@ on_each_engine!(
     concurrent_starts_never_exceed_the_capacity,
     an_idempotency_key_holds_across_servers,
     idempotency_keys_go_with_their_rows,
+    a_cancelled_task_frees_its_idempotency_key,
     a_table_of_an_earlier_version_gets_the_idempotency_columns,
 );
 
@@ -391,6 +392,42 @@ async fn past_the_capacity_the_first_ended_goes_and_running_tasks_stay(db: Db) {
 }
 
 /// Starts a task of no lock on `store`.
+/// A cancelled task (refused at its start, say, with a `503` the client
+/// retries) has no result to answer a retry with: its key starts the task
+/// again, on any server. A finished one keeps its key.
+async fn a_cancelled_task_frees_its_idempotency_key(db: Db) {
+    let a = db.store(|store| store).await;
+    let b = db.store(|store| store).await;
+    let (record, spec) = keyed_record("t", "key", 1);
+    let cancelled = record.task_id;
+    assert_eq!(
+        a.try_start(record, &spec).await.unwrap(),
+        Admission::Started
+    );
+    a.complete(cancelled, TaskOutcome::Cancelled, SystemTime::now())
+        .await
+        .unwrap();
+    let (record, spec) = keyed_record("t", "key", 1);
+    let retried = record.task_id;
+    assert_eq!(
+        b.try_start(record, &spec).await.unwrap(),
+        Admission::Started,
+        "the retry after a cancelled start starts the task"
+    );
+    finish(&b, retried).await;
+    let (record, spec) = keyed_record("t", "key", 1);
+    assert_eq!(
+        a.try_start(record, &spec).await.unwrap(),
+        Admission::Repeated(retried)
+    );
+    let old = a
+        .get(cancelled)
+        .await
+        .unwrap()
+        .expect("the cancelled record stays");
+    assert_eq!(old.status, TaskStatus::Cancelled);
+}
+
 async fn start(store: &SqlStore) -> (TaskId, Admission) {
     let (record, spec) = running_record("t", Lock::None, &());
     let id = record.task_id;

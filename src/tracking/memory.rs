@@ -13,7 +13,7 @@ use super::error::StoreError;
 use super::id::TaskId;
 use super::idempotency::{Idempotency, IdempotencyKey};
 use super::lock::LockKey;
-use super::record::{TaskOutcome, TaskRecord};
+use super::record::{TaskOutcome, TaskRecord, TaskStatus};
 use super::signature::Signature;
 use super::spec::TaskSpec;
 use super::store::{Admission, TaskStore};
@@ -157,6 +157,18 @@ impl MemoryStore {
         let scoped_key =
             idempotency.map(|idempotency| (spec.signature(), idempotency.key().clone()));
         if let (Some(idempotency), Some(key)) = (idempotency, &scoped_key) {
+            // A cancelled task (refused at its start, discarded with its
+            // request, stopped by a shutdown) produced no result to answer
+            // a retry with: its key starts the task again.
+            let cancelled = |first: &TaskId| {
+                state
+                    .records
+                    .get(first)
+                    .is_some_and(|stored| stored.record.status == TaskStatus::Cancelled)
+            };
+            if state.keys.get(key).is_some_and(cancelled) {
+                state.keys.remove(key);
+            }
             if let Some(&first) = state.keys.get(key) {
                 let first_args = state
                     .records
@@ -518,6 +530,27 @@ mod tests {
             Admission::Started
         );
         assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn a_cancelled_task_frees_its_key() {
+        let store = MemoryStore::new();
+        let (first, admitted) = start_spec(&store, &keyed("t", "k", 1));
+        assert_eq!(admitted, Admission::Started);
+        store.complete_now(first, TaskOutcome::Cancelled, SystemTime::now());
+        let (retried, admitted) = start_spec(&store, &keyed("t", "k", 1));
+        assert_eq!(
+            admitted,
+            Admission::Started,
+            "a retry after a cancelled start"
+        );
+        assert_eq!(
+            start_spec(&store, &keyed("t", "k", 1)).1,
+            Admission::Repeated(retried)
+        );
+        assert_eq!(store.len(), 2, "the cancelled record stays");
+        finish(&store, first);
+        assert_eq!(store.lock().keys.len(), 1);
     }
 
     #[test]

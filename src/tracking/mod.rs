@@ -171,7 +171,10 @@
 //!   task it started — while it runs, then for the TTL, unless the capacity
 //!   evicts it sooner — in the same store (so shared by every server with
 //!   `SqlStore`). Keys never outnumber records: a flood of distinct keys is
-//!   a flood of starts, bounded like any other.
+//!   a flood of starts, bounded like any other. A task that was cancelled
+//!   (its start refused with a `503`, discarded with its request, stopped
+//!   by a shutdown) gives its key up: the client's retry with that key
+//!   starts the task, as the `503` invited it to.
 //! - **Form**: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] (255) visible ASCII
 //!   characters, as the draft's quoted string or bare; the header given
 //!   twice is a `400` too.

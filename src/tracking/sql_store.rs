@@ -226,6 +226,11 @@ impl SqlStore {
                 .execute(&mut *tx)
                 .await?;
             if let Some((key, args)) = idempotency {
+                sqlx::query(sql::FREE_CANCELLED_KEY)
+                    .bind(&signature)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
                 let first: Option<(String, Option<String>)> = sqlx::query_as(sql::KEY_HOLDER)
                     .bind(&signature)
                     .bind(key)
@@ -795,6 +800,12 @@ mod sql {
         "CREATE UNIQUE INDEX IF NOT EXISTS tower_background_tasks_idempotency
             ON tower_background_tasks (signature, idempotency_key)",
     ];
+
+    /// Frees the key `$2` of the tasks of signature `$1` if the task that
+    /// holds it was cancelled: see `MemoryStore`'s `start_now`.
+    pub(super) const FREE_CANCELLED_KEY: &str = "UPDATE tower_background_tasks
+        SET idempotency_key = NULL
+        WHERE signature = $1 AND idempotency_key = $2 AND status = 'cancelled'";
 
     /// The task started with the key `$2` among the tasks of signature
     /// `$1`, and the args signature the key came with.

@@ -30,7 +30,10 @@ use super::spec::TaskSpec;
 ///   [args signature](super::Idempotency::args_signature)) or
 ///   [`Admission::KeyReused`] (other arguments), and nothing is
 ///   registered. A key is kept exactly as long as the record it started,
-///   so keys never outnumber records.
+///   so keys never outnumber records, unless that record is `cancelled`:
+///   a task refused at its start (answered `503`), discarded with its
+///   request or stopped by a shutdown has no result to answer a retry
+///   with, so its key is free for the next start.
 /// - [`complete`](Self::complete) records the first outcome of a running
 ///   task and releases its lock in the same step; later outcomes for the
 ///   same id, and outcomes for unknown ids, change nothing.
