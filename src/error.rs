@@ -7,8 +7,10 @@ use std::time::Duration;
 /// another `try_` method) did not accept a task.
 ///
 /// The task was not queued and is not counted in
-/// [`Stats::submitted`](crate::Stats::submitted): the caller still holds the
-/// decision, typically to answer `503 Service Unavailable` with a
+/// [`Stats::submitted`](crate::Stats::submitted) (but for a task added after
+/// its response that a shutdown refused between its admission and its
+/// start: that one is counted as submitted and refused): the caller still
+/// holds the decision, typically to answer `503 Service Unavailable` with a
 /// `Retry-After` header (with the `axum` feature, `AddError` is itself such a
 /// response).
 #[derive(Clone, Debug, PartialEq, Eq)]

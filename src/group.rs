@@ -23,7 +23,10 @@ use crate::work::{self, BlockingWork, BoxedWork, BLOCKING_LANE};
 /// A group is added like any task, with
 /// [`BackgroundTasks::add`](crate::BackgroundTasks::add) (or as
 /// [`Task::from(group)`](crate::Task) to give it a lane or a time limit),
-/// and starts only after the response has ended. It counts
+/// and starts only after the response has ended. A group with a blocking
+/// step given the blocking lane runs in the default lane: its blocking steps
+/// take the blocking lane's slots, and the group holding one of them would
+/// wait for another (with every slot held by such groups, none could run). It counts
 /// as one task in [`Stats`](crate::Stats): completed if every step completed,
 /// otherwise panicked if a step panicked, otherwise failed (the first
 /// failure's message is logged and given to the `on_failure` hook). Steps
@@ -116,6 +119,14 @@ impl Group {
         self.steps
             .push(Step::Blocking(work::boxed_blocking(function)));
         self
+    }
+
+    /// Whether a step of the group is blocking: it then waits, when its
+    /// turn comes, for a slot of the blocking lane.
+    pub(crate) fn has_blocking_step(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|step| matches!(step, Step::Blocking(_)))
     }
 
     /// How many steps the group has.

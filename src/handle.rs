@@ -38,7 +38,7 @@ use crate::work::{self, BoxedWork, QueuedTask, Work, BLOCKING_LANE, DEFAULT_LANE
 /// | after the response body ended (a clone kept by other code) | started at once |
 /// | after the request's tasks were discarded (no response, or a policy) | discarded and counted |
 /// | after [`Supervisor::shutdown`](crate::Supervisor::shutdown) began | refused, counted and logged at `WARN`, and the request answered `503` |
-/// | while [`max_queued`](crate::SupervisorBuilder::max_queued) tasks are waiting | rejected, counted and logged at `WARN`, and the request answered `503` (`try_add` returns [`AddError::QueueFull`] instead) |
+/// | while [`max_queued`](crate::SupervisorBuilder::max_queued) tasks are waiting | rejected, counted and logged at `WARN` (the first, then every 1024th), and the request answered `503` (`try_add` returns [`AddError::QueueFull`] instead) |
 ///
 /// # Example
 ///
@@ -230,6 +230,16 @@ impl BackgroundTasks {
                     return Err(error);
                 }
             },
+        };
+        // A group with a blocking step would hold a slot of the blocking
+        // lane while its step waits for one: with every slot held by such
+        // groups, none could ever run. Its steps, not the group, are the
+        // blocking work, and they take the blocking lane's slots.
+        let lane = match &task.kind {
+            Kind::Group(group) if lane == BLOCKING_LANE && group.has_blocking_step() => {
+                DEFAULT_LANE
+            }
+            _ => lane,
         };
         let work = attempt::work(task.kind, task.timeout, set);
         self.offer(QueuedTask::new(work, lane, task.name, task.key), counted)

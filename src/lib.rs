@@ -1,7 +1,8 @@
 //! Background tasks for Tower HTTP servers (axum, hyper, tonic), done right:
-//! queued by the handler, started only after the response body has been
-//! sent, run in a task set that lives as long as the application, and drained
-//! within a grace period at shutdown, with every task counted.
+//! queued by the handler, started only after the response body has ended
+//! (its last frame produced), run in a task set that lives as long as the
+//! application, and drained within a grace period at shutdown, with every
+//! task counted.
 //!
 //! # How it fits together
 //!
@@ -101,7 +102,7 @@
 //!
 //! | | |
 //! |---|---|
-//! | **after the response** | a task starts only after its response body has ended (last frame sent, or the body dropped) |
+//! | **after the response** | a task starts only after its response body has ended (last frame produced, or the body dropped) |
 //! | **detached** | tasks run in the supervisor's task set, never in the connection's future |
 //! | **client gone** | tasks still run by default; [`OnDisconnect::Skip`] discards them |
 //! | **no response** | an error from the inner service or a dropped response future discards the tasks |

@@ -236,9 +236,9 @@ impl Supervisor {
     /// # }
     /// ```
     ///
-    /// # Panics
-    ///
-    /// If the supervisor's runtime has shut down, like `Handle::spawn`.
+    /// If the supervisor's runtime has shut down, `make` is still called,
+    /// but its future never runs: tokio drops what is spawned on a runtime
+    /// that has shut down.
     pub fn spawn_resident<F, Fut>(&self, make: F)
     where
         F: FnOnce(Shutdown) -> Fut,

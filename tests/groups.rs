@@ -392,3 +392,15 @@ async fn a_group_waiting_for_a_blocking_slot_is_counted_as_running() {
     assert_eq!(after.completed, 3);
     assert_eq!(after.submitted, after.accounted());
 }
+
+/// A group with a blocking step, put in the blocking lane, does not wait
+/// for a slot it holds itself: with one blocking slot, it still runs.
+#[tokio::test]
+async fn a_group_with_a_blocking_step_in_the_blocking_lane_runs() {
+    let supervisor = Supervisor::builder().blocking_limit(1).build();
+    let tasks = supervisor.tasks();
+    let group = Group::sequential().step(async {}).blocking_step(|| {});
+    tasks.add(tower_background::Task::from(group).lane("blocking"));
+    within("the group ends", supervisor.wait_idle()).await;
+    assert_eq!(supervisor.stats().completed, 1);
+}
