@@ -4,6 +4,7 @@
 //! of its lane.
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -280,9 +281,17 @@ impl Running {
         }
     }
 
-    /// Counts, logs (inside the task's span) and takes the task off the
-    /// running count.
+    /// Counts, logs (inside the task's span), hands the task's slot and key
+    /// on, and takes the task off the running count.
     fn count(&mut self, outcome: Outcome) {
+        self.record(outcome);
+        let key = self.key();
+        hand_on(&self.set, self.lane as LaneId, self.holds_slot, key);
+        self.set.finish_running(1);
+    }
+
+    /// Counts and logs (inside the task's span) how the task ended.
+    fn record(&mut self, outcome: Outcome) {
         self.counted = true;
         let _entered = self.span.enter();
         let set = &self.set;
@@ -295,17 +304,12 @@ impl Running {
         self.metrics
             .ended(|| &set.lane(lane).metrics, name, outcome.ended());
         set.report(&outcome, &self.origin, name);
-        if self.holds_slot {
-            release_slot(set, lane);
-        }
-        if let Some(key) = self
-            .details
+    }
+
+    fn key(&self) -> Option<&str> {
+        self.details
             .as_ref()
             .and_then(|details| details.key.as_deref())
-        {
-            pass_key_on(set, key);
-        }
-        set.finish_running(1);
     }
 
     fn name(&self) -> Option<&'static str> {
@@ -392,10 +396,67 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// Only a task tokio dropped unfinished gets here uncounted: its runtime
+    /// has shut down. Handing its slot on starts the next waiter of its lane
+    /// (or key), which tokio drops at once too, and so on: done one inside
+    /// another, a long queue would overflow the stack. The first such drop
+    /// on a thread hands on in a loop the slots and keys of those dropped
+    /// inside it.
     fn drop(&mut self) {
-        if !self.counted {
-            self.abort_work();
+        if self.counted {
+            return;
         }
+        self.work = RunningWork::Done;
+        self.record(Outcome::Cancelled);
+        let (lane, holds_slot) = (self.lane as LaneId, self.holds_slot);
+        if HANDING_ON.get() {
+            let key = self.details.take().and_then(|details| details.key);
+            let set = Arc::clone(&self.set);
+            HANDED_ON_LATER.with_borrow_mut(|later| later.push((set, lane, holds_slot, key)));
+        } else {
+            HANDING_ON.set(true);
+            let _handing_on = HandingOn;
+            hand_on(&self.set, lane, holds_slot, self.key());
+            while let Some((set, lane, holds_slot, key)) = HANDED_ON_LATER.with_borrow_mut(Vec::pop)
+            {
+                hand_on(&set, lane, holds_slot, key.as_deref());
+            }
+        }
+        self.set.finish_running(1);
+    }
+}
+
+/// A dropped task's slot and key, to hand on: its set, lane, whether it held
+/// a slot there, and its key.
+type HandOn = (Arc<TaskSet>, LaneId, bool, Option<Box<str>>);
+
+thread_local! {
+    /// Whether this thread is handing on the slot and key of a task tokio
+    /// dropped unfinished (see `Drop for Running`).
+    static HANDING_ON: Cell<bool> = const { Cell::new(false) };
+    /// The slots and keys of the tasks dropped meanwhile, handed on by the
+    /// first one's loop.
+    static HANDED_ON_LATER: RefCell<Vec<HandOn>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Clears [`HANDING_ON`] when dropped, even if the hand-on unwinds: the
+/// drops after it must not leave their slots to a loop that is gone.
+struct HandingOn;
+
+impl Drop for HandingOn {
+    fn drop(&mut self) {
+        HANDING_ON.set(false);
+    }
+}
+
+/// Gives back the slot a task held in `lane_id`, if `holds_slot`, and its
+/// `key`, if any, starting the next waiter of each.
+fn hand_on(set: &Arc<TaskSet>, lane_id: LaneId, holds_slot: bool, key: Option<&str>) {
+    if holds_slot {
+        release_slot(set, lane_id);
+    }
+    if let Some(key) = key {
+        pass_key_on(set, key);
     }
 }
 

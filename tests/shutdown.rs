@@ -704,3 +704,46 @@ async fn shutdown_drains_and_then_refuses_tasks_added_without_a_request() {
         s.refused = 1;
     });
 }
+
+/// A supervisor on a runtime of its own that is dropped first, as a static
+/// supervisor's is at exit: tokio drops the running tasks, each counted as
+/// cancelled, and the tasks queued behind them in a lane are counted as
+/// cancelled too, one after another (a queue of tens of thousands once
+/// overflowed the stack, each dropped task starting the next inside its own
+/// drop).
+#[test]
+fn a_long_lane_queue_is_counted_when_the_runtime_is_dropped_first() {
+    a_long_queue_is_counted_when_the_runtime_is_dropped_first(|task| task);
+}
+
+/// The same with the tasks queued for one key rather than for a lane.
+#[test]
+fn a_long_key_queue_is_counted_when_the_runtime_is_dropped_first() {
+    a_long_queue_is_counted_when_the_runtime_is_dropped_first(|task| task.key("one"));
+}
+
+fn a_long_queue_is_counted_when_the_runtime_is_dropped_first(
+    queue: impl Fn(tower_background::Task) -> tower_background::Task,
+) {
+    const QUEUED: usize = 50_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let supervisor = Supervisor::builder()
+        .runtime(runtime.handle().clone())
+        .max_running(1)
+        .max_queued(QUEUED + 10)
+        .build();
+    let tasks = supervisor.tasks();
+    tasks.add(queue(tower_background::Task::new(pending::<()>())));
+    for _ in 0..QUEUED {
+        tasks.add(queue(tower_background::Task::new(async {})));
+    }
+    runtime.block_on(tokio::task::yield_now());
+    drop(runtime);
+    let stats = supervisor.stats();
+    assert_eq!(stats.cancelled, QUEUED as u64 + 1, "{stats:?}");
+    assert_eq!(stats.submitted, stats.accounted(), "{stats:?}");
+    assert_eq!((stats.running, stats.queued), (0, 0), "{stats:?}");
+}
