@@ -291,18 +291,10 @@ impl BackgroundTasks {
             Closed::HandedOff => {
                 // Counted first: the task may end before `spawn_all` returns.
                 set.counters.submitted();
-                match running::spawn_all(set, &request.line, smallvec::smallvec![task]) {
-                    Ok(()) => Ok(()),
-                    // Closed since `admit`. Counted as refused even for
-                    // `try_add`, having been counted as submitted; the
-                    // error says so too, so that `Ok` always means taken.
-                    Err(refused) => {
-                        running::refuse_all(set, &request.line, &refused);
-                        if counted {
-                            request.answer_with(AddError::ShuttingDown);
-                        }
-                        Err(AddError::ShuttingDown)
-                    }
+                if running::spawn_all(set, &request.line, smallvec::smallvec![task]) {
+                    Ok(())
+                } else {
+                    Err(request.refused_at_hand_off(counted))
                 }
             }
             Closed::Discarded(reason) => {
@@ -340,6 +332,20 @@ impl std::fmt::Debug for ShutdownProbe {
 }
 
 impl RequestTasks {
+    /// The answer to a task added after the hand-off that the set closed on
+    /// since `admit`: `spawn_all` counted it as refused, even for
+    /// `try_add` (it was counted as submitted), and the error says so too,
+    /// so that `Ok` always means taken. Out of line: `offer` runs for every
+    /// task.
+    #[cold]
+    #[inline(never)]
+    fn refused_at_hand_off(&self, counted: bool) -> AddError {
+        if counted {
+            self.answer_with(AddError::ShuttingDown);
+        }
+        AddError::ShuttingDown
+    }
+
     /// Remembers that a plain `add` could not accept a task, so that the
     /// response (if the handler has not returned yet) says so; the first
     /// error wins.
@@ -357,9 +363,7 @@ impl RequestTasks {
     /// hand-off or discard of a request has any effect.
     pub(crate) fn hand_off(self: &Arc<Self>) {
         if let Some(tasks) = self.queue.close(Closed::HandedOff) {
-            if let Err(refused) = running::spawn_all(&self.set, &self.line, tasks) {
-                running::refuse_all(&self.set, &self.line, &refused);
-            }
+            running::spawn_all(&self.set, &self.line, tasks);
         }
     }
 

@@ -96,6 +96,7 @@ impl RequestQueue {
     /// Queues `task` while the queue is open, calling `on_queued` under the
     /// lock (before a close can take the task); gives the task back with
     /// how the queue was closed otherwise.
+    #[inline]
     pub(crate) fn push(
         &self,
         task: QueuedTask,

@@ -25,21 +25,19 @@ use crate::task_set::TaskSet;
 use crate::work::{BlockingWork, BoxedWork, Details, LaneId, Queued, QueuedTask, Work};
 
 /// Hands `tasks` (admitted, queued by `request`) to their lanes: each starts
-/// at once if its lane has a free slot, or waits in the lane's queue. If
-/// the set is closed, all are given back, uncounted but no longer pending,
-/// for the caller to count as refused (or not).
-pub(crate) fn spawn_all(
-    set: &Arc<TaskSet>,
-    request: &RequestLine,
-    tasks: Queued,
-) -> Result<(), Queued> {
+/// at once if its lane has a free slot, or waits in the lane's queue. All
+/// are refused (and counted so) if the set is closed: then `false`.
+pub(crate) fn spawn_all(set: &Arc<TaskSet>, request: &RequestLine, tasks: Queued) -> bool {
     let n = tasks.len() as u64;
     if n == 0 {
-        return Ok(());
+        return true;
     }
     if !set.enter_running(n) {
         set.unpend(n);
-        return Err(tasks);
+        set.refuse(n, request);
+        let tasks = tasks.iter().map(|task| (task.lane, task.name()));
+        metrics::count_each(|lane| &set.lane(lane).metrics, tasks, Ended::Refused);
+        return false;
     }
     let origin = request.origin();
     let handed_off = Stamp::now();
@@ -62,14 +60,7 @@ pub(crate) fn spawn_all(
         }
     }
     set.unpend(started);
-    Ok(())
-}
-
-/// Counts `tasks`, given back by [`spawn_all`], as refused.
-pub(crate) fn refuse_all(set: &TaskSet, request: &RequestLine, tasks: &Queued) {
-    set.refuse(tasks.len() as u64, request);
-    let tasks = tasks.iter().map(|task| (task.lane, task.name()));
-    metrics::count_each(|lane| &set.lane(lane).metrics, tasks, Ended::Refused);
+    true
 }
 
 /// Starts `task` if its lane has a free slot (`true`), or queues it there.
@@ -291,6 +282,8 @@ impl Running {
     }
 
     /// Counts and logs (inside the task's span) how the task ended.
+    /// Inlined into `count`, which every task runs.
+    #[inline(always)]
     fn record(&mut self, outcome: Outcome) {
         self.counted = true;
         let _entered = self.span.enter();
@@ -403,9 +396,18 @@ impl Drop for Running {
     /// on a thread hands on in a loop the slots and keys of those dropped
     /// inside it.
     fn drop(&mut self) {
-        if self.counted {
-            return;
+        if !self.counted {
+            self.dropped_unfinished();
         }
+    }
+}
+
+impl Running {
+    /// See `Drop for Running`. Out of line: every task is dropped, and
+    /// almost all of them counted.
+    #[cold]
+    #[inline(never)]
+    fn dropped_unfinished(&mut self) {
         self.work = RunningWork::Done;
         self.record(Outcome::Cancelled);
         let (lane, holds_slot) = (self.lane as LaneId, self.holds_slot);
