@@ -296,3 +296,43 @@ async fn client_disconnecting_mid_stream_discards_the_task_under_skip() {
     let stats = supervisor.stats();
     assert_eq!(stats.discard_reasons.client_disconnected, 1, "{stats:?}");
 }
+
+/// A streamed body whose length the handler set (a download): the server
+/// stops polling it once it has written that many bytes, though the body
+/// never said it had ended. That last byte is its end: under
+/// `OnDisconnect::Skip` the task runs, the connection still open.
+#[tokio::test]
+async fn a_streamed_body_with_a_content_length_ends_at_its_last_byte() {
+    let supervisor = Supervisor::new();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (chunks, body) = ChannelBody::new();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let counter = Arc::clone(&runs);
+    let handler = service_fn(move |request: Request<Incoming>| {
+        let tasks = request.extensions().get::<BackgroundTasks>().unwrap();
+        tasks.add(counting(&counter));
+        let body = body.lock().unwrap().take().expect("one request");
+        async move {
+            let mut response = Response::new(body);
+            response.headers_mut().insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from_static("6"),
+            );
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let layer = supervisor.layer().on_disconnect(OnDisconnect::Skip);
+    let server = Server::start(layer.layer(handler)).await;
+    let mut client = Client::connect(&server).await;
+
+    let response = client.get("/download").await;
+    send(&chunks, "one").await;
+    send(&chunks, "two").await;
+    assert_eq!(read_to_end(response).await, "onetwo");
+    within("wait_idle", supervisor.wait_idle()).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let stats = supervisor.stats();
+    assert_eq!((stats.completed, stats.discarded), (1, 0), "{stats:?}");
+    // The body's channel stays open until now: it never ended on its own.
+    drop((chunks, client));
+}

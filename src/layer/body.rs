@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -14,8 +14,10 @@ pin_project! {
     ///
     /// Forwards every frame, `is_end_stream` and `size_hint` unchanged, and
     /// hands the request's tasks off the moment the body ends: `poll_frame`
-    /// returned `None`, an error or trailers, or `is_end_stream()` turned
-    /// true after a frame. Dropped earlier, it applies the layer's
+    /// returned `None`, an error or trailers, `is_end_stream()` turned true
+    /// after a frame, or the data sent reached the response's
+    /// `Content-Length` (a streamed body with a length set by the handler,
+    /// which the server stops polling once it has written that many bytes). Dropped earlier, it applies the layer's
     /// [`OnDisconnect`](crate::OnDisconnect) policy (unless the body had
     /// nothing to send to begin with, in which case dropping it is its end).
     ///
@@ -30,6 +32,9 @@ pin_project! {
         inner: B,
         handoff: Option<Handoff>,
         replacement: Replacement,
+        // Bytes of the response's `Content-Length` not sent yet, if it has
+        // one.
+        unsent: Option<u64>,
     }
 }
 
@@ -43,11 +48,14 @@ enum Replacement {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, handoff: Option<Handoff>) -> Self {
+    /// `inner`, whose response declares `content_length` bytes, if it
+    /// does.
+    pub(crate) fn new(inner: B, handoff: Option<Handoff>, content_length: Option<u64>) -> Self {
         Self {
             inner,
             handoff,
             replacement: Replacement::None,
+            unsent: content_length,
         }
     }
 
@@ -57,7 +65,20 @@ impl<B> ResponseBody<B> {
             inner,
             handoff: None,
             replacement: Replacement::Error(Some(error)),
+            unsent: None,
         }
+    }
+}
+
+/// Counts `frame`'s data against `unsent`, the bytes of the response's
+/// `Content-Length` left: whether they have all been sent now.
+fn all_sent<D: Buf>(unsent: &mut Option<u64>, frame: &Frame<D>) -> bool {
+    match (unsent.as_mut(), frame.data_ref()) {
+        (Some(unsent), Some(data)) => {
+            *unsent = unsent.saturating_sub(data.remaining() as u64);
+            *unsent == 0
+        }
+        _ => false,
     }
 }
 
@@ -84,7 +105,9 @@ where
             // Trailers are a body's last frame: an HTTP/2 server sends them
             // and drops the body without polling again, even when the body
             // never says it has ended.
-            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || this.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(frame))) => {
+                frame.is_trailers() || all_sent(this.unsent, frame) || this.inner.is_end_stream()
+            }
         };
         if ended {
             if let Some(handoff) = this.handoff.take() {

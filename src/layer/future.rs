@@ -88,9 +88,17 @@ where
                 ResponseBody::replaced(body, error_body),
             )));
         }
+        // Needed only where the body cannot tell its own end: a streamed
+        // body (no exact size) whose length the handler set.
+        let content_length = match &handoff {
+            Some(_) if body.size_hint().exact().is_none() => content_length(&parts.headers),
+            _ => None,
+        };
         if let Some(guard) = handoff.as_mut() {
-            let has_no_body =
-                *this.head_request || has_no_body(parts.status) || body.is_end_stream();
+            let has_no_body = *this.head_request
+                || has_no_body(parts.status)
+                || body.is_end_stream()
+                || content_length == Some(0);
             if parts.status.is_server_error() && this.policy.on_server_error == OnServerError::Skip
             {
                 if let Some(guard) = handoff.take() {
@@ -104,9 +112,20 @@ where
         }
         Poll::Ready(Ok(Response::from_parts(
             parts,
-            ResponseBody::new(body, handoff),
+            ResponseBody::new(body, handoff, content_length),
         )))
     }
+}
+
+/// The response's `Content-Length`, if it has exactly one that is a number:
+/// the server sends that many bytes of the body, then stops polling it.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()?.trim().parse().ok()
 }
 
 /// Statuses whose responses never carry a body, whatever the body says: the

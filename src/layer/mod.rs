@@ -39,12 +39,17 @@ use crate::task_set::TaskSet;
 /// Exactly once per request, at the first of:
 ///
 /// - the response body reports its end: `poll_frame` returns `None`, an
-///   error or a trailers frame, or `is_end_stream()` becomes true after a frame (a server may never
-///   poll again once a body with an exact `Content-Length` is complete);
+///   error or a trailers frame, or `is_end_stream()` becomes true after a
+///   frame (a server may never poll again once a body with an exact
+///   `Content-Length` is complete);
+/// - the body's data reaches the response's `Content-Length` header: a
+///   streamed body whose length the handler set (a download) may never say
+///   it has ended, and the server stops polling it once it has written
+///   that many bytes;
 /// - the response body is dropped, if it had nothing to send from the start
-///   (`is_end_stream()` already true, a `HEAD` request, a `1xx`, `204` or
-///   `304` status): the server releases such a body right after writing the
-///   head;
+///   (`is_end_stream()` already true, `Content-Length: 0`, a `HEAD` request,
+///   a `1xx`, `204` or `304` status): the server releases such a body right
+///   after writing the head;
 /// - the response body is dropped before its end, which means the client went
 ///   away: tasks run, or are discarded under [`OnDisconnect::Skip`].
 ///
