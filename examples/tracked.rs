@@ -114,6 +114,10 @@ async fn serve<S: TaskStore>(
 
     // Serves until SIGINT or SIGTERM, then drains HTTP (at most 10 s), then
     // the background tasks within their grace period. A task still running
-    // when that ends is recorded as `cancelled`, and its lock released.
-    serve_axum(port, app, background).await
+    // when that ends is recorded as `cancelled`, and its lock released:
+    // `flush` waits for those writes (a database's take a moment) before
+    // the runtime ends with `main`.
+    let served = serve_axum(port, app, background).await;
+    registry.flush().await;
+    served
 }

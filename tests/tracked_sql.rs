@@ -603,6 +603,48 @@ async fn a_table_of_an_earlier_version_gets_the_idempotency_columns(db: Db) {
     db.store(|store| store).await;
 }
 
+/// A task aborted at the end of a shutdown's grace period is recorded
+/// `cancelled` from its drop, on a tokio task of its own (a SQL write does
+/// not finish at once): `TaskRegistry::flush` waits for that write, so it
+/// is done before the server's runtime ends, as the server's `main` would
+/// end it right after. (SQLite only: what is tested is the registry.)
+#[test]
+fn flush_writes_the_end_of_a_task_aborted_at_shutdown() {
+    let outside = tokio::runtime::Runtime::new().unwrap();
+    let db = outside.block_on(Db::sqlite());
+    let server = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let aborted = server.block_on(async {
+        let registry = TaskRegistry::builder()
+            .store(db.store(|store| store).await)
+            .build();
+        let supervisor = Supervisor::builder()
+            .grace_period(Duration::from_millis(100))
+            .build();
+        let spec = TaskSpec::new("t", Lock::Signature, &()).unwrap();
+        let started = registry
+            .start(&supervisor.tasks(), &spec, std::future::pending::<()>())
+            .await
+            .unwrap();
+        let tower_background::tracking::Started::Accepted(record) = started else {
+            panic!("the task starts: {started:?}");
+        };
+        let report = supervisor.shutdown().await;
+        assert_eq!(report.stats.cancelled, 1, "{report}");
+        registry.flush().await;
+        record.task_id
+    });
+    // The server's runtime ends, and whatever it was still running with it.
+    drop(server);
+    let record = outside.block_on(async {
+        let store = db.store(|store| store).await;
+        store.get(aborted).await.unwrap().expect("the record")
+    });
+    assert_eq!(record.status, TaskStatus::Cancelled, "{record:?}");
+}
+
 /// A running record of the task `name` with `args`, under the
 /// idempotency key `key`, and its spec.
 fn keyed_record(name: &str, key: &str, args: u8) -> (TaskRecord, TaskSpec) {

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use pin_project_lite::pin_project;
 use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
 
 use super::id::TaskId;
 use super::output::IntoTaskResult;
@@ -34,15 +35,19 @@ pub(super) struct Recorder<S: TaskStore> {
     task_id: TaskId,
     armed: bool,
     renewals: Option<Renewals>,
+    /// Where a write from `Drop` that could not finish at once goes, for
+    /// [`TaskRegistry::flush`](super::TaskRegistry::flush) to wait for.
+    writes: TaskTracker,
 }
 
 impl<S: TaskStore> Recorder<S> {
-    pub(super) fn new(store: Arc<S>, task_id: TaskId) -> Self {
+    pub(super) fn new(store: Arc<S>, task_id: TaskId, writes: TaskTracker) -> Self {
         Self {
             store,
             task_id,
             armed: true,
             renewals: None,
+            writes,
         }
     }
 
@@ -115,7 +120,7 @@ impl<S: TaskStore> Drop for Recorder<S> {
             return;
         }
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(complete)),
+            Ok(runtime) => drop(self.writes.spawn_on(complete, &runtime)),
             Err(_) => tracing::warn!(
                 %task_id,
                 "tracked task: dropped outside a tokio runtime; its end is not recorded",

@@ -6,6 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio_util::task::TaskTracker;
+
 use crate::handle::BackgroundTasks;
 
 use super::error::TrackingError;
@@ -67,6 +69,9 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct TaskRegistry<S = MemoryStore> {
     store: Arc<S>,
     retry_after: Duration,
+    /// The ends of tasks dropped unfinished that a slow store is still
+    /// writing (see [`flush`](Self::flush)).
+    writes: TaskTracker,
 }
 
 /// What [`TaskRegistry::start`] did.
@@ -121,6 +126,29 @@ impl<S: TaskStore> TaskRegistry<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Waits until the store has the end of every task that ended without
+    /// its future running to completion: aborted at the end of a shutdown's
+    /// grace period, or discarded with its request. Such an end is written
+    /// from the task's drop, and a store that does not answer at once (the
+    /// `SqlStore`) is written on a tokio task of its
+    /// own, which dies with the runtime.
+    ///
+    /// Call it after [`Supervisor::shutdown`](crate::Supervisor::shutdown)
+    /// and before the runtime ends, so that an aborted task's record says
+    /// `cancelled` and its lock is free, rather than `running` (and
+    /// locked) until its lease lapses. With the
+    /// [`MemoryStore`](super::MemoryStore), which answers at once, it
+    /// returns at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the writes go on without it.
+    pub async fn flush(&self) {
+        self.writes.close();
+        self.writes.wait().await;
+        self.writes.reopen();
     }
 
     /// Registers a task described by `spec` and queues `task` on `tasks`,
@@ -219,7 +247,7 @@ impl<S: TaskStore> TaskRegistry<S> {
         let task_id = record.task_id;
         // Armed before the store is asked, so that a start abandoned while
         // the store works still ends what it may have registered.
-        let mut recorder = Recorder::new(Arc::clone(&self.store), task_id);
+        let mut recorder = Recorder::new(Arc::clone(&self.store), task_id, self.writes.clone());
         let admission = self.store.try_start(record.clone(), spec).await?;
         match admission {
             // Not accepted (shutting down, queue full): the dropped task's
@@ -320,6 +348,7 @@ impl<S> Clone for TaskRegistry<S> {
         Self {
             store: Arc::clone(&self.store),
             retry_after: self.retry_after,
+            writes: self.writes.clone(),
         }
     }
 }
@@ -377,6 +406,7 @@ impl<S: TaskStore> TaskRegistryBuilder<S> {
         TaskRegistry {
             store: Arc::new(self.store),
             retry_after: self.retry_after,
+            writes: TaskTracker::new(),
         }
     }
 }
