@@ -132,8 +132,8 @@ impl<S: TaskStore> TaskRegistry<S> {
     /// its future running to completion: aborted at the end of a shutdown's
     /// grace period, or discarded with its request. Such an end is written
     /// from the task's drop, and a store that does not answer at once (the
-    /// `SqlStore`) is written on a tokio task of its
-    /// own, which dies with the runtime.
+    /// `SqlStore`) is written on a tokio task of its own, which dies with
+    /// the runtime.
     ///
     /// Call it after [`Supervisor::shutdown`](crate::Supervisor::shutdown)
     /// and before the runtime ends, so that an aborted task's record says
