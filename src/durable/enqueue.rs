@@ -299,24 +299,24 @@ impl Drop for Deferred {
             Progress::Queued => false,
             Progress::Pushing => true,
         };
+        let abandoned = if started {
+            Some("shutdown ended before the database took it")
+        } else if self.shutdown.shutdown_begun() {
+            Some("shutdown came before its push started")
+        } else {
+            None
+        };
         let counters = &self.queue.counters;
         for job in &self.jobs {
             let args = String::from_utf8_lossy(&job.args);
-            if started {
+            if let Some(reason) = abandoned {
                 counters.abandoned();
                 tracing::error!(
                     job.id = %job.id,
                     job.name = job.queue,
                     job.args = %args,
-                    "durable job: shutdown ended before the database took it; job abandoned",
-                );
-            } else if self.shutdown.shutdown_begun() {
-                counters.abandoned();
-                tracing::error!(
-                    job.id = %job.id,
-                    job.name = job.queue,
-                    job.args = %args,
-                    "durable job: shutdown came before its push started; job abandoned",
+                    reason,
+                    "durable job: job abandoned",
                 );
             } else {
                 counters.discarded();

@@ -84,17 +84,7 @@ async fn never_started_pushes_are_counted_and_logged(db: Db) {
     )
     .await;
     assert!(dropped.is_err(), "the handler never answers");
-    let stats = queue.stats();
-    assert_eq!(
-        (
-            stats.deferred,
-            stats.discarded,
-            stats.pending,
-            stats.abandoned
-        ),
-        (2, 2, 0, 0),
-        "{stats:?}"
-    );
+    assert_eq!(counts(&queue), (2, 2, 0, 0), "{:?}", queue.stats());
 
     // A response whose body ends once shutdown has begun: its tasks,
     // the push among them, are refused at the hand-off.
@@ -110,17 +100,7 @@ async fn never_started_pushes_are_counted_and_logged(db: Db) {
         tokio::task::yield_now().await;
     }
     response.into_body().collect().await.expect("body");
-    let stats = queue.stats();
-    assert_eq!(
-        (
-            stats.deferred,
-            stats.discarded,
-            stats.abandoned,
-            stats.pending
-        ),
-        (3, 2, 1, 0),
-        "{stats:?}"
-    );
+    assert_eq!(counts(&queue), (3, 2, 1, 0), "{:?}", queue.stats());
 
     // Refused by `enqueue` itself: the caller is told, and nothing counts.
     match queue.enqueue(&handle, Add { x: 4, y: 4 }) {
@@ -129,16 +109,7 @@ async fn never_started_pushes_are_counted_and_logged(db: Db) {
     }
     let report = shutdown.await.expect("shutdown");
     let stats = queue.stats();
-    assert_eq!(
-        (
-            stats.deferred,
-            stats.discarded,
-            stats.abandoned,
-            stats.pending
-        ),
-        (3, 2, 1, 0),
-        "{stats:?} {report}"
-    );
+    assert_eq!(counts(&queue), (3, 2, 1, 0), "{stats:?} {report}");
     assert_eq!(stats.pushed, 0, "{stats:?}");
     assert_eq!(db.stored_jobs().await, 0, "no push ever started");
 
@@ -153,7 +124,18 @@ async fn never_started_pushes_are_counted_and_logged(db: Db) {
     let discarded = "job not pushed";
     assert_eq!(lines("WARN", r#"{"x":1,"y":1}"#, discarded), 1, "{logged}");
     assert_eq!(lines("WARN", r#"{"x":2,"y":2}"#, discarded), 1, "{logged}");
-    let abandoned = "shutdown came before its push started; job abandoned";
+    let abandoned = "shutdown came before its push started";
     assert_eq!(lines("ERROR", r#"{"x":3,"y":3}"#, abandoned), 1, "{logged}");
     assert!(!logged.contains(r#"{"x":4,"y":4}"#), "{logged}");
+}
+
+/// The queue's deferred jobs: `(deferred, discarded, abandoned, pending)`.
+fn counts(queue: &JobQueue) -> (u64, u64, u64, u64) {
+    let stats = queue.stats();
+    (
+        stats.deferred,
+        stats.discarded,
+        stats.abandoned,
+        stats.pending,
+    )
 }
