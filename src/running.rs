@@ -404,7 +404,7 @@ impl Drop for Running {
 
 impl Running {
     /// See `Drop for Running`. Out of line: every task is dropped, and
-    /// almost all of them counted.
+    /// almost all of them have been counted by then.
     #[cold]
     #[inline(never)]
     fn dropped_unfinished(&mut self) {

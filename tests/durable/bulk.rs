@@ -63,6 +63,14 @@ async fn fan_out(
     Ok(Json(queue.enqueue_all(&tasks, adds())?))
 }
 
+/// `POST /fan-out` through `app`: the response, its body unread.
+async fn post_fan_out(app: &Router) -> axum::response::Response {
+    app.clone()
+        .oneshot(Request::post("/fan-out").body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
 async fn enqueue_all_pushes_after_the_response(db: Db) {
     let queue = db.queue().await;
     let supervisor = Supervisor::new();
@@ -71,10 +79,7 @@ async fn enqueue_all_pushes_after_the_response(db: Db) {
         .with_state(queue.clone())
         .layer(supervisor.layer());
 
-    let response = app
-        .oneshot(Request::post("/fan-out").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let response = post_fan_out(&app).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(queue.stats().deferred, JOBS as u64);
     assert_eq!(
@@ -98,15 +103,9 @@ async fn enqueue_all_pushes_after_the_response(db: Db) {
 
     // A batch that could never wait in memory whole is a 413, not a 503
     // whose retry would fail forever.
+    // (The bound is the queue's, shared with the app's clone of it.)
     let queue = queue.max_pending(JOBS as usize - 1);
-    let app = Router::new()
-        .route("/fan-out", post(fan_out))
-        .with_state(queue.clone())
-        .layer(supervisor.layer());
-    let response = app
-        .oneshot(Request::post("/fan-out").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let response = post_fan_out(&app).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(response.headers().get("retry-after").is_none());
     let body = response.into_body().collect().await.unwrap().to_bytes();
